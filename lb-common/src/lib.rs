@@ -1,0 +1,284 @@
+#![no_std]
+//! Types shared by lb-ebpf and lb-userspace. The layout is an ABI: change both sides in one commit.
+//!
+//! Addresses are 16 bytes everywhere; an IPv4 address is stored IPv4-mapped (`::ffff:a.b.c.d`), so
+//! one key type serves both families. Ports are in network byte order (`_be`), as on the wire.
+
+pub mod hash;
+
+/// Largest Maglev table a VIP may have; also the stride of each ring in the `MAGLEV` map.
+pub const MAX_RING_SIZE: u32 = 65_537;
+/// Maglev table size used when the config does not name one (a prime, as Maglev requires).
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// VIPs one balancer serves.
+pub const MAX_VIPS: u32 = 64;
+/// Two rings per VIP: the active one and the one being rebuilt, switched by rewriting `VipMeta`.
+pub const MAX_RINGS: u32 = 2 * MAX_VIPS;
+/// Reals (backends) across all VIPs. Id 0 is never used: a ring slot holding 0 is "unprogrammed".
+pub const MAX_REALS: u32 = 4096;
+/// Connection-table entries when the operator does not choose (room for about 1M flows).
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Local addresses the decapsulation program accepts tunnelled packets for.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Bytes the encapsulation adds in front of the inner IP packet.
+pub const IPIP_OVERHEAD: u32 = 20;
+pub const IP6_OVERHEAD: u32 = 40;
+
+/// Map names, as the eBPF object spells them (at most 15 bytes, so `bpftool map` shows them whole).
+pub mod maps {
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const REALS: &str = "REALS";
+    pub const CONNS: &str = "CONNS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const BENCH: &str = "BENCH";
+    pub const ALL: &[&str] = &[
+        VIPS, VIP_ADDRS, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
+        DECAP_STATS, BENCH,
+    ];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// The balancer, attached to the edge node's NIC.
+    pub const BALANCER: &str = "lb_xdp";
+    /// Strips our encapsulation on a backend (this kernel has no ipip device).
+    pub const DECAP: &str = "lb_decap";
+    /// Returns XDP_PASS: put on a veth peer so XDP_TX frames are received; the bench floor.
+    pub const PASS: &str = "xdp_pass";
+    /// Returns XDP_TX: bounces every frame; the limit of the XDP_TX path in end-to-end benches.
+    pub const BOUNCE: &str = "xdp_bounce";
+    /// Bench-only: runs the balancer, then undoes its rewrite so BPF_PROG_TEST_RUN repeats it.
+    pub const BENCH_BALANCER: &str = "lb_xdp_bench";
+    /// Bench-only: the cost of the undo step alone (prepend an outer header, then take it off).
+    pub const BENCH_UNDO: &str = "lb_bench_undo";
+}
+
+/// Byte order helpers for the IPv4-mapped form.
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
+/// Key of the `VIPS` map: what a packet's destination must match to be balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Destination address; IPv4 is IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Destination port in network byte order; 0 is an "any port" VIP.
+    pub port_be: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// Explicit: padding bytes are part of a hash key and must be zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// `VipMeta::flags`: new flows are hashed on the source address alone, so a client keeps its real.
+pub const VIP_F_SOURCE_AFFINITY: u32 = 1 << 0;
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Index into `VIP_STATS`; stable for the VIP's life.
+    pub vip_index: u32,
+    /// Which ring of `MAGLEV` is live (slots `ring_index * MAX_RING_SIZE ..`). Rewriting this field
+    /// in one map update is the atomic switch to a rebuilt table.
+    pub ring_index: u32,
+    /// Slots in that ring (a prime, at most `MAX_RING_SIZE`).
+    pub ring_size: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Real flags: the address is IPv6 (otherwise IPv4-mapped IPv4).
+pub const REAL_F_IPV6: u32 = 1 << 0;
+/// Real flags: the real is down; connection-table entries pointing at it are ignored, so its
+/// flows move to a live real. (A draining real is not down: it simply leaves the ring.)
+pub const REAL_F_DOWN: u32 = 1 << 1;
+
+/// Value of the `REALS` array, indexed by real id (1 ..= MAX_REALS-1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub addr: [u8; 16],
+    /// `REAL_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Real>() == 20);
+
+/// Key of the `CONNS` connection table: a flow as the client sent it (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the single-entry `CONFIG` array: how the balancer builds the packets it sends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Destination MAC of every encapsulated packet: the next-hop router.
+    pub next_hop_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Largest IP packet (L3 bytes) the egress link carries; larger after encapsulation = drop.
+    pub mtu: u32,
+    /// Outer IPv4 source: these bytes, with the low `src_v4_host_bits` bits taken from the flow
+    /// hash, so the backend side's ECMP / RSS sees per-flow entropy.
+    pub src_v4: [u8; 4],
+    pub src_v4_host_bits: u32,
+    /// Outer IPv6 source, likewise (at most 32 host bits).
+    pub src_v6: [u8; 16],
+    pub src_v6_host_bits: u32,
+}
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 40);
+
+/// Per-VIP counters (`VIP_STATS`, per CPU, indexed by `VipMeta::vip_index`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub conn_hits: u64,
+    pub conn_misses: u64,
+}
+
+/// Per-real counters (`REAL_STATS`, per CPU, indexed by real id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the bench wrapper does to the packet after undoing the encapsulation (`BENCH` map).
+pub mod bench {
+    /// Leave the packet as it was: every repeat is the same flow (connection-table hit).
+    pub const SAME_FLOW: u32 = 0;
+    /// Bump the source port each repeat: every repeat is a new flow.
+    pub const NEW_FLOW: u32 = 1;
+}
+
+/// Global counters (`STATS`, per CPU). Every drop has its own reason.
+pub mod stats {
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Counter {
+        /// Verdicts of the balancer, one per packet.
+        Pass = 0,
+        Tx,
+        Drop,
+        Aborted,
+        /// Passed because the frame is too short to tell whether it is for a VIP.
+        PassTruncated,
+        /// Echo requests to a VIP address answered by the balancer.
+        IcmpEchoReplied,
+        /// Frag-needed / packet-too-big forwarded to the real of the quoted flow.
+        IcmpToReal,
+        /// The connection table refused an insert; the packet was still forwarded.
+        ConnInsertFailed,
+        /// Drop reasons, for packets to a VIP address.
+        DropBadIpHeader,
+        DropFragment,
+        DropIpv6ExtHeader,
+        DropBadL4Header,
+        DropBadIcmp,
+        DropNoReal,
+        DropMtuExceeded,
+        DropFamilyMismatch,
+        DropEncapFailed,
+        DropNoConfig,
+    }
+
+    impl Counter {
+        pub const ALL: [Counter; 18] = [
+            Counter::Pass,
+            Counter::Tx,
+            Counter::Drop,
+            Counter::Aborted,
+            Counter::PassTruncated,
+            Counter::IcmpEchoReplied,
+            Counter::IcmpToReal,
+            Counter::ConnInsertFailed,
+            Counter::DropBadIpHeader,
+            Counter::DropFragment,
+            Counter::DropIpv6ExtHeader,
+            Counter::DropBadL4Header,
+            Counter::DropBadIcmp,
+            Counter::DropNoReal,
+            Counter::DropMtuExceeded,
+            Counter::DropFamilyMismatch,
+            Counter::DropEncapFailed,
+            Counter::DropNoConfig,
+        ];
+        pub const COUNT: u32 = Self::ALL.len() as u32;
+
+        /// Stable snake_case name for metrics and the CLI.
+        pub const fn name(self) -> &'static str {
+            match self {
+                Counter::Pass => "pass",
+                Counter::Tx => "tx",
+                Counter::Drop => "drop",
+                Counter::Aborted => "aborted",
+                Counter::PassTruncated => "pass_truncated",
+                Counter::IcmpEchoReplied => "icmp_echo_replied",
+                Counter::IcmpToReal => "icmp_to_real",
+                Counter::ConnInsertFailed => "conn_insert_failed",
+                Counter::DropBadIpHeader => "drop_bad_ip_header",
+                Counter::DropFragment => "drop_fragment",
+                Counter::DropIpv6ExtHeader => "drop_ipv6_ext_header",
+                Counter::DropBadL4Header => "drop_bad_l4_header",
+                Counter::DropBadIcmp => "drop_bad_icmp",
+                Counter::DropNoReal => "drop_no_real",
+                Counter::DropMtuExceeded => "drop_mtu_exceeded",
+                Counter::DropFamilyMismatch => "drop_family_mismatch",
+                Counter::DropEncapFailed => "drop_encap_failed",
+                Counter::DropNoConfig => "drop_no_config",
+            }
+        }
+    }
+
+    /// Counters of the decapsulation program (`DECAP_STATS`, per CPU).
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DecapCounter {
+        /// Tunnelled packets for a local address, stripped and passed up.
+        Decapsulated = 0,
+        /// Everything else, passed untouched.
+        Pass,
+        /// Tunnelled to a local address but the inner packet is cut short.
+        DropMalformed,
+        DropAdjustFailed,
+    }
+    impl DecapCounter {
+        pub const COUNT: u32 = 4;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for RealStats {}
+}

@@ -1,0 +1,67 @@
+//! Backend side: strips IPIP / IPv6-in-IPv6 / IPv4-in-IPv6 addressed to a local address
+//! (`DECAP_ADDRS`) and passes the inner packet up the stack, which delivers it to the VIP on
+//! loopback. Everything else passes untouched.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::stats::DecapCounter;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+
+use crate::{
+    maps::DECAP_ADDRS,
+    parse::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6},
+    pkt,
+};
+
+#[inline(always)]
+fn is_local(addr: &[u8; 16]) -> bool {
+    unsafe { DECAP_ADDRS.get(addr) }.is_some()
+}
+
+/// `Ok(true)`: stripped. `Ok(false)`: not a tunnel to us.
+#[inline(always)]
+pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
+    let Ok((l2_len, ether_type)) = parse::l2(ctx) else { return Ok(false) };
+    let (outer_len, inner_type) = match ether_type {
+        ETH_P_IP => {
+            let Some(ip) = pkt::read::<Ipv4Hdr>(ctx, l2_len) else { return Ok(false) };
+            if ip.proto as u8 != IPPROTO_IPIP || !is_local(&lb_common::ipv4_mapped(ip.dst_addr)) {
+                return Ok(false);
+            }
+            (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP)
+        }
+        ETH_P_IPV6 => {
+            let Some(ip) = pkt::read::<Ipv6Hdr>(ctx, l2_len) else { return Ok(false) };
+            let inner_type = match ip.next_hdr as u8 {
+                IPPROTO_IPV6 => ETH_P_IPV6,
+                IPPROTO_IPIP => ETH_P_IP,
+                _ => return Ok(false),
+            };
+            if !is_local(&ip.dst_addr) {
+                return Ok(false);
+            }
+            (Ipv6Hdr::LEN, inner_type)
+        }
+        _ => return Ok(false),
+    };
+    // The inner packet's fixed header must be there, or the stack gets garbage.
+    let inner_min = if inner_type == ETH_P_IP { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    if outer_len < Ipv4Hdr::LEN || pkt::ptr_at::<u8>(ctx, l2_len + outer_len + inner_min - 1).is_none() {
+        return Err(DecapCounter::DropMalformed);
+    }
+
+    let eth: EthHdr = pkt::read(ctx, 0).ok_or(DecapCounter::DropMalformed)?;
+    let tagged = l2_len > EthHdr::LEN;
+    let tci: [u8; 2] = if tagged { pkt::read(ctx, EthHdr::LEN).ok_or(DecapCounter::DropMalformed)? } else { [0; 2] };
+    pkt::adjust_head(ctx, outer_len as i32).ok_or(DecapCounter::DropAdjustFailed)?;
+    let fail = DecapCounter::DropAdjustFailed;
+    let ether_type = if tagged { ETH_P_8021Q } else { inner_type }.to_be();
+    pkt::write(ctx, 0, EthHdr { ether_type, ..eth }).ok_or(fail)?;
+    if tagged {
+        pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: inner_type.to_be() }).ok_or(fail)?;
+    }
+    Ok(true)
+}

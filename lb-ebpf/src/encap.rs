@@ -1,0 +1,95 @@
+//! Encapsulation toward a real: IPIP for IPv4 reals; IPv6-in-IPv6 and IPv4-in-IPv6 for IPv6
+//! reals. The inner packet is not touched (TTL included); the outer source carries per-flow
+//! entropy so the backend side's ECMP / RSS spreads flows.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{stats::Counter, LbConfig, Real, IP6_OVERHEAD, IPIP_OVERHEAD, REAL_F_IPV6};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+
+use crate::{
+    csum,
+    parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3},
+    pkt,
+};
+
+const OUTER_TTL: u8 = 64;
+
+/// Low `bits` bits set (0 ..= 32).
+#[inline(always)]
+fn host_mask(bits: u32) -> u32 {
+    if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    }
+}
+
+/// Prepends the outer header for `real` and points the frame at the next hop.
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash: u32) -> Result<(), Counter> {
+    let real_v6 = real.flags & REAL_F_IPV6 != 0;
+    if l3.ipv6 && !real_v6 {
+        return Err(Counter::DropFamilyMismatch);
+    }
+    let overhead = if real_v6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
+    if l3.ip_len + overhead > cfg.mtu {
+        return Err(Counter::DropMtuExceeded);
+    }
+
+    // Read what we keep of the old L2 header before the head moves over it.
+    let fail = Counter::DropEncapFailed;
+    let old_eth: EthHdr = pkt::read(ctx, 0).ok_or(fail)?;
+    let tagged = l3.l2_len > EthHdr::LEN;
+    let tci: [u8; 2] = if tagged { pkt::read(ctx, EthHdr::LEN).ok_or(fail)? } else { [0; 2] };
+
+    pkt::adjust_head(ctx, -(overhead as i32)).ok_or(fail)?;
+
+    let outer_type = if real_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    let eth = EthHdr {
+        dst_addr: cfg.next_hop_mac,
+        src_addr: old_eth.dst_addr, // the address the frame came in on: ours
+        ether_type: if tagged { ETH_P_8021Q } else { outer_type }.to_be(),
+    };
+    pkt::write(ctx, 0, eth).ok_or(fail)?;
+    if tagged {
+        pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: outer_type.to_be() }).ok_or(fail)?;
+    }
+
+    if real_v6 {
+        let mut src = cfg.src_v6;
+        let mask = host_mask(cfg.src_v6_host_bits);
+        let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]]) & !mask) | (hash & mask);
+        src[12..16].copy_from_slice(&low.to_be_bytes());
+        let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (hash & 0x000f_ffff); // flow label
+        let payload = (l3.ip_len as u16).to_be_bytes();
+        let next = if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+        let mut h = [0u8; 40];
+        h[0..4].copy_from_slice(&vcf.to_be_bytes());
+        h[4] = payload[0];
+        h[5] = payload[1];
+        h[6] = next;
+        h[7] = OUTER_TTL;
+        h[8..24].copy_from_slice(&src);
+        h[24..40].copy_from_slice(&real.addr);
+        pkt::write(ctx, l3.l2_len, h).ok_or(fail)?;
+    } else {
+        let mask = host_mask(cfg.src_v4_host_bits);
+        let src = (u32::from_be_bytes(cfg.src_v4) & !mask) | (hash & mask);
+        let total = ((l3.ip_len + IPIP_OVERHEAD) as u16).to_be_bytes();
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[1] = l3.tos;
+        h[2] = total[0];
+        h[3] = total[1];
+        h[6] = 0x40; // don't fragment: oversize packets were dropped above
+        h[8] = OUTER_TTL;
+        h[9] = IPPROTO_IPIP;
+        h[12..16].copy_from_slice(&src.to_be_bytes());
+        h[16..20].copy_from_slice(&real.addr[12..16]);
+        let check = csum::ipv4_header(&h).to_be_bytes();
+        h[10] = check[0];
+        h[11] = check[1];
+        pkt::write(ctx, l3.l2_len, h).ok_or(fail)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! VIP -> real: the connection table first, then the VIP's live Maglev ring.
+
+use lb_common::{stats::Counter, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN};
+
+use crate::{
+    maps::{CONNS, MAGLEV, REALS, VIPS},
+    stats,
+};
+
+/// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
+#[inline(always)]
+pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<VipMeta> {
+    let mut key = VipKey { addr: *addr, port_be: u16::from_ne_bytes(port_be), proto, _pad: 0 };
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    key.port_be = 0;
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+pub struct Pick {
+    pub real_id: u32,
+    pub real: Real,
+    /// The connection table knew this flow.
+    pub hit: bool,
+}
+
+/// The real for `flow`. A connection-table entry wins unless its real is down; otherwise the
+/// ring slot `ring_hash % ring_size` decides, and with `record` the choice is remembered.
+#[inline(always)]
+pub fn pick(meta: &VipMeta, flow: &FlowKey, ring_hash: u32, record: bool) -> Result<Pick, Counter> {
+    if let Some(&real_id) = unsafe { CONNS.get(flow) } {
+        if let Some(real) = REALS.get(real_id) {
+            if real.flags & REAL_F_DOWN == 0 {
+                return Ok(Pick { real_id, real: *real, hit: true });
+            }
+        }
+    }
+    if meta.ring_size == 0 || meta.ring_size > MAX_RING_SIZE {
+        return Err(Counter::DropNoReal);
+    }
+    let slot = meta.ring_index * MAX_RING_SIZE + ring_hash % meta.ring_size;
+    let real_id = *MAGLEV.get(slot).ok_or(Counter::DropNoReal)?;
+    // 0: the ring is not programmed (a VIP with no reals).
+    let real = *REALS.get(real_id).filter(|_| real_id != 0).ok_or(Counter::DropNoReal)?;
+    if record && CONNS.insert(flow, real_id, 0).is_err() {
+        stats::count(Counter::ConnInsertFailed);
+    }
+    Ok(Pick { real_id, real, hit: false })
+}

@@ -1,0 +1,71 @@
+#![no_std]
+#![no_main]
+//! The XDP programs of anycast-lb: the balancer, the backend decapsulator, and small helpers
+//! (a pass stub for veth peers, a bouncer and bench wrappers).
+
+mod balancer;
+mod bench;
+mod csum;
+mod decap;
+mod encap;
+mod icmp;
+mod maglev;
+mod maps;
+mod parse;
+mod pkt;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::stats::DecapCounter;
+
+/// The balancer, on the edge node's NIC.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    balancer::run(&ctx)
+}
+
+/// The decapsulator, on a backend's NIC.
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    stats::count_decap(match decap::try_decap(&ctx) {
+        Ok(true) => DecapCounter::Decapsulated,
+        Ok(false) => DecapCounter::Pass,
+        Err(reason) => {
+            stats::count_decap(reason);
+            return xdp_action::XDP_DROP;
+        }
+    });
+    xdp_action::XDP_PASS
+}
+
+/// Passes everything: put on a veth peer so frames sent with XDP_TX are received. The bench floor.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Bounces every frame back out: the limit of the XDP_TX path.
+#[xdp]
+pub fn xdp_bounce(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn lb_xdp_bench(ctx: XdpContext) -> u32 {
+    bench::balancer_undone(&ctx)
+}
+
+#[xdp]
+pub fn lb_bench_undo(ctx: XdpContext) -> u32 {
+    bench::undo_cost(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,57 @@
+//! Every map of the object. Names match `lb_common::maps`; sizes are defaults the loader may
+//! override (the connection table's is set at load time).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    stats::{Counter, DecapCounter},
+    FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    MAX_DECAP_ADDRS, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
+};
+
+/// (address, port, protocol) -> the VIP's ring and flags.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Addresses that carry at least one VIP (value: how many). Lets the parser tell "malformed
+/// packet to a VIP" (drop) from "anything else" (pass) before it can read a port.
+#[map]
+pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// All Maglev rings, flat: ring r occupies `r * MAX_RING_SIZE ..`; values are real ids.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, 0);
+
+/// Real id -> address and flags.
+#[map]
+pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Connection table: flow -> real id, so a flow keeps its real when a ring changes.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+
+/// Entry 0: how to build outgoing packets.
+#[map]
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// Local addresses the decapsulation program strips tunnels for.
+#[map]
+pub static DECAP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+#[map]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
+
+/// Bench-only knobs: entry 0 is the mode (`lb_common::bench`).
+#[map]
+pub static BENCH: Array<u32> = Array::with_max_entries(1, 0);

@@ -1,0 +1,161 @@
+//! Header parsing: Ethernet (one 802.1Q tag), IPv4 (with options), IPv6, TCP, UDP.
+//!
+//! The rule for what is ours: a packet is looked at closely only once its destination address is
+//! a VIP address (`VIP_ADDRS`). Anything else passes untouched, however odd it looks; a frame cut
+//! short before its destination address passes too, counted as `pass_truncated`, as nothing says
+//! it is for us (the kernel drops it). Malformed packets to a VIP address are dropped by reason.
+
+use lb_common::{ipv4_mapped, stats::Counter};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+
+use crate::{maps::VIP_ADDRS, pkt};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// What the parser learned about an IP packet to a VIP address.
+#[derive(Clone, Copy)]
+pub struct L3 {
+    /// Bytes of Ethernet header (+ VLAN tag) before the IP header.
+    pub l2_len: usize,
+    pub ipv6: bool,
+    /// Bytes of the IP packet, header included, as its header says (frame padding excluded).
+    pub ip_len: u32,
+    /// Offset of the transport header and bytes from there to the IP packet's end.
+    pub l4_off: usize,
+    pub l4_len: u32,
+    pub proto: u8,
+    /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
+    pub tos: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// Length of the L2 header and the EtherType after it.
+#[inline(always)]
+pub fn l2(ctx: &aya_ebpf::programs::XdpContext) -> Result<(usize, u16), Counter> {
+    let eth: EthHdr = pkt::read(ctx, 0).ok_or(Counter::PassTruncated)?;
+    let ether_type = u16::from_be(eth.ether_type);
+    if ether_type != ETH_P_8021Q {
+        return Ok((EthHdr::LEN, ether_type));
+    }
+    let vlan: VlanHdr = pkt::read(ctx, EthHdr::LEN).ok_or(Counter::PassTruncated)?;
+    Ok((EthHdr::LEN + VlanHdr::LEN, u16::from_be(vlan.ether_type)))
+}
+
+#[inline(always)]
+pub fn is_vip_addr(addr: &[u8; 16]) -> bool {
+    unsafe { VIP_ADDRS.get(addr) }.is_some()
+}
+
+/// Parses L2 and L3. `Err` carries why the packet is not balanced (a pass or a drop reason).
+#[inline(always)]
+pub fn l3(ctx: &aya_ebpf::programs::XdpContext) -> Result<L3, Counter> {
+    let (l2_len, ether_type) = l2(ctx)?;
+    match ether_type {
+        ETH_P_IP => ipv4(ctx, l2_len),
+        ETH_P_IPV6 => ipv6(ctx, l2_len),
+        _ => Err(Counter::Pass),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
+    let ip: Ipv4Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
+    let dst = ipv4_mapped(ip.dst_addr);
+    if !is_vip_addr(&dst) {
+        return Err(Counter::Pass);
+    }
+    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || total_len < header_len
+        || l2_len + total_len > pkt::len(ctx)
+    {
+        return Err(Counter::DropBadIpHeader);
+    }
+    // More-fragments flag or a fragment offset: no ports to balance on.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Err(Counter::DropFragment);
+    }
+    Ok(L3 {
+        l2_len,
+        ipv6: false,
+        ip_len: total_len as u32,
+        l4_off: l2_len + header_len,
+        l4_len: (total_len - header_len) as u32,
+        proto: ip.proto as u8,
+        tos: ip.tos,
+        src: ipv4_mapped(ip.src_addr),
+        dst,
+    })
+}
+
+#[inline(always)]
+fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
+    let ip: Ipv6Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
+    if !is_vip_addr(&ip.dst_addr) {
+        return Err(Counter::Pass);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    if ip.vcf[0] >> 4 != 6 || l2_len + Ipv6Hdr::LEN + payload_len > pkt::len(ctx) {
+        return Err(Counter::DropBadIpHeader);
+    }
+    let next = ip.next_hdr as u8;
+    if is_ipv6_extension(next) {
+        // We do not walk extension headers: the ports may be anywhere behind them.
+        return Err(Counter::DropIpv6ExtHeader);
+    }
+    Ok(L3 {
+        l2_len,
+        ipv6: true,
+        ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
+        l4_off: l2_len + Ipv6Hdr::LEN,
+        l4_len: payload_len as u32,
+        proto: next,
+        tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+    })
+}
+
+/// Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6, experiments.
+#[inline(always)]
+fn is_ipv6_extension(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Source and destination port (network byte order) of a TCP or UDP packet whose transport
+/// header must lie whole inside the IP packet.
+#[inline(always)]
+pub fn ports(ctx: &aya_ebpf::programs::XdpContext, l3: &L3) -> Result<([u8; 2], [u8; 2]), Counter> {
+    let bad = Counter::DropBadL4Header;
+    let ports: [[u8; 2]; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
+    if l3.proto == IPPROTO_TCP {
+        let data_offset: u8 = pkt::read(ctx, l3.l4_off + 12).ok_or(bad)?;
+        let header_len = ((data_offset >> 4) as u32) * 4;
+        if header_len < 20 || header_len > l3.l4_len {
+            return Err(bad);
+        }
+    } else {
+        let udp_len: [u8; 2] = pkt::read(ctx, l3.l4_off + 4).ok_or(bad)?;
+        let udp_len = u16::from_be_bytes(udp_len) as u32;
+        if l3.l4_len < 8 || udp_len < 8 || udp_len > l3.l4_len {
+            return Err(bad);
+        }
+    }
+    Ok((ports[0], ports[1]))
+}

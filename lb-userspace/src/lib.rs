@@ -1,0 +1,8 @@
+//! anycast-lb control plane library: Maglev, the data-plane loader and map access.
+
+pub mod dataplane;
+pub mod maglev;
+pub mod test_run;
+
+/// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.
+pub const LB_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
