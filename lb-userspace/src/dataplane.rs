@@ -1,0 +1,250 @@
+//! The only module that talks to aya: loads the eBPF object, attaches programs, and reads and
+//! writes the maps with the typed values of `lb_common`.
+
+use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::{AsFd as _, AsRawFd as _}};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    maps,
+    stats::{Counter, DecapCounter},
+    LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
+    MAX_RING_SIZE,
+};
+
+use crate::LB_EBPF;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name} is not in the eBPF object")]
+    NoProgram { name: String },
+    #[error("program {name}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name} is not in the eBPF object")]
+    NoMap { name: &'static str },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("ring {ring} with {slots} slots does not fit (at most {MAX_RINGS} rings of {MAX_RING_SIZE})")]
+    RingOutOfRange { ring: u32, slots: usize },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Knobs fixed when the object is loaded.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Connection-table entries.
+    pub conn_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { conn_table_size: DEFAULT_CONN_TABLE_SIZE }
+    }
+}
+
+/// How to attach to an interface: native (driver) XDP, or generic as a fallback the operator
+/// chooses explicitly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+/// An address in the maps' 16-byte form (IPv4 is IPv4-mapped).
+pub fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => lb_common::ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The loaded object and typed access to its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(maps::CONNS, opts.conn_table_size)
+            .load(LB_EBPF)
+            .map_err(DataplaneError::Load)?;
+        Ok(Self { ebpf })
+    }
+
+    fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        let no_program = || DataplaneError::NoProgram { name: name.to_owned() };
+        let program = self.ebpf.program_mut(name).ok_or_else(no_program)?;
+        program.try_into().map_err(|source| DataplaneError::Program { name: name.to_owned(), source })
+    }
+
+    /// Loads program `name` into the kernel (verifier included) if it is not yet, and returns its fd.
+    pub fn program_fd(&mut self, name: &str) -> Result<i32> {
+        let prog_err = |source| DataplaneError::Program { name: name.to_owned(), source };
+        let xdp = self.xdp(name)?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(prog_err)?;
+        }
+        Ok(xdp.fd().map_err(prog_err)?.as_fd().as_raw_fd())
+    }
+
+    /// Attaches program `name` to `iface` in the calling thread's network namespace. It stays
+    /// attached while this `Dataplane` lives.
+    pub fn attach(&mut self, name: &str, iface: &str, mode: AttachMode) -> Result<()> {
+        self.program_fd(name)?;
+        let mode = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        let prog_err = |source| DataplaneError::Program { name: name.to_owned(), source };
+        self.xdp(name)?.attach(iface, mode).map_err(prog_err)?;
+        Ok(())
+    }
+
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>> {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap { name })?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap { name })?;
+        HashMap::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu<T: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, T>> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::NoMap { name })?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<()> {
+        self.array::<LbConfig>(maps::CONFIG)?.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    pub fn set_real(&mut self, id: u32, real: &Real) -> Result<()> {
+        self.array::<Real>(maps::REALS)?.set(id, real, 0).map_err(map_err(maps::REALS))
+    }
+
+    /// Adds or updates a VIP. The address is counted in `VIP_ADDRS` on first insert.
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        let mut vips = self.hash::<VipKey, VipMeta>(maps::VIPS)?;
+        let is_new = vips.get(key, 0).is_err();
+        vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))?;
+        if is_new {
+            let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
+            let count = addrs.get(&key.addr, 0).unwrap_or(0);
+            addrs.insert(key.addr, count + 1, 0).map_err(map_err(maps::VIP_ADDRS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP; its address leaves `VIP_ADDRS` with its last VIP.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut vips = self.hash::<VipKey, VipMeta>(maps::VIPS)?;
+        if vips.get(key, 0).is_err() {
+            return Ok(());
+        }
+        vips.remove(key).map_err(map_err(maps::VIPS))?;
+        let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
+        match addrs.get(&key.addr, 0).unwrap_or(0) {
+            0 | 1 => addrs.remove(&key.addr).map_err(map_err(maps::VIP_ADDRS)),
+            n => addrs.insert(key.addr, n - 1, 0).map_err(map_err(maps::VIP_ADDRS)),
+        }
+    }
+
+    /// Writes the given slots of ring `ring`: `(slot, real id)` pairs.
+    pub fn write_ring_slots(&mut self, ring: u32, slots: impl IntoIterator<Item = (u32, u32)>) -> Result<()> {
+        let mut maglev = self.array::<u32>(maps::MAGLEV)?;
+        for (slot, real_id) in slots {
+            if ring >= MAX_RINGS || slot >= MAX_RING_SIZE {
+                return Err(DataplaneError::RingOutOfRange { ring, slots: slot as usize + 1 });
+            }
+            maglev.set(ring * MAX_RING_SIZE + slot, real_id, 0).map_err(map_err(maps::MAGLEV))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole ring.
+    pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<()> {
+        if table.len() > MAX_RING_SIZE as usize {
+            return Err(DataplaneError::RingOutOfRange { ring, slots: table.len() });
+        }
+        self.write_ring_slots(ring, table.iter().enumerate().map(|(slot, &id)| (slot as u32, id)))
+    }
+
+    pub fn add_decap_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash::<[u8; 16], u32>(maps::DECAP_ADDRS)?
+            .insert(addr16(addr), 1, 0)
+            .map_err(map_err(maps::DECAP_ADDRS))
+    }
+
+    /// Bench-only: the mode of the bench wrapper (`lb_common::bench`).
+    pub fn set_bench_mode(&mut self, mode: u32) -> Result<()> {
+        self.array::<u32>(maps::BENCH)?.set(0, mode, 0).map_err(map_err(maps::BENCH))
+    }
+
+    /// Global counters, summed over CPUs.
+    pub fn counters(&self) -> Result<StdHashMap<&'static str, u64>> {
+        let stats = self.per_cpu::<u64>(maps::STATS)?;
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = stats.get(&(c as u32), 0).map_err(map_err(maps::STATS))?;
+                Ok((c.name(), per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let stats = self.per_cpu::<u64>(maps::STATS)?;
+        Ok(stats.get(&(c as u32), 0).map_err(map_err(maps::STATS))?.iter().sum())
+    }
+
+    pub fn decap_counter(&self, c: DecapCounter) -> Result<u64> {
+        let stats = self.per_cpu::<u64>(maps::DECAP_STATS)?;
+        Ok(stats.get(&(c as u32), 0).map_err(map_err(maps::DECAP_STATS))?.iter().sum())
+    }
+
+    pub fn vip_stats(&self, vip_index: u32) -> Result<VipStats> {
+        let per_cpu = self.per_cpu::<VipStats>(maps::VIP_STATS)?;
+        let values = per_cpu.get(&vip_index, 0).map_err(map_err(maps::VIP_STATS))?;
+        Ok(values.iter().fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            conn_hits: a.conn_hits + s.conn_hits,
+            conn_misses: a.conn_misses + s.conn_misses,
+        }))
+    }
+
+    pub fn real_stats(&self, real_id: u32) -> Result<RealStats> {
+        let per_cpu = self.per_cpu::<RealStats>(maps::REAL_STATS)?;
+        let values = per_cpu.get(&real_id, 0).map_err(map_err(maps::REAL_STATS))?;
+        Ok(values.iter().fold(RealStats::default(), |a, s| RealStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    /// Names of the maps in the loaded object.
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_owned()).collect()
+    }
+}
