@@ -49,7 +49,7 @@ pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
     };
     // The inner packet's fixed header must be there, or the stack gets garbage.
     let inner_min = if inner_type == ETH_P_IP { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
-    if outer_len < Ipv4Hdr::LEN || pkt::ptr_at::<u8>(ctx, l2_len + outer_len + inner_min - 1).is_none() {
+    if outer_len < Ipv4Hdr::LEN || pkt::ptr_at::<[u8; 2]>(ctx, l2_len + outer_len + inner_min - 2).is_none() {
         return Err(DecapCounter::DropMalformed);
     }
 

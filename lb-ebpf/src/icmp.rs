@@ -16,6 +16,8 @@ use crate::{
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
@@ -54,22 +56,22 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Result<u32, Counter> {
     // Swapping source and destination leaves both the IPv4 header checksum and the ICMPv6
     // pseudo-header sum unchanged; only the type and the TTL change a checksum.
     let new_check = if l3.ipv6 {
-        pkt::write(ctx, ip + 7, REPLY_TTL).ok_or(bad)?; // hop limit
+        pkt::write(ctx, ip + 6, [l3.proto, REPLY_TTL]).ok_or(bad)?; // next header, hop limit
         pkt::write(ctx, ip + 8, l3.dst).ok_or(bad)?;
         pkt::write(ctx, ip + 24, l3.src).ok_or(bad)?;
-        pkt::write(ctx, l3.l4_off, 129u8).ok_or(bad)?;
+        pkt::write(ctx, l3.l4_off, [ICMPV6_ECHO_REPLY, 0]).ok_or(bad)?;
         csum::replace16(check, 0x8000, 0x8100)
     } else {
         let [ttl, proto]: [u8; 2] = pkt::read(ctx, ip + 8).ok_or(bad)?;
         let ip_check = u16::from_be_bytes(pkt::read(ctx, ip + 10).ok_or(bad)?);
         let ip_check = csum::replace16(ip_check, u16::from_be_bytes([ttl, proto]), u16::from_be_bytes([REPLY_TTL, proto]));
-        pkt::write(ctx, ip + 8, REPLY_TTL).ok_or(bad)?;
+        pkt::write(ctx, ip + 8, [REPLY_TTL, proto]).ok_or(bad)?;
         pkt::write(ctx, ip + 10, ip_check.to_be_bytes()).ok_or(bad)?;
         let src: [u8; 4] = pkt::read(ctx, ip + 12).ok_or(bad)?;
         let dst: [u8; 4] = pkt::read(ctx, ip + 16).ok_or(bad)?;
         pkt::write(ctx, ip + 12, dst).ok_or(bad)?;
         pkt::write(ctx, ip + 16, src).ok_or(bad)?;
-        pkt::write(ctx, l3.l4_off, 0u8).ok_or(bad)?;
+        pkt::write(ctx, l3.l4_off, [ICMP_ECHO_REPLY, 0]).ok_or(bad)?;
         csum::replace16(check, 0x0800, 0x0000)
     };
     pkt::write(ctx, check_off, new_check.to_be_bytes()).ok_or(bad)?;

@@ -145,7 +145,7 @@ pub fn ports(ctx: &aya_ebpf::programs::XdpContext, l3: &L3) -> Result<([u8; 2], 
     let bad = Counter::DropBadL4Header;
     let ports: [[u8; 2]; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
     if l3.proto == IPPROTO_TCP {
-        let data_offset: u8 = pkt::read(ctx, l3.l4_off + 12).ok_or(bad)?;
+        let [data_offset, _flags]: [u8; 2] = pkt::read(ctx, l3.l4_off + 12).ok_or(bad)?;
         let header_len = ((data_offset >> 4) as u32) * 4;
         if header_len < 20 || header_len > l3.l4_len {
             return Err(bad);

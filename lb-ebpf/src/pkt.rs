@@ -1,5 +1,9 @@
 //! The one place that touches packet memory: every read and write goes through a bounds check
 //! against `data_end`, in the form the verifier proves (`start + off + size <= end`).
+//!
+//! Accesses are at least two bytes wide: for one byte LLVM rewrites `p + 1 > end` as `p >= end`,
+//! from which the verifier learns no range when `p` has a variable offset (kernel
+//! `find_good_pkt_pointers` ignores right-open compares at offset 0), and rejects the access.
 
 use core::mem;
 
@@ -19,6 +23,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 
 #[inline(always)]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    const { assert!(mem::size_of::<T>() >= 2, "packet accesses are at least 2 bytes (see module doc)") };
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + off + mem::size_of::<T>() > end {
         return None;

@@ -1,1 +1,30 @@
-//! Test support for anycast-lb.
+//! Test support for anycast-lb: packet builders and parsers, a fixture that runs the real XDP
+//! program through BPF_PROG_TEST_RUN, and network-namespace helpers.
+
+pub mod fixture;
+pub mod netns;
+pub mod packet;
+
+/// Whether a privileged test may run. Without root it skips with a line saying so, except when
+/// `CI=true` or `LB_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test`): then it fails, so a run
+/// can never pass by skipping.
+pub fn have_root(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("LB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    assert!(!required, "{test} needs root, and privileged tests are required here");
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Returns early from a privileged test that cannot run here (see `have_root`).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::have_root(module_path!()) {
+            return;
+        }
+    };
+}

@@ -1,0 +1,199 @@
+//! Frames for tests: built with etherparse, parsed back for assertions, and checksummed
+//! independently of the code under test.
+
+use std::net::IpAddr;
+
+use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+pub const PAYLOAD: &[u8] = b"anycast-lb test payload";
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn v4(a: IpAddr) -> [u8; 4] {
+    match a {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => panic!("{a} is not IPv4"),
+    }
+}
+
+fn v6(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("{a} is not IPv6"),
+    }
+}
+
+/// The transport part of a test frame.
+#[derive(Clone, Copy, Debug)]
+pub enum L4 {
+    Tcp { src: u16, dst: u16 },
+    Udp { src: u16, dst: u16 },
+    EchoRequest,
+}
+
+/// A client frame: Ethernet (optionally one VLAN tag), IPv4 or IPv6, TCP/UDP/echo, payload.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: L4,
+    pub ttl: u8,
+    pub vlan: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Self::new(src, dst, L4::Tcp { src: sport, dst: dport })
+    }
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Self::new(src, dst, L4::Udp { src: sport, dst: dport })
+    }
+    pub fn echo(src: &str, dst: &str) -> Self {
+        Self::new(src, dst, L4::EchoRequest)
+    }
+    fn new(src: &str, dst: &str, l4: L4) -> Self {
+        Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec() }
+    }
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlan = Some(id);
+        self
+    }
+    pub fn payload(mut self, len: usize) -> Self {
+        self.payload = (0..len).map(|i| i as u8).collect();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+        macro_rules! finish {
+            ($ip:expr) => {{
+                let mut out = Vec::new();
+                match self.l4 {
+                    L4::Tcp { src, dst } => $ip.tcp(src, dst, 1000, 64240).ack(1).write(&mut out, &self.payload),
+                    L4::Udp { src, dst } => $ip.udp(src, dst).write(&mut out, &self.payload),
+                    L4::EchoRequest if self.src.is_ipv4() => {
+                        $ip.icmpv4_echo_request(7, 1).write(&mut out, &self.payload)
+                    }
+                    L4::EchoRequest => $ip.icmpv6_echo_request(7, 1).write(&mut out, &self.payload),
+                }
+                .expect("build frame");
+                out
+            }};
+        }
+        match (self.vlan, self.src.is_ipv4()) {
+            (None, true) => finish!(eth.ipv4(v4(self.src), v4(self.dst), self.ttl)),
+            (None, false) => finish!(eth.ipv6(v6(self.src), v6(self.dst), self.ttl)),
+            (Some(id), true) => {
+                finish!(eth.single_vlan(id.try_into().unwrap()).ipv4(v4(self.src), v4(self.dst), self.ttl))
+            }
+            (Some(id), false) => {
+                finish!(eth.single_vlan(id.try_into().unwrap()).ipv6(v6(self.src), v6(self.dst), self.ttl))
+            }
+        }
+    }
+
+    /// Bytes of L2 header in the built frame.
+    pub fn l2_len(&self) -> usize {
+        if self.vlan.is_some() {
+            18
+        } else {
+            14
+        }
+    }
+}
+
+/// One's-complement sum of `data` (RFC 1071), not folded to 16 bits yet.
+pub fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
+}
+
+pub fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Whether an ICMPv4 message's checksum is right.
+pub fn icmpv4_checksum_ok(icmp: &[u8]) -> bool {
+    fold(sum16(icmp)) == 0xffff
+}
+
+/// Whether an ICMPv6 message's checksum is right (pseudo-header included).
+pub fn icmpv6_checksum_ok(src: [u8; 16], dst: [u8; 16], icmp: &[u8]) -> bool {
+    let pseudo = sum16(&src) + sum16(&dst) + icmp.len() as u32 + 58;
+    fold(pseudo + sum16(icmp)) == 0xffff
+}
+
+/// An encapsulated frame as the balancer sent it.
+#[derive(Debug)]
+pub struct Encapsulated {
+    pub eth: Ethernet2Header,
+    pub vlan_tci: Option<[u8; 2]>,
+    pub outer: Outer,
+    /// Everything after the outer IP header: the client's IP packet.
+    pub inner: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum Outer {
+    V4(Ipv4Header),
+    V6(Ipv6Header),
+}
+
+impl Outer {
+    pub fn src(&self) -> IpAddr {
+        match self {
+            Outer::V4(h) => IpAddr::from(h.source),
+            Outer::V6(h) => IpAddr::from(h.source),
+        }
+    }
+    pub fn dst(&self) -> IpAddr {
+        match self {
+            Outer::V4(h) => IpAddr::from(h.destination),
+            Outer::V6(h) => IpAddr::from(h.destination),
+        }
+    }
+    pub fn proto(&self) -> IpNumber {
+        match self {
+            Outer::V4(h) => h.protocol,
+            Outer::V6(h) => h.next_header,
+        }
+    }
+}
+
+/// Parses an encapsulated frame; panics with the frame when it is not one.
+pub fn parse_encapsulated(frame: &[u8]) -> Encapsulated {
+    let (eth, mut rest) = Ethernet2Header::from_slice(frame).unwrap_or_else(|e| panic!("{e}: {frame:02x?}"));
+    let mut ether_type = eth.ether_type.0;
+    let mut vlan_tci = None;
+    if ether_type == 0x8100 {
+        vlan_tci = Some([rest[0], rest[1]]);
+        ether_type = u16::from_be_bytes([rest[2], rest[3]]);
+        rest = &rest[4..];
+    }
+    let (outer, inner) = match ether_type {
+        0x0800 => {
+            let (h, inner) = Ipv4Header::from_slice(rest).unwrap_or_else(|e| panic!("{e}: {frame:02x?}"));
+            assert_eq!(h.total_len as usize, rest.len(), "outer total length covers the frame");
+            (Outer::V4(h), inner)
+        }
+        0x86dd => {
+            let (h, inner) = Ipv6Header::from_slice(rest).unwrap_or_else(|e| panic!("{e}: {frame:02x?}"));
+            assert_eq!(h.payload_length as usize, inner.len(), "outer payload length covers the frame");
+            (Outer::V6(h), inner)
+        }
+        other => panic!("ether type {other:#06x} is not IP: {frame:02x?}"),
+    };
+    Encapsulated { eth, vlan_tci, outer, inner: inner.to_vec() }
+}
