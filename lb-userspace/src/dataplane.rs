@@ -11,7 +11,7 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
+    FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
     MAX_RING_SIZE,
 };
 
@@ -187,6 +187,17 @@ impl Dataplane {
             return Err(DataplaneError::RingOutOfRange { ring, slots: table.len() });
         }
         self.write_ring_slots(ring, table.iter().enumerate().map(|(slot, &id)| (slot as u32, id)))
+    }
+
+    /// The real id the connection table holds for `flow`, if any.
+    pub fn conn_real(&self, flow: &FlowKey) -> Result<Option<u32>> {
+        let map = self.ebpf.map(maps::CONNS).ok_or(DataplaneError::NoMap { name: maps::CONNS })?;
+        let conns = HashMap::<_, FlowKey, u32>::try_from(map).map_err(map_err(maps::CONNS))?;
+        match conns.get(flow, 0) {
+            Ok(id) => Ok(Some(id)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { name: maps::CONNS, source }),
+        }
     }
 
     pub fn add_decap_addr(&mut self, addr: IpAddr) -> Result<()> {

@@ -118,6 +118,17 @@ impl Balancer {
         self.dp.set_real(id, &Real { addr: addr16(addr), flags }).expect("set real");
     }
 
+    /// Id of the real at `addr` (registering it if new).
+    pub fn real_id_of(&mut self, addr: &str) -> u32 {
+        self.real_id(ip(addr))
+    }
+
+    /// The real the connection table holds for `frame`'s flow.
+    pub fn dp_conn_real(&self, frame: &Frame) -> Option<IpAddr> {
+        let id = self.dp.conn_real(&flow_of(frame)).expect("read CONNS")?;
+        Some(self.reals[&id])
+    }
+
     /// The real Maglev gives a new flow of `frame` on `vip`.
     pub fn expected_real(&self, vip: &Vip, frame: &Frame) -> IpAddr {
         let flow = flow_of(frame);

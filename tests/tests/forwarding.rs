@@ -1,0 +1,289 @@
+//! The balancer on TCP and UDP to VIPs, run in the kernel with BPF_PROG_TEST_RUN.
+
+use std::collections::{HashMap, HashSet};
+
+use lb_common::{
+    stats::Counter, DEFAULT_RING_SIZE, VIP_F_SOURCE_AFFINITY,
+};
+use lb_tests::{
+    expect::{encapsulated_to, passed_untouched},
+    fixture::{Balancer, MTU, TEST_RING_SIZE},
+    packet::{ip, Frame},
+    require_root,
+};
+use lb_userspace::test_run::action_name;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const REALS4: [(&str, u32); 3] = [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)];
+const REALS6: [(&str, u32); 3] = [("fd00:1::1", 1), ("fd00:1::2", 1), ("fd00:1::3", 1)];
+
+/// Sends `flows` frames (source port varied) and checks each lands on Maglev's real; returns
+/// how many went to each real.
+fn check_flows(lb: &Balancer, vip: &lb_tests::fixture::Vip, make: impl Fn(u16) -> Frame, flows: u16) -> HashMap<std::net::IpAddr, u32> {
+    let mut per_real = HashMap::new();
+    for i in 0..flows {
+        let frame = make(10_000 + i);
+        let input = frame.build();
+        let real = lb.expected_real(vip, &frame);
+        encapsulated_to(&lb.run(&input), &input, frame.l2_len(), real);
+        *per_real.entry(real).or_default() += 1;
+    }
+    per_real
+}
+
+#[test]
+fn ipv4_tcp_to_vip_is_encapsulated_to_the_maglev_real() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let per_real = check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.1", p, "10.0.0.1", 80), 60);
+    assert_eq!(per_real.len(), 3, "every real gets flows: {per_real:?}");
+    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    assert_eq!((stats.packets, stats.new_flows, stats.conn_misses, stats.conn_hits), (60, 60, 60, 0));
+    assert_eq!(lb.dp.counter(Counter::Tx).unwrap(), 60);
+}
+
+#[test]
+fn ipv4_udp_to_vip_is_encapsulated_to_the_maglev_real() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
+    check_flows(&lb, &vip, |p| Frame::udp("192.0.2.1", p, "10.0.0.1", 53), 20);
+}
+
+#[test]
+fn ipv6_vip_is_encapsulated_ipv6_in_ipv6() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("2001:db8::10", 443, TCP, 0, TEST_RING_SIZE, &REALS6);
+    check_flows(&lb, &vip, |p| Frame::tcp("2001:db8:c::1", p, "2001:db8::10", 443), 20);
+    let vip = lb.add_vip("2001:db8::10", 53, UDP, 0, TEST_RING_SIZE, &REALS6);
+    check_flows(&lb, &vip, |p| Frame::udp("2001:db8:c::1", p, "2001:db8::10", 53), 20);
+}
+
+#[test]
+fn ipv4_vip_with_ipv6_reals_is_encapsulated_ipv4_in_ipv6() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS6);
+    check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.1", p, "10.0.0.1", 80), 20);
+}
+
+#[test]
+fn any_port_vip_takes_every_port_and_a_port_vip_wins() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let any = lb.add_vip("10.0.0.2", 0, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
+    let https = lb.add_vip("10.0.0.2", 443, TCP, 0, TEST_RING_SIZE, &[("10.1.0.9", 1)]);
+    for port in [1, 22, 80, 8080, 65535] {
+        let f = Frame::tcp("192.0.2.1", 5555, "10.0.0.2", port);
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+    }
+    let f = Frame::tcp("192.0.2.1", 5555, "10.0.0.2", 443);
+    encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.9"));
+    assert_eq!(lb.dp.vip_stats(any.meta.vip_index).unwrap().packets, 5);
+    assert_eq!(lb.dp.vip_stats(https.meta.vip_index).unwrap().packets, 1);
+    // The any-port VIP is TCP only: UDP to the same address is not ours.
+    let udp = Frame::udp("192.0.2.1", 5555, "10.0.0.2", 53).build();
+    passed_untouched(&lb.run(&udp), &udp);
+}
+
+#[test]
+fn traffic_not_for_a_vip_passes_untouched() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let frames = [
+        Frame::tcp("192.0.2.1", 1234, "10.0.0.99", 80).build(), // other address
+        Frame::tcp("192.0.2.1", 1234, "10.0.0.1", 81).build(),  // VIP address, other port
+        Frame::udp("192.0.2.1", 1234, "10.0.0.1", 80).build(),  // VIP address, other protocol
+        Frame::tcp("2001:db8::1", 1234, "2001:db8::99", 80).build(),
+        Frame::echo("192.0.2.1", "10.0.0.99").build(),
+    ];
+    // ARP request (who has 10.0.0.1): not IP at all.
+    let mut arp = vec![0xff; 6];
+    arp.extend([0x02, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend([0x02, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+    for frame in frames.iter().chain([&arp]) {
+        passed_untouched(&lb.run(frame), frame);
+    }
+    assert_eq!(lb.dp.counter(Counter::Pass).unwrap(), 6);
+}
+
+#[test]
+fn a_flow_keeps_its_real_when_the_ring_changes() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[..1]);
+    let flows: Vec<Frame> = (0..40).map(|p| Frame::tcp("192.0.2.7", 20_000 + p, "10.0.0.1", 80)).collect();
+    for f in &flows {
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+    }
+    lb.set_reals(&mut vip, &REALS4); // two more reals: most slots now point elsewhere
+    let moved_in_ring = flows.iter().filter(|f| lb.expected_real(&vip, f) != ip("10.1.0.1")).count();
+    assert!(moved_in_ring > 10, "the new ring sends {moved_in_ring} of 40 flows elsewhere");
+    for f in &flows {
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+    }
+    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    assert_eq!((stats.conn_misses, stats.conn_hits, stats.new_flows), (40, 40, 40));
+    // New flows follow the new ring.
+    check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.8", p, "10.0.0.1", 80), 30);
+}
+
+#[test]
+fn flows_of_a_down_real_move_to_a_live_one() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let flows: Vec<Frame> = (0..60).map(|p| Frame::tcp("192.0.2.7", 20_000 + p, "10.0.0.1", 80)).collect();
+    for f in &flows {
+        lb.run(&f.build());
+    }
+    lb.mark_down("10.1.0.2");
+    lb.set_reals(&mut vip, &[REALS4[0], REALS4[2]]);
+    let on_down: Vec<&Frame> = flows.iter().filter(|f| lb.dp_conn_real(f) == Some(ip("10.1.0.2"))).collect();
+    assert!(!on_down.is_empty());
+    for f in flows.iter() {
+        let out = lb.run(&f.build());
+        let e = lb_tests::packet::parse_encapsulated(&out.data);
+        assert_ne!(e.outer.dst(), ip("10.1.0.2"), "nothing goes to the down real");
+    }
+    for f in on_down {
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, lb.expected_real(&vip, f));
+    }
+    // Draining (weight 0, not down): existing flows stay, new ones avoid it.
+    let mut lb = Balancer::new();
+    let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    for f in &flows {
+        lb.run(&f.build());
+    }
+    let before: Vec<_> = flows.iter().map(|f| lb.dp_conn_real(f)).collect();
+    lb.set_reals(&mut vip, &[REALS4[0], ("10.1.0.2", 0), REALS4[2]]);
+    for (f, real) in flows.iter().zip(before) {
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, real.unwrap());
+    }
+    let per_real = check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.9", p, "10.0.0.1", 80), 40);
+    assert!(!per_real.contains_key(&ip("10.1.0.2")), "no new flow to a draining real");
+}
+
+#[test]
+fn source_affinity_keeps_a_client_on_one_real() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 0, TCP, VIP_F_SOURCE_AFFINITY, TEST_RING_SIZE, &REALS4);
+    let mut reals_seen = HashSet::new();
+    for client in 1..=30u8 {
+        let src = format!("192.0.2.{client}");
+        let mut per_client = HashSet::new();
+        for port in 0..8u16 {
+            let f = Frame::tcp(&src, 30_000 + port * 7, "10.0.0.1", 80 + port);
+            let real = lb.expected_real(&vip, &f);
+            encapsulated_to(&lb.run(&f.build()), &f.build(), 14, real);
+            per_client.insert(real);
+        }
+        assert_eq!(per_client.len(), 1, "client {src} stays on one real");
+        reals_seen.extend(per_client);
+    }
+    assert!(reals_seen.len() > 1, "clients still spread over reals");
+}
+
+#[test]
+fn vip_without_reals_drops_and_counts() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &[]);
+    let out = lb.run(&Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).build());
+    assert_eq!(action_name(out.action), "XDP_DROP");
+    assert_eq!(lb.dp.counter(Counter::DropNoReal).unwrap(), 1);
+    assert_eq!(lb.dp.counter(Counter::Drop).unwrap(), 1);
+}
+
+#[test]
+fn vlan_tag_is_kept_and_ttl_is_not_touched() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let f = Frame::tcp("192.0.2.1", 4242, "10.0.0.1", 80).vlan(42).ttl(1);
+    let input = f.build();
+    let e = encapsulated_to(&lb.run(&input), &input, 18, lb.expected_real(&vip, &f));
+    assert_eq!(e.vlan_tci, Some([input[14], input[15]]), "same VLAN tag");
+    assert_eq!(e.inner[8], 1, "inner TTL 1 delivered as is");
+    let f6 = Frame::tcp("2001:db8:c::1", 4242, "2001:db8::10", 80).vlan(7).ttl(1);
+    let vip6 = lb.add_vip("2001:db8::10", 80, TCP, 0, TEST_RING_SIZE, &REALS6);
+    let input = f6.build();
+    encapsulated_to(&lb.run(&input), &input, 18, lb.expected_real(&vip6, &f6));
+}
+
+#[test]
+fn packets_that_would_exceed_the_mtu_are_dropped() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    lb.add_vip("2001:db8::10", 80, TCP, 0, TEST_RING_SIZE, &REALS6);
+    let tcp4_overhead = 20 + 20;
+    let fits = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead).build();
+    assert_eq!(action_name(lb.run(&fits).action), "XDP_TX", "exactly the MTU after IPIP");
+    let too_big = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).build();
+    assert_eq!(action_name(lb.run(&too_big).action), "XDP_DROP");
+    let too_big6 = Frame::tcp("2001:db8::1", 1, "2001:db8::10", 80).payload(MTU as usize - 40 - 60 + 1).build();
+    assert_eq!(action_name(lb.run(&too_big6).action), "XDP_DROP");
+    assert_eq!(lb.dp.counter(Counter::DropMtuExceeded).unwrap(), 2);
+}
+
+#[test]
+fn outer_source_carries_per_flow_entropy() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[..1]);
+    let sources: HashSet<_> = (0..64)
+        .map(|p| {
+            let out = lb.run(&Frame::tcp("192.0.2.1", 40_000 + p, "10.0.0.1", 80).build());
+            lb_tests::packet::parse_encapsulated(&out.data).outer.src()
+        })
+        .collect();
+    assert!(sources.len() >= 60, "{} distinct outer sources for 64 flows", sources.len());
+    let again = lb.run(&Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80).build());
+    let first = lb.run(&Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80).build());
+    assert_eq!(
+        lb_tests::packet::parse_encapsulated(&again.data).outer.src(),
+        lb_tests::packet::parse_encapsulated(&first.data).outer.src(),
+        "stable for a flow"
+    );
+}
+
+#[test]
+fn full_size_ring_balances_like_userspace_maglev() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, DEFAULT_RING_SIZE, &REALS4);
+    let per_real = check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.3", p, "10.0.0.1", 80), 300);
+    for (real, n) in &per_real {
+        assert!(*n > 60, "{real} got {n} of 300 flows");
+    }
+    let id = lb.real_id_of("10.1.0.1");
+    assert_eq!(lb.dp.real_stats(id).unwrap().packets, per_real[&ip("10.1.0.1")] as u64);
+}
+
+#[test]
+fn without_config_packets_to_a_vip_are_dropped() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    lb.dp.set_config(&lb_common::LbConfig::default()).unwrap();
+    let out = lb.run(&Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).build());
+    assert_eq!(action_name(out.action), "XDP_DROP");
+    assert_eq!(lb.dp.counter(Counter::DropNoConfig).unwrap(), 1);
+}
+
+#[test]
+fn object_has_every_map_by_name() {
+    require_root!();
+    let lb = Balancer::new();
+    let names = lb.dp.map_names();
+    for name in lb_common::maps::ALL {
+        assert!(names.iter().any(|n| n == name), "map {name} missing from {names:?}");
+        assert!(name.len() <= 15, "{name} fits bpftool's column");
+    }
+}
