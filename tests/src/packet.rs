@@ -197,3 +197,40 @@ pub fn parse_encapsulated(frame: &[u8]) -> Encapsulated {
     };
     Encapsulated { eth, vlan_tci, outer, inner: inner.to_vec() }
 }
+
+/// An ICMP error from a router on the path about a packet the real sent (`quoted_src` =
+/// the VIP, `quoted_dst` = the client), quoting the IP header and `quote_len` transport bytes.
+/// IPv4: "fragmentation needed" (3/4); IPv6: "packet too big" (2/0). MTU 1400.
+pub fn icmp_too_big(router: &str, vip: &str, quoted_src: (&str, u16), quoted_dst: (&str, u16), quote_len: usize) -> Vec<u8> {
+    let (vip, router) = (ip(vip), ip(router));
+    let (qs, qd) = (ip(quoted_src.0), ip(quoted_dst.0));
+    let mut transport = Vec::new();
+    transport.extend(quoted_src.1.to_be_bytes());
+    transport.extend(quoted_dst.1.to_be_bytes());
+    transport.extend([0, 0, 0x30, 0x39, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff]); // seq, ack, flags
+    transport.truncate(quote_len);
+    let mut quote = Vec::new();
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    if vip.is_ipv4() {
+        let h = Ipv4Header::new(1480, 63, IpNumber::TCP, v4(qs), v4(qd)).expect("header");
+        quote.extend(h.to_bytes());
+        quote.extend(transport);
+        eth.ipv4(v4(router), v4(vip), 64).icmpv4_raw(3, 4, [0, 0, 0x05, 0x78]).write(&mut out, &quote)
+    } else {
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Default::default(),
+            payload_length: 1440,
+            next_header: IpNumber::TCP,
+            hop_limit: 63,
+            source: v6(qs),
+            destination: v6(qd),
+        };
+        quote.extend(h.to_bytes());
+        quote.extend(transport);
+        eth.ipv6(v6(router), v6(vip), 64).icmpv6_raw(2, 0, 1400u32.to_be_bytes()).write(&mut out, &quote)
+    }
+    .expect("build ICMP error");
+    out
+}
