@@ -18,6 +18,8 @@ pub const MAX_RINGS: u32 = 2 * MAX_VIPS;
 pub const MAX_REALS: u32 = 4096;
 /// Connection-table entries when the operator does not choose (room for about 1M flows).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Buckets of the VIP-address pre-filter (`VIP_FILTER`), a power of two.
+pub const VIP_FILTER_SIZE: u32 = 4096;
 /// Local addresses the decapsulation program accepts tunnelled packets for.
 pub const MAX_DECAP_ADDRS: u32 = 64;
 
@@ -29,6 +31,7 @@ pub const IP6_OVERHEAD: u32 = 40;
 pub mod maps {
     pub const VIPS: &str = "VIPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const MAGLEV: &str = "MAGLEV";
     pub const REALS: &str = "REALS";
     pub const CONNS: &str = "CONNS";
@@ -40,7 +43,7 @@ pub mod maps {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const BENCH: &str = "BENCH";
     pub const ALL: &[&str] = &[
-        VIPS, VIP_ADDRS, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
+        VIPS, VIP_ADDRS, VIP_FILTER, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
         DECAP_STATS, BENCH,
     ];
 }
@@ -128,6 +131,16 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the `CONNS` connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub real_id: u32,
+    /// The flow's hash, kept so a hit need not recompute it for the outer source's entropy.
+    pub flow_hash: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
 
 /// Value of the single-entry `CONFIG` array: how the balancer builds the packets it sends.
 #[repr(C)]
@@ -278,6 +291,7 @@ mod pod {
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for RealStats {}

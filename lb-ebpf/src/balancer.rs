@@ -1,11 +1,7 @@
 //! The balancer: parse, find the VIP, pick the real, encapsulate, `XDP_TX`.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{
-    hash::{flow_hash, source_hash},
-    stats::Counter,
-    FlowKey, VipMeta, VIP_F_SOURCE_AFFINITY,
-};
+use lb_common::{stats::Counter, FlowKey, VipMeta};
 
 use crate::{
     encap, icmp, maglev,
@@ -42,11 +38,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     let l3 = parse::l3(ctx)?;
     match (l3.ipv6, l3.proto) {
-        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) => return icmp::handle(ctx, &l3),
+        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if parse::is_vip_addr(&l3.dst) => {
+            return icmp::handle(ctx, &l3)
+        }
         (_, IPPROTO_TCP) | (_, IPPROTO_UDP) => {}
         _ => return Err(Counter::Pass),
     }
-    let (src_port, dst_port) = parse::ports(ctx, &l3)?;
+    let (src_port, dst_port) = parse::ports(ctx, &l3).map_err(|r| parse::drop_if_vip_addr(&l3.dst, r))?;
     let meta = maglev::vip(&l3.dst, dst_port, l3.proto).ok_or(Counter::Pass)?;
     let flow = FlowKey {
         src: l3.src,
@@ -63,11 +61,9 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, meta: &VipMeta, record: bool) -> Result<u32, Counter> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
-    let hash = flow_hash(flow);
-    let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
-    let pick = maglev::pick(meta, flow, ring_hash, record)?;
+    let pick = maglev::pick(meta, flow, record)?;
     let bytes = pkt::len(ctx) as u64;
-    encap::encapsulate(ctx, l3, &pick.real, cfg, hash)?;
+    encap::encapsulate(ctx, l3, &pick.real, cfg, pick.flow_hash)?;
     stats::count_vip(meta.vip_index, bytes, pick.hit, record && !pick.hit);
     stats::count_real(pick.real_id, bytes);
     Ok(xdp_action::XDP_TX)

@@ -1,6 +1,10 @@
 //! VIP -> real: the connection table first, then the VIP's live Maglev ring.
 
-use lb_common::{stats::Counter, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN};
+use lb_common::{
+    hash::{flow_hash, source_hash},
+    stats::Counter,
+    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, VIP_F_SOURCE_AFFINITY,
+};
 
 use crate::{
     maps::{CONNS, MAGLEV, REALS, VIPS},
@@ -23,19 +27,23 @@ pub struct Pick {
     pub real: Real,
     /// The connection table knew this flow.
     pub hit: bool,
+    pub flow_hash: u32,
 }
 
 /// The real for `flow`. A connection-table entry wins unless its real is down; otherwise the
-/// ring slot `ring_hash % ring_size` decides, and with `record` the choice is remembered.
+/// ring slot of the flow's hash (the source's, for source affinity) decides, and with `record`
+/// the choice is remembered.
 #[inline(always)]
-pub fn pick(meta: &VipMeta, flow: &FlowKey, ring_hash: u32, record: bool) -> Result<Pick, Counter> {
-    if let Some(&real_id) = unsafe { CONNS.get(flow) } {
-        if let Some(real) = REALS.get(real_id) {
+pub fn pick(meta: &VipMeta, flow: &FlowKey, record: bool) -> Result<Pick, Counter> {
+    if let Some(&entry) = unsafe { CONNS.get(flow) } {
+        if let Some(real) = REALS.get(entry.real_id) {
             if real.flags & REAL_F_DOWN == 0 {
-                return Ok(Pick { real_id, real: *real, hit: true });
+                return Ok(Pick { real_id: entry.real_id, real: *real, hit: true, flow_hash: entry.flow_hash });
             }
         }
     }
+    let hash = flow_hash(flow);
+    let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
     if meta.ring_size == 0 || meta.ring_size > MAX_RING_SIZE {
         return Err(Counter::DropNoReal);
     }
@@ -43,8 +51,8 @@ pub fn pick(meta: &VipMeta, flow: &FlowKey, ring_hash: u32, record: bool) -> Res
     let real_id = *MAGLEV.get(slot).ok_or(Counter::DropNoReal)?;
     // 0: the ring is not programmed (a VIP with no reals).
     let real = *REALS.get(real_id).filter(|_| real_id != 0).ok_or(Counter::DropNoReal)?;
-    if record && CONNS.insert(flow, real_id, 0).is_err() {
+    if record && CONNS.insert(flow, ConnEntry { real_id, flow_hash: hash }, 0).is_err() {
         stats::count(Counter::ConnInsertFailed);
     }
-    Ok(Pick { real_id, real, hit: false })
+    Ok(Pick { real_id, real, hit: false, flow_hash: hash })
 }

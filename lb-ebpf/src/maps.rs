@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     stats::{Counter, DecapCounter},
-    FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
+    ConnEntry, FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    MAX_DECAP_ADDRS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -20,6 +20,12 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 #[map]
 pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
+/// Pre-filter in front of `VIP_ADDRS`: per bucket of `addr_bucket`, how many VIP addresses fall
+/// in it. An empty bucket proves "not a VIP address" with an array read the verifier inlines,
+/// so traffic that is not ours never pays for a hash lookup.
+#[map]
+pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
+
 /// All Maglev rings, flat: ring r occupies `r * MAX_RING_SIZE ..`; values are real ids.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, 0);
@@ -30,7 +36,7 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 
 /// Connection table: flow -> real id, so a flow keeps its real when a ring changes.
 #[map]
-pub static CONNS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
 
 /// Entry 0: how to build outgoing packets.
 #[map]

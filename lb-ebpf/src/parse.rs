@@ -1,9 +1,10 @@
 //! Header parsing: Ethernet (one 802.1Q tag), IPv4 (with options), IPv6, TCP, UDP.
 //!
-//! The rule for what is ours: a packet is looked at closely only once its destination address is
-//! a VIP address (`VIP_ADDRS`). Anything else passes untouched, however odd it looks; a frame cut
-//! short before its destination address passes too, counted as `pass_truncated`, as nothing says
-//! it is for us (the kernel drops it). Malformed packets to a VIP address are dropped by reason.
+//! The rule for what is ours: a malformed packet is dropped (by reason) only when its destination
+//! address is a VIP address (`VIP_ADDRS`); anything else passes untouched, however odd it looks. A
+//! frame cut short before its destination address passes too, counted as `pass_truncated`, as
+//! nothing says it is for us (the kernel drops it). Destinations whose `VIP_FILTER` bucket is
+//! empty pass at once.
 
 use lb_common::{ipv4_mapped, stats::Counter};
 use network_types::{
@@ -12,7 +13,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::{maps::VIP_ADDRS, pkt};
+use crate::{
+    maps::{VIP_ADDRS, VIP_FILTER},
+    pkt,
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -55,9 +59,26 @@ pub fn l2(ctx: &aya_ebpf::programs::XdpContext) -> Result<(usize, u16), Counter>
     Ok((EthHdr::LEN + VlanHdr::LEN, u16::from_be(vlan.ether_type)))
 }
 
+/// Exact: `addr` carries a VIP (a hash lookup).
 #[inline(always)]
 pub fn is_vip_addr(addr: &[u8; 16]) -> bool {
     unsafe { VIP_ADDRS.get(addr) }.is_some()
+}
+
+/// `false` proves `addr` carries no VIP (an inlined array read); `true` may be a collision.
+#[inline(always)]
+fn may_be_vip_addr(addr: &[u8; 16]) -> bool {
+    VIP_FILTER.get(lb_common::hash::addr_bucket(addr)).is_some_and(|&n| n != 0)
+}
+
+/// `reason` for a malformed packet to a VIP address; anything else malformed just passes.
+#[inline(always)]
+pub fn drop_if_vip_addr(addr: &[u8; 16], reason: Counter) -> Counter {
+    if is_vip_addr(addr) {
+        reason
+    } else {
+        Counter::Pass
+    }
 }
 
 /// Parses L2 and L3. `Err` carries why the packet is not balanced (a pass or a drop reason).
@@ -75,7 +96,7 @@ pub fn l3(ctx: &aya_ebpf::programs::XdpContext) -> Result<L3, Counter> {
 fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
     let ip: Ipv4Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
     let dst = ipv4_mapped(ip.dst_addr);
-    if !is_vip_addr(&dst) {
+    if !may_be_vip_addr(&dst) {
         return Err(Counter::Pass);
     }
     let header_len = ((ip.vihl & 0x0f) as usize) * 4;
@@ -85,11 +106,11 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
         || total_len < header_len
         || l2_len + total_len > pkt::len(ctx)
     {
-        return Err(Counter::DropBadIpHeader);
+        return Err(drop_if_vip_addr(&dst, Counter::DropBadIpHeader));
     }
     // More-fragments flag or a fragment offset: no ports to balance on.
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-        return Err(Counter::DropFragment);
+        return Err(drop_if_vip_addr(&dst, Counter::DropFragment));
     }
     Ok(L3 {
         l2_len,
@@ -107,17 +128,17 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
 #[inline(always)]
 fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
     let ip: Ipv6Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
-    if !is_vip_addr(&ip.dst_addr) {
+    if !may_be_vip_addr(&ip.dst_addr) {
         return Err(Counter::Pass);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     if ip.vcf[0] >> 4 != 6 || l2_len + Ipv6Hdr::LEN + payload_len > pkt::len(ctx) {
-        return Err(Counter::DropBadIpHeader);
+        return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropBadIpHeader));
     }
     let next = ip.next_hdr as u8;
     if is_ipv6_extension(next) {
         // We do not walk extension headers: the ports may be anywhere behind them.
-        return Err(Counter::DropIpv6ExtHeader);
+        return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropIpv6ExtHeader));
     }
     Ok(L3 {
         l2_len,

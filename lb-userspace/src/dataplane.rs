@@ -11,7 +11,7 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
+    ConnEntry, FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
     MAX_RING_SIZE,
 };
 
@@ -151,8 +151,19 @@ impl Dataplane {
             let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
             let count = addrs.get(&key.addr, 0).unwrap_or(0);
             addrs.insert(key.addr, count + 1, 0).map_err(map_err(maps::VIP_ADDRS))?;
+            if count == 0 {
+                self.bump_filter(&key.addr, 1)?;
+            }
         }
         Ok(())
+    }
+
+    /// Counts a VIP address in (+1) or out (-1) of its `VIP_FILTER` bucket.
+    fn bump_filter(&mut self, addr: &[u8; 16], delta: i32) -> Result<()> {
+        let bucket = lb_common::hash::addr_bucket(addr);
+        let mut filter = self.array::<u32>(maps::VIP_FILTER)?;
+        let count = filter.get(&bucket, 0).map_err(map_err(maps::VIP_FILTER))?;
+        filter.set(bucket, count.saturating_add_signed(delta), 0).map_err(map_err(maps::VIP_FILTER))
     }
 
     /// Removes a VIP; its address leaves `VIP_ADDRS` with its last VIP.
@@ -164,7 +175,10 @@ impl Dataplane {
         vips.remove(key).map_err(map_err(maps::VIPS))?;
         let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
         match addrs.get(&key.addr, 0).unwrap_or(0) {
-            0 | 1 => addrs.remove(&key.addr).map_err(map_err(maps::VIP_ADDRS)),
+            0 | 1 => {
+                addrs.remove(&key.addr).map_err(map_err(maps::VIP_ADDRS))?;
+                self.bump_filter(&key.addr, -1)
+            }
             n => addrs.insert(key.addr, n - 1, 0).map_err(map_err(maps::VIP_ADDRS)),
         }
     }
@@ -192,9 +206,9 @@ impl Dataplane {
     /// The real id the connection table holds for `flow`, if any.
     pub fn conn_real(&self, flow: &FlowKey) -> Result<Option<u32>> {
         let map = self.ebpf.map(maps::CONNS).ok_or(DataplaneError::NoMap { name: maps::CONNS })?;
-        let conns = HashMap::<_, FlowKey, u32>::try_from(map).map_err(map_err(maps::CONNS))?;
+        let conns = HashMap::<_, FlowKey, ConnEntry>::try_from(map).map_err(map_err(maps::CONNS))?;
         match conns.get(flow, 0) {
-            Ok(id) => Ok(Some(id)),
+            Ok(entry) => Ok(Some(entry.real_id)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DataplaneError::Map { name: maps::CONNS, source }),
         }
