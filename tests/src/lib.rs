@@ -5,6 +5,7 @@ pub mod expect;
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod topology;
 
 /// Whether a privileged test may run. Without root it skips with a line saying so, except when
 /// `CI=true` or `LB_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test`): then it fails, so a run

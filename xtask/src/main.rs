@@ -1,1 +1,176 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | bench-xdp | demo`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Opt {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what builds and tests need (idempotent): bpffs, Debian packages, rust-src for the
+    /// nightly toolchain, bpf-linker built against that toolchain's LLVM.
+    Setup,
+    /// Build the eBPF object (the same build `lb-userspace` runs to embed it).
+    BuildEbpf,
+    /// Run every test, privileged ones included (they fail rather than skip here).
+    Test {
+        /// Passed on to `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// ns per packet of the balancer in the kernel, beside an empty program.
+    BenchXdp,
+    /// Bring up the namespace harness and push real traffic through the balancer.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Opt::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test { args } => test(&args),
+        Task::BenchXdp => cargo_run_root("bench_xdp"),
+        Task::Demo => cargo_run_root("demo"),
+    }
+}
+
+/// Runs a command, failing with its name when it does not succeed.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {command}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+}
+
+/// Debian packages by a command each provides.
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool"), ("bird", "bird2"), ("tcpdump", "tcpdump")];
+
+fn setup() -> Result<()> {
+    ensure!(is_root(), "setup installs packages and mounts bpffs: run it as root");
+    if !bpffs_mounted() {
+        println!("setup: mounting bpffs on /sys/fs/bpf");
+        std::fs::create_dir_all("/sys/fs/bpf")?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() {
+        println!("setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("setup: installing the nightly toolchain");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    install_bpf_linker()?;
+    println!("setup: done");
+    Ok(())
+}
+
+/// bpf-linker, built against the nightly toolchain's own libLLVM: its build only needs a prefix
+/// with `bin/llvm-config` (any executable) and `lib/` holding `libLLVM.so` and the versioned
+/// name, both linked to the toolchain's library. The binary finds the library through its rpath,
+/// so the prefix lives in CARGO_HOME, not in a temporary folder.
+fn install_bpf_linker() -> Result<()> {
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc reports no LLVM version")?
+        .to_owned();
+    let lib_dir = sysroot.join("lib");
+    let lib_name = std::fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+
+    if output(Command::new("bpf-linker").arg("--version")).is_ok_and(|v| v.contains("0.13")) {
+        println!("setup: bpf-linker present");
+        return Ok(());
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home.join("anycast-lb").join(format!("llvm-{lib_name}"));
+    std::fs::create_dir_all(prefix.join("bin"))?;
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let config = prefix.join("bin/llvm-config");
+    std::fs::write(&config, "#!/bin/sh\nexit 0\n")?;
+    run(Command::new("chmod").arg("755").arg(&config))?;
+    for link in ["libLLVM.so", lib_name.as_str()] {
+        let path = prefix.join("lib").join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(lib_dir.join(&lib_name), &path)?;
+    }
+    println!("setup: building bpf-linker 0.13 against {lib_name} (a few minutes)");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features"])
+        .arg(format!("llvm-{llvm_major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn build_ebpf() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--package", "lb-userspace"]))?;
+    let out = Path::new("target/debug/build");
+    let newest = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("out/lb-ebpf"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    match newest {
+        Some(p) => println!("eBPF object: {}", p.display()),
+        None => bail!("built, but found no lb-ebpf object under {}", out.display()),
+    }
+    Ok(())
+}
+
+/// Privileged tests need root, bpffs and the namespace tools; say which is missing.
+fn check_privileged_prerequisites() -> Result<()> {
+    ensure!(is_root(), "privileged tests (BPF_PROG_TEST_RUN, XDP, network namespaces) need root");
+    ensure!(bpffs_mounted(), "bpffs is not mounted on /sys/fs/bpf: run `cargo xtask setup`");
+    for (cmd, pkg) in PACKAGES {
+        ensure!(have(cmd), "`{cmd}` is missing (Debian package {pkg}): run `cargo xtask setup`");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    check_privileged_prerequisites()?;
+    run(Command::new("cargo").arg("test").args(args).env("LB_REQUIRE_PRIVILEGED", "1"))
+}
+
+fn cargo_run_root(bin: &str) -> Result<()> {
+    check_privileged_prerequisites()?;
+    run(Command::new("cargo").args(["run", "--quiet", "--release", "--package", "lb-tests", "--bin", bin]))
+}
