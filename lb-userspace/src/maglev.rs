@@ -43,7 +43,7 @@ pub fn is_prime(n: u32) -> bool {
         return false;
     }
     let n = n as u64;
-    (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// Builds the lookup table of `size` slots (a prime). Reals with weight 0 get no slots; with no
@@ -57,7 +57,7 @@ pub fn build_table(reals: &[MaglevReal], size: u32) -> Vec<u32> {
     if live.is_empty() {
         return table;
     }
-    live.sort_by(|a, b| (a.identity, a.id).cmp(&(b.identity, b.id)));
+    live.sort_by_key(|r| (r.identity, r.id));
     let max_weight = live.iter().map(|r| r.weight as u64).max().unwrap_or(1);
 
     struct Turn {

@@ -165,9 +165,35 @@ fn check_privileged_prerequisites() -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test` (privileged tests required) and closes with one total line,
+/// `N passed, N failed`, summed over cargo's per-binary results.
 fn test(args: &[String]) -> Result<()> {
     check_privileged_prerequisites()?;
-    run(Command::new("cargo").arg("test").args(args).env("LB_REQUIRE_PRIVILEGED", "1"))
+    let mut child = Command::new("cargo")
+        .arg("test")
+        .args(args)
+        .env("LB_REQUIRE_PRIVILEGED", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                result.split(';').find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)?.trim().parse::<u64>().ok())
+            };
+            passed += count("passed").unwrap_or(0);
+            failed += count("failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    ensure!(status.success() && failed == 0, "cargo test failed: {status}");
+    ensure!(passed > 0, "cargo test ran no test");
+    Ok(())
 }
 
 fn cargo_run_root(bin: &str) -> Result<()> {

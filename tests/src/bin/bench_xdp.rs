@@ -126,8 +126,8 @@ fn main() -> Result<()> {
         Frame::tcp(&base.to_string(), 40_000, "10.0.0.1", 80).build()
     };
     let fresh6 = |run: usize| Frame::tcp(&format!("2001:db8:f:{run}::"), 40_000, "2001:db8::10", 80).build();
-    let new_flow_rows: [(&str, &dyn Fn(usize) -> Vec<u8>, _); 2] =
-        [("new flow, IPv4", &fresh4, &vip4), ("new flow, IPv6", &fresh6, &vip6)];
+    type FrameForRun<'a> = &'a dyn Fn(usize) -> Vec<u8>;
+    let new_flow_rows: [(&str, FrameForRun, _); 2] = [("new flow, IPv4", &fresh4, &vip4), ("new flow, IPv6", &fresh6, &vip6)];
     for (case, frame, vip) in new_flow_rows {
         let mut before = lb.dp.vip_stats(vip.meta.vip_index)?;
         let ns = measure_each(bench_fd, frame, NEW_FLOW_REPEAT, |n| {
