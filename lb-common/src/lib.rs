@@ -32,6 +32,7 @@ pub mod maps {
     pub const VIPS: &str = "VIPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIP_GEN: &str = "VIP_GEN";
     pub const MAGLEV: &str = "MAGLEV";
     pub const REALS: &str = "REALS";
     pub const CONNS: &str = "CONNS";
@@ -43,7 +44,7 @@ pub mod maps {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const BENCH: &str = "BENCH";
     pub const ALL: &[&str] = &[
-        VIPS, VIP_ADDRS, VIP_FILTER, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
+        VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
         DECAP_STATS, BENCH,
     ];
 }
@@ -100,8 +101,10 @@ pub struct VipMeta {
     pub ring_index: u32,
     /// Slots in that ring (a prime, at most `MAX_RING_SIZE`).
     pub ring_size: u32,
+    /// Copied into the connection entries of this VIP; set by the loader from `VIP_GEN`.
+    pub generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 20);
 
 /// Real flags: the address is IPv6 (otherwise IPv4-mapped IPv4).
 pub const REAL_F_IPV6: u32 = 1 << 0;
@@ -139,8 +142,12 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// The flow's hash, kept so a hit need not recompute it for the outer source's entropy.
     pub flow_hash: u32,
+    /// The VIP the flow belongs to and its generation: the entry counts only while
+    /// `VIP_GEN[vip_index] == vip_generation`, so removing a VIP retires its flows at once.
+    pub vip_index: u32,
+    pub vip_generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
 
 /// Value of the single-entry `CONFIG` array: how the balancer builds the packets it sends.
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! The balancer: parse, find the VIP, pick the real, encapsulate, `XDP_TX`.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, FlowKey, VipMeta};
+use lb_common::{stats::Counter, FlowKey};
 
 use crate::{
     encap, icmp, maglev,
@@ -45,7 +45,6 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         _ => return Err(Counter::Pass),
     }
     let (src_port, dst_port) = parse::ports(ctx, &l3).map_err(|r| parse::drop_if_vip_addr(&l3.dst, r))?;
-    let meta = maglev::vip(&l3.dst, dst_port, l3.proto).ok_or(Counter::Pass)?;
     let flow = FlowKey {
         src: l3.src,
         dst: l3.dst,
@@ -54,17 +53,24 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         proto: l3.proto,
         _pad: [0; 3],
     };
-    forward(ctx, &l3, &flow, &meta, true)
+    forward(ctx, &l3, &flow, true)
 }
 
-/// Sends the frame to the real that serves `flow` on the VIP `meta`.
+/// Sends the frame to the real that serves `flow`: the one the connection table knows, else
+/// the one its VIP's ring gives (remembered with `record`). No VIP: not ours.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, meta: &VipMeta, record: bool) -> Result<u32, Counter> {
+pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, record: bool) -> Result<u32, Counter> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
-    let pick = maglev::pick(meta, flow, record)?;
+    let pick = match maglev::known(flow) {
+        Some(pick) => pick,
+        None => {
+            let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
+            maglev::from_ring(&meta, flow, record)?
+        }
+    };
     let bytes = pkt::len(ctx) as u64;
     encap::encapsulate(ctx, l3, &pick.real, cfg, pick.flow_hash)?;
-    stats::count_vip(meta.vip_index, bytes, pick.hit, record && !pick.hit);
+    stats::count_vip(pick.vip_index, bytes, pick.hit, record && !pick.hit);
     stats::count_real(pick.real_id, bytes);
     Ok(xdp_action::XDP_TX)
 }

@@ -9,14 +9,14 @@ pub fn fold(sum: u32) -> u16 {
     sum as u16
 }
 
-/// Checksum of a 20-byte IPv4 header whose checksum field is zero.
+/// Checksum of a 20-byte IPv4 header given as its nine 16-bit words other than the checksum.
 #[inline(always)]
-pub fn ipv4_header(h: &[u8; 20]) -> u16 {
+pub fn ipv4_words(words: &[u16; 9]) -> u16 {
     let mut sum = 0u32;
     let mut i = 0;
-    while i < 20 {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
+    while i < words.len() {
+        sum += words[i] as u32;
+        i += 1;
     }
     !fold(sum)
 }

@@ -55,41 +55,42 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash:
         pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: outer_type.to_be() }).ok_or(fail)?;
     }
 
+    // Fields are written straight into the frame: no header built on the stack and copied.
+    let ip = l3.l2_len;
     if real_v6 {
         let mut src = cfg.src_v6;
         let mask = host_mask(cfg.src_v6_host_bits);
         let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]]) & !mask) | (hash & mask);
         src[12..16].copy_from_slice(&low.to_be_bytes());
         let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (hash & 0x000f_ffff); // flow label
-        let payload = (l3.ip_len as u16).to_be_bytes();
+        let [len_hi, len_lo] = (l3.ip_len as u16).to_be_bytes();
         let next = if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-        let mut h = [0u8; 40];
-        h[0..4].copy_from_slice(&vcf.to_be_bytes());
-        h[4] = payload[0];
-        h[5] = payload[1];
-        h[6] = next;
-        h[7] = OUTER_TTL;
-        h[8..24].copy_from_slice(&src);
-        h[24..40].copy_from_slice(&real.addr);
-        pkt::write(ctx, l3.l2_len, h).ok_or(fail)?;
+        pkt::write(ctx, ip, vcf.to_be_bytes()).ok_or(fail)?;
+        pkt::write(ctx, ip + 4, [len_hi, len_lo, next, OUTER_TTL]).ok_or(fail)?;
+        pkt::write(ctx, ip + 8, src).ok_or(fail)?;
+        pkt::write(ctx, ip + 24, real.addr).ok_or(fail)?;
     } else {
         let mask = host_mask(cfg.src_v4_host_bits);
-        let src = (u32::from_be_bytes(cfg.src_v4) & !mask) | (hash & mask);
-        let total = ((l3.ip_len + IPIP_OVERHEAD) as u16).to_be_bytes();
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[1] = l3.tos;
-        h[2] = total[0];
-        h[3] = total[1];
-        h[6] = 0x40; // don't fragment: oversize packets were dropped above
-        h[8] = OUTER_TTL;
-        h[9] = IPPROTO_IPIP;
-        h[12..16].copy_from_slice(&src.to_be_bytes());
-        h[16..20].copy_from_slice(&real.addr[12..16]);
-        let check = csum::ipv4_header(&h).to_be_bytes();
-        h[10] = check[0];
-        h[11] = check[1];
-        pkt::write(ctx, l3.l2_len, h).ok_or(fail)?;
+        let src = ((u32::from_be_bytes(cfg.src_v4) & !mask) | (hash & mask)).to_be_bytes();
+        let dst = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
+        let total = (l3.ip_len + IPIP_OVERHEAD) as u16;
+        let words = [
+            0x4500 | l3.tos as u16,
+            total,
+            0,
+            0x4000, // don't fragment: oversize packets were dropped above
+            (OUTER_TTL as u16) << 8 | IPPROTO_IPIP as u16,
+            u16::from_be_bytes([src[0], src[1]]),
+            u16::from_be_bytes([src[2], src[3]]),
+            u16::from_be_bytes([dst[0], dst[1]]),
+            u16::from_be_bytes([dst[2], dst[3]]),
+        ];
+        let check = csum::ipv4_words(&words);
+        pkt::write(ctx, ip, [words[0].to_be_bytes(), total.to_be_bytes(), [0, 0], [0x40, 0]]).ok_or(fail)?;
+        pkt::write(ctx, ip + 8, [OUTER_TTL, IPPROTO_IPIP]).ok_or(fail)?;
+        pkt::write(ctx, ip + 10, check.to_be_bytes()).ok_or(fail)?;
+        pkt::write(ctx, ip + 12, src).ok_or(fail)?;
+        pkt::write(ctx, ip + 16, dst).ok_or(fail)?;
     }
     Ok(())
 }

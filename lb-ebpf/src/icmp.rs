@@ -10,7 +10,7 @@ use network_types::{
 };
 
 use crate::{
-    balancer, csum, maglev,
+    balancer, csum,
     parse::{IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
 };
@@ -130,8 +130,7 @@ fn quoted_flow(
 /// the connection table: the error is not a flow of its own.
 #[inline(always)]
 fn to_real(ctx: &XdpContext, l3: &L3, flow: FlowKey) -> Result<u32, Counter> {
-    let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
-    let action = balancer::forward(ctx, l3, &flow, &meta, false)?;
+    let action = balancer::forward(ctx, l3, &flow, false)?;
     stats::count(Counter::IcmpToReal);
     Ok(action)
 }

@@ -26,6 +26,11 @@ pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIP
 #[map]
 pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 
+/// Current generation of each VIP index (0: unused). Connection entries carry the generation
+/// they were made under; the loader bumps it when a VIP goes away or its index is reused.
+#[map]
+pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
 /// All Maglev rings, flat: ring r occupies `r * MAX_RING_SIZE ..`; values are real ids.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, 0);

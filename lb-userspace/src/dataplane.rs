@@ -142,10 +142,18 @@ impl Dataplane {
         self.array::<Real>(maps::REALS)?.set(id, real, 0).map_err(map_err(maps::REALS))
     }
 
-    /// Adds or updates a VIP. The address is counted in `VIP_ADDRS` on first insert.
+    /// Adds or updates a VIP. A new VIP gets a new generation of its index (so connection
+    /// entries of an earlier VIP at that index no longer count) and its address is counted in
+    /// `VIP_ADDRS`; an update keeps the generation, and so its flows.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        let existing = self.hash::<VipKey, VipMeta>(maps::VIPS)?.get(key, 0).ok();
+        let is_new = existing.is_none();
+        let generation = match existing {
+            Some(old) if old.vip_index == meta.vip_index => old.generation,
+            _ => self.bump_generation(meta.vip_index)?,
+        };
+        let meta = VipMeta { generation, ..*meta };
         let mut vips = self.hash::<VipKey, VipMeta>(maps::VIPS)?;
-        let is_new = vips.get(key, 0).is_err();
         vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))?;
         if is_new {
             let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
@@ -156,6 +164,15 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Moves VIP index `index` to a new, nonzero generation and returns it.
+    fn bump_generation(&mut self, index: u32) -> Result<u32> {
+        let mut generations = self.array::<u32>(maps::VIP_GEN)?;
+        let current = generations.get(&index, 0).map_err(map_err(maps::VIP_GEN))?;
+        let next = current.wrapping_add(1).max(1);
+        generations.set(index, next, 0).map_err(map_err(maps::VIP_GEN))?;
+        Ok(next)
     }
 
     /// Counts a VIP address in (+1) or out (-1) of its `VIP_FILTER` bucket.
@@ -169,10 +186,9 @@ impl Dataplane {
     /// Removes a VIP; its address leaves `VIP_ADDRS` with its last VIP.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let mut vips = self.hash::<VipKey, VipMeta>(maps::VIPS)?;
-        if vips.get(key, 0).is_err() {
-            return Ok(());
-        }
+        let Ok(old) = vips.get(key, 0) else { return Ok(()) };
         vips.remove(key).map_err(map_err(maps::VIPS))?;
+        self.bump_generation(old.vip_index)?; // its connection entries stop counting
         let mut addrs = self.hash::<[u8; 16], u32>(maps::VIP_ADDRS)?;
         match addrs.get(&key.addr, 0).unwrap_or(0) {
             0 | 1 => {

@@ -89,7 +89,7 @@ impl Balancer {
         let key = VipKey { addr: addr16(ip(addr)), port_be: port.to_be(), proto, _pad: 0 };
         let index = self.vips;
         self.vips += 1;
-        let meta = VipMeta { flags, vip_index: index, ring_index: 2 * index, ring_size };
+        let meta = VipMeta { flags, vip_index: index, ring_index: 2 * index, ring_size, generation: 0 };
         let mut vip = Vip { key, meta, table: Vec::new() };
         self.set_reals(&mut vip, reals);
         vip

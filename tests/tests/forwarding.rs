@@ -287,3 +287,20 @@ fn object_has_every_map_by_name() {
         assert!(name.len() <= 15, "{name} fits bpftool's column");
     }
 }
+
+#[test]
+fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[..1]);
+    let f = Frame::tcp("192.0.2.1", 4000, "10.0.0.1", 80);
+    encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+    assert!(lb.dp_conn_real(&f).is_some());
+    lb.dp.remove_vip(&vip.key).unwrap();
+    let input = f.build();
+    passed_untouched(&lb.run(&input), &input); // the entry is still in the table, but retired
+    lb.set_reals(&mut vip, &REALS4[1..2]); // the VIP comes back with another real
+    encapsulated_to(&lb.run(&input), &input, 14, ip("10.1.0.2"));
+    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    assert_eq!((stats.new_flows, stats.conn_hits), (2, 0), "the flow started afresh");
+}
