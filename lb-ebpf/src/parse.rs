@@ -94,11 +94,13 @@ pub fn l3(ctx: &aya_ebpf::programs::XdpContext) -> Result<L3, Counter> {
 
 #[inline(always)]
 fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
-    let ip: Ipv4Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
-    let dst = ipv4_mapped(ip.dst_addr);
+    // The destination alone first: most traffic is not ours and needs nothing else.
+    let dst: [u8; 4] = pkt::read(ctx, l2_len + 16).ok_or(Counter::PassTruncated)?;
+    let dst = ipv4_mapped(dst);
     if !may_be_vip_addr(&dst) {
         return Err(Counter::Pass);
     }
+    let ip: Ipv4Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
     let header_len = ((ip.vihl & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes(ip.tot_len) as usize;
     if ip.vihl >> 4 != 4
@@ -127,10 +129,11 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
 
 #[inline(always)]
 fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
-    let ip: Ipv6Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
-    if !may_be_vip_addr(&ip.dst_addr) {
+    let dst: [u8; 16] = pkt::read(ctx, l2_len + 24).ok_or(Counter::PassTruncated)?;
+    if !may_be_vip_addr(&dst) {
         return Err(Counter::Pass);
     }
+    let ip: Ipv6Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     if ip.vcf[0] >> 4 != 6 || l2_len + Ipv6Hdr::LEN + payload_len > pkt::len(ctx) {
         return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropBadIpHeader));
