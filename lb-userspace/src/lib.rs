@@ -1,5 +1,6 @@
 //! anycast-lb control plane library: Maglev, the data-plane loader and map access.
 
+pub mod config;
 pub mod dataplane;
 pub mod maglev;
 pub mod test_run;

@@ -1,0 +1,724 @@
+//! The config file (TOML) -> validated domain types. Every problem is reported with the field it
+//! is in and why, all at once; nothing touches the kernel (interface names are only looked up).
+//! `lb.example.toml` at the repository root documents every field.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use lb_common::{MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane::AttachMode, maglev::is_prime};
+
+/// Largest weight a real may have (0 drains it).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The config file as written. Field defaults are noted on each field.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name of this balancer; programs and maps are pinned under /sys/fs/bpf/<instance>.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Connection-table entries (default 1048576).
+    #[serde(default = "default_conn_table_size")]
+    pub conn_table_size: u32,
+    /// Interfaces the balancer attaches to.
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<RawInterface>,
+    pub forwarding: RawForwarding,
+    /// Prometheus endpoint (default 127.0.0.1:9100).
+    #[serde(default)]
+    pub metrics: RawListen,
+    /// Admin API (default 127.0.0.1:9101).
+    #[serde(default)]
+    pub api: RawListen,
+    /// Health-check defaults for every real.
+    #[serde(default)]
+    pub health: RawHealth,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<RawVip>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterface {
+    pub name: String,
+    /// "native" (driver XDP, default) or "generic" (a fallback the operator chooses).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarding {
+    /// MAC of the next-hop router ("02:00:00:00:00:01"); or give `next_hop_ip` to find it in the
+    /// neighbour table.
+    pub next_hop_mac: Option<String>,
+    pub next_hop_ip: Option<String>,
+    /// Largest IP packet the egress link carries (default 1500).
+    pub mtu: Option<u32>,
+    /// Outer IPv4 sources: the host bits carry per-flow entropy (default "10.255.0.0/16").
+    pub source_v4: Option<String>,
+    /// Outer IPv6 sources, at most 32 host bits (default "fd00:ffff::/96").
+    pub source_v6: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub listen: Option<String>,
+}
+fn default_instance() -> String {
+    "lb".into()
+}
+fn default_conn_table_size() -> u32 {
+    lb_common::DEFAULT_CONN_TABLE_SIZE
+}
+fn default_mode() -> String {
+    "native".into()
+}
+
+/// A health check; every field is optional so a VIP or a real can override just some.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// "tcp" (connect, default), "http" (GET), "udp" (request / expected reply), "none".
+    pub kind: Option<String>,
+    /// Port to check (default: the VIP's port; required for any-port VIPs).
+    pub port: Option<u16>,
+    /// Milliseconds between checks (default 1000), and per check (default 500).
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Passes in a row that bring a real up (default 2), failures that take it down (default 3).
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// http: path (default "/"), expected status (default 200), optional body substring.
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub body_contains: Option<String>,
+    /// udp: request payload and a substring the reply must contain.
+    pub request: Option<String>,
+    pub expect: Option<String>,
+}
+
+impl RawHealth {
+    /// `self` with unset fields taken from `base`.
+    fn over(&self, base: &RawHealth) -> RawHealth {
+        macro_rules! pick {
+            ($($f:ident),*) => { RawHealth { $($f: self.$f.clone().or_else(|| base.$f.clone())),* } };
+        }
+        pick!(kind, port, interval_ms, timeout_ms, rise, fall, path, expect_status, body_contains, request, expect)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub name: String,
+    pub address: String,
+    /// 0 = any port.
+    pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    #[serde(default)]
+    pub source_affinity: bool,
+    /// Maglev table size, a prime up to 65537 (default 65537).
+    pub ring_size: Option<u32>,
+    /// Reals that must be up for the VIP to be announced (default 1; used by the anycast issue).
+    pub min_healthy: Option<u32>,
+    pub health: Option<RawHealth>,
+    #[serde(default, rename = "real")]
+    pub reals: Vec<RawReal>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReal {
+    pub address: String,
+    /// 0 ..= 1000 (default 1); 0 drains: no new flows, existing flows kept.
+    pub weight: Option<u32>,
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub instance: String,
+    pub conn_table_size: u32,
+    pub interfaces: Vec<Interface>,
+    pub forwarding: Forwarding,
+    pub metrics_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    pub mode: AttachMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    Mac([u8; 6]),
+    /// Looked up in the neighbour table at start and on reload.
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarding {
+    pub next_hop: NextHop,
+    pub mtu: u32,
+    pub source_v4: (Ipv4Addr, u32),
+    pub source_v6: (Ipv6Addr, u32),
+}
+
+/// A VIP's identity: what a packet's destination must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct VipId {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    pub name: String,
+    pub id: VipId,
+    pub source_affinity: bool,
+    pub ring_size: u32,
+    pub min_healthy: u32,
+    pub reals: Vec<RealConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealConfig {
+    pub addr: IpAddr,
+    pub weight: u32,
+    pub health: HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// Always healthy (no probing).
+    None,
+    Tcp,
+    Http { path: String, expect_status: u16, body_contains: Option<String> },
+    Udp { request: String, expect: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// One problem in the file: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    /// The problems of an invalid file (empty for read or syntax errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems } => problems,
+            _ => &[],
+        }
+    }
+}
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem { field: field.into(), reason: reason.into() });
+    }
+}
+
+/// Whether `validate` looks interface names up on this host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceCheck {
+    OnThisHost,
+    Skip,
+}
+
+pub fn load(path: &Path, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    parse(&text, interfaces).map_err(|e| match e {
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.display().to_string(), message },
+        other => other,
+    })
+}
+
+pub fn parse(text: &str, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: "config".into(), message: e.to_string() })?;
+    raw.validate(interfaces)
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|h| (h.len() == 2).then(|| u8::from_str_radix(h, 16).ok()).flatten()).collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
+/// "a.b.c.d/len" or "x::/len" -> (address, host bits).
+fn parse_prefix(s: &str) -> Option<(IpAddr, u32)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= bits).then_some((addr, bits - len))
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+impl RawConfig {
+    pub fn validate(&self, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+
+        if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            p.add("instance", format!("{:?} must be non-empty letters, digits, '-' or '_' (it names a bpffs folder)", self.instance));
+        }
+        if self.conn_table_size < 1024 {
+            p.add("conn_table_size", format!("{} is below 1024", self.conn_table_size));
+        }
+
+        let mut seen_ifaces = HashSet::new();
+        let ifaces = self
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| {
+                let field = format!("interface[{i}]");
+                if !seen_ifaces.insert(raw.name.clone()) {
+                    p.add(format!("{field}.name"), format!("{:?} is listed twice", raw.name));
+                }
+                if interfaces == InterfaceCheck::OnThisHost && !interface_exists(&raw.name) {
+                    p.add(format!("{field}.name"), format!("unknown interface {:?}", raw.name));
+                }
+                let mode = match raw.mode.as_str() {
+                    "native" => AttachMode::Native,
+                    "generic" => AttachMode::Generic,
+                    other => {
+                        p.add(format!("{field}.mode"), format!("{other:?} is not \"native\" or \"generic\""));
+                        return None;
+                    }
+                };
+                Some(Interface { name: raw.name.clone(), mode })
+            })
+            .collect();
+
+        let forwarding = self.validate_forwarding(&mut p);
+        let mut listen = |field: &str, s: &str| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add(field, format!("{s:?} is not an address:port"));
+                None
+            }
+        };
+        let metrics_listen = listen("metrics.listen", self.metrics.listen.as_deref().unwrap_or("127.0.0.1:9100"));
+        let api_listen = listen("api.listen", self.api.listen.as_deref().unwrap_or("127.0.0.1:9101"));
+
+        let vips = self.validate_vips(&mut p);
+
+        if !p.0.is_empty() {
+            return Err(ConfigError::Invalid { problems: p.0 });
+        }
+        Ok(Config {
+            instance: self.instance.clone(),
+            conn_table_size: self.conn_table_size,
+            interfaces: ifaces,
+            forwarding: forwarding.expect("no problems"),
+            metrics_listen: metrics_listen.expect("no problems"),
+            api_listen: api_listen.expect("no problems"),
+            vips,
+        })
+    }
+
+    fn validate_forwarding(&self, p: &mut Problems) -> Option<Forwarding> {
+        let f = &self.forwarding;
+        let next_hop = match (&f.next_hop_mac, &f.next_hop_ip) {
+            (Some(mac), None) => parse_mac(mac).map(NextHop::Mac).or_else(|| {
+                p.add("forwarding.next_hop_mac", format!("{mac:?} is not a MAC address like 02:00:00:00:00:01"));
+                None
+            }),
+            (None, Some(ip)) => ip.parse().ok().map(NextHop::Ip).or_else(|| {
+                p.add("forwarding.next_hop_ip", format!("{ip:?} is not an IP address"));
+                None
+            }),
+            _ => {
+                p.add("forwarding", "give exactly one of next_hop_mac and next_hop_ip");
+                None
+            }
+        };
+        let mtu = f.mtu.unwrap_or(1500);
+        if !(576..=9216).contains(&mtu) {
+            p.add("forwarding.mtu", format!("{mtu} is outside 576 ..= 9216"));
+        }
+        let v4 = f.source_v4.as_deref().unwrap_or("10.255.0.0/16");
+        let source_v4 = match parse_prefix(v4) {
+            Some((IpAddr::V4(a), bits)) => Some((a, bits)),
+            _ => {
+                p.add("forwarding.source_v4", format!("{v4:?} is not an IPv4 prefix like 10.255.0.0/16"));
+                None
+            }
+        };
+        let v6 = f.source_v6.as_deref().unwrap_or("fd00:ffff::/96");
+        let source_v6 = match parse_prefix(v6) {
+            Some((IpAddr::V6(a), bits)) if bits <= 32 => Some((a, bits)),
+            Some((IpAddr::V6(_), _)) => {
+                p.add("forwarding.source_v6", format!("{v6:?}: at most 32 host bits (prefix length >= 96)"));
+                None
+            }
+            _ => {
+                p.add("forwarding.source_v6", format!("{v6:?} is not an IPv6 prefix like fd00:ffff::/96"));
+                None
+            }
+        };
+        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6? })
+    }
+
+    fn validate_vips(&self, p: &mut Problems) -> Vec<Vip> {
+        if self.vips.len() > MAX_VIPS as usize {
+            p.add("vip", format!("{} VIPs, at most {MAX_VIPS}", self.vips.len()));
+        }
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut all_reals = HashSet::new();
+        let mut vips = Vec::new();
+        for (i, raw) in self.vips.iter().enumerate() {
+            let field = format!("vip[{i}]");
+            if raw.name.is_empty() {
+                p.add(format!("{field}.name"), "is empty");
+            } else if !names.insert(raw.name.clone()) {
+                p.add(format!("{field}.name"), format!("{:?} is used by an earlier VIP", raw.name));
+            }
+            let field = format!("vip[{i}] {:?}", raw.name);
+            let addr: Option<IpAddr> = raw.address.parse().ok();
+            if addr.is_none() {
+                p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address));
+            }
+            let proto = match raw.protocol.as_str() {
+                "tcp" => Some(Proto::Tcp),
+                "udp" => Some(Proto::Udp),
+                other => {
+                    p.add(format!("{field}.protocol"), format!("{other:?} is not \"tcp\" or \"udp\""));
+                    None
+                }
+            };
+            let ring_size = raw.ring_size.unwrap_or(lb_common::DEFAULT_RING_SIZE);
+            if !is_prime(ring_size) || ring_size > MAX_RING_SIZE {
+                p.add(format!("{field}.ring_size"), format!("{ring_size} must be a prime no larger than {MAX_RING_SIZE}"));
+            }
+            let min_healthy = raw.min_healthy.unwrap_or(1);
+            if min_healthy == 0 {
+                p.add(format!("{field}.min_healthy"), "must be at least 1");
+            }
+            let (Some(addr), Some(proto)) = (addr, proto) else { continue };
+            let id = VipId { addr, port: raw.port, proto };
+            if !ids.insert(id) {
+                p.add(format!("{field}"), format!("duplicate VIP {id}"));
+            }
+            let vip_health = raw.health.clone().unwrap_or_default().over(&self.health);
+            let mut real_addrs = HashSet::new();
+            let mut reals = Vec::new();
+            for (j, real) in raw.reals.iter().enumerate() {
+                let rfield = format!("{field}.real[{j}]");
+                let Ok(raddr) = real.address.parse::<IpAddr>() else {
+                    p.add(format!("{rfield}.address"), format!("{:?} is not an IP address", real.address));
+                    continue;
+                };
+                if !real_addrs.insert(raddr) {
+                    p.add(format!("{rfield}.address"), format!("{raddr} is listed twice in this VIP"));
+                }
+                if addr.is_ipv6() && raddr.is_ipv4() {
+                    p.add(format!("{rfield}.address"), format!("IPv4 real {raddr} cannot carry an IPv6 VIP"));
+                }
+                all_reals.insert(raddr);
+                let weight = real.weight.unwrap_or(1);
+                if weight > MAX_WEIGHT {
+                    p.add(format!("{rfield}.weight"), format!("{weight} is out of range 0 ..= {MAX_WEIGHT}"));
+                }
+                let health = real.health.clone().unwrap_or_default().over(&vip_health);
+                if let Some(health) = validate_health(&health, raw.port, &format!("{rfield}.health"), p) {
+                    reals.push(RealConfig { addr: raddr, weight, health });
+                }
+            }
+            vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, reals });
+        }
+        if all_reals.len() >= MAX_REALS as usize {
+            p.add("vip", format!("{} distinct reals, at most {}", all_reals.len(), MAX_REALS - 1));
+        }
+        vips
+    }
+}
+
+fn validate_health(h: &RawHealth, vip_port: u16, field: &str, p: &mut Problems) -> Option<HealthCheck> {
+    let before = p.0.len();
+    let interval = h.interval_ms.unwrap_or(1000);
+    let timeout = h.timeout_ms.unwrap_or(500);
+    if !(10..=3_600_000).contains(&interval) {
+        p.add(format!("{field}.interval_ms"), format!("{interval} is outside 10 ..= 3600000"));
+    }
+    if timeout == 0 || timeout > interval {
+        p.add(format!("{field}.timeout_ms"), format!("{timeout} must be above 0 and at most interval_ms ({interval})"));
+    }
+    let (rise, fall) = (h.rise.unwrap_or(2), h.fall.unwrap_or(3));
+    for (name, v) in [("rise", rise), ("fall", fall)] {
+        if !(1..=100).contains(&v) {
+            p.add(format!("{field}.{name}"), format!("{v} is outside 1 ..= 100"));
+        }
+    }
+    let port = h.port.unwrap_or(vip_port);
+    let kind = match h.kind.as_deref().unwrap_or("tcp") {
+        "none" => CheckKind::None,
+        "tcp" => CheckKind::Tcp,
+        "http" => {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                p.add(format!("{field}.path"), format!("{path:?} must start with '/'"));
+            }
+            let expect_status = h.expect_status.unwrap_or(200);
+            if !(100..=599).contains(&expect_status) {
+                p.add(format!("{field}.expect_status"), format!("{expect_status} is not an HTTP status"));
+            }
+            CheckKind::Http { path, expect_status, body_contains: h.body_contains.clone() }
+        }
+        "udp" => match (&h.request, &h.expect) {
+            (Some(request), Some(expect)) => CheckKind::Udp { request: request.clone(), expect: expect.clone() },
+            _ => {
+                p.add(field, "a udp check needs both request and expect");
+                CheckKind::None
+            }
+        },
+        other => {
+            p.add(format!("{field}.kind"), format!("{other:?} is not tcp, http, udp or none"));
+            CheckKind::None
+        }
+    };
+    if port == 0 && kind != CheckKind::None {
+        p.add(format!("{field}.port"), "an any-port VIP needs a health-check port");
+    }
+    (p.0.len() == before).then(|| HealthCheck {
+        kind,
+        port,
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+        rise,
+        fall,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        instance = "edge1"
+        [[interface]]
+        name = "lo"
+        [forwarding]
+        next_hop_mac = "02:00:00:00:00:03"
+        [health]
+        interval_ms = 200
+        timeout_ms = 100
+        [[vip]]
+        name = "web"
+        address = "10.99.0.1"
+        port = 80
+        protocol = "tcp"
+        health = { kind = "http", path = "/healthz", body_contains = "ok" }
+        [[vip.real]]
+        address = "10.1.0.1"
+        [[vip.real]]
+        address = "10.1.0.2"
+        weight = 3
+        health = { fall = 5 }
+        [[vip]]
+        name = "dns6"
+        address = "2001:db8::53"
+        port = 0
+        protocol = "udp"
+        ring_size = 251
+        health = { kind = "udp", port = 53, request = "ping", expect = "pong" }
+        [[vip.real]]
+        address = "fd00::1"
+    "#;
+
+    /// The problems of `GOOD` with `from` replaced by `to`.
+    fn problems(from: &str, to: &str) -> Vec<Problem> {
+        assert!(GOOD.contains(from), "{from:?} not in the good config");
+        match parse(&GOOD.replacen(from, to, 1), InterfaceCheck::OnThisHost) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    fn assert_problem(from: &str, to: &str, field: &str, reason: &str) {
+        let found = problems(from, to);
+        assert!(
+            found.iter().any(|p| p.field == field && p.reason.contains(reason)),
+            "{from:?} -> {to:?}: want {field}: ..{reason}.., got {found:?}"
+        );
+    }
+
+    #[test]
+    fn good_config_validates_with_inherited_health() {
+        let c = parse(GOOD, InterfaceCheck::OnThisHost).unwrap();
+        assert_eq!(c.instance, "edge1");
+        assert_eq!(c.forwarding.next_hop, NextHop::Mac([2, 0, 0, 0, 0, 3]));
+        assert_eq!(c.forwarding.source_v4, (Ipv4Addr::new(10, 255, 0, 0), 16));
+        let web = &c.vips[0];
+        assert_eq!(web.reals[1].weight, 3);
+        let h = &web.reals[1].health;
+        assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_millis(200), Duration::from_millis(100), 2, 5));
+        assert!(matches!(&h.kind, CheckKind::Http { path, expect_status: 200, .. } if path == "/healthz"));
+        assert_eq!(h.port, 80, "the VIP's port by default");
+        assert_eq!(c.vips[1].reals[0].health.port, 53);
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        assert_problem("address = \"10.1.0.1\"", "address = \"10.1.0.x\"", "vip[0] \"web\".real[0].address", "not an IP address");
+        assert_problem("address = \"10.99.0.1\"", "address = \"10.99.0\"", "vip[0] \"web\".address", "not an IP address");
+    }
+
+    #[test]
+    fn duplicate_vip_and_name_are_named() {
+        let dup = GOOD.replace("name = \"dns6\"\n        address = \"2001:db8::53\"\n        port = 0\n        protocol = \"udp\"", "name = \"web\"\n        address = \"10.99.0.1\"\n        port = 80\n        protocol = \"tcp\"");
+        let found = parse(&dup, InterfaceCheck::Skip).unwrap_err().problems().to_vec();
+        assert!(found.iter().any(|p| p.reason.contains("duplicate VIP 10.99.0.1:80/tcp")), "{found:?}");
+        assert!(found.iter().any(|p| p.field == "vip[1].name" && p.reason.contains("used by an earlier VIP")), "{found:?}");
+    }
+
+    #[test]
+    fn weight_out_of_range_is_named() {
+        assert_problem("weight = 3", "weight = 1001", "vip[0] \"web\".real[1].weight", "out of range");
+    }
+
+    #[test]
+    fn ring_size_must_be_prime() {
+        assert_problem("ring_size = 251", "ring_size = 250", "vip[1] \"dns6\".ring_size", "must be a prime");
+        assert_problem("ring_size = 251", "ring_size = 131071", "vip[1] \"dns6\".ring_size", "no larger than 65537");
+    }
+
+    #[test]
+    fn unknown_interface_is_named() {
+        assert_problem("name = \"lo\"", "name = \"nosuch0\"", "interface[0].name", "unknown interface");
+        assert_problem("name = \"lo\"\n", "name = \"lo\"\n        mode = \"turbo\"\n", "interface[0].mode", "not \"native\" or \"generic\"");
+    }
+
+    #[test]
+    fn forwarding_problems_are_named() {
+        assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_mac = \"02:00:00:00:03\"", "forwarding.next_hop_mac", "not a MAC");
+        assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
+        assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
+        assert_problem("[forwarding]\n", "[forwarding]\n        source_v6 = \"fd00::/64\"\n", "forwarding.source_v6", "at most 32 host bits");
+    }
+
+    #[test]
+    fn health_problems_are_named() {
+        assert_problem("timeout_ms = 100", "timeout_ms = 300", "vip[0] \"web\".real[0].health.timeout_ms", "at most interval_ms");
+        assert_problem("health = { fall = 5 }", "health = { fall = 0 }", "vip[0] \"web\".real[1].health.fall", "outside 1 ..= 100");
+        assert_problem("kind = \"udp\", port = 53, ", "kind = \"udp\", ", "vip[1] \"dns6\".real[0].health.port", "any-port VIP needs");
+        assert_problem("kind = \"http\"", "kind = \"smtp\"", "vip[0] \"web\".real[0].health.kind", "not tcp, http, udp or none");
+        assert_problem(", expect = \"pong\"", "", "vip[1] \"dns6\".real[0].health", "needs both request and expect");
+    }
+
+    #[test]
+    fn family_mismatch_and_duplicate_real_are_named() {
+        assert_problem("address = \"fd00::1\"", "address = \"10.1.0.9\"", "vip[1] \"dns6\".real[0].address", "cannot carry an IPv6 VIP");
+        assert_problem("address = \"10.1.0.2\"", "address = \"10.1.0.1\"", "vip[0] \"web\".real[1].address", "listed twice");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_fields_are_reported() {
+        assert!(matches!(parse("[[vip]\n", InterfaceCheck::Skip), Err(ConfigError::Syntax { .. })));
+        let e = parse(&GOOD.replace("weight = 3", "wieght = 3"), InterfaceCheck::Skip).unwrap_err();
+        assert!(e.to_string().contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = GOOD.replace("weight = 3", "weight = 5000").replace("ring_size = 251", "ring_size = 4");
+        assert_eq!(parse(&bad, InterfaceCheck::Skip).unwrap_err().problems().len(), 2);
+    }
+
+    #[test]
+    fn example_config_in_the_repository_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb.example.toml");
+        load(&path, InterfaceCheck::Skip).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
