@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod test_run;
 

@@ -1,0 +1,226 @@
+//! Health checks: the rise/fall state machine, the probes (TCP connect, HTTP GET, UDP request /
+//! reply) and the prober task that runs one check on its interval and reports only flips.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+    sync::{mpsc, watch},
+};
+
+use crate::config::{CheckKind, HealthCheck, VipId};
+
+/// Consecutive-result thresholds. A real starts up, so a restart of `lb` never takes traffic
+/// away; a real that is really down leaves after `fall` failed checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthState {
+    rise: u32,
+    fall: u32,
+    up: bool,
+    /// Results in a row that disagree with `up`.
+    streak: u32,
+}
+
+impl HealthState {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Self { rise, fall, up: true, streak: 0 }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Records one check result; returns true when the state flipped.
+    pub fn observe(&mut self, ok: bool) -> bool {
+        if ok == self.up {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak < needed {
+            return false;
+        }
+        self.up = ok;
+        self.streak = 0;
+        true
+    }
+}
+
+/// Runs one check against `addr`; `Ok` holds the latency, `Err` says what failed.
+pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Duration, String> {
+    let started = Instant::now();
+    let target = SocketAddr::new(addr, check.port);
+    let result = tokio::time::timeout(check.timeout, async {
+        match &check.kind {
+            CheckKind::None => Ok(()),
+            CheckKind::Tcp => TcpStream::connect(target).await.map(drop).map_err(|e| format!("connect {target}: {e}")),
+            CheckKind::Http { path, expect_status, body_contains } => {
+                http_get(target, path, *expect_status, body_contains.as_deref()).await
+            }
+            CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer from {target} within {:?}", check.timeout)));
+    result.map(|()| started.elapsed())
+}
+
+async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_contains: Option<&str>) -> Result<(), String> {
+    let mut conn = TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: anycast-lb\r\nConnection: close\r\n\r\n", target.ip());
+    conn.write_all(request.as_bytes()).await.map_err(|e| format!("send to {target}: {e}"))?;
+    let mut reply = Vec::new();
+    conn.take(64 * 1024).read_to_end(&mut reply).await.map_err(|e| format!("read from {target}: {e}"))?;
+    let reply = String::from_utf8_lossy(&reply);
+    let status = reply
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("{target}{path}: no HTTP status line"))?;
+    if status != expect_status {
+        return Err(format!("{target}{path}: status {status}, want {expect_status}"));
+    }
+    match body_contains {
+        Some(want) if !reply.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains(want)) => {
+            Err(format!("{target}{path}: body lacks {want:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn udp_exchange(target: SocketAddr, request: &str, expect: &str) -> Result<(), String> {
+    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    let socket = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
+    socket.connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
+    socket.send(request.as_bytes()).await.map_err(|e| format!("send to {target}: {e}"))?;
+    let mut reply = [0u8; 2048];
+    let n = socket.recv(&mut reply).await.map_err(|e| format!("receive from {target}: {e}"))?;
+    if String::from_utf8_lossy(&reply[..n]).contains(expect) {
+        Ok(())
+    } else {
+        Err(format!("{target}: reply lacks {expect:?}"))
+    }
+}
+
+/// What a prober tells the reconciler.
+#[derive(Debug, Clone)]
+pub enum HealthEvent {
+    /// The real's state flipped; `reason` is the last check's result.
+    Flip { vip: VipId, real: IpAddr, up: bool, reason: String },
+    /// Every check's latency (or failure), for metrics.
+    Checked { vip: VipId, real: IpAddr, latency: Option<Duration> },
+}
+
+/// Checks `real` of `vip` every interval until `shutdown` changes or the receiver goes away.
+pub async fn run_prober(vip: VipId, real: IpAddr, check: HealthCheck, events: mpsc::Sender<HealthEvent>, mut shutdown: watch::Receiver<bool>) {
+    let mut state = HealthState::new(check.rise, check.fall);
+    let mut next = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next += check.interval;
+        let result = probe(&check, real).await;
+        let checked = HealthEvent::Checked { vip, real, latency: result.as_ref().ok().copied() };
+        if events.send(checked).await.is_err() {
+            return;
+        }
+        let ok = result.is_ok();
+        if state.observe(ok) {
+            let reason = match result {
+                Ok(latency) => format!("{} checks passed, last in {latency:?}", check.rise),
+                Err(e) => format!("{} checks failed, last: {e}", check.fall),
+            };
+            if events.send(HealthEvent::Flip { vip, real, up: state.is_up(), reason }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds results ('+' pass, '-' fail) and returns the state after each ('U' up, 'D' down).
+    fn run(rise: u32, fall: u32, results: &str) -> String {
+        let mut s = HealthState::new(rise, fall);
+        results.chars().map(|c| {
+            s.observe(c == '+');
+            if s.is_up() { 'U' } else { 'D' }
+        }).collect()
+    }
+
+    #[test]
+    fn starts_up_and_falls_after_fall_failures_in_a_row() {
+        assert_eq!(run(2, 3, "--+---"), "UUUUUD");
+    }
+
+    #[test]
+    fn rises_after_rise_passes_in_a_row() {
+        assert_eq!(run(2, 1, "-+-++"), "DDDDU");
+    }
+
+    #[test]
+    fn flapping_never_reaches_a_threshold() {
+        assert_eq!(run(3, 3, "-+-+-+--+"), "UUUUUUUUU");
+        assert_eq!(run(3, 1, "-+-+-++-+++"), "DDDDDDDDDDU");
+    }
+
+    #[test]
+    fn observe_reports_only_flips() {
+        let mut s = HealthState::new(1, 2);
+        let flips: Vec<bool> = "+--+-".chars().map(|c| s.observe(c == '+')).collect();
+        assert_eq!(flips, [false, false, true, true, false]);
+    }
+
+    #[tokio::test]
+    async fn probes_pass_and_fail_against_local_servers() {
+        use tokio::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for status in ["200 OK", "503 Busy"] {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(format!("HTTP/1.0 {status}\r\n\r\nall ok").as_bytes()).await;
+            }
+        });
+        let http = |status| HealthCheck {
+            kind: CheckKind::Http { path: "/".into(), expect_status: status, body_contains: Some("ok".into()) },
+            port,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(probe(&http(200), lo).await.is_ok());
+        let err = probe(&http(200), lo).await.unwrap_err();
+        assert!(err.contains("status 503"), "{err}");
+        let tcp_closed = HealthCheck { kind: CheckKind::Tcp, ..http(200) }; // listener gone
+        assert!(probe(&tcp_closed, lo).await.is_err());
+
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let uport = udp.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let (_, from) = udp.recv_from(&mut buf).await.unwrap();
+            udp.send_to(b"pong!", from).await.unwrap();
+        });
+        let check = HealthCheck { kind: CheckKind::Udp { request: "ping".into(), expect: "pong".into() }, port: uport, ..http(200) };
+        assert!(probe(&check, lo).await.is_ok());
+        // The responder is gone: refused (ICMP port unreachable) or no answer in time.
+        let timeout = HealthCheck { timeout: Duration::from_millis(50), ..check };
+        let err = probe(&timeout, lo).await.unwrap_err();
+        assert!(err.contains("refused") || err.contains("no answer"), "{err}");
+    }
+}
