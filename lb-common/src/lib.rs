@@ -119,8 +119,11 @@ pub struct Real {
     pub addr: [u8; 16],
     /// `REAL_F_*` bits.
     pub flags: u32,
+    /// The VIP this real serves (a real id belongs to one VIP). Control-plane bookkeeping, kept
+    /// in the pinned map so a restarted `lb` finds the same ids.
+    pub vip_index: u32,
 }
-const _: () = assert!(core::mem::size_of::<Real>() == 20);
+const _: () = assert!(core::mem::size_of::<Real>() == 24);
 
 /// Key of the `CONNS` connection table: a flow as the client sent it (client -> VIP).
 #[repr(C)]

@@ -1,11 +1,20 @@
 //! The only module that talks to aya: loads the eBPF object, attaches programs, and reads and
 //! writes the maps with the typed values of `lb_common`.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::{AsFd as _, AsRawFd as _}};
+use std::{
+    collections::HashMap as StdHashMap,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -37,6 +46,14 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("pinning under {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("link pinned at {path}")]
+    Link { path: PathBuf, detail: String },
     #[error("ring {ring} with {slots} slots does not fit (at most {MAX_RINGS} rings of {MAX_RING_SIZE})")]
     RingOutOfRange { ring: u32, slots: usize },
 }
@@ -72,6 +89,13 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
     }
 }
 
+/// VIPs and reals found in the maps.
+#[derive(Debug, Default)]
+pub struct Programmed {
+    pub vips: Vec<(VipKey, VipMeta)>,
+    pub reals: Vec<(u32, Real)>,
+}
+
 /// The loaded object and typed access to its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -88,6 +112,73 @@ impl Dataplane {
             .load(LB_EBPF)
             .map_err(DataplaneError::Load)?;
         Ok(Self { ebpf })
+    }
+
+    /// Loads the object with every map pinned under `pin_dir/maps/`: maps already pinned there
+    /// (by an earlier `lb run` of this instance) are reused with their contents, so a restart or
+    /// upgrade keeps the connection table and the rings.
+    pub fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Self> {
+        let maps_dir = pin_dir.join("maps");
+        std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Pin { path: maps_dir.clone(), source })?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::CONNS, opts.conn_table_size);
+        for name in maps::ALL {
+            loader.map_pin_path(name, maps_dir.join(name));
+        }
+        let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches program `name` to `iface` through a bpf link pinned at `link_path`, which keeps
+    /// it attached after this process exits. If the link is pinned already, the program on it is
+    /// replaced atomically (bpf_link_update): no moment without a program.
+    pub fn attach_pinned(&mut self, name: &str, iface: &str, mode: AttachMode, link_path: &Path) -> Result<()> {
+        self.program_fd(name)?;
+        let prog_err = |source| DataplaneError::Program { name: name.to_owned(), source };
+        let link_err = |detail: String| DataplaneError::Link { path: link_path.to_owned(), detail };
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(link_path).map_err(|e| link_err(e.to_string()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
+            self.xdp(name)?.attach_to_link(link).map_err(prog_err)?;
+            return Ok(());
+        }
+        let mode = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        let xdp = self.xdp(name)?;
+        let id = xdp.attach(iface, mode).map_err(prog_err)?;
+        let link = xdp.take_link(id).map_err(prog_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
+        fd_link.pin(link_path).map_err(|e| link_err(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes what `load_pinned` / `attach_pinned` left under `pin_dir`: unpinning the links
+    /// detaches the programs, unpinning the maps frees them once nothing holds them.
+    pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(pin_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Pin { path: pin_dir.to_owned(), source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the maps hold: VIPs and the reals with an address (after a restart, what an earlier
+    /// `lb` programmed).
+    pub fn programmed(&self) -> Result<Programmed> {
+        let vips_map = self.ebpf.map(maps::VIPS).ok_or(DataplaneError::NoMap { name: maps::VIPS })?;
+        let vips = HashMap::<_, VipKey, VipMeta>::try_from(vips_map).map_err(map_err(maps::VIPS))?;
+        let vips = vips.iter().collect::<std::result::Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
+        let reals_map = self.ebpf.map(maps::REALS).ok_or(DataplaneError::NoMap { name: maps::REALS })?;
+        let reals = Array::<_, Real>::try_from(reals_map).map_err(map_err(maps::REALS))?;
+        let reals = (1..lb_common::MAX_REALS)
+            .filter_map(|id| match reals.get(&id, 0) {
+                Ok(real) if real.addr != [0; 16] => Some(Ok((id, real))),
+                Ok(_) => None,
+                Err(e) => Some(Err(DataplaneError::Map { name: maps::REALS, source: e })),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Programmed { vips, reals })
     }
 
     fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {

@@ -4,6 +4,7 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod reconcile;
 pub mod test_run;
 
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.

@@ -78,7 +78,7 @@ impl Balancer {
         }
         let id = self.real_ids.len() as u32 + 1;
         let flags = if addr.is_ipv6() { REAL_F_IPV6 } else { 0 };
-        self.dp.set_real(id, &Real { addr: addr16(addr), flags }).expect("set real");
+        self.dp.set_real(id, &Real { addr: addr16(addr), flags, vip_index: 0 }).expect("set real");
         self.real_ids.insert(addr, id);
         self.reals.insert(id, addr);
         id
@@ -115,7 +115,7 @@ impl Balancer {
         let addr = ip(addr);
         let id = self.real_id(addr);
         let flags = REAL_F_DOWN | if addr.is_ipv6() { REAL_F_IPV6 } else { 0 };
-        self.dp.set_real(id, &Real { addr: addr16(addr), flags }).expect("set real");
+        self.dp.set_real(id, &Real { addr: addr16(addr), flags, vip_index: 0 }).expect("set real");
     }
 
     /// Id of the real at `addr` (registering it if new).
