@@ -146,7 +146,7 @@ pub struct RawReal {
     pub health: Option<RawHealth>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -204,7 +204,7 @@ pub struct Forwarding {
 }
 
 /// A VIP's identity: what a packet's destination must match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct VipId {
     pub addr: IpAddr,
     pub port: u16,

@@ -27,7 +27,12 @@ pub struct HealthState {
 
 impl HealthState {
     pub fn new(rise: u32, fall: u32) -> Self {
-        Self { rise, fall, up: true, streak: 0 }
+        Self::starting(true, rise, fall)
+    }
+
+    /// Starts in a known state (after a restart: what the maps say).
+    pub fn starting(up: bool, rise: u32, fall: u32) -> Self {
+        Self { rise, fall, up, streak: 0 }
     }
 
     pub fn is_up(&self) -> bool {
@@ -118,8 +123,15 @@ pub enum HealthEvent {
 }
 
 /// Checks `real` of `vip` every interval until `shutdown` changes or the receiver goes away.
-pub async fn run_prober(vip: VipId, real: IpAddr, check: HealthCheck, events: mpsc::Sender<HealthEvent>, mut shutdown: watch::Receiver<bool>) {
-    let mut state = HealthState::new(check.rise, check.fall);
+pub async fn run_prober(
+    vip: VipId,
+    real: IpAddr,
+    check: HealthCheck,
+    start_up: bool,
+    events: mpsc::Sender<HealthEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut state = HealthState::starting(start_up, check.rise, check.fall);
     let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {

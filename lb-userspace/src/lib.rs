@@ -1,9 +1,13 @@
 //! anycast-lb control plane library: Maglev, the data-plane loader and map access.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod reconcile;
 pub mod test_run;
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_common::{LbConfig, Real, VipKey, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Forwarding, Proto, Vip, VipId},
@@ -123,7 +123,7 @@ pub struct RebuildStats {
 }
 
 /// A real as `lb status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RealStatus {
     pub address: IpAddr,
     pub id: u32,
@@ -134,7 +134,7 @@ pub struct RealStatus {
     pub slots: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VipStatus {
     pub name: String,
     pub vip: VipId,

@@ -1,0 +1,136 @@
+//! Command line of `lb`: the daemon, config checking, and admin commands over the API.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{api::RealRequest, reconcile::VipStatus};
+
+#[derive(Parser)]
+#[command(name = "lb", about = "anycast-lb: XDP Maglev load balancer")]
+pub struct Opt {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Load and attach the data plane, program it from the config, run health checks.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file without touching the kernel.
+    CheckConfig { file: PathBuf },
+    /// Detach the programs and remove the pinned maps of an instance.
+    Stop {
+        #[arg(long)]
+        instance: String,
+    },
+    /// VIPs, reals, health, weights and traffic shares.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        api: SocketAddr,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a real at run time (kept across reloads and restarts).
+    Real {
+        #[command(subcommand)]
+        action: RealAction,
+        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
+        api: SocketAddr,
+    },
+    /// Re-read the config file of the running `lb` (like SIGHUP).
+    Reload {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        api: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RealAction {
+    /// Weight 0: no new flows, established flows kept.
+    Drain { vip: String, real: IpAddr },
+    /// Back to the config's weight.
+    Enable { vip: String, real: IpAddr },
+    SetWeight { vip: String, real: IpAddr, weight: u32 },
+}
+
+/// A small HTTP/1.0 client for the local admin API.
+fn http(api: SocketAddr, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
+    let mut conn = TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| format!("connecting to lb's API at {api}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or_default();
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status in the reply")?;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn expect_ok((status, body): (u16, String)) -> Result<String> {
+    if status != 200 {
+        bail!("lb answered {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+pub fn print_status(vips: &[VipStatus]) {
+    for v in vips {
+        println!("VIP {} {}  ring {}  healthy {}/{} (min {})", v.name, v.vip, v.ring_size, v.healthy(), v.reals.len(), v.min_healthy);
+        println!("  {:<40} {:>4}  {:<5} {:>6} {:>7}", "REAL", "ID", "STATE", "WEIGHT", "SHARE");
+        for r in &v.reals {
+            let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
+            let share = 100.0 * r.slots as f64 / v.ring_size as f64;
+            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%", r.address, r.id, if r.up { "up" } else { "down" }, weight, share);
+        }
+    }
+    if vips.iter().any(|v| v.reals.iter().any(|r| r.weight != r.config_weight)) {
+        println!("(* weight set at run time)");
+    }
+}
+
+/// Runs the admin commands (everything but `run`, which main starts on a runtime).
+pub fn admin(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Run { .. } => unreachable!("main runs the daemon"),
+        Cmd::CheckConfig { file } => {
+            let config = crate::config::load(&file, crate::config::InterfaceCheck::OnThisHost)?;
+            let reals: usize = config.vips.iter().map(|v| v.reals.len()).sum();
+            println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
+            Ok(())
+        }
+        Cmd::Stop { instance } => crate::daemon::stop(&instance),
+        Cmd::Status { api, json } => {
+            let body = expect_ok(http(api, "GET", "/status", None)?)?;
+            if json {
+                println!("{body}");
+            } else {
+                print_status(&serde_json::from_str::<Vec<VipStatus>>(&body).context("parsing status")?);
+            }
+            Ok(())
+        }
+        Cmd::Real { action, api } => {
+            let (path, req) = match action {
+                RealAction::Drain { vip, real } => ("/real/drain", RealRequest { vip, real, weight: None }),
+                RealAction::Enable { vip, real } => ("/real/enable", RealRequest { vip, real, weight: None }),
+                RealAction::SetWeight { vip, real, weight } => ("/real/set-weight", RealRequest { vip, real, weight: Some(weight) }),
+            };
+            print!("{}", expect_ok(http(api, "POST", path, Some(serde_json::to_string(&req)?))?)?);
+            Ok(())
+        }
+        Cmd::Reload { api } => {
+            print!("{}", expect_ok(http(api, "POST", "/reload", None)?)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `lb run`: load and attach (pinned), program the maps from the config, run health checks, and
+//! apply flips, reloads and admin commands from one loop that owns all state.
+//!
+//! Exiting leaves the programs attached and the maps pinned under /sys/fs/bpf/<instance>: traffic
+//! keeps flowing on the last state, and the next `lb run` (same or newer binary) picks it up,
+//! connection table included. `lb stop --instance NAME` removes everything.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use lb_common::programs;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::{self, Config, HealthCheck, InterfaceCheck, NextHop, VipId},
+    dataplane::{Dataplane, LoadOptions},
+    health::{self, HealthEvent},
+    metrics::{self, HealthSample},
+    reconcile::{Reconciler, VipStatus},
+};
+
+/// Where an instance's programs and maps are pinned.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("anycast-lb-{instance}"))
+}
+
+/// Runtime weight changes, kept across reloads and restarts in `<pin dir's sibling>` journal.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Journal {
+    /// (VIP name, real address, weight)
+    pub weights: Vec<(String, IpAddr, u32)>,
+}
+
+/// Where runtime changes are journaled: /var/lib/anycast-lb/<instance>.json (override with
+/// LB_STATE_DIR).
+pub fn journal_path(instance: &str) -> PathBuf {
+    let dir = std::env::var_os("LB_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/anycast-lb"));
+    dir.join(format!("{instance}.json"))
+}
+
+fn load_journal(path: &Path) -> Journal {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable journal");
+            Journal::default()
+        }),
+        Err(_) => Journal::default(),
+    }
+}
+
+/// Writes the journal atomically (temp file + rename).
+fn save_journal(path: &Path, journal: &Journal) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(journal)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The next hop's MAC: given, or found in the neighbour table.
+pub fn resolve_next_hop(next_hop: &NextHop) -> Result<[u8; 6]> {
+    let ip = match next_hop {
+        NextHop::Mac(mac) => return Ok(*mac),
+        NextHop::Ip(ip) => *ip,
+    };
+    let out = std::process::Command::new("ip").args(["neigh", "show", &ip.to_string()]).output().context("running ip neigh")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .and_then(|m| {
+            let v: Vec<u8> = m.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+            v.try_into().ok()
+        });
+    match mac {
+        Some(mac) => Ok(mac),
+        None => bail!("no neighbour entry with a MAC for next hop {ip} (ping it once, or give next_hop_mac)"),
+    }
+}
+
+/// Admin commands, answered by the loop that owns the state.
+pub enum Command {
+    Status(oneshot::Sender<Vec<VipStatus>>),
+    Metrics(oneshot::Sender<String>),
+    Reload(oneshot::Sender<Result<(), String>>),
+    /// Set (Some) or clear (None) a real's runtime weight.
+    SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: oneshot::Sender<Result<(), String>> },
+}
+
+/// One prober task per (VIP, real), stopped when its check leaves the config or changes.
+#[derive(Default)]
+struct Probers {
+    running: HashMap<(VipId, IpAddr), (HealthCheck, watch::Sender<bool>)>,
+}
+
+impl Probers {
+    fn sync(&mut self, config: &Config, rec: &Reconciler<Dataplane>, events: &mpsc::Sender<HealthEvent>) {
+        let mut wanted = HashMap::new();
+        for vip in &config.vips {
+            for real in &vip.reals {
+                wanted.insert((vip.id, real.addr), real.health.clone());
+            }
+        }
+        self.running.retain(|key, (check, stop)| {
+            let keep = wanted.get(key) == Some(check);
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        for (key, check) in wanted {
+            if self.running.contains_key(&key) || check.kind == config::CheckKind::None {
+                continue;
+            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let start_up = rec.starts_up(&key.0, key.1);
+            tokio::spawn(health::run_prober(key.0, key.1, check.clone(), start_up, events.clone(), stop_rx));
+            self.running.insert(key, (check, stop_tx));
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, stop)) in self.running.drain() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    rec: Reconciler<Dataplane>,
+    probers: Probers,
+    health_tx: mpsc::Sender<HealthEvent>,
+    samples: HashMap<(VipId, IpAddr), HealthSample>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    journal_path: PathBuf,
+}
+
+impl Daemon {
+    fn reload(&mut self) -> Result<(), String> {
+        let result = (|| -> Result<()> {
+            let config = config::load(&self.config_path, InterfaceCheck::OnThisHost)?;
+            if config.instance != self.config.instance || config.interfaces != self.config.interfaces || config.conn_table_size != self.config.conn_table_size {
+                bail!("instance, interfaces and conn_table_size change only with a restart");
+            }
+            let mac = resolve_next_hop(&config.forwarding.next_hop)?;
+            self.rec.apply(&config, mac)?;
+            self.config = config;
+            self.reapply_journal();
+            self.probers.sync(&self.config, &self.rec, &self.health_tx);
+            Ok(())
+        })();
+        match &result {
+            Ok(()) => {
+                self.reloads_ok += 1;
+                info!(path = %self.config_path.display(), vips = self.config.vips.len(), "config reloaded");
+            }
+            Err(e) => {
+                self.reloads_failed += 1;
+                warn!(path = %self.config_path.display(), error = %format!("{e:#}"), "config reload rejected; running state kept");
+            }
+        }
+        result.map_err(|e| format!("{e:#}"))
+    }
+
+    fn reapply_journal(&mut self) {
+        for (vip, real, weight) in load_journal(&self.journal_path).weights {
+            if let Err(e) = self.rec.set_weight(&vip, real, Some(weight)) {
+                warn!(%vip, %real, error = %e, "journaled weight no longer applies");
+            }
+        }
+    }
+
+    fn set_weight(&mut self, vip: &str, real: IpAddr, weight: Option<u32>) -> Result<(), String> {
+        if weight.is_some_and(|w| w > config::MAX_WEIGHT) {
+            return Err(format!("weight out of range 0 ..= {}", config::MAX_WEIGHT));
+        }
+        self.rec.set_weight(vip, real, weight).map_err(|e| e.to_string())?;
+        info!(%vip, %real, weight = ?weight, "real weight set at run time");
+        save_journal(&self.journal_path, &Journal { weights: self.rec.weight_overrides() }).map_err(|e| format!("{e:#}"))
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.rec.status());
+            }
+            Command::Metrics(reply) => {
+                let text = metrics::render(&self.rec, &self.samples, self.reloads_ok, self.reloads_failed);
+                let _ = reply.send(text);
+            }
+            Command::Reload(reply) => {
+                let _ = reply.send(self.reload());
+            }
+            Command::SetWeight { vip, real, weight, reply } => {
+                let _ = reply.send(self.set_weight(&vip, real, weight));
+            }
+        }
+    }
+
+    fn health(&mut self, event: HealthEvent) {
+        match event {
+            HealthEvent::Flip { vip, real, up, reason } => {
+                info!(%vip, %real, state = if up { "up" } else { "down" }, %reason, "real health changed");
+                match self.rec.set_health(&vip, real, up) {
+                    Ok(_) => info!(%vip, rebuild_ms = self.rec.rebuilds.last.as_secs_f64() * 1e3, "table rebuilt"),
+                    Err(e) => warn!(%vip, %real, error = %e, "applying a health change failed"),
+                }
+            }
+            HealthEvent::Checked { vip, real, latency } => {
+                self.samples.insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
+            }
+        }
+    }
+}
+
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    let config = config::load(&config_path, InterfaceCheck::OnThisHost)?;
+    let pins = pin_dir(&config.instance);
+    let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size }, &pins)?;
+    for iface in &config.interfaces {
+        let link = pins.join(format!("link-{}", iface.name));
+        let reused = link.exists();
+        dp.attach_pinned(programs::BALANCER, &iface.name, iface.mode, &link)
+            .with_context(|| format!("attaching to {}", iface.name))?;
+        info!(interface = %iface.name, mode = ?iface.mode, replaced_running_program = reused, "balancer attached");
+    }
+    let programmed = dp.programmed()?;
+    if !programmed.vips.is_empty() {
+        info!(vips = programmed.vips.len(), reals = programmed.reals.len(), "picked up the running data plane");
+    }
+    let mut rec = Reconciler::recover(dp, &programmed);
+    rec.apply(&config, resolve_next_hop(&config.forwarding.next_hop)?)?;
+
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
+    let metrics_listen = config.metrics_listen;
+    let api_listen = config.api_listen;
+    let mut daemon = Daemon {
+        journal_path: journal_path(&config.instance),
+        config_path,
+        config,
+        rec,
+        probers: Probers::default(),
+        health_tx,
+        samples: HashMap::new(),
+        reloads_ok: 0,
+        reloads_failed: 0,
+    };
+    daemon.reapply_journal();
+    daemon.probers.sync(&daemon.config, &daemon.rec, &daemon.health_tx);
+    crate::api::serve(api_listen, metrics_listen, cmd_tx).await?;
+    info!(vips = daemon.config.vips.len(), api = %api_listen, metrics = %metrics_listen, "running");
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            Some(event) = health_rx.recv() => daemon.health(event),
+            Some(cmd) = cmd_rx.recv() => daemon.handle(cmd),
+            _ = hangup.recv() => { let _ = daemon.reload(); }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    daemon.probers.stop_all();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    info!(instance = %daemon.config.instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
+    Ok(())
+}
+
+/// `lb stop`: detaches the programs and removes the maps of an instance.
+pub fn stop(instance: &str) -> Result<()> {
+    let pins = pin_dir(instance);
+    if !pins.exists() {
+        bail!("no instance {instance:?} ({} does not exist)", pins.display());
+    }
+    Dataplane::remove_pins(&pins)?;
+    info!(%instance, "data plane detached and removed");
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Prometheus text for one scrape: counters summed over CPUs from the per-CPU maps, plus the
+//! control plane's own state. Built fresh per scrape from one consistent snapshot.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use lb_common::stats::Counter as StatsCounter;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{config::VipId, dataplane::Dataplane, reconcile::Reconciler};
+
+/// The last check of one real.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthSample {
+    pub latency: Option<Duration>,
+    pub checks: u64,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+pub fn render(rec: &Reconciler<Dataplane>, samples: &HashMap<(VipId, IpAddr), HealthSample>, reloads_ok: u64, reloads_failed: u64) -> String {
+    let dp = rec.dataplane();
+    let mut r = Registry::with_prefix("lb");
+
+    let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
+    let drops = counter_family(&mut r, "xdp_drops", "Packets dropped, by reason");
+    let events = counter_family(&mut r, "xdp_events", "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, conn_insert_failed)");
+    if let Ok(counters) = dp.counters() {
+        for c in StatsCounter::ALL {
+            let value = counters.get(c.name()).copied().unwrap_or(0);
+            let name = c.name();
+            let (family, label, key) = match c {
+                StatsCounter::Pass | StatsCounter::Tx | StatsCounter::Drop | StatsCounter::Aborted => (&packets, name, "verdict"),
+                _ if name.starts_with("drop_") => (&drops, &name[5..], "reason"),
+                _ => (&events, name, "event"),
+            };
+            family.get_or_create(&vec![(key, label.to_owned())]).inc_by(value);
+        }
+    }
+
+    let vip_packets = counter_family(&mut r, "vip_packets", "Packets forwarded per VIP");
+    let vip_bytes = counter_family(&mut r, "vip_bytes", "Bytes forwarded per VIP");
+    let vip_new_flows = counter_family(&mut r, "vip_new_flows", "Connection-table entries made per VIP");
+    let vip_hits = counter_family(&mut r, "vip_conn_table_hits", "Packets whose flow the connection table knew");
+    let vip_misses = counter_family(&mut r, "vip_conn_table_misses", "Packets whose flow the connection table did not know");
+    let real_packets = counter_family(&mut r, "real_packets", "Packets sent to each real");
+    let real_bytes = counter_family(&mut r, "real_bytes", "Bytes sent to each real");
+    let real_up = gauge_family(&mut r, "real_up", "1 if the real passes its health checks");
+    let real_weight = gauge_family(&mut r, "real_weight", "Effective weight (0: draining or down)");
+    let real_share = gauge_family(&mut r, "real_ring_share", "Share of the VIP's Maglev slots (of new flows)");
+    let check_latency = gauge_family(&mut r, "health_check_latency_seconds", "Latency of the last passing health check");
+    let vip_healthy = gauge_family(&mut r, "vip_healthy_reals", "Reals up per VIP");
+
+    for vip in rec.status() {
+        let vl: Labels = vec![("vip", vip.name.clone())];
+        if let Ok(s) = dp.vip_stats(vip.index) {
+            vip_packets.get_or_create(&vl).inc_by(s.packets);
+            vip_bytes.get_or_create(&vl).inc_by(s.bytes);
+            vip_new_flows.get_or_create(&vl).inc_by(s.new_flows);
+            vip_hits.get_or_create(&vl).inc_by(s.conn_hits);
+            vip_misses.get_or_create(&vl).inc_by(s.conn_misses);
+        }
+        vip_healthy.get_or_create(&vl).set(vip.healthy() as f64);
+        for real in &vip.reals {
+            let rl: Labels = vec![("vip", vip.name.clone()), ("real", real.address.to_string())];
+            if let Ok(s) = dp.real_stats(real.id) {
+                real_packets.get_or_create(&rl).inc_by(s.packets);
+                real_bytes.get_or_create(&rl).inc_by(s.bytes);
+            }
+            real_up.get_or_create(&rl).set(if real.up { 1.0 } else { 0.0 });
+            real_weight.get_or_create(&rl).set(if real.up { real.weight as f64 } else { 0.0 });
+            real_share.get_or_create(&rl).set(real.slots as f64 / vip.ring_size as f64);
+            if let Some(latency) = samples.get(&(vip.vip, real.address)).and_then(|s| s.latency) {
+                check_latency.get_or_create(&rl).set(latency.as_secs_f64());
+            }
+        }
+    }
+
+    let rebuilds: Counter = Counter::default();
+    rebuilds.inc_by(rec.rebuilds.count);
+    r.register("ring_rebuilds", "Maglev table rebuilds", rebuilds);
+    let rebuild_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    rebuild_seconds.set(rec.rebuilds.last.as_secs_f64());
+    r.register("ring_rebuild_last_seconds", "Duration of the last rebuild (table + map writes)", rebuild_seconds);
+    let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
+    reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);
+    reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);
+
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String");
+    out
+}
