@@ -89,10 +89,15 @@ impl NetNs {
 
     /// Moves the calling thread into the namespace (for threads the test spawns itself).
     pub fn enter(&self) {
-        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
+        enter_path(&format!("/run/netns/{}", self.name));
     }
+}
+
+/// Moves the calling thread into the namespace at `path` (/run/netns/NAME).
+pub fn enter_path(path: &str) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for NetNs {

@@ -10,9 +10,12 @@
 //! ```
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -29,17 +32,23 @@ pub const VIP: &str = "10.99.0.1";
 pub const PORT: u16 = 8080;
 pub const CLIENT: &str = "10.10.1.2";
 
-pub struct Site {
+/// The namespaces and links, the router's pass stub and the backends' decapsulators: everything
+/// but the balancer.
+pub struct Net {
     pub client: NetNs,
     pub router: NetNs,
     pub lb: NetNs,
     pub backends: Vec<NetNs>,
-    /// The balancer attached to the LB node's NIC.
-    pub balancer: Balancer,
-    pub vip: Vip,
     /// Kept alive: the router's pass stub and each backend's decapsulator.
     pub router_xdp: Dataplane,
     pub decaps: Vec<Dataplane>,
+}
+
+/// A `Net` with the test fixture's balancer attached on the LB node.
+pub struct Site {
+    pub net: Net,
+    pub balancer: Balancer,
+    pub vip: Vip,
 }
 
 /// Address of backend `i`.
@@ -47,7 +56,7 @@ pub fn backend_addr(i: usize) -> String {
     format!("10.10.{}.2", 3 + i)
 }
 
-impl Site {
+impl Net {
     pub fn new(backends: usize) -> Self {
         let client = NetNs::new("client", false);
         let router = NetNs::new("router", true);
@@ -62,6 +71,7 @@ impl Site {
             End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addr: "10.10.2.2/24" },
         );
         client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
+        lb.ip(&["route", "add", "default", "via", "10.10.2.1"]); // health checks reach the backends
         router.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.10.2.2"]);
 
         let backend_ns: Vec<NetNs> = (0..backends)
@@ -79,14 +89,6 @@ impl Site {
             })
             .collect();
 
-        let reals: Vec<String> = (0..backends).map(backend_addr).collect();
-        let (balancer, vip) = lb.run(|| {
-            let mut b = Balancer::new();
-            let weights: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
-            let vip = b.add_vip(VIP, PORT, 6, 0, TEST_RING_SIZE, &weights);
-            b.dp.attach(programs::BALANCER, "lb0", AttachMode::Native).expect("attach balancer");
-            (b, vip)
-        });
         // XDP_TX frames from a veth are only received by a peer that runs XDP itself.
         let router_xdp = router.run(|| {
             let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
@@ -105,30 +107,83 @@ impl Site {
                 })
             })
             .collect();
-        Self { client, router, lb, backends: backend_ns, balancer, vip, router_xdp, decaps }
+        Self { client, router, lb, backends: backend_ns, router_xdp, decaps }
+    }
+
+    /// Starts a line server in every backend (stoppable one by one, stopped on drop).
+    pub fn servers(&self) -> Servers {
+        Servers::start(&self.backends)
+    }
+}
+
+impl Site {
+    pub fn new(backends: usize) -> Self {
+        let net = Net::new(backends);
+        let reals: Vec<String> = (0..backends).map(backend_addr).collect();
+        let (balancer, vip) = net.lb.run(|| {
+            let mut b = Balancer::new();
+            let weights: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
+            let vip = b.add_vip(VIP, PORT, 6, 0, TEST_RING_SIZE, &weights);
+            b.dp.attach(programs::BALANCER, "lb0", AttachMode::Native).expect("attach balancer");
+            (b, vip)
+        });
+        Self { net, balancer, vip }
     }
 
     pub fn vip_addr() -> SocketAddr {
         SocketAddr::new(ip(VIP), PORT)
     }
 
-    /// Runs an HTTP-like server on the VIP in every backend while `f` runs in the client's
-    /// namespace; returns what `f` returns.
+    /// Runs the backends' servers while `f` runs in the client's namespace.
     pub fn with_servers<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for (i, ns) in self.backends.iter().enumerate() {
-                let stop = &stop;
-                s.spawn(move || {
-                    ns.enter();
-                    serve(Self::vip_addr(), &format!("backend {i}"), stop, Duration::from_secs(120));
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50)); // listeners bound
-            let result = self.client.run(f);
-            stop.store(true, Ordering::Relaxed);
-            result
-        })
+        let _servers = self.net.servers();
+        self.net.client.run(f)
+    }
+}
+
+/// Line servers on 0.0.0.0:PORT in each backend: the VIP (on lo) and the backend's own
+/// address (for health checks) both answer. Each line is answered with the backend's name.
+pub struct Servers {
+    stops: Vec<Arc<AtomicBool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(backends: &[NetNs]) -> Self {
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        for (i, ns) in backends.iter().enumerate() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let ns_path = format!("/run/netns/{}", ns.name);
+            let thread_stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                crate::netns::enter_path(&ns_path);
+                let listener = TcpListener::bind(SocketAddr::new("0.0.0.0".parse().unwrap(), PORT)).expect("bind backend");
+                tx.send(()).unwrap();
+                serve(listener, &format!("backend {i}"), &thread_stop, Duration::from_secs(300));
+            }));
+            rx.recv_timeout(Duration::from_secs(5)).expect("backend listening");
+            stops.push(stop);
+        }
+        Self { stops, threads }
+    }
+
+    /// Stops backend `i`: its listener closes (new connections are refused); connections it
+    /// already has are closed too.
+    pub fn stop(&self, i: usize) {
+        self.stops[i].store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for s in &self.stops {
+            s.store(true, Ordering::Relaxed);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -139,35 +194,79 @@ pub struct Answer {
     pub local_port: u16,
 }
 
-/// Client side: one connection, one request, the whole answer.
+/// Client side: one connection, one request line, one answer line.
 pub fn ask(vip: SocketAddr, request: &str) -> std::io::Result<Answer> {
-    let mut conn = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
-    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let local_port = conn.local_addr()?.port();
-    conn.write_all(format!("{request}\n").as_bytes())?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
+    let conn = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+    let mut line = LineConn::new(conn)?;
+    let local_port = line.local_port;
+    let text = line.exchange(request)?;
     Ok(Answer { text, local_port })
 }
 
-/// Backend side: answers each connection with `name`, the request and the client address, until
-/// `stop` is set or `limit` passes.
-pub fn serve(vip: SocketAddr, name: &str, stop: &AtomicBool, limit: Duration) {
-    let listener = TcpListener::bind(vip).expect("bind VIP on the backend");
+/// A client connection that exchanges lines (also kept open for long-lived tests).
+pub struct LineConn {
+    reader: BufReader<TcpStream>,
+    pub local_port: u16,
+}
+
+impl LineConn {
+    pub fn new(conn: TcpStream) -> std::io::Result<Self> {
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let local_port = conn.local_addr()?.port();
+        Ok(Self { reader: BufReader::new(conn), local_port })
+    }
+
+    pub fn connect(vip: SocketAddr) -> std::io::Result<Self> {
+        Self::new(TcpStream::connect_timeout(&vip, Duration::from_secs(3))?)
+    }
+
+    /// Sends one line, returns the answer line.
+    pub fn exchange(&mut self, request: &str) -> std::io::Result<String> {
+        self.reader.get_mut().write_all(format!("{request}\n").as_bytes())?;
+        let mut text = String::new();
+        if self.reader.read_line(&mut text)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        Ok(text)
+    }
+}
+
+/// Backend side: answers each line of each connection with `name`, the line and the client
+/// address, until `stop` is set or `limit` passes.
+pub fn serve(listener: TcpListener, name: &str, stop: &AtomicBool, limit: Duration) {
     listener.set_nonblocking(true).expect("nonblocking");
     let deadline = Instant::now() + limit;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        match listener.accept() {
-            Ok((mut conn, peer)) => {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(3)));
-                let mut request = [0u8; 256];
-                let n = conn.read(&mut request).unwrap_or(0);
-                let request = String::from_utf8_lossy(&request[..n]);
-                let _ = conn.write_all(format!("{name} answered {} from {}\n", request.trim(), peer.ip()).as_bytes());
+    std::thread::scope(|s| {
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((conn, peer)) => {
+                    s.spawn(move || answer_lines(conn, peer, name, stop));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("accept: {e}"),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => panic!("accept: {e}"),
+        }
+        drop(listener);
+    });
+}
+
+fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let reply = format!("{name} answered {} from {}\n", line.trim(), peer.ip());
+                if reader.get_mut().write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

@@ -30,6 +30,6 @@ fn tcp_to_the_vip_is_answered_by_the_maglev_backend_directly() {
     println!("VIP stats after {CONNECTIONS} connections: {stats:?}");
     assert_eq!(stats.new_flows, CONNECTIONS as u64, "one new flow per connection");
     assert!(stats.conn_hits >= 2 * CONNECTIONS as u64, "later packets of a connection hit the table");
-    let decapsulated: u64 = site.decaps.iter().map(|d| d.decap_counter(DecapCounter::Decapsulated).unwrap()).sum();
+    let decapsulated: u64 = site.net.decaps.iter().map(|d| d.decap_counter(DecapCounter::Decapsulated).unwrap()).sum();
     assert_eq!(decapsulated, stats.packets, "every tunnelled packet was stripped by a backend");
 }
