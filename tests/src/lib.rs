@@ -3,6 +3,7 @@
 
 pub mod expect;
 pub mod fixture;
+pub mod lbd;
 pub mod netns;
 pub mod packet;
 pub mod topology;

@@ -169,6 +169,8 @@ fn check_privileged_prerequisites() -> Result<()> {
 /// `N passed, N failed`, summed over cargo's per-binary results.
 fn test(args: &[String]) -> Result<()> {
     check_privileged_prerequisites()?;
+    // The daemon tests run the real `lb` binary.
+    run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "lb"]))?;
     let mut child = Command::new("cargo")
         .arg("test")
         .args(args)

@@ -1,0 +1,137 @@
+//! Runs the real `lb` binary inside the LB node's namespace for end-to-end tests of the daemon,
+//! and removes its pinned state afterwards, also when a test fails.
+
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_userspace::reconcile::VipStatus;
+
+use crate::netns::NetNs;
+
+/// The `lb` binary: $LB_BIN, or `lb` beside the test's target folder (`cargo xtask test` builds it).
+pub fn lb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("lb");
+    assert!(bin.exists(), "{} missing: build it with `cargo build -p lb-userspace --bin lb` (cargo xtask test does)", bin.display());
+    bin
+}
+
+/// A command that runs in network namespace `ns` only. (`ip netns exec` would also give it a
+/// fresh /sys without the host's bpffs, where pins would vanish with the process.)
+fn in_netns(ns: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}"));
+    cmd
+}
+
+/// One `lb run`, in the namespace `ns`, with its own instance name, config file and state dir.
+pub struct LbDaemon {
+    child: Option<Child>,
+    pub ns: String,
+    pub instance: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl LbDaemon {
+    /// Writes `config` (its `instance` line is set here) and starts `lb run`; returns once the
+    /// admin API answers.
+    pub fn start(ns: &NetNs, config_body: &str) -> Self {
+        let instance = format!("t{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"));
+        let dir = std::env::temp_dir().join(format!("lbd-{instance}"));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let config = dir.join("lb.toml");
+        std::fs::write(&config, format!("instance = \"{instance}\"\n{config_body}")).expect("write config");
+        let mut d = Self { child: None, ns: ns.name.clone(), instance, config, dir };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("lb.log")).expect("log file");
+        let child = in_netns(&self.ns)
+            .arg(lb_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("LB_STATE_DIR", &self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start lb");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_status().is_none() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lb exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "lb's API did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// Runs `lb ARGS` (the CLI) in the namespace.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        in_netns(&self.ns).arg(lb_bin()).args(args).output().expect("run lb cli")
+    }
+
+    fn try_status(&self) -> Option<Vec<VipStatus>> {
+        let out = self.cli(&["status", "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    pub fn status(&self) -> Vec<VipStatus> {
+        self.try_status().unwrap_or_else(|| panic!("lb status failed:\n{}", self.log()))
+    }
+
+    /// Scrapes the metrics endpoint from inside the namespace.
+    pub fn metrics(&self) -> String {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            crate::netns::enter_path(&path);
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
+            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("send");
+            let mut text = String::new();
+            conn.read_to_string(&mut text).expect("read");
+            text
+        })
+        .join()
+        .expect("scrape thread")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        // nsenter execs lb, so the child's pid is lb's.
+        crate::netns::sh(&["kill", &format!("-{sig}"), &pid.to_string()]);
+    }
+
+    /// SIGTERM and wait for the exit; the data plane stays attached.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        let status = self.child.take().expect("running").wait().expect("wait");
+        assert!(status.success(), "lb exited with {status}:\n{}", self.log());
+    }
+}
+
+impl Drop for LbDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(lb_userspace::daemon::pin_dir(&self.instance));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The `lb` daemon end to end: the real binary runs in the LB node's namespace with a config
+//! file, health-checks real backends over the network, and is driven through its CLI.
+
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    lbd::LbDaemon,
+    packet::ip,
+    require_root,
+    topology::{ask, backend_addr, LineConn, Net, Site},
+};
+
+const INTERVAL_MS: u64 = 100;
+const FALL: u64 = 2;
+
+fn config(backends: usize) -> String {
+    let mut c = format!(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 80\nrise = 2\nfall = {FALL}\n\
+         [[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 8080\nprotocol = \"tcp\"\n"
+    );
+    for i in 0..backends {
+        c += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    c
+}
+
+/// Which backend answered.
+fn who(answer: &str) -> usize {
+    answer.strip_prefix("backend ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("odd answer {answer:?}"))
+}
+
+/// `n` short requests from the client; the backend of each.
+fn spread(net: &Net, n: usize) -> Vec<usize> {
+    net.client.run(|| (0..n).map(|i| who(&ask(Site::vip_addr(), &format!("r{i}")).expect("answered").text)).collect())
+}
+
+fn real_up(d: &LbDaemon, addr: &str) -> bool {
+    d.status()[0].reals.iter().find(|r| r.address == ip(addr)).expect("real").up
+}
+
+/// Opens one long-lived connection per backend (retrying until each backend has one).
+fn connections_to_every_backend(net: &Net, backends: usize) -> Vec<LineConn> {
+    let mut conns: Vec<Option<LineConn>> = (0..backends).map(|_| None).collect();
+    net.client.run(|| {
+        for _ in 0..200 {
+            let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+            let b = who(&c.exchange("hello").expect("first exchange"));
+            if conns[b].is_none() {
+                conns[b] = Some(c);
+            }
+            if conns.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    });
+    conns.into_iter().map(|c| c.expect("a connection to every backend")).collect()
+}
+
+#[test]
+fn a_failed_backend_loses_new_connections_and_others_keep_theirs() {
+    require_root!();
+    let net = Net::new(3);
+    let servers = net.servers();
+    let d = LbDaemon::start(&net.lb, &config(3));
+    let before = spread(&net, 30);
+    assert!((0..3).all(|b| before.contains(&b)), "all backends serve: {before:?}");
+    let mut open = connections_to_every_backend(&net, 3);
+
+    servers.stop(1);
+    let stopped = Instant::now();
+    while real_up(&d, &backend_addr(1)) {
+        assert!(stopped.elapsed() < Duration::from_secs(5), "backend 1 never marked down:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let detected = stopped.elapsed();
+    // Worst case: the stop lands just after a check, then `fall` failing checks.
+    let bound = Duration::from_millis((FALL + 1) * INTERVAL_MS + 200);
+    println!("backend down detected after {detected:?} (fall {FALL} x interval {INTERVAL_MS} ms; bound {bound:?})");
+    assert!(detected <= bound, "{detected:?} > {bound:?}");
+
+    let after = spread(&net, 30);
+    assert!(!after.contains(&1), "no new connection to the failed backend: {after:?}");
+    net.client.run(|| {
+        for b in [0, 2] {
+            let answer = open[b].exchange("still there?").expect("connection to a healthy backend survives");
+            assert_eq!(who(&answer), b);
+        }
+    });
+    let status = d.status();
+    assert_eq!(status[0].reals[1].slots, 0, "the failed backend left the ring");
+    assert!(d.log().contains("real health changed"), "logged:\n{}", d.log());
+    let _ = &mut open;
+}
+
+#[test]
+fn draining_keeps_established_connections_and_takes_no_new_ones() {
+    require_root!();
+    let net = Net::new(2);
+    let _servers = net.servers();
+    let d = LbDaemon::start(&net.lb, &config(2));
+    let mut open = connections_to_every_backend(&net, 2);
+    let out = d.cli(&["real", "drain", "web", &backend_addr(0)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = spread(&net, 30);
+    assert!(after.iter().all(|&b| b == 1), "new connections avoid the draining backend: {after:?}");
+    net.client.run(|| assert_eq!(who(&open[0].exchange("after drain").expect("drained connection kept")), 0));
+    let status = d.status();
+    assert_eq!((status[0].reals[0].weight, status[0].reals[0].up), (0, true));
+    let text = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("0*"), "the table marks the run-time weight:\n{text}");
+    let out = d.cli(&["real", "set-weight", "web", "10.9.9.9", "3"]);
+    assert!(!out.status.success(), "unknown real is refused");
+    d.cli(&["real", "enable", "web", &backend_addr(0)]);
+    assert!(spread(&net, 40).contains(&0), "enabled again");
+}
+
+#[test]
+fn a_bad_reload_is_rejected_and_service_continues() {
+    require_root!();
+    let net = Net::new(2);
+    let _servers = net.servers();
+    let d = LbDaemon::start(&net.lb, &config(2));
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, good.replace("port = 8080", "port = 8080\nring_size = 1000")).unwrap();
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("config reload rejected") {
+        assert!(Instant::now() < deadline, "no rejection logged:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.log().contains("ring_size: 1000 must be a prime"), "{}", d.log());
+    assert_eq!(spread(&net, 20).len(), 20, "still serving");
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success(), "the API reload reports the error too");
+    assert!(d.metrics().contains("lb_config_reloads_total{result=\"rejected\"} 2"), "{}", d.metrics());
+    // A good change applies: one backend removed.
+    std::fs::write(&d.config, good.replace(&format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(1)), "")).unwrap();
+    assert!(d.cli(&["reload"]).status.success());
+    assert!(spread(&net, 20).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
+    require_root!();
+    let net = Net::new(2);
+    let _servers = net.servers();
+    let mut d = LbDaemon::start(&net.lb, &config(2));
+    let mut open = connections_to_every_backend(&net, 2);
+    assert!(d.cli(&["real", "set-weight", "web", &backend_addr(1), "4"]).status.success());
+    d.terminate();
+    // lb is gone; the data plane keeps forwarding.
+    net.client.run(|| {
+        for (b, c) in open.iter_mut().enumerate() {
+            assert_eq!(who(&c.exchange("while lb is down").expect("served without lb")), b);
+        }
+    });
+    assert_eq!(spread(&net, 10).len(), 10, "new connections while lb is down");
+    d.spawn();
+    assert!(d.log().contains("picked up the running data plane"), "{}", d.log());
+    net.client.run(|| {
+        for (b, c) in open.iter_mut().enumerate() {
+            assert_eq!(who(&c.exchange("after restart").expect("connection survives the restart")), b);
+        }
+    });
+    let status = d.status();
+    assert_eq!(status[0].reals[1].weight, 4, "the run-time weight came back from the journal");
+    let metrics = d.metrics();
+    assert!(metrics.contains("lb_vip_new_flows_total{vip=\"web\"}"), "{metrics}");
+    let out = d.cli(&["stop", "--instance", &d.instance]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!lb_userspace::daemon::pin_dir(&d.instance).exists());
+}
