@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,10 +17,13 @@ pub fn lb_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LB_BIN") {
         return PathBuf::from(p);
     }
+    // Binaries sit in target/<profile>/, test executables in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("lb");
-    assert!(bin.exists(), "{} missing: build it with `cargo build -p lb-userspace --bin lb` (cargo xtask test does)", bin.display());
-    bin
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("lb"), dir.parent().map(|p| p.join("lb")).unwrap_or_default()];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("no `lb` beside {}: build it with `cargo build -p lb-userspace --bin lb` (cargo xtask test does)", exe.display())
+    })
 }
 
 /// A command that runs in network namespace `ns` only. (`ip netns exec` would also give it a

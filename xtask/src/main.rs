@@ -29,6 +29,8 @@ enum Task {
     },
     /// ns per packet of the balancer in the kernel, beside an empty program.
     BenchXdp,
+    /// Maglev rebuild time and backend-failure-to-ring-switch time of the daemon.
+    BenchControl,
     /// Bring up the namespace harness and push real traffic through the balancer.
     Demo,
 }
@@ -39,6 +41,10 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
         Task::BenchXdp => cargo_run_root("bench_xdp"),
+        Task::BenchControl => {
+            run(Command::new("cargo").args(["build", "--release", "--package", "lb-userspace", "--bin", "lb"]))?;
+            cargo_run_root("bench_control")
+        }
         Task::Demo => cargo_run_root("demo"),
     }
 }
