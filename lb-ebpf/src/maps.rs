@@ -32,8 +32,10 @@ pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 
 /// All Maglev rings, flat: ring r occupies `r * MAX_RING_SIZE ..`; values are real ids.
+/// Mappable, so the control plane writes a rebuilt ring as memory, not one syscall per slot.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, BPF_F_MMAPABLE);
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Real id -> address and flags.
 #[map]

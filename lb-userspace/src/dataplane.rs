@@ -96,9 +96,55 @@ pub struct Programmed {
     pub reals: Vec<(u32, Real)>,
 }
 
+/// The `MAGLEV` array mapped into this process (the map is BPF_F_MMAPABLE): a ring is rewritten
+/// with memory stores, which the program sees at once, instead of one syscall per slot.
+/// Array elements are stored 8 bytes apart whatever the value size (kernel `array_map_alloc`:
+/// `elem_size = round_up(value_size, 8)`), so slot i is the u32 at byte 8 * i.
+struct RingMemory {
+    slots: *mut std::sync::atomic::AtomicU32,
+    len: usize,
+    bytes: usize,
+}
+
+/// Bytes between two array elements in the kernel's layout (values rounded up to 8 bytes).
+const ELEM_STRIDE: usize = 8;
+
+// SAFETY: the mapping is owned by this value and only reached through `&mut Dataplane`.
+unsafe impl Send for RingMemory {}
+
+impl RingMemory {
+    fn map(ebpf: &Ebpf) -> Option<Self> {
+        let aya::maps::Map::Array(data) = ebpf.map(maps::MAGLEV)? else { return None };
+        let len = (lb_common::MAX_RINGS * MAX_RING_SIZE) as usize;
+        let page = 4096;
+        let bytes = (len * ELEM_STRIDE).div_ceil(page) * page;
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared read-write mapping of the map's values, of the map's size.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        (ptr != libc::MAP_FAILED).then(|| Self { slots: ptr.cast(), len, bytes })
+    }
+
+    fn store(&mut self, index: usize, real_id: u32) {
+        assert!(index < self.len, "ring slot {index} beyond the map");
+        // SAFETY: in bounds; u32 slots are 4-byte aligned in the page-aligned mapping, and an
+        // atomic store means the program never reads a torn value.
+        unsafe { (*self.slots.add(index * ELEM_STRIDE / 4)).store(real_id, std::sync::atomic::Ordering::Relaxed) };
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.slots.cast(), self.bytes) };
+    }
+}
+
 /// The loaded object and typed access to its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// `None` if the map could not be mapped (e.g. pinned by an older object): slots are then
+    /// written with syscalls.
+    rings: Option<RingMemory>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -111,7 +157,12 @@ impl Dataplane {
             .map_max_entries(maps::CONNS, opts.conn_table_size)
             .load(LB_EBPF)
             .map_err(DataplaneError::Load)?;
-        Ok(Self { ebpf })
+        Ok(Self::new(ebpf))
+    }
+
+    fn new(ebpf: Ebpf) -> Self {
+        let rings = RingMemory::map(&ebpf);
+        Self { ebpf, rings }
     }
 
     /// Loads the object with every map pinned under `pin_dir/maps/`: maps already pinned there
@@ -126,7 +177,7 @@ impl Dataplane {
             loader.map_pin_path(name, maps_dir.join(name));
         }
         let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
-        Ok(Self { ebpf })
+        Ok(Self::new(ebpf))
     }
 
     /// Attaches program `name` to `iface` through a bpf link pinned at `link_path`, which keeps
@@ -292,14 +343,35 @@ impl Dataplane {
 
     /// Writes the given slots of ring `ring`: `(slot, real id)` pairs.
     pub fn write_ring_slots(&mut self, ring: u32, slots: impl IntoIterator<Item = (u32, u32)>) -> Result<()> {
-        let mut maglev = self.array::<u32>(maps::MAGLEV)?;
-        for (slot, real_id) in slots {
+        let check = |slot: u32| {
             if ring >= MAX_RINGS || slot >= MAX_RING_SIZE {
                 return Err(DataplaneError::RingOutOfRange { ring, slots: slot as usize + 1 });
             }
-            maglev.set(ring * MAX_RING_SIZE + slot, real_id, 0).map_err(map_err(maps::MAGLEV))?;
+            Ok(ring * MAX_RING_SIZE + slot)
+        };
+        if let Some(memory) = &mut self.rings {
+            for (slot, real_id) in slots {
+                memory.store(check(slot)? as usize, real_id);
+            }
+            return Ok(());
+        }
+        let mut maglev = self.array::<u32>(maps::MAGLEV)?;
+        for (slot, real_id) in slots {
+            maglev.set(check(slot)?, real_id, 0).map_err(map_err(maps::MAGLEV))?;
         }
         Ok(())
+    }
+
+    /// Reads one ring slot back with a syscall (tests and debugging).
+    pub fn ring_slot(&self, ring: u32, slot: u32) -> Result<u32> {
+        let map = self.ebpf.map(maps::MAGLEV).ok_or(DataplaneError::NoMap { name: maps::MAGLEV })?;
+        let maglev = Array::<_, u32>::try_from(map).map_err(map_err(maps::MAGLEV))?;
+        maglev.get(&(ring * MAX_RING_SIZE + slot), 0).map_err(map_err(maps::MAGLEV))
+    }
+
+    /// Whether ring writes go through the memory mapping.
+    pub fn rings_mapped(&self) -> bool {
+        self.rings.is_some()
     }
 
     /// Writes a whole ring.

@@ -304,3 +304,19 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
     let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.new_flows, stats.conn_hits), (2, 0), "the flow started afresh");
 }
+
+#[test]
+fn rings_are_written_through_the_memory_mapping() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("lbt-pins-{}", std::process::id()));
+    let pinned_dir = std::path::Path::new("/sys/fs/bpf").join(dir.file_name().unwrap());
+    let plain = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }).unwrap();
+    let pinned = lb_userspace::dataplane::Dataplane::load_pinned(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }, &pinned_dir).unwrap();
+    for mut dp in [plain, pinned] {
+        assert!(dp.rings_mapped(), "MAGLEV is mmap-able; ring writes are memory stores");
+        dp.write_ring_slots(3, [(0, 7), (1, 8), (65_536, 9)]).unwrap();
+        let read: Vec<u32> = [(3, 0), (3, 1), (3, 65_536), (2, 65_536), (4, 0)].iter().map(|&(r, s)| dp.ring_slot(r, s).unwrap()).collect();
+        assert_eq!(read, [7, 8, 9, 0, 0], "what the kernel sees");
+    }
+    lb_userspace::dataplane::Dataplane::remove_pins(&pinned_dir).unwrap();
+}
