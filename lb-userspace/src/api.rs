@@ -13,7 +13,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{daemon::Command, reconcile::VipStatus};
+use crate::{config::RawVip, daemon::Command, reconcile::VipStatus};
 
 type Commands = mpsc::Sender<Command>;
 
@@ -53,6 +53,20 @@ async fn set_weight(cmds: Commands, req: RealRequest, weight: Option<u32>) -> (S
     ask(&cmds, |reply| Command::SetWeight { vip: req.vip, real: req.real, weight, reply }).await.map_or_else(|e| e, outcome)
 }
 
+/// Body of `/vip/remove`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VipName {
+    pub name: String,
+}
+
+async fn add_vip(State(cmds): State<Commands>, Json(vip): Json<RawVip>) -> (StatusCode, String) {
+    ask(&cmds, |reply| Command::AddVip { vip: Box::new(vip), reply }).await.map_or_else(|e| e, outcome)
+}
+
+async fn remove_vip(State(cmds): State<Commands>, Json(v): Json<VipName>) -> (StatusCode, String) {
+    ask(&cmds, |reply| Command::RemoveVip { name: v.name, reply }).await.map_or_else(|e| e, outcome)
+}
+
 async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, String)> {
     ask(&cmds, Command::Metrics).await
 }
@@ -62,6 +76,8 @@ pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) ->
     let api_router = Router::new()
         .route("/status", get(status))
         .route("/reload", post(reload))
+        .route("/vip/add", post(add_vip))
+        .route("/vip/remove", post(remove_vip))
         .route("/real/drain", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, Some(0))))
         .route("/real/enable", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, None)))
         .route(

@@ -48,11 +48,25 @@ pub enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9101", global = true)]
         api: SocketAddr,
     },
+    /// Add or remove a VIP at run time (kept across reloads and restarts).
+    Vip {
+        #[command(subcommand)]
+        action: VipAction,
+        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
+        api: SocketAddr,
+    },
     /// Re-read the config file of the running `lb` (like SIGHUP).
     Reload {
         #[arg(long, default_value = "127.0.0.1:9101")]
         api: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+pub enum VipAction {
+    /// Add the `[[vip]]` entries of a TOML file written like the config file's.
+    Add { file: PathBuf },
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +140,25 @@ pub fn admin(cmd: Cmd) -> Result<()> {
                 RealAction::SetWeight { vip, real, weight } => ("/real/set-weight", RealRequest { vip, real, weight: Some(weight) }),
             };
             print!("{}", expect_ok(http(api, "POST", path, Some(serde_json::to_string(&req)?))?)?);
+            Ok(())
+        }
+        Cmd::Vip { action: VipAction::Add { file }, api } => {
+            #[derive(serde::Deserialize)]
+            struct VipFile {
+                vip: Vec<crate::config::RawVip>,
+            }
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let vips: VipFile = toml::from_str(&text).with_context(|| format!("{}: expected [[vip]] entries", file.display()))?;
+            for vip in vips.vip {
+                let name = vip.name.clone();
+                expect_ok(http(api, "POST", "/vip/add", Some(serde_json::to_string(&vip)?))?).with_context(|| format!("adding VIP {name:?}"))?;
+                println!("added VIP {name}");
+            }
+            Ok(())
+        }
+        Cmd::Vip { action: VipAction::Remove { name }, api } => {
+            let body = serde_json::to_string(&crate::api::VipName { name })?;
+            print!("{}", expect_ok(http(api, "POST", "/vip/remove", Some(body))?)?);
             Ok(())
         }
         Cmd::Reload { api } => {

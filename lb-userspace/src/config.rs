@@ -311,18 +311,25 @@ pub enum InterfaceCheck {
 }
 
 pub fn load(path: &Path, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-    parse(&text, interfaces).map_err(|e| match e {
-        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.display().to_string(), message },
-        other => other,
-    })
+    load_raw(path)?.validate(interfaces)
 }
 
 pub fn parse(text: &str, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: "config".into(), message: e.to_string() })?;
-    raw.validate(interfaces)
+    parse_raw(text)?.validate(interfaces)
+}
+
+/// The file as written, not yet validated (the daemon merges run-time changes into it).
+pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax { path: "config".into(), message: e.to_string() })
+}
+
+pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    parse_raw(&text).map_err(|e| match e {
+        ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.display().to_string(), message },
+        other => other,
+    })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

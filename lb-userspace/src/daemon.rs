@@ -22,7 +22,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    config::{self, Config, HealthCheck, InterfaceCheck, NextHop, VipId},
+    config::{self, Config, HealthCheck, InterfaceCheck, NextHop, RawConfig, RawVip, VipId},
     dataplane::{Dataplane, LoadOptions},
     health::{self, HealthEvent},
     metrics::{self, HealthSample},
@@ -34,11 +34,30 @@ pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf").join(format!("anycast-lb-{instance}"))
 }
 
-/// Runtime weight changes, kept across reloads and restarts in `<pin dir's sibling>` journal.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Changes made at run time (admin API / CLI), kept across reloads and restarts. They apply on
+/// top of the config file; a VIP the file itself defines or removes by name wins over them.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Journal {
     /// (VIP name, real address, weight)
+    #[serde(default)]
     pub weights: Vec<(String, IpAddr, u32)>,
+    /// VIPs added with `lb vip add`.
+    #[serde(default)]
+    pub added_vips: Vec<RawVip>,
+    /// Names of file VIPs removed with `lb vip remove`.
+    #[serde(default)]
+    pub removed_vips: Vec<String>,
+}
+
+impl Journal {
+    /// The file's config with the run-time VIP changes applied.
+    fn over(&self, file: &RawConfig) -> RawConfig {
+        let mut raw = file.clone();
+        raw.vips.retain(|v| !self.removed_vips.contains(&v.name));
+        let file_names: Vec<&str> = file.vips.iter().map(|v| v.name.as_str()).collect();
+        raw.vips.extend(self.added_vips.iter().filter(|v| !file_names.contains(&v.name.as_str())).cloned());
+        raw
+    }
 }
 
 /// Where runtime changes are journaled: /var/lib/anycast-lb/<instance>.json (override with
@@ -98,6 +117,8 @@ pub enum Command {
     Reload(oneshot::Sender<Result<(), String>>),
     /// Set (Some) or clear (None) a real's runtime weight.
     SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: oneshot::Sender<Result<(), String>> },
+    AddVip { vip: Box<RawVip>, reply: oneshot::Sender<Result<(), String>> },
+    RemoveVip { name: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
 /// One prober task per (VIP, real), stopped when its check leaves the config or changes.
@@ -149,22 +170,53 @@ struct Daemon {
     reloads_ok: u64,
     reloads_failed: u64,
     journal_path: PathBuf,
+    journal: Journal,
+}
+
+/// The config to run: the file with the journal's VIP changes; if those no longer fit the file
+/// (say the file now has a conflicting VIP), the file alone, with a warning.
+fn effective_config(path: &Path, journal: &Journal) -> Result<Config> {
+    let file = config::load_raw(path)?;
+    match journal.over(&file).validate(InterfaceCheck::OnThisHost) {
+        Ok(config) => Ok(config),
+        Err(e) if !journal.added_vips.is_empty() || !journal.removed_vips.is_empty() => {
+            warn!(error = %e, "run-time VIP changes do not fit the config file; using the file alone");
+            Ok(file.validate(InterfaceCheck::OnThisHost)?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Daemon {
-    fn reload(&mut self) -> Result<(), String> {
+    /// Applies `config` (already validated) if its restart-only fields are unchanged.
+    fn install(&mut self, config: Config) -> Result<()> {
+        if config.instance != self.config.instance || config.interfaces != self.config.interfaces || config.conn_table_size != self.config.conn_table_size {
+            bail!("instance, interfaces and conn_table_size change only with a restart");
+        }
+        let mac = resolve_next_hop(&config.forwarding.next_hop)?;
+        self.rec.apply(&config, mac)?;
+        self.config = config;
+        self.reapply_journal();
+        self.probers.sync(&self.config, &self.rec, &self.health_tx);
+        Ok(())
+    }
+
+    /// Tries a journal change: applied and saved if the resulting config is valid, else undone.
+    fn change_vips(&mut self, change: impl FnOnce(&mut Journal) -> Result<(), String>) -> Result<(), String> {
+        let mut journal = self.journal.clone();
+        change(&mut journal)?;
         let result = (|| -> Result<()> {
-            let config = config::load(&self.config_path, InterfaceCheck::OnThisHost)?;
-            if config.instance != self.config.instance || config.interfaces != self.config.interfaces || config.conn_table_size != self.config.conn_table_size {
-                bail!("instance, interfaces and conn_table_size change only with a restart");
-            }
-            let mac = resolve_next_hop(&config.forwarding.next_hop)?;
-            self.rec.apply(&config, mac)?;
-            self.config = config;
-            self.reapply_journal();
-            self.probers.sync(&self.config, &self.rec, &self.health_tx);
-            Ok(())
+            let file = config::load_raw(&self.config_path)?;
+            let config = journal.over(&file).validate(InterfaceCheck::OnThisHost)?;
+            self.install(config)
         })();
+        result.map_err(|e| format!("{e:#}"))?;
+        self.journal = journal;
+        save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let result = effective_config(&self.config_path, &self.journal).and_then(|config| self.install(config));
         match &result {
             Ok(()) => {
                 self.reloads_ok += 1;
@@ -179,7 +231,7 @@ impl Daemon {
     }
 
     fn reapply_journal(&mut self) {
-        for (vip, real, weight) in load_journal(&self.journal_path).weights {
+        for (vip, real, weight) in self.journal.weights.clone() {
             if let Err(e) = self.rec.set_weight(&vip, real, Some(weight)) {
                 warn!(%vip, %real, error = %e, "journaled weight no longer applies");
             }
@@ -192,7 +244,8 @@ impl Daemon {
         }
         self.rec.set_weight(vip, real, weight).map_err(|e| e.to_string())?;
         info!(%vip, %real, weight = ?weight, "real weight set at run time");
-        save_journal(&self.journal_path, &Journal { weights: self.rec.weight_overrides() }).map_err(|e| format!("{e:#}"))
+        self.journal.weights = self.rec.weight_overrides();
+        save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -209,6 +262,41 @@ impl Daemon {
             }
             Command::SetWeight { vip, real, weight, reply } => {
                 let _ = reply.send(self.set_weight(&vip, real, weight));
+            }
+            Command::AddVip { vip, reply } => {
+                let name = vip.name.clone();
+                let exists = self.config.vips.iter().any(|v| v.name == name);
+                let result = self.change_vips(|j| {
+                    if exists {
+                        return Err(format!("VIP {name:?} exists"));
+                    }
+                    j.removed_vips.retain(|n| n != &name);
+                    j.added_vips.push(*vip);
+                    Ok(())
+                });
+                if result.is_ok() {
+                    info!(vip = %name, "VIP added at run time");
+                }
+                let _ = reply.send(result);
+            }
+            Command::RemoveVip { name, reply } => {
+                let known = self.config.vips.iter().any(|v| v.name == name);
+                let result = if !known {
+                    Err(format!("no VIP {name:?}"))
+                } else {
+                    self.change_vips(|j| {
+                        let before = j.added_vips.len();
+                        j.added_vips.retain(|v| v.name != name);
+                        if j.added_vips.len() == before {
+                            j.removed_vips.push(name.clone());
+                        }
+                        Ok(())
+                    })
+                };
+                if result.is_ok() {
+                    info!(vip = %name, "VIP removed at run time");
+                }
+                let _ = reply.send(result);
             }
         }
     }
@@ -230,7 +318,10 @@ impl Daemon {
 }
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let config = config::load(&config_path, InterfaceCheck::OnThisHost)?;
+    let file = config::load(&config_path, InterfaceCheck::OnThisHost)?; // the file alone must be valid
+    let journal_file = journal_path(&file.instance);
+    let journal = load_journal(&journal_file);
+    let config = effective_config(&config_path, &journal)?;
     let pins = pin_dir(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size }, &pins)?;
     for iface in &config.interfaces {
@@ -252,7 +343,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let metrics_listen = config.metrics_listen;
     let api_listen = config.api_listen;
     let mut daemon = Daemon {
-        journal_path: journal_path(&config.instance),
+        journal_path: journal_file,
+        journal,
         config_path,
         config,
         rec,

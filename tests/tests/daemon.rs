@@ -171,3 +171,41 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!lb_userspace::daemon::pin_dir(&d.instance).exists());
 }
+
+#[test]
+fn vips_added_and_removed_at_run_time_survive_a_restart() {
+    require_root!();
+    let net = Net::new(2);
+    net.router.ip(&["route", "add", "10.99.0.2/32", "via", "10.10.2.2"]);
+    for b in &net.backends {
+        b.ip(&["addr", "add", "10.99.0.2/32", "dev", "lo"]);
+    }
+    let _servers = net.servers();
+    let mut d = LbDaemon::start(&net.lb, &config(2));
+    let file = d.dir.join("api-vip.toml");
+    std::fs::write(&file, format!("[[vip]]\nname = \"api\"\naddress = \"10.99.0.2\"\nport = 8080\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"{}\"\n", backend_addr(1))).unwrap();
+    let out = d.cli(&["vip", "add", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api: std::net::SocketAddr = "10.99.0.2:8080".parse().unwrap();
+    let ask_api = |n: usize| net.client.run(|| (0..n).map(|i| who(&ask(api, &format!("a{i}")).expect("api answered").text)).collect::<Vec<_>>());
+    assert!(ask_api(10).iter().all(|&b| b == 1), "the added VIP goes to its one real");
+    assert!(!d.cli(&["vip", "add", file.to_str().unwrap()]).status.success(), "adding it twice is refused");
+
+    d.terminate();
+    d.spawn();
+    assert_eq!(d.status().len(), 2, "the added VIP is back after the restart");
+    assert_eq!(ask_api(5).len(), 5);
+
+    assert!(d.cli(&["vip", "remove", "web"]).status.success(), "a VIP of the file can be removed too");
+    assert!(!d.cli(&["vip", "remove", "web"]).status.success(), "but only once");
+    d.terminate();
+    d.spawn();
+    let names: Vec<String> = d.status().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["api"], "the removal is kept too");
+    assert!(spread_fails(&net), "the removed VIP is no longer served");
+}
+
+/// Whether a connection to the `web` VIP fails (quickly: 1 s).
+fn spread_fails(net: &Net) -> bool {
+    net.client.run(|| std::net::TcpStream::connect_timeout(&Site::vip_addr(), Duration::from_secs(1)).is_err())
+}
