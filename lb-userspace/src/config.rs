@@ -496,7 +496,7 @@ impl RawConfig {
             let (Some(addr), Some(proto)) = (addr, proto) else { continue };
             let id = VipId { addr, port: raw.port, proto };
             if !ids.insert(id) {
-                p.add(format!("{field}"), format!("duplicate VIP {id}"));
+                p.add(field.clone(), format!("duplicate VIP {id}"));
             }
             let vip_health = raw.health.clone().unwrap_or_default().over(&self.health);
             let mut real_addrs = HashSet::new();
