@@ -31,3 +31,11 @@ macro_rules! require_root {
         }
     };
 }
+
+/// Serializes tests that measure time against the network harness (2 cores: parallel daemons
+/// and health checks would measure the machine, not the code). Poisoning is ignored: a failed
+/// test must not fail the next ones.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

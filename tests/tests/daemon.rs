@@ -60,6 +60,7 @@ fn connections_to_every_backend(net: &Net, backends: usize) -> Vec<LineConn> {
 #[test]
 fn a_failed_backend_loses_new_connections_and_others_keep_theirs() {
     require_root!();
+    let _serial = lb_tests::serial();
     let net = Net::new(3);
     let servers = net.servers();
     let d = LbDaemon::start(&net.lb, &config(3));
@@ -96,9 +97,13 @@ fn a_failed_backend_loses_new_connections_and_others_keep_theirs() {
 #[test]
 fn draining_keeps_established_connections_and_takes_no_new_ones() {
     require_root!();
+    let _serial = lb_tests::serial();
     let net = Net::new(2);
     let _servers = net.servers();
-    let d = LbDaemon::start(&net.lb, &config(2));
+    // This one finds the next hop's MAC in the neighbour table.
+    net.lb.ip(&["neigh", "replace", "10.10.2.1", "lladdr", "02:00:00:00:00:03", "dev", "lb0", "nud", "permanent"]);
+    let by_ip = config(2).replace("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_ip = \"10.10.2.1\"");
+    let d = LbDaemon::start(&net.lb, &by_ip);
     let mut open = connections_to_every_backend(&net, 2);
     let out = d.cli(&["real", "drain", "web", &backend_addr(0)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -118,6 +123,7 @@ fn draining_keeps_established_connections_and_takes_no_new_ones() {
 #[test]
 fn a_bad_reload_is_rejected_and_service_continues() {
     require_root!();
+    let _serial = lb_tests::serial();
     let net = Net::new(2);
     let _servers = net.servers();
     let d = LbDaemon::start(&net.lb, &config(2));
@@ -143,6 +149,7 @@ fn a_bad_reload_is_rejected_and_service_continues() {
 #[test]
 fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
     require_root!();
+    let _serial = lb_tests::serial();
     let net = Net::new(2);
     let _servers = net.servers();
     let mut d = LbDaemon::start(&net.lb, &config(2));
@@ -175,6 +182,7 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
 #[test]
 fn vips_added_and_removed_at_run_time_survive_a_restart() {
     require_root!();
+    let _serial = lb_tests::serial();
     let net = Net::new(2);
     net.router.ip(&["route", "add", "10.99.0.2/32", "via", "10.10.2.2"]);
     for b in &net.backends {
