@@ -1,6 +1,7 @@
 //! anycast-lb control plane library: Maglev, the data-plane loader and map access.
 
 pub mod api;
+pub mod bird;
 pub mod cli;
 pub mod config;
 pub mod daemon;
