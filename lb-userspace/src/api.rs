@@ -67,6 +67,10 @@ async fn remove_vip(State(cmds): State<Commands>, Json(v): Json<VipName>) -> (St
     ask(&cmds, |reply| Command::RemoveVip { name: v.name, reply }).await.map_or_else(|e| e, outcome)
 }
 
+async fn site(cmds: Commands, drained: bool) -> (StatusCode, String) {
+    ask(&cmds, |reply| Command::SiteDrain { drained, reply }).await.map_or_else(|e| e, outcome)
+}
+
 async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, String)> {
     ask(&cmds, Command::Metrics).await
 }
@@ -77,6 +81,8 @@ pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) ->
         .route("/status", get(status))
         .route("/reload", post(reload))
         .route("/vip/add", post(add_vip))
+        .route("/site/drain", post(|State(c): State<Commands>| site(c, true)))
+        .route("/site/undrain", post(|State(c): State<Commands>| site(c, false)))
         .route("/vip/remove", post(remove_vip))
         .route("/real/drain", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, Some(0))))
         .route("/real/enable", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, None)))

@@ -55,11 +55,25 @@ pub enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9101", global = true)]
         api: SocketAddr,
     },
+    /// Withdraw every VIP of this site over BGP while forwarding continues (maintenance), or
+    /// announce again.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
+        api: SocketAddr,
+    },
     /// Re-read the config file of the running `lb` (like SIGHUP).
     Reload {
         #[arg(long, default_value = "127.0.0.1:9101")]
         api: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SiteAction {
+    Drain,
+    Undrain,
 }
 
 #[derive(Subcommand)]
@@ -100,7 +114,8 @@ fn expect_ok((status, body): (u16, String)) -> Result<String> {
 
 pub fn print_status(vips: &[VipStatus]) {
     for v in vips {
-        println!("VIP {} {}  ring {}  healthy {}/{} (min {})", v.name, v.vip, v.ring_size, v.healthy(), v.reals.len(), v.min_healthy);
+        let bgp = if v.announced { "  announced" } else { "" };
+        println!("VIP {} {}  ring {}  healthy {}/{} (min {}){bgp}", v.name, v.vip, v.ring_size, v.healthy(), v.reals.len(), v.min_healthy);
         println!("  {:<40} {:>4}  {:<5} {:>6} {:>7}", "REAL", "ID", "STATE", "WEIGHT", "SHARE");
         for r in &v.reals {
             let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
@@ -159,6 +174,14 @@ pub fn admin(cmd: Cmd) -> Result<()> {
         Cmd::Vip { action: VipAction::Remove { name }, api } => {
             let body = serde_json::to_string(&crate::api::VipName { name })?;
             print!("{}", expect_ok(http(api, "POST", "/vip/remove", Some(body))?)?);
+            Ok(())
+        }
+        Cmd::Site { action, api } => {
+            let path = match action {
+                SiteAction::Drain => "/site/drain",
+                SiteAction::Undrain => "/site/undrain",
+            };
+            print!("{}", expect_ok(http(api, "POST", path, None)?)?);
             Ok(())
         }
         Cmd::Reload { api } => {

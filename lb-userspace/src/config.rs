@@ -41,6 +41,8 @@ pub struct RawConfig {
     /// Health-check defaults for every real.
     #[serde(default)]
     pub health: RawHealth,
+    /// Announce servable VIPs through BIRD (absent: no BGP).
+    pub bgp: Option<RawBgp>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
 }
@@ -67,6 +69,20 @@ pub struct RawForwarding {
     pub source_v4: Option<String>,
     /// Outer IPv6 sources, at most 32 host bits (default "fd00:ffff::/96").
     pub source_v6: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    /// BIRD's control socket (default /run/bird/bird.ctl).
+    pub bird_socket: Option<String>,
+    /// The file bird.conf includes and lb rewrites (default /run/anycast-lb/vips.conf).
+    pub include_file: Option<String>,
+    /// Capacity steering: when the up reals of a VIP carry less than this fraction of its
+    /// configured weight, announce it with AS-path prepend (0 < x <= 1; absent: never).
+    pub prepend_below: Option<f64>,
+    /// Withdraw every VIP when lb exits (default true; false keeps routes for a quick upgrade).
+    pub withdraw_on_exit: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -172,7 +188,16 @@ impl fmt::Display for Proto {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct Bgp {
+    pub bird_socket: std::path::PathBuf,
+    pub include_file: std::path::PathBuf,
+    pub prepend_below: Option<f64>,
+    pub withdraw_on_exit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub bgp: Option<Bgp>,
     pub instance: String,
     pub conn_table_size: u32,
     pub interfaces: Vec<Interface>,
@@ -399,11 +424,25 @@ impl RawConfig {
         let api_listen = listen("api.listen", self.api.listen.as_deref().unwrap_or("127.0.0.1:9101"));
 
         let vips = self.validate_vips(&mut p);
+        let bgp = self.bgp.as_ref().map(|b| {
+            if let Some(x) = b.prepend_below {
+                if !(x > 0.0 && x <= 1.0) {
+                    p.add("bgp.prepend_below", format!("{x} is outside 0 < x <= 1"));
+                }
+            }
+            Bgp {
+                bird_socket: b.bird_socket.as_deref().unwrap_or("/run/bird/bird.ctl").into(),
+                include_file: b.include_file.as_deref().unwrap_or("/run/anycast-lb/vips.conf").into(),
+                prepend_below: b.prepend_below,
+                withdraw_on_exit: b.withdraw_on_exit.unwrap_or(true),
+            }
+        });
 
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
         }
         Ok(Config {
+            bgp,
             instance: self.instance.clone(),
             conn_table_size: self.conn_table_size,
             interfaces: ifaces,

@@ -22,6 +22,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    bird,
     config::{self, Config, HealthCheck, InterfaceCheck, NextHop, RawConfig, RawVip, VipId},
     dataplane::{Dataplane, LoadOptions},
     health::{self, HealthEvent},
@@ -47,6 +48,9 @@ pub struct Journal {
     /// Names of file VIPs removed with `lb vip remove`.
     #[serde(default)]
     pub removed_vips: Vec<String>,
+    /// `lb site drain`: every VIP withdrawn, forwarding kept.
+    #[serde(default)]
+    pub site_drained: bool,
 }
 
 impl Journal {
@@ -118,6 +122,8 @@ pub enum Command {
     /// Set (Some) or clear (None) a real's runtime weight.
     SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: oneshot::Sender<Result<(), String>> },
     AddVip { vip: Box<RawVip>, reply: oneshot::Sender<Result<(), String>> },
+    /// Withdraw (true) or announce again (false) every VIP of this site.
+    SiteDrain { drained: bool, reply: oneshot::Sender<Result<(), String>> },
     RemoveVip { name: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
@@ -171,6 +177,9 @@ struct Daemon {
     reloads_failed: u64,
     journal_path: PathBuf,
     journal: Journal,
+    /// What BIRD was last told successfully (None: nothing yet).
+    announced: Option<Vec<bird::Announcement>>,
+    bird_errors: u64,
 }
 
 /// The config to run: the file with the journal's VIP changes; if those no longer fit the file
@@ -188,6 +197,55 @@ fn effective_config(path: &Path, journal: &Journal) -> Result<Config> {
 }
 
 impl Daemon {
+    /// The VIPs this site should announce now: servable ones, unless the site is drained.
+    fn wanted_announcements(&self) -> Vec<bird::Announcement> {
+        let Some(bgp) = &self.config.bgp else { return Vec::new() };
+        if self.journal.site_drained {
+            return Vec::new();
+        }
+        let mut list: Vec<bird::Announcement> = self
+            .rec
+            .status()
+            .iter()
+            .filter(|v| v.servable())
+            .map(|v| bird::Announcement { prefix: v.vip.addr, prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t) })
+            .collect();
+        list.sort();
+        list.dedup_by(|a, b| a.prefix == b.prefix && { b.prepend |= a.prepend; true });
+        list
+    }
+
+    /// Tells BIRD what to announce if that changed (or the last attempt failed). Errors are
+    /// logged and counted; forwarding goes on, and the retry tick tries again.
+    fn sync_bgp(&mut self) {
+        let Some(bgp) = self.config.bgp.clone() else { return };
+        let wanted = self.wanted_announcements();
+        if self.announced.as_ref() == Some(&wanted) {
+            return;
+        }
+        match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&wanted)) {
+            Ok(()) => {
+                let list: Vec<String> = wanted.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
+                info!(announced = %list.join(", "), drained = self.journal.site_drained, "BGP announcements updated");
+                self.announced = Some(wanted);
+            }
+            Err(e) => {
+                self.bird_errors += 1;
+                warn!(error = %e, "BIRD did not take the announcements; forwarding continues, retrying");
+            }
+        }
+    }
+
+    /// Announced prefixes, for status and metrics.
+    fn status(&self) -> Vec<VipStatus> {
+        let announced = self.announced.clone().unwrap_or_default();
+        let mut status = self.rec.status();
+        for v in &mut status {
+            v.announced = announced.iter().any(|a| a.prefix == v.vip.addr);
+        }
+        status
+    }
+
     /// Applies `config` (already validated) if its restart-only fields are unchanged.
     fn install(&mut self, config: Config) -> Result<()> {
         if config.instance != self.config.instance || config.interfaces != self.config.interfaces || config.conn_table_size != self.config.conn_table_size {
@@ -198,6 +256,7 @@ impl Daemon {
         self.config = config;
         self.reapply_journal();
         self.probers.sync(&self.config, &self.rec, &self.health_tx);
+        self.sync_bgp();
         Ok(())
     }
 
@@ -251,11 +310,28 @@ impl Daemon {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Status(reply) => {
-                let _ = reply.send(self.rec.status());
+                let _ = reply.send(self.status());
             }
             Command::Metrics(reply) => {
-                let text = metrics::render(&self.rec, &self.samples, self.reloads_ok, self.reloads_failed);
+                let bgp = metrics::BgpState {
+                    enabled: self.config.bgp.is_some(),
+                    announced: self.status().iter().map(|v| (v.name.clone(), v.announced)).collect(),
+                    errors: self.bird_errors,
+                    drained: self.journal.site_drained,
+                };
+                let text = metrics::render(&self.rec, &self.samples, self.reloads_ok, self.reloads_failed, &bgp);
                 let _ = reply.send(text);
+            }
+            Command::SiteDrain { drained, reply } => {
+                let result = if self.config.bgp.is_none() {
+                    Err("no [bgp] section: this site announces nothing".to_owned())
+                } else {
+                    self.journal.site_drained = drained;
+                    info!(drained, "site drain changed");
+                    self.sync_bgp();
+                    save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
+                };
+                let _ = reply.send(result);
             }
             Command::Reload(reply) => {
                 let _ = reply.send(self.reload());
@@ -309,6 +385,7 @@ impl Daemon {
                     Ok(_) => info!(%vip, rebuild_ms = self.rec.rebuilds.last.as_secs_f64() * 1e3, "table rebuilt"),
                     Err(e) => warn!(%vip, %real, error = %e, "applying a health change failed"),
                 }
+                self.sync_bgp();
             }
             HealthEvent::Checked { vip, real, latency } => {
                 self.samples.insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
@@ -353,17 +430,24 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         samples: HashMap::new(),
         reloads_ok: 0,
         reloads_failed: 0,
+        announced: None,
+        bird_errors: 0,
     };
     daemon.reapply_journal();
     daemon.probers.sync(&daemon.config, &daemon.rec, &daemon.health_tx);
+    // Announce only once the rings are programmed; reals start up, so a first health round is
+    // not needed before announcing.
+    daemon.sync_bgp();
     crate::api::serve(api_listen, metrics_listen, cmd_tx).await?;
     info!(vips = daemon.config.vips.len(), api = %api_listen, metrics = %metrics_listen, "running");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = retry.tick() => daemon.sync_bgp(),
             Some(event) = health_rx.recv() => daemon.health(event),
             Some(cmd) = cmd_rx.recv() => daemon.handle(cmd),
             _ = hangup.recv() => { let _ = daemon.reload(); }
@@ -372,6 +456,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
     daemon.probers.stop_all();
+    if let Some(bgp) = daemon.config.bgp.clone().filter(|b| b.withdraw_on_exit) {
+        match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&[])) {
+            Ok(()) => info!("every VIP withdrawn before exit"),
+            Err(e) => warn!(error = %e, "could not withdraw the VIPs before exit"),
+        }
+    }
     tokio::time::sleep(Duration::from_millis(10)).await;
     info!(instance = %daemon.config.instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
     Ok(())

@@ -12,6 +12,15 @@ use prometheus_client::{
 
 use crate::{config::VipId, dataplane::Dataplane, reconcile::Reconciler};
 
+/// The daemon's BGP state, for metrics.
+pub struct BgpState {
+    pub enabled: bool,
+    /// (VIP name, announced now)
+    pub announced: Vec<(String, bool)>,
+    pub errors: u64,
+    pub drained: bool,
+}
+
 /// The last check of one real.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthSample {
@@ -33,7 +42,13 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
-pub fn render(rec: &Reconciler<Dataplane>, samples: &HashMap<(VipId, IpAddr), HealthSample>, reloads_ok: u64, reloads_failed: u64) -> String {
+pub fn render(
+    rec: &Reconciler<Dataplane>,
+    samples: &HashMap<(VipId, IpAddr), HealthSample>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    bgp: &BgpState,
+) -> String {
     let dp = rec.dataplane();
     let mut r = Registry::with_prefix("lb");
 
@@ -100,6 +115,19 @@ pub fn render(rec: &Reconciler<Dataplane>, samples: &HashMap<(VipId, IpAddr), He
     let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
     reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);
     reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);
+
+    if bgp.enabled {
+        let announced = gauge_family(&mut r, "bgp_announced", "1 if the VIP's prefix is announced through BIRD");
+        for (vip, on) in &bgp.announced {
+            announced.get_or_create(&vec![("vip", vip.clone())]).set(if *on { 1.0 } else { 0.0 });
+        }
+        let errors: Counter = Counter::default();
+        errors.inc_by(bgp.errors);
+        r.register("bird_errors", "Times BIRD could not be reached or refused the announcements", errors);
+        let drained = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        drained.set(if bgp.drained { 1.0 } else { 0.0 });
+        r.register("site_drained", "1 while `lb site drain` holds every VIP withdrawn", drained);
+    }
 
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");

@@ -142,11 +142,26 @@ pub struct VipStatus {
     pub ring_size: u32,
     pub min_healthy: u32,
     pub reals: Vec<RealStatus>,
+    /// Announced over BGP right now (filled in by the daemon).
+    #[serde(default)]
+    pub announced: bool,
 }
 
 impl VipStatus {
     pub fn healthy(&self) -> u32 {
         self.reals.iter().filter(|r| r.up).count() as u32
+    }
+
+    /// The site can serve this VIP: enough reals up.
+    pub fn servable(&self) -> bool {
+        self.healthy() >= self.min_healthy
+    }
+
+    /// Share of the configured weight that up reals carry (1.0 with no weight configured).
+    pub fn capacity(&self) -> f64 {
+        let total: u32 = self.reals.iter().map(|r| r.config_weight).sum();
+        let up: u32 = self.reals.iter().filter(|r| r.up).map(|r| r.weight).sum();
+        if total == 0 { 1.0 } else { up as f64 / total as f64 }
     }
 }
 
@@ -397,7 +412,15 @@ impl<D: DataplaneOps> Reconciler<D> {
                         }
                     })
                     .collect();
-                VipStatus { name: s.config.name.clone(), vip: *id, index: s.index, ring_size: s.config.ring_size, min_healthy: s.config.min_healthy, reals }
+                VipStatus {
+                    name: s.config.name.clone(),
+                    vip: *id,
+                    index: s.index,
+                    ring_size: s.config.ring_size,
+                    min_healthy: s.config.min_healthy,
+                    reals,
+                    announced: false,
+                }
             })
             .collect()
     }

@@ -1,0 +1,81 @@
+//! `lb` announces servable VIPs through a real BIRD on the LB node to a BIRD upstream router,
+//! and withdraws them when it cannot serve, on `lb site drain`, and on exit.
+
+use std::time::Duration;
+
+use lb_tests::{
+    bird::{edge_config, wait_for, Bird},
+    lbd::LbDaemon,
+    require_root,
+    topology::{ask, backend_addr, Net, Site, VIP},
+};
+
+/// Whether the router's kernel routes the VIP to the LB node (learned over BGP).
+fn routed(net: &Net) -> bool {
+    net.router.ip(&["route", "show", &format!("{VIP}/32")]).contains("via 10.10.2.2")
+}
+
+#[test]
+fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    net.router.ip(&["route", "del", &format!("{VIP}/32")]); // only BGP may route the VIP now
+    let router_bird = Bird::start(&net.router, "router", &std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap());
+
+    let dir = std::env::temp_dir().join(format!("lbt-bgp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let include = dir.join("vips.conf");
+    // BIRD starts before lb: the include must exist (empty) from the start.
+    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
+    let edge = Bird::start(&net.lb, "edge", &edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include));
+
+    let servers = net.servers();
+    let mut config = format!(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\nmin_healthy = 1\n",
+        edge.socket.display(),
+        include.display()
+    );
+    for i in 0..2 {
+        config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    let mut d = LbDaemon::start(&net.lb, &config);
+    let took = wait_for(Duration::from_secs(20), "the VIP route at the router", || routed(&net));
+    println!("announced: route at the router {took:?} after lb came up");
+    assert!(router_bird.birdc("show route").contains(&format!("{VIP}/32")), "{}", router_bird.birdc("show route"));
+    assert!(d.status()[0].announced);
+    let answers = net.client.run(|| (0..10).map(|i| ask(Site::vip_addr(), &format!("r{i}")).is_ok()).filter(|ok| *ok).count());
+    assert_eq!(answers, 10, "served through the BGP route");
+
+    // All backends down: the VIP is not servable, so it is withdrawn.
+    servers.stop(0);
+    servers.stop(1);
+    let took = wait_for(Duration::from_secs(10), "withdrawal after all backends failed", || !routed(&net));
+    println!("all backends down: route gone from the router after {took:?}");
+    assert!(!d.status()[0].announced);
+    assert!(d.metrics().contains("lb_bgp_announced{vip=\"web\"} 0"));
+    drop(servers);
+
+    // Backends back: announced again.
+    let _servers = net.servers();
+    let took = wait_for(Duration::from_secs(10), "the route back", || routed(&net));
+    println!("backends back: route at the router after {took:?}");
+
+    // Maintenance: withdrawn, while lb keeps its state and forwarding.
+    assert!(d.cli(&["site", "drain"]).status.success());
+    let took = wait_for(Duration::from_secs(10), "withdrawal on site drain", || !routed(&net));
+    println!("site drain: route gone after {took:?}");
+    assert!(d.status()[0].reals.iter().all(|r| r.up), "reals stay up while drained");
+    assert!(d.metrics().contains("lb_site_drained 1"));
+    assert!(d.cli(&["site", "undrain"]).status.success());
+    wait_for(Duration::from_secs(10), "the route after undrain", || routed(&net));
+
+    // lb stops: withdrawn before it exits.
+    d.terminate();
+    wait_for(Duration::from_secs(10), "withdrawal when lb exits", || !routed(&net));
+    assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
+    let _ = (edge, std::fs::remove_dir_all(&dir));
+}
