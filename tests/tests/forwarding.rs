@@ -308,8 +308,15 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
 #[test]
 fn rings_are_written_through_the_memory_mapping() {
     require_root!();
-    let dir = std::env::temp_dir().join(format!("lbt-pins-{}", std::process::id()));
-    let pinned_dir = std::path::Path::new("/sys/fs/bpf").join(dir.file_name().unwrap());
+    /// Removes the pins also when an assertion fails.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = lb_userspace::dataplane::Dataplane::remove_pins(&self.0);
+        }
+    }
+    let pinned_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt-pins-{}", std::process::id()));
+    let _pins = Pins(pinned_dir.clone());
     let plain = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }).unwrap();
     let pinned = lb_userspace::dataplane::Dataplane::load_pinned(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }, &pinned_dir).unwrap();
     for mut dp in [plain, pinned] {
@@ -318,5 +325,4 @@ fn rings_are_written_through_the_memory_mapping() {
         let read: Vec<u32> = [(3, 0), (3, 1), (3, 65_536), (2, 65_536), (4, 0)].iter().map(|&(r, s)| dp.ring_slot(r, s).unwrap()).collect();
         assert_eq!(read, [7, 8, 9, 0, 0], "what the kernel sees");
     }
-    lb_userspace::dataplane::Dataplane::remove_pins(&pinned_dir).unwrap();
 }
