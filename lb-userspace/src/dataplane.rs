@@ -52,6 +52,8 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the connection table pinned at {path} holds {pinned} entries, the config asks for {wanted}: `lb stop` the instance first (this drops established flows: drain before)")]
+    PinnedSizeMismatch { path: PathBuf, pinned: u32, wanted: u32 },
     #[error("link pinned at {path}")]
     Link { path: PathBuf, detail: String },
     #[error("ring {ring} with {slots} slots does not fit (at most {MAX_RINGS} rings of {MAX_RING_SIZE})")]
@@ -171,6 +173,14 @@ impl Dataplane {
     pub fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Self> {
         let maps_dir = pin_dir.join("maps");
         std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Pin { path: maps_dir.clone(), source })?;
+        // aya would silently reuse a pinned map of another size.
+        let conns = maps_dir.join(maps::CONNS);
+        if conns.exists() {
+            let pinned = aya::maps::MapInfo::from_pin(&conns).map_err(map_err(maps::CONNS))?.max_entries();
+            if pinned != opts.conn_table_size {
+                return Err(DataplaneError::PinnedSizeMismatch { path: conns, pinned, wanted: opts.conn_table_size });
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNS, opts.conn_table_size);
         for name in maps::ALL {

@@ -326,3 +326,23 @@ fn rings_are_written_through_the_memory_mapping() {
         assert_eq!(read, [7, 8, 9, 0, 0], "what the kernel sees");
     }
 }
+
+#[test]
+fn a_pinned_connection_table_of_another_size_is_refused() {
+    require_root!();
+    use lb_userspace::dataplane::{Dataplane, DataplaneError, LoadOptions};
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt-size-{}", std::process::id()));
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = Dataplane::remove_pins(&self.0);
+        }
+    }
+    let _pins = Pins(dir.clone());
+    let first = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir).unwrap();
+    let same = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir);
+    assert!(same.is_ok(), "the same size reuses the pinned maps");
+    let other = Dataplane::load_pinned(&LoadOptions { conn_table_size: 2048 }, &dir);
+    assert!(matches!(other, Err(DataplaneError::PinnedSizeMismatch { pinned: 1024, wanted: 2048, .. })), "{:?}", other.err());
+    drop((first, same));
+}
