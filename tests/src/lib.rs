@@ -1,6 +1,7 @@
 //! Test support for anycast-lb: packet builders and parsers, a fixture that runs the real XDP
 //! program through BPF_PROG_TEST_RUN, and network-namespace helpers.
 
+pub mod anycast;
 pub mod bird;
 pub mod expect;
 pub mod fixture;

@@ -150,6 +150,11 @@ pub struct Servers {
 
 impl Servers {
     fn start(backends: &[NetNs]) -> Self {
+        Self::named(backends, "")
+    }
+
+    /// Like `start`, answering as "{prefix}backend {i}".
+    pub fn named(backends: &[NetNs], prefix: &str) -> Self {
         let mut stops = Vec::new();
         let mut threads = Vec::new();
         for (i, ns) in backends.iter().enumerate() {
@@ -157,11 +162,12 @@ impl Servers {
             let (tx, rx) = std::sync::mpsc::channel();
             let ns_path = format!("/run/netns/{}", ns.name);
             let thread_stop = stop.clone();
+            let name = format!("{prefix}backend {i}");
             threads.push(std::thread::spawn(move || {
                 crate::netns::enter_path(&ns_path);
                 let listener = TcpListener::bind(SocketAddr::new("0.0.0.0".parse().unwrap(), PORT)).expect("bind backend");
                 tx.send(()).unwrap();
-                serve(listener, &format!("backend {i}"), &thread_stop, Duration::from_secs(300));
+                serve(listener, &name, &thread_stop, Duration::from_secs(300));
             }));
             rx.recv_timeout(Duration::from_secs(5)).expect("backend listening");
             stops.push(stop);
