@@ -111,8 +111,10 @@ struct RingMemory {
 /// Bytes between two array elements in the kernel's layout (values rounded up to 8 bytes).
 const ELEM_STRIDE: usize = 8;
 
-// SAFETY: the mapping is owned by this value and only reached through `&mut Dataplane`.
+// SAFETY: the mapping is owned by this value and written only through `&mut self` (so through
+// `&mut Dataplane`); a shared reference gives no access to it.
 unsafe impl Send for RingMemory {}
+unsafe impl Sync for RingMemory {}
 
 impl RingMemory {
     fn map(ebpf: &Ebpf) -> Option<Self> {

@@ -50,7 +50,7 @@ pub struct Anycast {
     dir: PathBuf,
 }
 
-fn lb_config(backends: &[String], bird: &Bird, include: &std::path::Path) -> String {
+fn lb_config(backends: &[String], weights: &[u32], bird: &Bird, include: &std::path::Path) -> String {
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
@@ -59,15 +59,20 @@ fn lb_config(backends: &[String], bird: &Bird, include: &std::path::Path) -> Str
         bird.socket.display(),
         include.display()
     );
-    for b in backends {
-        c += &format!("[[vip.real]]\naddress = \"{b}\"\n");
+    for (i, b) in backends.iter().enumerate() {
+        c += &format!("[[vip.real]]\naddress = \"{b}\"\nweight = {}\n", weights.get(i).copied().unwrap_or(1));
     }
     c
 }
 
 impl Anycast {
-    /// `nodes[s]` LB nodes and `backends[s]` backends for site s (A, B, ...).
+    /// `nodes[s]` LB nodes and `backends[s]` backends for site s (A, B, ...), equal weights.
     pub fn new(nodes: &[usize], backends: &[usize]) -> Self {
+        Self::with_weights(nodes, backends, &[])
+    }
+
+    /// Like `new`; `weights[i]` is backend i's weight in every site (default 1).
+    pub fn with_weights(nodes: &[usize], backends: &[usize], weights: &[u32]) -> Self {
         let dir = std::env::temp_dir().join(format!("lbt-anycast-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let client = NetNs::new("client", false);
@@ -167,7 +172,7 @@ impl Anycast {
                         conf = conf.replace("define SITE_PREPEND   = 0;", "define SITE_PREPEND   = 1;"); // a backup site
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
-                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, &bird, &include));
+                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, weights, &bird, &include));
                     Node { ns, bird, lb, addr: format!("10.20.{k}.2") }
                 })
                 .collect();

@@ -98,3 +98,156 @@ fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64))
         .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }
+
+/// Requests in a loop for `duration`, at most `limit`; (time since start, answer) each.
+fn load(net: &Anycast, duration: Duration, limit: usize) -> Vec<(Duration, Option<String>)> {
+    net.client.run(|| {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while start.elapsed() < duration && out.len() < limit {
+            let t = start.elapsed();
+            let a = ask(Site::vip_addr(), "x").ok().map(|a| a.text.split(" answered").next().unwrap_or("").to_owned());
+            out.push((t, a));
+        }
+        out
+    })
+}
+
+#[test]
+fn requests_spread_over_backends_in_proportion_to_weights() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let weights = [1u32, 2, 3];
+    let net = Anycast::with_weights(&[1], &[3], &weights);
+    let _servers = net.sites[0].servers();
+    wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
+    const N: usize = 600;
+    let got = answers(&net, N);
+    let mut counts = [0f64; 3];
+    for a in &got {
+        let b: usize = a.as_deref().and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("answered");
+        counts[b] += 1.0;
+    }
+    let total: u32 = weights.iter().sum();
+    let chi2: f64 = (0..3).map(|i| {
+        let expected = N as f64 * weights[i] as f64 / total as f64;
+        (counts[i] - expected).powi(2) / expected
+    }).sum();
+    println!("{N} requests over weights {weights:?}: {counts:?}, chi-square {chi2:.2} (2 degrees of freedom)");
+    // p = 0.0001 critical value for 2 degrees of freedom: a fair spread fails 1 run in 10000.
+    assert!(chi2 < 18.42, "chi-square {chi2} for {counts:?}");
+}
+
+#[test]
+fn a_backend_killed_under_load_costs_no_request_after_fall_times_interval() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::new(&[1], &[3]);
+    let servers = net.sites[0].servers();
+    wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
+    let results = std::thread::scope(|s| {
+        let load = s.spawn(|| load(&net, Duration::from_secs(3), 100_000));
+        std::thread::sleep(Duration::from_millis(1000));
+        servers.stop(1);
+        load.join().expect("load")
+    });
+    let kill = Duration::from_millis(1000);
+    let bound = kill + Duration::from_millis(2 * 100 + 100); // fall x interval + one interval of phase
+    let failed: Vec<Duration> = results.iter().filter(|(_, a)| a.is_none()).map(|(t, _)| *t).collect();
+    let last_failure = failed.last().copied();
+    println!("{} requests, {} failed, last failure at {last_failure:?} (backend killed at {kill:?}, bound {bound:?})", results.len(), failed.len());
+    // Times are request starts, and the two threads' clocks start a few ms apart: a request
+    // begun just before the kill can be cut by it.
+    assert!(failed.iter().all(|&t| t + Duration::from_millis(50) >= kill), "no failure well before the kill: {failed:?}");
+    assert!(last_failure.is_none_or(|t| t <= bound), "a request failed after {bound:?}: {failed:?}");
+    assert!(results.iter().filter(|(t, _)| *t > bound).all(|(_, a)| a.as_deref().is_some_and(|w| !w.ends_with("backend 1"))));
+}
+
+#[test]
+fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::new(&[1, 1], &[2, 2]);
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
+    let results = std::thread::scope(|s| {
+        let load = s.spawn(|| load(&net, Duration::from_secs(3), 100_000));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
+        load.join().expect("load")
+    });
+    let failed = results.iter().filter(|(_, a)| a.is_none()).count();
+    let by_b: Vec<Duration> = results.iter().filter(|(_, a)| a.as_deref().is_some_and(|w| w.starts_with("site B"))).map(|(t, _)| *t).collect();
+    println!("{} requests during the drain, {failed} failed; site B from {:?}", results.len(), by_b.first());
+    assert_eq!(failed, 0, "zero failed requests during the drain");
+    assert!(!by_b.is_empty(), "traffic moved to site B");
+    let status = net.sites[0].nodes[0].lb.status();
+    assert!(!status[0].announced && status[0].reals.iter().all(|r| r.up), "site A withdrawn, still healthy and forwarding");
+}
+
+#[test]
+fn malformed_packets_from_clients_do_not_disturb_service() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::new(&[1], &[2]);
+    let _servers = net.sites[0].servers();
+    wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
+    let drops_before = drops(&net);
+    // Raw IPv4 packets the router forwards but the balancer must drop: truncated TCP header,
+    // TCP data offset 0, a first fragment, UDP with a bad length; 200 of each, interleaved with
+    // real requests.
+    let vip: std::net::Ipv4Addr = lb_tests::topology::VIP.parse().unwrap();
+    let served = net.client.run(|| {
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut served = 0;
+        for round in 0..200u16 {
+            for bad in bad_packets(vip, round) {
+                let dst = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(vip).to_be() }, sin_zero: [0; 8] };
+                let rc = unsafe { libc::sendto(fd, bad.as_ptr().cast(), bad.len(), 0, (&dst as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) };
+                assert!(rc > 0, "sendto: {}", std::io::Error::last_os_error());
+            }
+            if round % 10 == 0 && ask(Site::vip_addr(), "between").is_ok() {
+                served += 1;
+            }
+        }
+        unsafe { libc::close(fd) };
+        served
+    });
+    let dropped = drops(&net) - drops_before;
+    println!("malformed packets sent: 800; dropped by the balancer with a reason: {dropped}; requests served in between: {served}/20");
+    assert_eq!(served, 20, "every real request in between was served");
+    assert!(dropped >= 600, "the balancer dropped and counted them ({dropped})");
+}
+
+/// Sum of the balancer's drop counters on site A's node.
+fn drops(net: &Anycast) -> u64 {
+    let m = net.sites[0].nodes[0].lb.metrics();
+    m.lines().filter(|l| l.starts_with("lb_xdp_drops_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as u64
+}
+
+/// Four malformed IPv4 packets from the client to the VIP (IP header checksums left to the kernel).
+fn bad_packets(vip: std::net::Ipv4Addr, round: u16) -> Vec<Vec<u8>> {
+    let ip = |proto: u8, payload: &[u8], frag: u16| {
+        let total = (20 + payload.len()) as u16;
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 10, 10, 1, 2];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[4..6].copy_from_slice(&round.to_be_bytes());
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend(vip.octets());
+        p.extend(payload);
+        p
+    };
+    let port = (40_000 + round).to_be_bytes();
+    let tcp_short = [port[0], port[1], 0x1f, 0x90, 0, 0, 0, 1]; // 8 of 20 bytes
+    let mut tcp_doff0 = vec![port[0], port[1], 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, 0x00, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    tcp_doff0[12] = 0x00;
+    let udp_badlen = [port[0], port[1], 0x1f, 0x90, 0x10, 0x00, 0, 0, 1, 2, 3, 4];
+    vec![
+        ip(6, &tcp_short, 0),
+        ip(6, &tcp_doff0, 0),
+        ip(6, &tcp_doff0, 0x2000), // more fragments
+        ip(17, &udp_badlen, 0),
+    ]
+}

@@ -31,7 +31,7 @@ enum Task {
     BenchXdp,
     /// Maglev rebuild time and backend-failure-to-ring-switch time of the daemon.
     BenchControl,
-    /// Bring up the namespace harness and push real traffic through the balancer.
+    /// Two anycast sites with BIRD and `lb`: traffic, a backend failure, a site failure.
     Demo,
 }
 
@@ -41,11 +41,8 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
         Task::BenchXdp => cargo_run_root("bench_xdp"),
-        Task::BenchControl => {
-            run(Command::new("cargo").args(["build", "--release", "--package", "lb-userspace", "--bin", "lb"]))?;
-            cargo_run_root("bench_control")
-        }
-        Task::Demo => cargo_run_root("demo"),
+        Task::BenchControl => cargo_run_with_lb("bench_control"),
+        Task::Demo => cargo_run_with_lb("demo"),
     }
 }
 
@@ -202,6 +199,12 @@ fn test(args: &[String]) -> Result<()> {
     ensure!(status.success() && failed == 0, "cargo test failed: {status}");
     ensure!(passed > 0, "cargo test ran no test");
     Ok(())
+}
+
+/// Runs a harness binary that starts the real `lb` daemon (built first, same profile).
+fn cargo_run_with_lb(bin: &str) -> Result<()> {
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "--package", "lb-userspace", "--bin", "lb"]))?;
+    cargo_run_root(bin)
 }
 
 fn cargo_run_root(bin: &str) -> Result<()> {

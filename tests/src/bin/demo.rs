@@ -1,60 +1,97 @@
-//! `cargo xtask demo`: brings up one site in network namespaces (client, router, LB node with the
-//! XDP balancer, three backends), pushes real TCP requests through the VIP, shows who answered
-//! and what the data plane counted, then tears everything down.
+//! `cargo xtask demo`: two anycast sites in network namespaces (site A: two LB nodes, site B: a
+//! backup node; three backends each), a BIRD upstream router, the real `lb` daemons and BIRD on
+//! every node. Shows who answers, fails a backend and then all of site A while requests keep
+//! being answered, prints the measured failover times, and tears everything down.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use lb_common::stats::Counter;
-use lb_tests::topology::{ask, Site, PORT, VIP};
+use lb_tests::{
+    anycast::Anycast,
+    bird::wait_for,
+    topology::{ask, Site, VIP},
+};
 
-const BACKENDS: usize = 3;
-const REQUESTS: usize = 60;
+/// Sends `n` requests; counts answers per "site X backend i" and failures.
+fn round(net: &Anycast, n: usize) -> (BTreeMap<String, usize>, usize) {
+    net.client.run(|| {
+        let mut who = BTreeMap::new();
+        let mut failed = 0;
+        for i in 0..n {
+            match ask(Site::vip_addr(), &format!("request {i}")) {
+                Ok(a) => *who.entry(a.text.split(" answered").next().unwrap_or("?").to_owned()).or_default() += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (who, failed)
+    })
+}
+
+fn show(label: &str, (who, failed): &(BTreeMap<String, usize>, usize)) {
+    let list: Vec<String> = who.iter().map(|(w, n)| format!("{w}: {n}")).collect();
+    println!("      {label}: {} | failed: {failed}", list.join(", "));
+}
+
+/// Time until the first request answered by someone matching `by`.
+fn until_answered_by(net: &Anycast, since: Instant, by: &str) -> Duration {
+    loop {
+        let (who, _) = round(net, 1);
+        if who.keys().any(|w| w.starts_with(by)) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "never answered by {by}");
+    }
+}
 
 fn main() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the demo needs root (network namespaces, XDP): run it as root");
+        eprintln!("the demo needs root (network namespaces, XDP, BIRD): run it as root");
         std::process::exit(1);
     }
-    println!("[1/4] building the harness: client, router, LB node and {BACKENDS} backends in network namespaces");
-    let site = Site::new(BACKENDS);
-    println!("[2/4] XDP balancer attached natively on the LB node's lb0; VIP {VIP}:{PORT}/tcp -> {BACKENDS} backends (Maglev)");
-    println!("      backends decapsulate with lb_decap, hold the VIP on lo and answer the client directly (DSR)");
-    println!("[3/4] sending {REQUESTS} TCP requests from the client (10.10.1.2) to {VIP}:{PORT}");
-    let answers = site.with_servers(|| (0..REQUESTS).map(|i| ask(Site::vip_addr(), &format!("request {i}"))).collect::<Vec<_>>());
-    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
-    let mut failed = 0;
-    for (i, answer) in answers.iter().enumerate() {
-        match answer {
-            Ok(a) => {
-                if i < 5 {
-                    print!("      client port {} -> {}", a.local_port, a.text);
-                }
-                let who = a.text.split(" answered").next().unwrap_or("?").to_owned();
-                *per_backend.entry(who).or_default() += 1;
-            }
-            Err(e) => {
-                failed += 1;
-                println!("      request {i} failed: {e}");
-            }
-        }
-    }
-    println!("      ...");
-    for (backend, n) in &per_backend {
-        println!("      {backend}: {n} of {REQUESTS} requests");
-    }
-    let stats = site.balancer.dp.vip_stats(site.vip.meta.vip_index).expect("stats");
-    println!(
-        "[4/4] data plane counters: {} packets to the VIP, {} new flows, {} connection-table hits, {} tx, {} dropped",
-        stats.packets,
-        stats.new_flows,
-        stats.conn_hits,
-        site.balancer.dp.counter(Counter::Tx).unwrap_or(0),
-        site.balancer.dp.counter(Counter::Drop).unwrap_or(0)
-    );
-    drop(site);
-    println!("      harness torn down");
-    if failed > 0 {
-        eprintln!("{failed} requests failed");
-        std::process::exit(1);
-    }
+    println!("[1/6] building two anycast sites: site A (2 LB nodes, 3 backends), site B (1 LB node, 3 backends, announces with AS-path prepend), an upstream router running BIRD, a client");
+    let net = Anycast::new(&[2, 1], &[3, 3]);
+    let a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    println!("      every LB node runs BIRD and `lb` (XDP balancer, health checks every 100 ms, fall 2)");
+    let took = wait_for(Duration::from_secs(30), "the router to learn the VIP from site A", || net.next_hops().len() == 2);
+    println!("[2/6] router learned {VIP}/32 over BGP after {took:?}: next hops {:?} (ECMP across site A)", net.next_hops());
+
+    println!("[3/6] 60 requests from the client to {VIP}:8080");
+    let r = round(&net, 60);
+    show("answered by", &r);
+
+    println!("[4/6] killing site A backend 1");
+    a.stop(1);
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(5), "backend 1 down on both nodes", || {
+        net.sites[0].nodes.iter().all(|n| n.lb.status()[0].reals[1].slots == 0)
+    });
+    let backend_failover = killed.elapsed();
+    println!("      both site A nodes took it out of their Maglev tables after {backend_failover:?}");
+    show("60 more requests", &round(&net, 60));
+
+    println!("[5/6] killing all of site A's backends: site A can no longer serve and withdraws the VIP");
+    a.stop(0);
+    a.stop(2);
+    let site_down = Instant::now();
+    wait_for(Duration::from_secs(10), "the route to move to site B", || net.next_hops() == ["10.20.3.2"]);
+    let withdrawn = site_down.elapsed();
+    let first_b = until_answered_by(&net, site_down, "site B");
+    println!("      router moved to site B after {withdrawn:?}; first answer from site B after {first_b:?}");
+    show("60 requests", &round(&net, 60));
+
+    println!("[6/6] site A's backends come back: the VIP returns to site A");
+    drop(a);
+    let _a = net.sites[0].servers();
+    let back_at = Instant::now();
+    wait_for(Duration::from_secs(10), "the route back to site A", || net.next_hops().len() == 2);
+    let back = back_at.elapsed();
+    println!("      router back on site A after {back:?}");
+    show("60 requests", &round(&net, 60));
+
+    println!("\nfailover times: backend {backend_failover:?} (fall 2 x 100 ms), site {withdrawn:?} to withdrawal, {first_b:?} to the first answer from site B, return {back:?}");
+    drop(net);
+    println!("harness torn down");
 }
