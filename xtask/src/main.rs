@@ -31,6 +31,8 @@ enum Task {
     BenchXdp,
     /// Maglev rebuild time and backend-failure-to-ring-switch time of the daemon.
     BenchControl,
+    /// Packets/s and requests/s through one site, backend and site failover times.
+    BenchE2e,
     /// Two anycast sites with BIRD and `lb`: traffic, a backend failure, a site failure.
     Demo,
 }
@@ -43,6 +45,7 @@ fn main() -> Result<()> {
         Task::BenchXdp => cargo_run_root("bench_xdp"),
         Task::BenchControl => cargo_run_with_lb("bench_control"),
         Task::Demo => cargo_run_with_lb("demo"),
+        Task::BenchE2e => cargo_run_with_lb("bench_e2e"),
     }
 }
 

@@ -1,0 +1,161 @@
+//! `cargo xtask bench-e2e`: end-to-end figures on this machine.
+//!
+//! 1. Packets/s through one LB node: an AF_PACKET generator in a neighbouring namespace sends UDP
+//!    frames to the VIP (1024 flows) over a veth; the node runs (a) the balancer or (b) a program
+//!    that only bounces frames (XDP_TX), the limit of this path. Frames that come back are counted
+//!    on the generator's side by an XDP program (`lb_decap`, which counts what it passes).
+//! 2. Requests/s through one site: short TCP request/answer connections from one client thread
+//!    through the real `lb` daemon.
+//! 3. Failover: a backend killed (until both nodes' rings drop it) and a site withdrawn with
+//!    `lb site drain` (until the last answer from the old site).
+
+use std::time::{Duration, Instant};
+
+use lb_common::{programs, stats::DecapCounter};
+use lb_tests::{
+    anycast::Anycast,
+    bird::wait_for,
+    fixture::{Balancer, TEST_RING_SIZE},
+    netns::{veth, End, NetNs},
+    topology::{ask, Site},
+};
+use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
+
+const PACKETS: usize = 2_000_000;
+const BATCH: usize = 256;
+const FLOWS: u16 = 1024;
+
+/// A UDP frame from 10.50.0.1:port to the VIP.
+fn frame(port: u16) -> Vec<u8> {
+    lb_tests::packet::Frame::udp("10.50.0.1", port, "10.99.0.1", 9000).payload(18).build()
+}
+
+/// Sends `PACKETS` frames on `ifname` with AF_PACKET + sendmmsg; returns (sent, elapsed).
+fn generate(ifname: &str) -> (usize, Duration) {
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
+    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    let bypass: libc::c_int = 1;
+    unsafe { libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&bypass as *const libc::c_int).cast(), 4) };
+    let ifindex = unsafe { libc::if_nametoindex(std::ffi::CString::new(ifname).unwrap().as_ptr()) } as i32;
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex;
+    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+
+    let frames: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(20_000 + (i as u16 % FLOWS))).collect();
+    let mut iovs: Vec<libc::iovec> = frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < PACKETS && start.elapsed() < Duration::from_secs(30) {
+        let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
+        if n > 0 {
+            sent += n as usize;
+        }
+    }
+    let elapsed = start.elapsed();
+    unsafe { libc::close(fd) };
+    (sent, elapsed)
+}
+
+/// Offered and returned packets/s with program `which` on the LB side, frames sent, and the
+/// balancer's tx counter.
+fn packet_rate(which: &str) -> (f64, f64, usize, u64) {
+    let gen = NetNs::new("gen", false);
+    let lb = NetNs::new("lb", false);
+    veth(
+        End { ns: &gen, dev: "g0", mac: "02:00:00:00:00:03", addr: "10.50.0.1/24" },
+        End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addr: "10.50.0.2/24" },
+    );
+    let sink = gen.run(|| {
+        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+        dp.attach(programs::DECAP, "g0", AttachMode::Native).expect("sink");
+        dp
+    });
+    let balancer = lb.run(|| {
+        let mut b = Balancer::new();
+        b.add_vip("10.99.0.1", 9000, 17, 0, TEST_RING_SIZE, &[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
+        b.dp.attach(which, "lb0", AttachMode::Native).expect("attach");
+        b
+    });
+    let (sent, elapsed) = gen.run(|| generate("g0"));
+    std::thread::sleep(Duration::from_millis(200));
+    let returned = sink.decap_counter(DecapCounter::Pass).expect("sink count");
+    let tx = balancer.dp.counter(lb_common::stats::Counter::Tx).unwrap_or(0);
+    let secs = elapsed.as_secs_f64();
+    (sent as f64 / secs, returned as f64 / secs, sent, tx)
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("bench-e2e needs root");
+        std::process::exit(1);
+    }
+    println!("1. packets/s through one LB node ({PACKETS} UDP frames, {FLOWS} flows, AF_PACKET sendmmsg x{BATCH} from a neighbouring namespace, native XDP on veth)");
+    let (a_sent, a_back, a_frames, a_tx) = packet_rate(programs::BALANCER);
+    let (b_sent, b_back, _, _) = packet_rate(programs::BOUNCE);
+    println!("| program | offered pps | returned pps | returned / bounce |\n|---|---:|---:|---:|");
+    println!("| (a) lb_xdp (balancer, encapsulating) | {a_sent:.0} | {a_back:.0} | {:.0}% |", 100.0 * a_back / b_back);
+    println!("| (b) xdp_bounce (XDP_TX only) | {b_sent:.0} | {b_back:.0} | 100% |");
+    println!("balancer tx counter: {a_tx} of {a_frames} frames sent; target (a) >= 70% of (b)");
+    println!("(veth xmit runs the peer's XDP in the sender's context, so offered = what the path carried)");
+
+    println!("\n2. requests/s through one site (short TCP connections, one client thread, 3 s)");
+    let net = Anycast::new(&[1, 1], &[3, 3]);
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
+    let (ok, secs) = net.client.run(|| {
+        let start = Instant::now();
+        let mut ok = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            if ask(Site::vip_addr(), "x").is_ok() {
+                ok += 1;
+            }
+        }
+        (ok, start.elapsed().as_secs_f64())
+    });
+    println!("{ok} requests answered in {secs:.1} s: {:.0} requests/s", ok as f64 / secs);
+
+    println!("\n3. failover");
+    let stopped = {
+        let servers = &_a;
+        servers.stop(2);
+        Instant::now()
+    };
+    wait_for(Duration::from_secs(5), "backend 2 out of the ring", || net.sites[0].nodes[0].lb.status()[0].reals[2].slots == 0);
+    println!("backend failover (fall 2 x 100 ms): {:?} from the kill to the ring without it", stopped.elapsed());
+    let (last_a, drained_at) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            net.client.run(|| {
+                let start = Instant::now();
+                let mut last_a = None;
+                while start.elapsed() < Duration::from_secs(3) {
+                    if let Ok(a) = ask(Site::vip_addr(), "x") {
+                        if a.text.starts_with("site A") {
+                            last_a = Some(Instant::now());
+                        }
+                    }
+                }
+                last_a
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let drained_at = Instant::now();
+        assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
+        (load.join().expect("load"), drained_at)
+    });
+    match last_a {
+        Some(t) if t > drained_at => println!("site failover (lb site drain -> last answer from site A): {:?}", t - drained_at),
+        _ => println!("site failover: no answer from site A after the drain command"),
+    }
+}
