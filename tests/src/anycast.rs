@@ -50,11 +50,24 @@ pub struct Anycast {
     dir: PathBuf,
 }
 
-fn lb_config(backends: &[String], weights: &[u32], bird: &Bird, include: &std::path::Path) -> String {
+/// Knobs of the harness.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Backend i's weight in every site (default 1).
+    pub weights: Vec<u32>,
+    /// lb's `[bgp] prepend_below` on every node.
+    pub prepend_below: Option<f64>,
+    /// Extra AS-path prepends of site B and later (default 1: a backup site).
+    pub backup_prepend: Option<u32>,
+}
+
+fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::path::Path) -> String {
+    let weights = &opts.weights;
+    let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
+         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
          [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
         bird.socket.display(),
         include.display()
@@ -68,11 +81,10 @@ fn lb_config(backends: &[String], weights: &[u32], bird: &Bird, include: &std::p
 impl Anycast {
     /// `nodes[s]` LB nodes and `backends[s]` backends for site s (A, B, ...), equal weights.
     pub fn new(nodes: &[usize], backends: &[usize]) -> Self {
-        Self::with_weights(nodes, backends, &[])
+        Self::with(nodes, backends, &Options::default())
     }
 
-    /// Like `new`; `weights[i]` is backend i's weight in every site (default 1).
-    pub fn with_weights(nodes: &[usize], backends: &[usize], weights: &[u32]) -> Self {
+    pub fn with(nodes: &[usize], backends: &[usize], opts: &Options) -> Self {
         let dir = std::env::temp_dir().join(format!("lbt-anycast-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let client = NetNs::new("client", false);
@@ -169,10 +181,11 @@ impl Anycast {
                     std::fs::write(&include, lb_userspace::bird::render(&[])).expect("include");
                     let mut conf = edge_config(&format!("10.20.{k}.2"), 65001 + s as u32, &format!("10.20.{k}.1"), 65000, &include);
                     if s > 0 {
-                        conf = conf.replace("define SITE_PREPEND   = 0;", "define SITE_PREPEND   = 1;"); // a backup site
+                        let n = opts.backup_prepend.unwrap_or(1); // a backup site
+                        conf = conf.replace("define SITE_PREPEND   = 0;", &format!("define SITE_PREPEND   = {n};"));
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
-                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, weights, &bird, &include));
+                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, opts, &bird, &include));
                     Node { ns, bird, lb, addr: format!("10.20.{k}.2") }
                 })
                 .collect();

@@ -118,7 +118,7 @@ fn requests_spread_over_backends_in_proportion_to_weights() {
     require_root!();
     let _serial = lb_tests::serial();
     let weights = [1u32, 2, 3];
-    let net = Anycast::with_weights(&[1], &[3], &weights);
+    let net = Anycast::with(&[1], &[3], &lb_tests::anycast::Options { weights: weights.to_vec(), ..Default::default() });
     let _servers = net.sites[0].servers();
     wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
     const N: usize = 600;
@@ -250,4 +250,23 @@ fn bad_packets(vip: std::net::Ipv4Addr, round: u16) -> Vec<Vec<u8>> {
         ip(6, &tcp_doff0, 0x2000), // more fragments
         ip(17, &udp_badlen, 0),
     ]
+}
+
+#[test]
+fn a_site_short_of_capacity_is_prepended_and_peers_prefer_the_other() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    // Equal sites (no backup prepend); A steers away below 75% of its capacity.
+    let opts = lb_tests::anycast::Options { prepend_below: Some(0.75), backup_prepend: Some(0), ..Default::default() };
+    let net = Anycast::with(&[1, 1], &[3, 3], &opts);
+    let a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    wait_for(Duration::from_secs(30), "ECMP over both sites", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
+    a.stop(0); // site A at 2/3 of its weight: prepended
+    let took = wait_for(Duration::from_secs(10), "route to site B only", || net.next_hops() == ["10.20.2.2"]);
+    println!("site A at 2/3 capacity: router prefers site B after {took:?}");
+    let route = net.router_bird.birdc("show route all");
+    assert!(route.contains("65001 65001 65001"), "site A's path carries the steering prepends:\n{route}");
+    let served = answers(&net, 20);
+    assert!(served.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site B"))), "{served:?}");
 }
