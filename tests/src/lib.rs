@@ -41,3 +41,19 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A bpffs folder of pins, removed on drop (also when the test fails).
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    /// A folder under /sys/fs/bpf unique to this process.
+    pub fn new(name: &str) -> Self {
+        Self(std::path::PathBuf::from(format!("/sys/fs/bpf/lbt-{name}-{}", std::process::id())))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = lb_userspace::dataplane::Dataplane::remove_pins(&self.0);
+    }
+}

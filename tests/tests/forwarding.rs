@@ -308,15 +308,8 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
 #[test]
 fn rings_are_written_through_the_memory_mapping() {
     require_root!();
-    /// Removes the pins also when an assertion fails.
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = lb_userspace::dataplane::Dataplane::remove_pins(&self.0);
-        }
-    }
-    let pinned_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt-pins-{}", std::process::id()));
-    let _pins = Pins(pinned_dir.clone());
+    let pins = lb_tests::PinDir::new("pins");
+    let pinned_dir = pins.0.clone();
     let plain = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }).unwrap();
     let pinned = lb_userspace::dataplane::Dataplane::load_pinned(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }, &pinned_dir).unwrap();
     for mut dp in [plain, pinned] {
@@ -331,14 +324,8 @@ fn rings_are_written_through_the_memory_mapping() {
 fn a_pinned_connection_table_of_another_size_is_refused() {
     require_root!();
     use lb_userspace::dataplane::{Dataplane, DataplaneError, LoadOptions};
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt-size-{}", std::process::id()));
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = Dataplane::remove_pins(&self.0);
-        }
-    }
-    let _pins = Pins(dir.clone());
+    let pins = lb_tests::PinDir::new("size");
+    let dir = pins.0.clone();
     let first = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir).unwrap();
     let same = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir);
     assert!(same.is_ok(), "the same size reuses the pinned maps");
