@@ -21,6 +21,14 @@ use crate::{
     topology::{Servers, VIP},
 };
 
+/// Extra client source addresses: 10.10.1.100 ..
+pub const CLIENT_ADDRS: usize = 50;
+
+/// The client address to use for request `i` (rotating over all of them).
+pub fn client_addr(i: usize) -> std::net::IpAddr {
+    ip(&format!("10.10.1.{}", 100 + i % CLIENT_ADDRS))
+}
+
 pub struct Node {
     pub ns: NetNs,
     pub bird: Bird,
@@ -66,7 +74,7 @@ fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::pa
     let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+         [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
          [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
          [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
         bird.socket.display(),
@@ -95,6 +103,9 @@ impl Anycast {
             End { ns: &router, dev: "r-c", mac: "02:00:00:00:01:01", addr: "10.10.1.1/24" },
         );
         client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
+        for i in 0..CLIENT_ADDRS {
+            client.ip(&["addr", "add", &format!("10.10.1.{}/24", 100 + i), "dev", "c0"]);
+        }
 
         let mut router_conf = String::from(
             "router id 10.10.1.1;\nlog stderr all;\nprotocol device {}\n\

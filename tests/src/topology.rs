@@ -209,6 +209,25 @@ pub fn ask(vip: SocketAddr, request: &str) -> std::io::Result<Answer> {
     Ok(Answer { text, local_port })
 }
 
+/// An HTTP/1.0 GET to the VIP from source address `from` (the client's namespace holds many);
+/// the answer is the body ("site A backend 2 answered GET /path from 10.10.1.7").
+pub fn http_get(vip: SocketAddr, from: IpAddr, path: &str) -> std::io::Result<Answer> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&vip.into(), Duration::from_secs(3))?;
+    let mut conn: TcpStream = socket.into();
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let local_port = conn.local_addr()?.port();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", vip.ip()).as_bytes())?;
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("not HTTP: {reply:?}")))?;
+    if !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!("status: {head}")));
+    }
+    Ok(Answer { text: body.to_owned(), local_port })
+}
+
 /// A client connection that exchanges lines (also kept open for long-lived tests).
 pub struct LineConn {
     reader: BufReader<TcpStream>,
@@ -264,6 +283,18 @@ fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool
     while !stop.load(Ordering::Relaxed) {
         match reader.read_line(&mut line) {
             Ok(0) => return,
+            Ok(_) if line.starts_with("GET ") => {
+                // HTTP/1.0: skip the headers, answer, close.
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header.trim() != "" {
+                    header.clear();
+                }
+                let body = format!("{name} answered GET {target} from {}\n", peer.ip());
+                let reply = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = reader.get_mut().write_all(reply.as_bytes());
+                return;
+            }
             Ok(_) => {
                 let reply = format!("{name} answered {} from {}\n", line.trim(), peer.ip());
                 if reader.get_mut().write_all(reply.as_bytes()).is_err() {

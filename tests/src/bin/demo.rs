@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_tests::{
-    anycast::Anycast,
+    anycast::{client_addr, Anycast},
     bird::wait_for,
-    topology::{ask, Site, VIP},
+    topology::{http_get, Site, VIP},
 };
 
 /// Sends `n` requests; counts answers per "site X backend i" and failures.
@@ -20,7 +20,7 @@ fn round(net: &Anycast, n: usize) -> (BTreeMap<String, usize>, usize) {
         let mut who = BTreeMap::new();
         let mut failed = 0;
         for i in 0..n {
-            match ask(Site::vip_addr(), &format!("request {i}")) {
+            match http_get(Site::vip_addr(), client_addr(i), &format!("/request/{i}")) {
                 Ok(a) => *who.entry(a.text.split(" answered").next().unwrap_or("?").to_owned()).or_default() += 1,
                 Err(_) => failed += 1,
             }
@@ -58,7 +58,7 @@ fn main() {
     let took = wait_for(Duration::from_secs(30), "the router to learn the VIP from site A", || net.next_hops().len() == 2);
     println!("[2/6] router learned {VIP}/32 over BGP after {took:?}: next hops {:?} (ECMP across site A)", net.next_hops());
 
-    println!("[3/6] 60 requests from the client to {VIP}:8080");
+    println!("[3/6] 60 HTTP requests from 50 client addresses to {VIP}:8080");
     let r = round(&net, 60);
     show("answered by", &r);
 
