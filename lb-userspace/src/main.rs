@@ -9,6 +9,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())) // plain text in files and journald
+        .with_writer(std::io::stderr)
         .init();
     let result = match Opt::parse().command {
         Cmd::Run { config } => tokio::runtime::Runtime::new()

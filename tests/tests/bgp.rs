@@ -79,3 +79,60 @@ fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
     let _ = (edge, std::fs::remove_dir_all(&dir));
 }
+
+/// Metric value from a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    net.router.ip(&["route", "del", &format!("{VIP}/32")]);
+    let _router_bird = Bird::start(&net.router, "router", &std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap());
+    let dir = std::env::temp_dir().join(format!("lbt-birddown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let include = dir.join("vips.conf");
+    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
+    let edge_conf = edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include);
+    let edge = Bird::start(&net.lb, "edge", &edge_conf);
+    let socket = edge.socket.clone();
+    let servers = net.servers();
+    let mut config = format!(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
+        socket.display(),
+        include.display()
+    );
+    for i in 0..2 {
+        config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    let d = LbDaemon::start(&net.lb, &config);
+    wait_for(Duration::from_secs(20), "the VIP route", || routed(&net));
+
+    drop(edge); // BIRD dies; its session goes, so does the route
+    wait_for(Duration::from_secs(10), "the route to go with BIRD", || !routed(&net));
+    // A change lb must tell BIRD about while BIRD is down: the VIP becomes unservable.
+    servers.stop(0);
+    servers.stop(1);
+    wait_for(Duration::from_secs(10), "lb to count BIRD errors", || metric(&d.metrics(), "lb_bird_errors_total") >= 2.0);
+    assert!(d.log().contains("BIRD did not take the announcements"), "{}", d.log());
+    assert!(d.status()[0].reals.iter().all(|r| !r.up), "lb itself carries on with health checks");
+
+    let _edge = Bird::start(&net.lb, "edge", &edge_conf);
+    wait_for(Duration::from_secs(10), "lb to reach BIRD again", || d.log().contains("BGP announcements updated announced= drained=false"));
+    let errors = metric(&d.metrics(), "lb_bird_errors_total");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(metric(&d.metrics(), "lb_bird_errors_total"), errors, "no more errors once BIRD is back");
+    assert!(!routed(&net), "the unservable VIP stays withdrawn");
+    drop(servers);
+    let _servers = net.servers();
+    let took = wait_for(Duration::from_secs(20), "the route once the backends return", || routed(&net));
+    println!("backends back with BIRD running again: route at the router after {took:?}");
+    assert!(d.status()[0].announced);
+    let _ = std::fs::remove_dir_all(&dir);
+}
