@@ -36,6 +36,11 @@ pub fn edge_config(router_id: &str, local_as: u32, upstream: &str, upstream_as: 
     conf.replace("/run/anycast-lb/vips.conf", include.to_str().expect("utf-8 path"))
 }
 
+/// `config` with the commented BFD lines of bird.conf (or any `bfd on;` / `protocol bfd`) enabled.
+pub fn with_bfd(config: &str) -> String {
+    config.replace("# protocol bfd", "protocol bfd").replace("# bfd on;", "bfd on;")
+}
+
 impl Bird {
     /// Starts `bird` in `ns` with `config`; `name` keeps files apart.
     pub fn start(ns: &NetNs, name: &str, config: &str) -> Self {
@@ -65,6 +70,12 @@ impl Bird {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default()
+    }
+
+    /// Freezes BIRD (SIGSTOP): like a crashed node, it stops answering but closes nothing.
+    /// (`ip netns exec` execs bird, so the child's pid is bird's.)
+    pub fn freeze(&self) {
+        crate::netns::sh(&["kill", "-STOP", &self.child.id().to_string()]);
     }
 
     /// `birdc` output for a command.

@@ -136,3 +136,41 @@ fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
     assert!(d.status()[0].announced);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn with_bfd_a_crashed_node_leaves_the_router_within_a_second() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(1);
+    net.router.ip(&["route", "del", &format!("{VIP}/32")]);
+    let router_conf = std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap();
+    let router_conf = router_conf.replace("  connect retry time 1;", "  connect retry time 1;\n  bfd on;")
+        + "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
+    let _router_bird = Bird::start(&net.router, "router", &router_conf);
+    let dir = std::env::temp_dir().join(format!("lbt-bfd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let include = dir.join("vips.conf");
+    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
+    let edge = Bird::start(&net.lb, "edge", &lb_tests::bird::with_bfd(&edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include)));
+    let _servers = net.servers();
+    let config = format!(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"{}\"\n",
+        edge.socket.display(),
+        include.display(),
+        backend_addr(0)
+    );
+    let _d = LbDaemon::start(&net.lb, &config);
+    wait_for(Duration::from_secs(20), "the VIP route", || routed(&net));
+    wait_for(Duration::from_secs(10), "BFD up", || _router_bird.birdc("show bfd sessions").contains("Up"));
+    // Frozen, not killed: a killed BIRD's TCP session closes at once and tells the router; a
+    // crashed node tells nothing, and only BFD (or the 3 s hold timer) notices.
+    edge.freeze();
+    let took = wait_for(Duration::from_secs(10), "the route to go", || !routed(&net));
+    println!("node frozen (BIRD stopped): route gone from the router after {took:?} (hold time 3 s without BFD)");
+    assert!(took < Duration::from_secs(1), "BFD detects within a second: {took:?}");
+    assert!(took > Duration::from_millis(100), "detected by BFD's timers, not by a closed session: {took:?}");
+    drop(edge);
+    let _ = std::fs::remove_dir_all(&dir);
+}
