@@ -15,34 +15,80 @@ fn routed(net: &Net) -> bool {
     net.router.ip(&["route", "show", &format!("{VIP}/32")]).contains("via 10.10.2.2")
 }
 
+/// BGP for the one site of a `Net`: BIRD on the router (the VIP's only route now comes from it)
+/// and on the LB node, and the include file lb owns; removed on drop.
+struct Bgp {
+    router: Bird,
+    edge: Option<Bird>,
+    edge_conf: String,
+    include: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Bgp {
+    /// `bfd`: run BFD (100 ms x 3) on both sides of the session.
+    fn start(net: &Net, bfd: bool) -> Self {
+        net.router.ip(&["route", "del", &format!("{VIP}/32")]);
+        let mut router_conf = std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap();
+        if bfd {
+            router_conf = router_conf.replace("  connect retry time 1;", "  connect retry time 1;\n  bfd on;")
+                + "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
+        }
+        let router = Bird::start(&net.router, "router", &router_conf);
+        let dir = std::env::temp_dir().join(format!("lbt-bgp-{}", net.lb.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let include = dir.join("vips.conf");
+        // BIRD starts before lb: the include must exist (empty) from the start.
+        std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
+        let mut edge_conf = edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include);
+        if bfd {
+            edge_conf = lb_tests::bird::with_bfd(&edge_conf);
+        }
+        let edge = Some(Bird::start(&net.lb, "edge", &edge_conf));
+        Self { router, edge, edge_conf, include, dir }
+    }
+
+    /// lb's config: one VIP over `backends` backends, checks every 100 ms, this BIRD.
+    fn lb_config(&self, backends: usize) -> String {
+        let socket = self.edge.as_ref().expect("edge BIRD").socket.display().to_string();
+        let mut config = format!(
+            "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+             [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+             [bgp]\nbird_socket = \"{socket}\"\ninclude_file = \"{}\"\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\nmin_healthy = 1\n",
+            self.include.display()
+        );
+        for i in 0..backends {
+            config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+        }
+        config
+    }
+
+    /// Stops the LB node's BIRD (killed: its session closes).
+    fn stop_edge(&mut self) {
+        self.edge = None;
+    }
+
+    fn start_edge(&mut self, net: &Net) {
+        self.edge = Some(Bird::start(&net.lb, "edge", &self.edge_conf));
+    }
+}
+
+impl Drop for Bgp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(2);
-    net.router.ip(&["route", "del", &format!("{VIP}/32")]); // only BGP may route the VIP now
-    let router_bird = Bird::start(&net.router, "router", &std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap());
-
-    let dir = std::env::temp_dir().join(format!("lbt-bgp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let include = dir.join("vips.conf");
-    // BIRD starts before lb: the include must exist (empty) from the start.
-    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
-    let edge = Bird::start(&net.lb, "edge", &edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include));
-
+    let bgp = Bgp::start(&net, false);
+    let router_bird = &bgp.router;
     let servers = net.servers();
-    let mut config = format!(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\nmin_healthy = 1\n",
-        edge.socket.display(),
-        include.display()
-    );
-    for i in 0..2 {
-        config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
-    }
-    let mut d = LbDaemon::start(&net.lb, &config);
+    let mut d = LbDaemon::start(&net.lb, &bgp.lb_config(2));
     let took = wait_for(Duration::from_secs(20), "the VIP route at the router", || routed(&net));
     println!("announced: route at the router {took:?} after lb came up");
     assert!(router_bird.birdc("show route").contains(&format!("{VIP}/32")), "{}", router_bird.birdc("show route"));
@@ -77,7 +123,6 @@ fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     d.terminate();
     wait_for(Duration::from_secs(10), "withdrawal when lb exits", || !routed(&net));
     assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
-    let _ = (edge, std::fs::remove_dir_all(&dir));
 }
 
 /// Metric value from a scrape.
@@ -90,31 +135,12 @@ fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(2);
-    net.router.ip(&["route", "del", &format!("{VIP}/32")]);
-    let _router_bird = Bird::start(&net.router, "router", &std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap());
-    let dir = std::env::temp_dir().join(format!("lbt-birddown-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let include = dir.join("vips.conf");
-    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
-    let edge_conf = edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include);
-    let edge = Bird::start(&net.lb, "edge", &edge_conf);
-    let socket = edge.socket.clone();
+    let mut bgp = Bgp::start(&net, false);
     let servers = net.servers();
-    let mut config = format!(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
-        socket.display(),
-        include.display()
-    );
-    for i in 0..2 {
-        config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
-    }
-    let d = LbDaemon::start(&net.lb, &config);
+    let d = LbDaemon::start(&net.lb, &bgp.lb_config(2));
     wait_for(Duration::from_secs(20), "the VIP route", || routed(&net));
 
-    drop(edge); // BIRD dies; its session goes, so does the route
+    bgp.stop_edge(); // BIRD dies; its session goes, so does the route
     wait_for(Duration::from_secs(10), "the route to go with BIRD", || !routed(&net));
     // A change lb must tell BIRD about while BIRD is down: the VIP becomes unservable.
     servers.stop(0);
@@ -123,7 +149,7 @@ fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
     assert!(d.log().contains("BIRD did not take the announcements"), "{}", d.log());
     assert!(d.status()[0].reals.iter().all(|r| !r.up), "lb itself carries on with health checks");
 
-    let _edge = Bird::start(&net.lb, "edge", &edge_conf);
+    bgp.start_edge(&net);
     wait_for(Duration::from_secs(10), "lb to reach BIRD again", || d.log().contains("BGP announcements updated announced= drained=false"));
     let errors = metric(&d.metrics(), "lb_bird_errors_total");
     std::thread::sleep(Duration::from_millis(1500));
@@ -134,7 +160,6 @@ fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
     let took = wait_for(Duration::from_secs(20), "the route once the backends return", || routed(&net));
     println!("backends back with BIRD running again: route at the router after {took:?}");
     assert!(d.status()[0].announced);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -142,35 +167,16 @@ fn with_bfd_a_crashed_node_leaves_the_router_within_a_second() {
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(1);
-    net.router.ip(&["route", "del", &format!("{VIP}/32")]);
-    let router_conf = std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap();
-    let router_conf = router_conf.replace("  connect retry time 1;", "  connect retry time 1;\n  bfd on;")
-        + "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
-    let _router_bird = Bird::start(&net.router, "router", &router_conf);
-    let dir = std::env::temp_dir().join(format!("lbt-bfd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let include = dir.join("vips.conf");
-    std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
-    let edge = Bird::start(&net.lb, "edge", &lb_tests::bird::with_bfd(&edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include)));
+    let bgp = Bgp::start(&net, true);
     let _servers = net.servers();
-    let config = format!(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"{}\"\n",
-        edge.socket.display(),
-        include.display(),
-        backend_addr(0)
-    );
-    let _d = LbDaemon::start(&net.lb, &config);
+    let _d = LbDaemon::start(&net.lb, &bgp.lb_config(1));
     wait_for(Duration::from_secs(20), "the VIP route", || routed(&net));
-    wait_for(Duration::from_secs(10), "BFD up", || _router_bird.birdc("show bfd sessions").contains("Up"));
+    wait_for(Duration::from_secs(10), "BFD up", || bgp.router.birdc("show bfd sessions").contains("Up"));
     // Frozen, not killed: a killed BIRD's TCP session closes at once and tells the router; a
     // crashed node tells nothing, and only BFD (or the 3 s hold timer) notices.
-    edge.freeze();
+    bgp.edge.as_ref().expect("edge BIRD").freeze();
     let took = wait_for(Duration::from_secs(10), "the route to go", || !routed(&net));
     println!("node frozen (BIRD stopped): route gone from the router after {took:?} (hold time 3 s without BFD)");
     assert!(took < Duration::from_secs(1), "BFD detects within a second: {took:?}");
     assert!(took > Duration::from_millis(100), "detected by BFD's timers, not by a closed session: {took:?}");
-    drop(edge);
-    let _ = std::fs::remove_dir_all(&dir);
 }
