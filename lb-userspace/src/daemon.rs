@@ -313,13 +313,9 @@ impl Daemon {
                 let _ = reply.send(self.status());
             }
             Command::Metrics(reply) => {
-                let bgp = metrics::BgpState {
-                    enabled: self.config.bgp.is_some(),
-                    announced: self.status().iter().map(|v| (v.name.clone(), v.announced)).collect(),
-                    errors: self.bird_errors,
-                    drained: self.journal.site_drained,
-                };
-                let text = metrics::render(&self.rec, &self.samples, self.reloads_ok, self.reloads_failed, &bgp);
+                let bgp = metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };
+                let status = self.status();
+                let text = metrics::render(&self.rec, &status, &self.samples, self.reloads_ok, self.reloads_failed, &bgp);
                 let _ = reply.send(text);
             }
             Command::SiteDrain { drained, reply } => {

@@ -10,13 +10,15 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{config::VipId, dataplane::Dataplane, reconcile::Reconciler};
+use crate::{
+    config::VipId,
+    dataplane::Dataplane,
+    reconcile::{Reconciler, VipStatus},
+};
 
 /// The daemon's BGP state, for metrics.
 pub struct BgpState {
     pub enabled: bool,
-    /// (VIP name, announced now)
-    pub announced: Vec<(String, bool)>,
     pub errors: u64,
     pub drained: bool,
 }
@@ -42,8 +44,10 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+/// `status` is the reconciler's status as the daemon has it (announcements filled in).
 pub fn render(
     rec: &Reconciler<Dataplane>,
+    status: &[VipStatus],
     samples: &HashMap<(VipId, IpAddr), HealthSample>,
     reloads_ok: u64,
     reloads_failed: u64,
@@ -81,7 +85,7 @@ pub fn render(
     let check_latency = gauge_family(&mut r, "health_check_latency_seconds", "Latency of the last passing health check");
     let vip_healthy = gauge_family(&mut r, "vip_healthy_reals", "Reals up per VIP");
 
-    for vip in rec.status() {
+    for vip in status {
         let vl: Labels = vec![("vip", vip.name.clone())];
         if let Ok(s) = dp.vip_stats(vip.index) {
             vip_packets.get_or_create(&vl).inc_by(s.packets);
@@ -118,8 +122,8 @@ pub fn render(
 
     if bgp.enabled {
         let announced = gauge_family(&mut r, "bgp_announced", "1 if the VIP's prefix is announced through BIRD");
-        for (vip, on) in &bgp.announced {
-            announced.get_or_create(&vec![("vip", vip.clone())]).set(if *on { 1.0 } else { 0.0 });
+        for vip in status {
+            announced.get_or_create(&vec![("vip", vip.name.clone())]).set(if vip.announced { 1.0 } else { 0.0 });
         }
         let errors: Counter = Counter::default();
         errors.inc_by(bgp.errors);
