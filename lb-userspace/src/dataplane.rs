@@ -417,25 +417,22 @@ impl Dataplane {
     }
 
     /// Global counters, summed over CPUs.
+    /// Entry `index` of per-CPU u64 counter map `name`, summed over CPUs.
+    fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
+        let stats = self.per_cpu::<u64>(name)?;
+        Ok(stats.get(&index, 0).map_err(map_err(name))?.iter().sum())
+    }
+
     pub fn counters(&self) -> Result<StdHashMap<&'static str, u64>> {
-        let stats = self.per_cpu::<u64>(maps::STATS)?;
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let per_cpu = stats.get(&(c as u32), 0).map_err(map_err(maps::STATS))?;
-                Ok((c.name(), per_cpu.iter().sum()))
-            })
-            .collect()
+        Counter::ALL.iter().map(|&c| Ok((c.name(), self.counter(c)?))).collect()
     }
 
     pub fn counter(&self, c: Counter) -> Result<u64> {
-        let stats = self.per_cpu::<u64>(maps::STATS)?;
-        Ok(stats.get(&(c as u32), 0).map_err(map_err(maps::STATS))?.iter().sum())
+        self.counter_sum(maps::STATS, c as u32)
     }
 
     pub fn decap_counter(&self, c: DecapCounter) -> Result<u64> {
-        let stats = self.per_cpu::<u64>(maps::DECAP_STATS)?;
-        Ok(stats.get(&(c as u32), 0).map_err(map_err(maps::DECAP_STATS))?.iter().sum())
+        self.counter_sum(maps::DECAP_STATS, c as u32)
     }
 
     pub fn vip_stats(&self, vip_index: u32) -> Result<VipStats> {
