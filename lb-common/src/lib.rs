@@ -22,6 +22,8 @@ pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 pub const VIP_FILTER_SIZE: u32 = 4096;
 /// Local addresses the decapsulation program accepts tunnelled packets for.
 pub const MAX_DECAP_ADDRS: u32 = 64;
+/// LB nodes of other sites a node may hand unknown mid-flow packets to (`PEERS`).
+pub const MAX_PEERS: u32 = 16;
 
 /// Bytes the encapsulation adds in front of the inner IP packet.
 pub const IPIP_OVERHEAD: u32 = 20;
@@ -43,9 +45,11 @@ pub mod maps {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const BENCH: &str = "BENCH";
+    pub const HANDOFF: &str = "HANDOFF";
+    pub const PEERS: &str = "PEERS";
     pub const ALL: &[&str] = &[
         VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
-        DECAP_STATS, BENCH,
+        DECAP_STATS, BENCH, HANDOFF, PEERS,
     ];
 }
 
@@ -171,6 +175,35 @@ pub struct LbConfig {
 }
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 40);
 
+/// `Handoff::flags`: the node address is IPv6 (otherwise IPv4-mapped IPv4).
+pub const HANDOFF_F_IPV6: u32 = 1 << 0;
+/// `Handoff::flags`: this node no longer announces its VIPs (site drained, `lb` stopped), so a
+/// flow a peer hands over that this node does not know is one of ours the route moved away:
+/// balance it here instead of returning it.
+pub const HANDOFF_F_ADOPT: u32 = 1 << 1;
+
+/// Outer IPv4 ID / IPv6 flow label of a handoff: a peer asks us to forward a packet of a flow it
+/// does not know ...
+pub const HANDOFF_REQUEST: u32 = 1;
+/// ... or gives back one we asked about and it did not know either.
+pub const HANDOFF_RETURN: u32 = 2;
+
+/// Entry 0 of the `HANDOFF` array: cross-site handoff of mid-flow packets. After a route change
+/// (a site drained or withdrawn) a TCP packet that is not a SYN may reach a node that never saw
+/// its connection; the node tunnels it to a peer (`PEERS`), which forwards it to its own real if
+/// it knows the flow and otherwise returns it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// This node's address: where peers tunnel to, and the outer source of our handoffs.
+    pub node_addr: [u8; 16],
+    /// `HANDOFF_F_*` bits.
+    pub flags: u32,
+    /// Live entries at the front of `PEERS` (0: handoff off).
+    pub peers: u32,
+}
+const _: () = assert!(core::mem::size_of::<Handoff>() == 24);
+
 /// Per-VIP counters (`VIP_STATS`, per CPU, indexed by `VipMeta::vip_index`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -227,10 +260,22 @@ pub mod stats {
         DropFamilyMismatch,
         DropEncapFailed,
         DropNoConfig,
+        /// Mid-flow TCP packets of unknown flows tunnelled to a peer site's node.
+        HandoffSent,
+        /// Handoffs from peers (forwarded to our real unless counted as returned).
+        HandoffReceived,
+        /// Handoffs from peers for flows we do not know either, sent back.
+        HandoffReturned,
+        /// Our handoffs that came back; balanced here.
+        HandoffCameBack,
+        /// A tunnel to our handoff address whose inner packet is not for a VIP or is malformed.
+        DropBadHandoff,
+        /// Never counted (not in `ALL`): the balancer's signal that an unknown flow goes to a peer.
+        HandoffWanted,
     }
 
     impl Counter {
-        pub const ALL: [Counter; 18] = [
+        pub const ALL: [Counter; 23] = [
             Counter::Pass,
             Counter::Tx,
             Counter::Drop,
@@ -249,6 +294,11 @@ pub mod stats {
             Counter::DropFamilyMismatch,
             Counter::DropEncapFailed,
             Counter::DropNoConfig,
+            Counter::HandoffSent,
+            Counter::HandoffReceived,
+            Counter::HandoffReturned,
+            Counter::HandoffCameBack,
+            Counter::DropBadHandoff,
         ];
         pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -273,6 +323,12 @@ pub mod stats {
                 Counter::DropFamilyMismatch => "drop_family_mismatch",
                 Counter::DropEncapFailed => "drop_encap_failed",
                 Counter::DropNoConfig => "drop_no_config",
+                Counter::HandoffSent => "handoff_sent",
+                Counter::HandoffReceived => "handoff_received",
+                Counter::HandoffReturned => "handoff_returned",
+                Counter::HandoffCameBack => "handoff_came_back",
+                Counter::DropBadHandoff => "drop_bad_handoff",
+                Counter::HandoffWanted => "handoff_wanted",
             }
         }
     }
@@ -305,4 +361,5 @@ mod pod {
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for RealStats {}
+    unsafe impl aya::Pod for Handoff {}
 }

@@ -4,11 +4,29 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{stats::Counter, FlowKey};
 
 use crate::{
-    encap, icmp, maglev,
+    encap::{self, Outer},
+    handoff,
+    icmp::{self, Icmp},
+    maglev,
     maps::CONFIG,
-    parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
+    parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
 };
+
+/// How a packet reached the balancer; decides what happens when its flow is not in the
+/// connection table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// From a client. `mid_flow`: TCP but not a SYN, so its connection began elsewhere (another
+    /// site, before a route change) or was forgotten here: handed off when peers are configured.
+    Client { mid_flow: bool },
+    /// Handed off by the peer node `from`: sent back unless we adopt it.
+    Handoff { from: [u8; 16] },
+    /// Our handoff, back from a peer that does not know the flow: ours to balance.
+    CameBack,
+    /// An ICMP error quoting the flow: forwarded, never recorded.
+    IcmpError,
+}
 
 /// Runs the balancer on one frame and counts its verdict (and the reason, for drops).
 #[inline(always)]
@@ -36,40 +54,67 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
-    let l3 = parse::l3(ctx)?;
+    let mut l3 = L3::EMPTY;
+    parse::l3(ctx, &mut l3)?;
+    let mut arrival = Arrival::Client { mid_flow: false };
+    if matches!((l3.ipv6, l3.proto), (_, IPPROTO_IPIP) | (true, IPPROTO_IPV6)) && handoff::is_node_addr(&l3.dst) {
+        // A handoff: from here on the frame and `l3` are the inner packet, which must be a VIP flow.
+        arrival = handoff::receive(ctx, &mut l3)?;
+    }
+    let handed_off = !matches!(arrival, Arrival::Client { .. });
+    let mut flow = FlowKey::default();
     match (l3.ipv6, l3.proto) {
-        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if parse::is_vip_addr(&l3.dst) => {
-            return icmp::handle(ctx, &l3)
+        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !handed_off && parse::is_vip_addr(&l3.dst) => {
+            if icmp::handle(ctx, &l3, &mut flow)? == Icmp::Replied {
+                return Ok(xdp_action::XDP_TX);
+            }
+            arrival = Arrival::IcmpError;
         }
-        (_, IPPROTO_TCP) | (_, IPPROTO_UDP) => {}
+        (_, IPPROTO_TCP | IPPROTO_UDP) => {
+            let mid_flow = parse::flow(ctx, &l3, &mut flow)
+                .map_err(|r| if handed_off { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
+            if !handed_off {
+                arrival = Arrival::Client { mid_flow };
+            }
+        }
+        _ if handed_off => return Err(Counter::DropBadHandoff),
         _ => return Err(Counter::Pass),
     }
-    let (src_port, dst_port) = parse::ports(ctx, &l3).map_err(|r| parse::drop_if_vip_addr(&l3.dst, r))?;
-    let flow = FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        src_port_be: u16::from_ne_bytes(src_port),
-        dst_port_be: u16::from_ne_bytes(dst_port),
-        proto: l3.proto,
-        _pad: [0; 3],
+    let action = match forward(ctx, &l3, &flow, &arrival) {
+        Err(Counter::HandoffWanted) => handoff::send(ctx, &l3, &flow, &arrival),
+        action => action,
     };
-    forward(ctx, &l3, &flow, true)
+    match arrival {
+        Arrival::IcmpError if action.is_ok() => stats::count(Counter::IcmpToReal),
+        // A handed-off packet that is not for a VIP is not for the kernel either.
+        Arrival::Handoff { .. } | Arrival::CameBack if action == Err(Counter::Pass) => return Err(Counter::DropBadHandoff),
+        _ => {}
+    }
+    action
 }
 
 /// Sends the frame to the real that serves `flow`: the one the connection table knows, else
-/// the one its VIP's ring gives (remembered with `record`). No VIP: not ours.
-#[inline(always)]
-pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, record: bool) -> Result<u32, Counter> {
+/// a peer's node when `arrival` calls for a handoff, else the one its VIP's ring gives
+/// (remembered). No VIP: not ours.
+/// Sends the frame to the real that serves `flow`: the one the connection table knows, else the
+/// one its VIP's ring gives (remembered unless `arrival` is an ICMP error). No VIP: not ours.
+/// `Err(HandoffWanted)`: the flow is unknown and `arrival` calls for a handoff; nothing was sent.
+#[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
+pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
+    let record = *arrival != Arrival::IcmpError;
     let pick = match maglev::known(flow) {
         Some(pick) => pick,
         None => {
             let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
-            maglev::from_ring(&meta, flow, record)?
+            if handoff::wanted(l3, arrival) {
+                return Err(Counter::HandoffWanted);
+            }
+            maglev::from_ring(meta, flow, record)?
         }
     };
     let bytes = pkt::len(ctx) as u64;
-    encap::encapsulate(ctx, l3, &pick.real, cfg, pick.flow_hash)?;
+    encap::encapsulate(ctx, l3, &Outer::to_real(pick.real, cfg, pick.flow_hash), cfg)?;
     stats::count_vip(pick.vip_index, bytes, pick.hit, record && !pick.hit);
     stats::count_real(pick.real_id, bytes);
     Ok(xdp_action::XDP_TX)

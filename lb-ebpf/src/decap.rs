@@ -53,15 +53,22 @@ pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
         return Err(DecapCounter::DropMalformed);
     }
 
-    let eth: EthHdr = pkt::read(ctx, 0).ok_or(DecapCounter::DropMalformed)?;
-    let tagged = l2_len > EthHdr::LEN;
-    let tci: [u8; 2] = if tagged { pkt::read(ctx, EthHdr::LEN).ok_or(DecapCounter::DropMalformed)? } else { [0; 2] };
-    pkt::adjust_head(ctx, outer_len as i32).ok_or(DecapCounter::DropAdjustFailed)?;
-    let fail = DecapCounter::DropAdjustFailed;
-    let ether_type = if tagged { ETH_P_8021Q } else { inner_type }.to_be();
-    pkt::write(ctx, 0, EthHdr { ether_type, ..eth }).ok_or(fail)?;
-    if tagged {
-        pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: inner_type.to_be() }).ok_or(fail)?;
-    }
+    strip(ctx, l2_len, outer_len, inner_type).ok_or(DecapCounter::DropAdjustFailed)?;
     Ok(true)
+}
+
+/// Removes the `outer_len`-byte outer IP header behind the L2 header; the L2 header (VLAN tag
+/// kept) now announces `inner_type`.
+#[inline(always)]
+pub fn strip(ctx: &XdpContext, l2_len: usize, outer_len: usize, inner_type: u16) -> Option<()> {
+    let eth: EthHdr = pkt::read(ctx, 0)?;
+    let tagged = l2_len > EthHdr::LEN;
+    let tci: [u8; 2] = if tagged { pkt::read(ctx, EthHdr::LEN)? } else { [0; 2] };
+    pkt::adjust_head(ctx, outer_len as i32)?;
+    let ether_type = if tagged { ETH_P_8021Q } else { inner_type }.to_be();
+    pkt::write(ctx, 0, EthHdr { ether_type, ..eth })?;
+    if tagged {
+        pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: inner_type.to_be() })?;
+    }
+    Some(())
 }

@@ -1,6 +1,7 @@
-//! Encapsulation toward a real: IPIP for IPv4 reals; IPv6-in-IPv6 and IPv4-in-IPv6 for IPv6
-//! reals. The inner packet is not touched (TTL included); the outer source carries per-flow
-//! entropy so the backend side's ECMP / RSS spreads flows.
+//! Encapsulation toward a real (or a peer node, for a handoff): IPIP for IPv4 targets;
+//! IPv6-in-IPv6 and IPv4-in-IPv6 for IPv6 ones. The inner packet is not touched (TTL included);
+//! toward a real the outer source carries per-flow entropy so the backend side's ECMP / RSS
+//! spreads flows.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{stats::Counter, LbConfig, Real, IP6_OVERHEAD, IPIP_OVERHEAD, REAL_F_IPV6};
@@ -24,14 +25,43 @@ fn host_mask(bits: u32) -> u32 {
     }
 }
 
-/// Prepends the outer header for `real` and points the frame at the next hop.
+/// The outer header to put in front of a packet.
+pub struct Outer {
+    pub dst: [u8; 16],
+    pub ipv6: bool,
+    /// IPv4 sources use the last four bytes.
+    pub src: [u8; 16],
+    /// IPv4 ID, or IPv6 flow label (20 bits).
+    pub id: u32,
+}
+
+impl Outer {
+    /// Toward `real`: the source's host bits and the IPv6 flow label carry the flow hash.
+    #[inline(always)]
+    pub fn to_real(real: &Real, cfg: &LbConfig, hash: u32) -> Self {
+        let ipv6 = real.flags & REAL_F_IPV6 != 0;
+        let mut src = [0u8; 16];
+        if ipv6 {
+            src = cfg.src_v6;
+            let mask = host_mask(cfg.src_v6_host_bits);
+            let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]]) & !mask) | (hash & mask);
+            src[12..16].copy_from_slice(&low.to_be_bytes());
+        } else {
+            let mask = host_mask(cfg.src_v4_host_bits);
+            let low = (u32::from_be_bytes(cfg.src_v4) & !mask) | (hash & mask);
+            src[12..16].copy_from_slice(&low.to_be_bytes());
+        }
+        Self { dst: real.addr, ipv6, src, id: if ipv6 { hash } else { 0 } }
+    }
+}
+
+/// Prepends `outer` and points the frame at the next hop.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash: u32) -> Result<(), Counter> {
-    let real_v6 = real.flags & REAL_F_IPV6 != 0;
-    if l3.ipv6 && !real_v6 {
+pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> Result<(), Counter> {
+    if l3.ipv6 && !outer.ipv6 {
         return Err(Counter::DropFamilyMismatch);
     }
-    let overhead = if real_v6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
+    let overhead = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
     if l3.ip_len + overhead > cfg.mtu {
         return Err(Counter::DropMtuExceeded);
     }
@@ -44,7 +74,7 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash:
 
     pkt::adjust_head(ctx, -(overhead as i32)).ok_or(fail)?;
 
-    let outer_type = if real_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    let outer_type = if outer.ipv6 { ETH_P_IPV6 } else { ETH_P_IP };
     let eth = EthHdr {
         dst_addr: cfg.next_hop_mac,
         src_addr: old_eth.dst_addr, // the address the frame came in on: ours
@@ -57,27 +87,23 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash:
 
     // Fields are written straight into the frame: no header built on the stack and copied.
     let ip = l3.l2_len;
-    if real_v6 {
-        let mut src = cfg.src_v6;
-        let mask = host_mask(cfg.src_v6_host_bits);
-        let low = (u32::from_be_bytes([src[12], src[13], src[14], src[15]]) & !mask) | (hash & mask);
-        src[12..16].copy_from_slice(&low.to_be_bytes());
-        let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (hash & 0x000f_ffff); // flow label
+    if outer.ipv6 {
+        let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (outer.id & 0x000f_ffff);
         let [len_hi, len_lo] = (l3.ip_len as u16).to_be_bytes();
         let next = if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
         pkt::write(ctx, ip, vcf.to_be_bytes()).ok_or(fail)?;
         pkt::write(ctx, ip + 4, [len_hi, len_lo, next, OUTER_TTL]).ok_or(fail)?;
-        pkt::write(ctx, ip + 8, src).ok_or(fail)?;
-        pkt::write(ctx, ip + 24, real.addr).ok_or(fail)?;
+        pkt::write(ctx, ip + 8, outer.src).ok_or(fail)?;
+        pkt::write(ctx, ip + 24, outer.dst).ok_or(fail)?;
     } else {
-        let mask = host_mask(cfg.src_v4_host_bits);
-        let src = ((u32::from_be_bytes(cfg.src_v4) & !mask) | (hash & mask)).to_be_bytes();
-        let dst = [real.addr[12], real.addr[13], real.addr[14], real.addr[15]];
+        let src = [outer.src[12], outer.src[13], outer.src[14], outer.src[15]];
+        let dst = [outer.dst[12], outer.dst[13], outer.dst[14], outer.dst[15]];
         let total = (l3.ip_len + IPIP_OVERHEAD) as u16;
+        let id = outer.id as u16;
         let words = [
             0x4500 | l3.tos as u16,
             total,
-            0,
+            id,
             0x4000, // don't fragment: oversize packets were dropped above
             (OUTER_TTL as u16) << 8 | IPPROTO_IPIP as u16,
             u16::from_be_bytes([src[0], src[1]]),
@@ -86,7 +112,7 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, real: &Real, cfg: &LbConfig, hash:
             u16::from_be_bytes([dst[2], dst[3]]),
         ];
         let check = csum::ipv4_words(&words);
-        pkt::write(ctx, ip, [words[0].to_be_bytes(), total.to_be_bytes(), [0, 0], [0x40, 0]]).ok_or(fail)?;
+        pkt::write(ctx, ip, [words[0].to_be_bytes(), total.to_be_bytes(), id.to_be_bytes(), [0x40, 0]]).ok_or(fail)?;
         pkt::write(ctx, ip + 8, [OUTER_TTL, IPPROTO_IPIP]).ok_or(fail)?;
         pkt::write(ctx, ip + 10, check.to_be_bytes()).ok_or(fail)?;
         pkt::write(ctx, ip + 12, src).ok_or(fail)?;

@@ -2,7 +2,7 @@
 //! too big" go to the real of the flow they quote, so path-MTU discovery works through the LB.
 //! Other ICMP passes to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
 use network_types::{
     eth::EthHdr,
@@ -10,7 +10,7 @@ use network_types::{
 };
 
 use crate::{
-    balancer, csum,
+    csum,
     parse::{IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
 };
@@ -27,8 +27,17 @@ const ICMP_HEADER_LEN: usize = 8;
 const QUOTE_LEN: usize = 8;
 const REPLY_TTL: u8 = 64;
 
-#[inline(always)]
-pub fn handle(ctx: &XdpContext, l3: &L3) -> Result<u32, Counter> {
+/// What to do with ICMP to a VIP address.
+#[derive(PartialEq, Eq)]
+pub enum Icmp {
+    /// Answered in place: send it back.
+    Replied,
+    /// An error about the flow `handle` filled in: forward it to the flow's real.
+    AboutFlow,
+}
+
+#[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
+pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<Icmp, Counter> {
     let bad = Counter::DropBadIcmp;
     if (l3.l4_len as usize) < ICMP_HEADER_LEN {
         return Err(bad);
@@ -36,16 +45,22 @@ pub fn handle(ctx: &XdpContext, l3: &L3) -> Result<u32, Counter> {
     let [kind, code]: [u8; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
     let inner = l3.l4_off + ICMP_HEADER_LEN;
     match (l3.ipv6, kind, code) {
-        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3),
-        (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => to_real(ctx, l3, quoted_flow_v4(ctx, l3, inner)?),
-        (true, ICMPV6_PACKET_TOO_BIG, 0) => to_real(ctx, l3, quoted_flow_v6(ctx, l3, inner)?),
+        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| Icmp::Replied),
+        (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => {
+            *flow = quoted_flow_v4(ctx, l3, inner)?;
+            Ok(Icmp::AboutFlow)
+        }
+        (true, ICMPV6_PACKET_TOO_BIG, 0) => {
+            *flow = quoted_flow_v6(ctx, l3, inner)?;
+            Ok(Icmp::AboutFlow)
+        }
         _ => Err(Counter::Pass),
     }
 }
 
 /// Turns the request into its reply in place and sends it back where it came from.
 #[inline(always)]
-fn echo_reply(ctx: &XdpContext, l3: &L3) -> Result<u32, Counter> {
+fn echo_reply(ctx: &XdpContext, l3: &L3) -> Result<(), Counter> {
     let bad = Counter::DropBadIcmp;
     let eth: EthHdr = pkt::read(ctx, 0).ok_or(bad)?;
     pkt::write(ctx, 0, EthHdr { dst_addr: eth.src_addr, src_addr: eth.dst_addr, ..eth }).ok_or(bad)?;
@@ -76,7 +91,7 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Result<u32, Counter> {
     };
     pkt::write(ctx, check_off, new_check.to_be_bytes()).ok_or(bad)?;
     stats::count(Counter::IcmpEchoReplied);
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// The flow an ICMPv4 error is about, as the client sent it. The quote is the packet the real
@@ -124,13 +139,4 @@ fn quoted_flow(
         proto,
         _pad: [0; 3],
     })
-}
-
-/// Sends the whole ICMP packet to the real that serves the quoted flow. Nothing is recorded in
-/// the connection table: the error is not a flow of its own.
-#[inline(always)]
-fn to_real(ctx: &XdpContext, l3: &L3, flow: FlowKey) -> Result<u32, Counter> {
-    let action = balancer::forward(ctx, l3, &flow, false)?;
-    stats::count(Counter::IcmpToReal);
-    Ok(action)
 }

@@ -14,18 +14,19 @@ use crate::{
 
 /// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
 #[inline(always)]
-pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<VipMeta> {
+pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipMeta> {
     let mut key = VipKey { addr: *addr, port_be: u16::from_ne_bytes(port_be), proto, _pad: 0 };
     if let Some(meta) = unsafe { VIPS.get(&key) } {
-        return Some(*meta);
+        return Some(meta);
     }
     key.port_be = 0;
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(&key) }
 }
 
+/// The real chosen for a flow. Map values are referenced, not copied: stack is scarce.
 pub struct Pick {
     pub real_id: u32,
-    pub real: Real,
+    pub real: &'static Real,
     pub vip_index: u32,
     /// The connection table knew this flow.
     pub hit: bool,
@@ -40,7 +41,7 @@ pub fn known(flow: &FlowKey) -> Option<Pick> {
     if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
         return None;
     }
-    let real = *REALS.get(entry.real_id)?;
+    let real = REALS.get(entry.real_id)?;
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
@@ -59,7 +60,7 @@ pub fn from_ring(meta: &VipMeta, flow: &FlowKey, record: bool) -> Result<Pick, C
     let slot = meta.ring_index * MAX_RING_SIZE + ring_hash % meta.ring_size;
     let real_id = *MAGLEV.get(slot).ok_or(Counter::DropNoReal)?;
     // 0: the ring is not programmed (a VIP with no reals).
-    let real = *REALS.get(real_id).filter(|_| real_id != 0).ok_or(Counter::DropNoReal)?;
+    let real = REALS.get(real_id).filter(|_| real_id != 0).ok_or(Counter::DropNoReal)?;
     let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
     if record && CONNS.insert(flow, entry, 0).is_err() {
         stats::count(Counter::ConnInsertFailed);

@@ -8,6 +8,7 @@ mod bench;
 mod csum;
 mod decap;
 mod encap;
+mod handoff;
 mod icmp;
 mod maglev;
 mod maps;

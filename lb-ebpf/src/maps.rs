@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
+    ConnEntry, FlowKey, Handoff, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -68,3 +68,11 @@ pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCo
 /// Bench-only knobs: entry 0 is the mode (`lb_common::bench`).
 #[map]
 pub static BENCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Entry 0: this node's handoff address and state (`lb_common::Handoff`).
+#[map]
+pub static HANDOFF: Array<Handoff> = Array::with_max_entries(1, 0);
+
+/// Addresses of peer sites' LB nodes that are up; the first `Handoff::peers` count.
+#[map]
+pub static PEERS: Array<[u8; 16]> = Array::with_max_entries(MAX_PEERS, 0);

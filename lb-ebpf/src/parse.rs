@@ -6,7 +6,7 @@
 //! nothing says it is for us (the kernel drops it). Destinations whose `VIP_FILTER` bucket is
 //! empty pass at once.
 
-use lb_common::{ipv4_mapped, stats::Counter};
+use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -47,6 +47,13 @@ pub struct L3 {
     pub dst: [u8; 16],
 }
 
+impl L3 {
+    /// Filled in by `l3`. (Parsing into the caller's value, not returning one, keeps stack frames
+    /// small enough for the verifier's 512-byte limit across calls.)
+    pub const EMPTY: L3 =
+        L3 { l2_len: 0, ipv6: false, ip_len: 0, l4_off: 0, l4_len: 0, proto: 0, tos: 0, src: [0; 16], dst: [0; 16] };
+}
+
 /// Length of the L2 header and the EtherType after it.
 #[inline(always)]
 pub fn l2(ctx: &aya_ebpf::programs::XdpContext) -> Result<(usize, u16), Counter> {
@@ -81,19 +88,20 @@ pub fn drop_if_vip_addr(addr: &[u8; 16], reason: Counter) -> Counter {
     }
 }
 
-/// Parses L2 and L3. `Err` carries why the packet is not balanced (a pass or a drop reason).
-#[inline(always)]
-pub fn l3(ctx: &aya_ebpf::programs::XdpContext) -> Result<L3, Counter> {
+/// Parses L2 and L3 into `out`. `Err` carries why the packet is not balanced (a pass or a drop
+/// reason).
+#[inline(never)] // one copy for a packet and a handoff's inner packet, in its own stack frame
+pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut L3) -> Result<(), Counter> {
     let (l2_len, ether_type) = l2(ctx)?;
     match ether_type {
-        ETH_P_IP => ipv4(ctx, l2_len),
-        ETH_P_IPV6 => ipv6(ctx, l2_len),
+        ETH_P_IP => ipv4(ctx, l2_len, out),
+        ETH_P_IPV6 => ipv6(ctx, l2_len, out),
         _ => Err(Counter::Pass),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
+fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Result<(), Counter> {
     // The destination alone first: most traffic is not ours and needs nothing else.
     let dst: [u8; 4] = pkt::read(ctx, l2_len + 16).ok_or(Counter::PassTruncated)?;
     let dst = ipv4_mapped(dst);
@@ -114,7 +122,7 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
         return Err(drop_if_vip_addr(&dst, Counter::DropFragment));
     }
-    Ok(L3 {
+    *out = L3 {
         l2_len,
         ipv6: false,
         ip_len: total_len as u32,
@@ -124,11 +132,12 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
         tos: ip.tos,
         src: ipv4_mapped(ip.src_addr),
         dst,
-    })
+    };
+    Ok(())
 }
 
 #[inline(always)]
-fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Counter> {
+fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Result<(), Counter> {
     let dst: [u8; 16] = pkt::read(ctx, l2_len + 24).ok_or(Counter::PassTruncated)?;
     if !may_be_vip_addr(&dst) {
         return Err(Counter::Pass);
@@ -143,7 +152,7 @@ fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
         // We do not walk extension headers: the ports may be anywhere behind them.
         return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropIpv6ExtHeader));
     }
-    Ok(L3 {
+    *out = L3 {
         l2_len,
         ipv6: true,
         ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
@@ -153,7 +162,8 @@ fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize) -> Result<L3, Count
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         src: ip.src_addr,
         dst: ip.dst_addr,
-    })
+    };
+    Ok(())
 }
 
 /// Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6, experiments.
@@ -162,24 +172,45 @@ fn is_ipv6_extension(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
-/// Source and destination port (network byte order) of a TCP or UDP packet whose transport
-/// header must lie whole inside the IP packet.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Fills `flow` (client -> VIP) from a TCP or UDP packet; says whether the packet is mid-flow:
+/// TCP that is not a connection-opening SYN, so its connection began before this packet.
 #[inline(always)]
-pub fn ports(ctx: &aya_ebpf::programs::XdpContext, l3: &L3) -> Result<([u8; 2], [u8; 2]), Counter> {
+pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<bool, Counter> {
+    let (src_port, dst_port, tcp_flags) = ports(ctx, l3)?;
+    *flow = FlowKey {
+        src: l3.src,
+        dst: l3.dst,
+        src_port_be: u16::from_ne_bytes(src_port),
+        dst_port_be: u16::from_ne_bytes(dst_port),
+        proto: l3.proto,
+        _pad: [0; 3],
+    };
+    let opens = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    Ok(l3.proto == IPPROTO_TCP && !opens)
+}
+
+/// Source and destination port (network byte order) and TCP flags (0 for UDP) of a TCP or UDP
+/// packet whose transport header must lie whole inside the IP packet.
+#[inline(always)]
+fn ports(ctx: &aya_ebpf::programs::XdpContext, l3: &L3) -> Result<([u8; 2], [u8; 2], u8), Counter> {
     let bad = Counter::DropBadL4Header;
     let ports: [[u8; 2]; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
     if l3.proto == IPPROTO_TCP {
-        let [data_offset, _flags]: [u8; 2] = pkt::read(ctx, l3.l4_off + 12).ok_or(bad)?;
+        let [data_offset, flags]: [u8; 2] = pkt::read(ctx, l3.l4_off + 12).ok_or(bad)?;
         let header_len = ((data_offset >> 4) as u32) * 4;
         if header_len < 20 || header_len > l3.l4_len {
             return Err(bad);
         }
+        Ok((ports[0], ports[1], flags))
     } else {
         let udp_len: [u8; 2] = pkt::read(ctx, l3.l4_off + 4).ok_or(bad)?;
         let udp_len = u16::from_be_bytes(udp_len) as u32;
         if l3.l4_len < 8 || udp_len < 8 || udp_len > l3.l4_len {
             return Err(bad);
         }
+        Ok((ports[0], ports[1], 0))
     }
-    Ok((ports[0], ports[1]))
 }
