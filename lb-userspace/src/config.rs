@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub health: RawHealth,
     /// Announce servable VIPs through BIRD (absent: no BGP).
     pub bgp: Option<RawBgp>,
+    /// Cross-site handoff of mid-flow packets (absent: off).
+    pub handoff: Option<RawHandoff>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
 }
@@ -83,6 +85,20 @@ pub struct RawBgp {
     pub prepend_below: Option<f64>,
     /// Withdraw every VIP when lb exits (default true; false keeps routes for a quick upgrade).
     pub withdraw_on_exit: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    /// This node's address on the balanced interface: peers tunnel to it, and it is the outer
+    /// source of our handoffs.
+    pub address: String,
+    /// Addresses of the LB nodes of other sites that may have started a connection before a
+    /// route change brought it here.
+    pub peers: Vec<String>,
+    /// How peers are checked (default: TCP connect to port 179, BGP, every second).
+    #[serde(default)]
+    pub health: RawHealth,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -196,8 +212,16 @@ pub struct Bgp {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct Handoff {
+    pub address: IpAddr,
+    pub peers: Vec<IpAddr>,
+    pub health: HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub bgp: Option<Bgp>,
+    pub handoff: Option<Handoff>,
     pub instance: String,
     pub conn_table_size: u32,
     pub interfaces: Vec<Interface>,
@@ -438,11 +462,14 @@ impl RawConfig {
             }
         });
 
+        let handoff = self.handoff.as_ref().and_then(|h| validate_handoff(h, &mut p));
+
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
         }
         Ok(Config {
             bgp,
+            handoff,
             instance: self.instance.clone(),
             conn_table_size: self.conn_table_size,
             interfaces: ifaces,
@@ -569,6 +596,33 @@ impl RawConfig {
         }
         vips
     }
+}
+
+/// Peers share this node's address family (a handoff tunnel is one family end to end).
+fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
+    let before = p.0.len();
+    let address = h.address.parse::<IpAddr>().map_err(|_| p.add("handoff.address", format!("{:?} is not an IP address", h.address))).ok();
+    if h.peers.is_empty() || h.peers.len() > lb_common::MAX_PEERS as usize {
+        p.add("handoff.peers", format!("{} peers: give 1 ..= {}", h.peers.len(), lb_common::MAX_PEERS));
+    }
+    let mut peers = Vec::new();
+    for (i, raw) in h.peers.iter().enumerate() {
+        let field = format!("handoff.peers[{i}]");
+        match raw.parse::<IpAddr>() {
+            Err(_) => p.add(field, format!("{raw:?} is not an IP address")),
+            Ok(peer) if Some(peer) == address => p.add(field, format!("{peer} is this node's own address")),
+            Ok(peer) if peers.contains(&peer) => p.add(field, format!("{peer} is listed twice")),
+            Ok(peer) if address.is_some_and(|a| a.is_ipv4() != peer.is_ipv4()) => {
+                p.add(field, format!("{peer} is not the same address family as handoff.address"))
+            }
+            Ok(peer) => peers.push(peer),
+        }
+    }
+    let health = validate_health(&h.health, 179, "handoff.health", p);
+    if p.0.len() != before {
+        return None;
+    }
+    Some(Handoff { address: address?, peers, health: health? })
 }
 
 fn validate_health(h: &RawHealth, vip_port: u16, field: &str, p: &mut Problems) -> Option<HealthCheck> {
@@ -732,6 +786,30 @@ mod tests {
         assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
         assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
         assert_problem("[forwarding]\n", "[forwarding]\n        source_v6 = \"fd00::/64\"\n", "forwarding.source_v6", "at most 32 host bits");
+    }
+
+    #[test]
+    fn handoff_validates_and_its_problems_are_named() {
+        let with = |h: &str| GOOD.replacen("[[vip]]", &format!("{h}\n        [[vip]]"), 1);
+        let c = parse(&with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"), InterfaceCheck::Skip).unwrap();
+        let h = c.handoff.expect("handoff");
+        assert_eq!(h.peers, ["10.20.1.2".parse::<IpAddr>().unwrap(), "10.20.2.2".parse().unwrap()]);
+        assert_eq!((h.health.kind.clone(), h.health.port, h.health.fall), (CheckKind::Tcp, 179, 3), "BGP port by default");
+        let bad = |h: &str| parse(&with(h), InterfaceCheck::Skip).unwrap_err().problems().to_vec();
+        let found = bad("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]");
+        let want = [
+            ("handoff.peers[0]", "own address"),
+            ("handoff.peers[1]", "same address family"),
+            ("handoff.peers[3]", "listed twice"),
+            ("handoff.peers[4]", "not an IP address"),
+        ];
+        for (field, reason) in want {
+            assert!(found.iter().any(|p| p.field == field && p.reason.contains(reason)), "want {field}: {reason}, got {found:?}");
+        }
+        let found = bad("[handoff]\n        address = \"nope\"\n        peers = []\n        health = { fall = 0 }");
+        for field in ["handoff.address", "handoff.peers", "handoff.health.fall"] {
+            assert!(found.iter().any(|p| p.field == field), "want {field}, got {found:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::{
     bird,
     config::{self, Config, HealthCheck, InterfaceCheck, NextHop, RawConfig, RawVip, VipId},
     dataplane::{Dataplane, LoadOptions},
-    health::{self, HealthEvent},
+    health::{self, HealthEvent, Target},
     metrics::{self, HealthSample},
     reconcile::{Reconciler, VipStatus},
 };
@@ -127,10 +127,11 @@ pub enum Command {
     RemoveVip { name: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
-/// One prober task per (VIP, real), stopped when its check leaves the config or changes.
+/// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
+/// config or changes.
 #[derive(Default)]
 struct Probers {
-    running: HashMap<(VipId, IpAddr), (HealthCheck, watch::Sender<bool>)>,
+    running: HashMap<Target, (HealthCheck, watch::Sender<bool>)>,
 }
 
 impl Probers {
@@ -138,7 +139,12 @@ impl Probers {
         let mut wanted = HashMap::new();
         for vip in &config.vips {
             for real in &vip.reals {
-                wanted.insert((vip.id, real.addr), real.health.clone());
+                wanted.insert(Target::Real(vip.id, real.addr), real.health.clone());
+            }
+        }
+        if let Some(h) = &config.handoff {
+            for &peer in &h.peers {
+                wanted.insert(Target::Peer(peer), h.health.clone());
             }
         }
         self.running.retain(|key, (check, stop)| {
@@ -153,8 +159,11 @@ impl Probers {
                 continue;
             }
             let (stop_tx, stop_rx) = watch::channel(false);
-            let start_up = rec.starts_up(&key.0, key.1);
-            tokio::spawn(health::run_prober(key.0, key.1, check.clone(), start_up, events.clone(), stop_rx));
+            let start_up = match key {
+                Target::Real(vip, real) => rec.starts_up(&vip, real),
+                Target::Peer(_) => true,
+            };
+            tokio::spawn(health::run_prober(key, check.clone(), start_up, events.clone(), stop_rx));
             self.running.insert(key, (check, stop_tx));
         }
     }
@@ -180,6 +189,20 @@ struct Daemon {
     /// What BIRD was last told successfully (None: nothing yet).
     announced: Option<Vec<bird::Announcement>>,
     bird_errors: u64,
+    /// Handoff peers whose checks failed (`false`) or passed after a failure (`true`).
+    peers_up: HashMap<IpAddr, bool>,
+    /// What the handoff maps were last set to.
+    handoff_programmed: Option<HandoffState>,
+    /// Set on the way out: the site withdraws but keeps forwarding.
+    exiting: bool,
+}
+
+/// What the data plane's handoff maps say.
+#[derive(Debug, Clone, PartialEq)]
+struct HandoffState {
+    node: Option<IpAddr>,
+    peers: Vec<IpAddr>,
+    adopt: bool,
 }
 
 /// The config to run: the file with the journal's VIP changes; if those no longer fit the file
@@ -236,6 +259,34 @@ impl Daemon {
         }
     }
 
+    /// Handoff peers in config order with their state (peers start up, like reals).
+    fn handoff_peers(&self) -> Vec<(IpAddr, bool)> {
+        let peers = self.config.handoff.iter().flat_map(|h| &h.peers);
+        peers.map(|&p| (p, self.peers_up.get(&p).copied().unwrap_or(true))).collect()
+    }
+
+    /// Programs handoff: this node's address, the peers that are up, and whether to adopt
+    /// handed-off flows we do not know, which holds while the site withdrew by choice (drained,
+    /// or `lb` exiting) and still forwards: such flows are ours, moved away by the withdrawal.
+    fn sync_handoff(&mut self) {
+        let wanted = HandoffState {
+            node: self.config.handoff.as_ref().map(|h| h.address),
+            peers: self.handoff_peers().into_iter().filter(|&(_, up)| up).map(|(p, _)| p).collect(),
+            adopt: self.journal.site_drained || self.exiting,
+        };
+        if self.handoff_programmed.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.rec.dataplane_mut().set_handoff(wanted.node, &wanted.peers, wanted.adopt) {
+            Ok(()) => {
+                let peers: Vec<String> = wanted.peers.iter().map(|p| p.to_string()).collect();
+                info!(node = ?wanted.node, peers_up = %peers.join(", "), adopt = wanted.adopt, "handoff programmed");
+                self.handoff_programmed = Some(wanted);
+            }
+            Err(e) => warn!(error = %e, "programming handoff failed"),
+        }
+    }
+
     /// Announced prefixes, for status and metrics.
     fn status(&self) -> Vec<VipStatus> {
         let announced = self.announced.clone().unwrap_or_default();
@@ -256,6 +307,9 @@ impl Daemon {
         self.config = config;
         self.reapply_journal();
         self.probers.sync(&self.config, &self.rec, &self.health_tx);
+        let configured: Vec<IpAddr> = self.config.handoff.iter().flat_map(|h| h.peers.clone()).collect();
+        self.peers_up.retain(|p, _| configured.contains(p));
+        self.sync_handoff();
         self.sync_bgp();
         Ok(())
     }
@@ -315,7 +369,8 @@ impl Daemon {
             Command::Metrics(reply) => {
                 let bgp = metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };
                 let status = self.status();
-                let text = metrics::render(&self.rec, &status, &self.samples, self.reloads_ok, self.reloads_failed, &bgp);
+                let peers = self.handoff_peers();
+                let text = metrics::render(&self.rec, &status, &self.samples, self.reloads_ok, self.reloads_failed, &bgp, &peers);
                 let _ = reply.send(text);
             }
             Command::SiteDrain { drained, reply } => {
@@ -324,6 +379,7 @@ impl Daemon {
                 } else {
                     self.journal.site_drained = drained;
                     info!(drained, "site drain changed");
+                    self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
                     self.sync_bgp();
                     save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
                 };
@@ -375,7 +431,13 @@ impl Daemon {
 
     fn health(&mut self, event: HealthEvent) {
         match event {
-            HealthEvent::Flip { vip, real, up, reason } => {
+            HealthEvent::Flip { target: Target::Peer(peer), up, reason } => {
+                info!(%peer, state = if up { "up" } else { "down" }, %reason, "handoff peer health changed");
+                self.peers_up.insert(peer, up);
+                self.sync_handoff();
+            }
+            HealthEvent::Checked { target: Target::Peer(_), .. } => {}
+            HealthEvent::Flip { target: Target::Real(vip, real), up, reason } => {
                 info!(%vip, %real, state = if up { "up" } else { "down" }, %reason, "real health changed");
                 match self.rec.set_health(&vip, real, up) {
                     Ok(_) => info!(%vip, rebuild_ms = self.rec.rebuilds.last.as_secs_f64() * 1e3, "table rebuilt"),
@@ -383,7 +445,7 @@ impl Daemon {
                 }
                 self.sync_bgp();
             }
-            HealthEvent::Checked { vip, real, latency } => {
+            HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
                 self.samples.insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
             }
         }
@@ -428,8 +490,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         reloads_failed: 0,
         announced: None,
         bird_errors: 0,
+        peers_up: HashMap::new(),
+        handoff_programmed: None,
+        exiting: false,
     };
     daemon.reapply_journal();
+    daemon.sync_handoff();
     daemon.probers.sync(&daemon.config, &daemon.rec, &daemon.health_tx);
     // Announce only once the rings are programmed; reals start up, so a first health round is
     // not needed before announcing.
@@ -453,6 +519,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     daemon.probers.stop_all();
     if let Some(bgp) = daemon.config.bgp.clone().filter(|b| b.withdraw_on_exit) {
+        daemon.exiting = true;
+        daemon.sync_handoff(); // we keep forwarding: flows handed back to us after the withdrawal are ours
         match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&[])) {
             Ok(()) => info!("every VIP withdrawn before exit"),
             Err(e) => warn!(error = %e, "could not withdraw the VIPs before exit"),

@@ -20,8 +20,8 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_RINGS,
-    MAX_RING_SIZE,
+    ConnEntry, FlowKey, Handoff, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RINGS, MAX_RING_SIZE,
 };
 
 use crate::LB_EBPF;
@@ -411,18 +411,52 @@ impl Dataplane {
             .map_err(map_err(maps::DECAP_ADDRS))
     }
 
+    /// Programs cross-site handoff (`lb_common::Handoff`): this node's address (`None`: off), the
+    /// peers to hand to (at most `MAX_PEERS`), and whether to adopt unknown handed-off flows.
+    /// The node address is counted in `VIP_FILTER`, so tunnels to it reach the full parse.
+    pub fn set_handoff(&mut self, node: Option<IpAddr>, peers: &[IpAddr], adopt: bool) -> Result<()> {
+        let old = self.handoff()?;
+        let node_addr = node.map(addr16).unwrap_or_default();
+        if old.node_addr != node_addr {
+            if old.node_addr != [0; 16] {
+                self.bump_filter(&old.node_addr, -1)?;
+            }
+            if node.is_some() {
+                self.bump_filter(&node_addr, 1)?;
+            }
+        }
+        let peers = &peers[..peers.len().min(MAX_PEERS as usize)];
+        let count = peers.len() as u32;
+        let flags = if node.is_some_and(|a| a.is_ipv6()) { HANDOFF_F_IPV6 } else { 0 } | if adopt { HANDOFF_F_ADOPT } else { 0 };
+        // The live count never covers an entry being rewritten.
+        let mut handoff = self.array::<Handoff>(maps::HANDOFF)?;
+        handoff.set(0, Handoff { peers: old.peers.min(count), ..old }, 0).map_err(map_err(maps::HANDOFF))?;
+        let mut list = self.array::<[u8; 16]>(maps::PEERS)?;
+        for (i, peer) in peers.iter().enumerate() {
+            list.set(i as u32, addr16(*peer), 0).map_err(map_err(maps::PEERS))?;
+        }
+        let mut handoff = self.array::<Handoff>(maps::HANDOFF)?;
+        handoff.set(0, Handoff { node_addr, flags, peers: count }, 0).map_err(map_err(maps::HANDOFF))
+    }
+
+    pub fn handoff(&self) -> Result<Handoff> {
+        let map = self.ebpf.map(maps::HANDOFF).ok_or(DataplaneError::NoMap { name: maps::HANDOFF })?;
+        let array = Array::<_, Handoff>::try_from(map).map_err(map_err(maps::HANDOFF))?;
+        array.get(&0, 0).map_err(map_err(maps::HANDOFF))
+    }
+
     /// Bench-only: the mode of the bench wrapper (`lb_common::bench`).
     pub fn set_bench_mode(&mut self, mode: u32) -> Result<()> {
         self.array::<u32>(maps::BENCH)?.set(0, mode, 0).map_err(map_err(maps::BENCH))
     }
 
-    /// Global counters, summed over CPUs.
     /// Entry `index` of per-CPU u64 counter map `name`, summed over CPUs.
     fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
         let stats = self.per_cpu::<u64>(name)?;
         Ok(stats.get(&index, 0).map_err(map_err(name))?.iter().sum())
     }
 
+    /// Global counters, summed over CPUs.
     pub fn counters(&self) -> Result<StdHashMap<&'static str, u64>> {
         Counter::ALL.iter().map(|&c| Ok((c.name(), self.counter(c)?))).collect()
     }

@@ -113,19 +113,35 @@ async fn udp_exchange(target: SocketAddr, request: &str, expect: &str) -> Result
     }
 }
 
-/// What a prober tells the reconciler.
-#[derive(Debug, Clone)]
-pub enum HealthEvent {
-    /// The real's state flipped; `reason` is the last check's result.
-    Flip { vip: VipId, real: IpAddr, up: bool, reason: String },
-    /// Every check's latency (or failure), for metrics.
-    Checked { vip: VipId, real: IpAddr, latency: Option<Duration> },
+/// What a prober checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A real of a VIP.
+    Real(VipId, IpAddr),
+    /// A peer site's LB node, for handoffs.
+    Peer(IpAddr),
 }
 
-/// Checks `real` of `vip` every interval until `shutdown` changes or the receiver goes away.
+impl Target {
+    pub fn addr(&self) -> IpAddr {
+        match *self {
+            Target::Real(_, addr) | Target::Peer(addr) => addr,
+        }
+    }
+}
+
+/// What a prober tells the daemon.
+#[derive(Debug, Clone)]
+pub enum HealthEvent {
+    /// The target's state flipped; `reason` is the last check's result.
+    Flip { target: Target, up: bool, reason: String },
+    /// Every check's latency (or failure), for metrics.
+    Checked { target: Target, latency: Option<Duration> },
+}
+
+/// Checks `target` every interval until `shutdown` changes or the receiver goes away.
 pub async fn run_prober(
-    vip: VipId,
-    real: IpAddr,
+    target: Target,
     check: HealthCheck,
     start_up: bool,
     events: mpsc::Sender<HealthEvent>,
@@ -139,8 +155,8 @@ pub async fn run_prober(
             _ = tokio::time::sleep_until(next) => {}
         }
         next += check.interval;
-        let result = probe(&check, real).await;
-        let checked = HealthEvent::Checked { vip, real, latency: result.as_ref().ok().copied() };
+        let result = probe(&check, target.addr()).await;
+        let checked = HealthEvent::Checked { target, latency: result.as_ref().ok().copied() };
         if events.send(checked).await.is_err() {
             return;
         }
@@ -150,7 +166,7 @@ pub async fn run_prober(
                 Ok(latency) => format!("{} checks passed, last in {latency:?}", check.rise),
                 Err(e) => format!("{} checks failed, last: {e}", check.fall),
             };
-            if events.send(HealthEvent::Flip { vip, real, up: state.is_up(), reason }).await.is_err() {
+            if events.send(HealthEvent::Flip { target, up: state.is_up(), reason }).await.is_err() {
                 return;
             }
         }

@@ -52,6 +52,7 @@ pub fn render(
     reloads_ok: u64,
     reloads_failed: u64,
     bgp: &BgpState,
+    handoff_peers: &[(IpAddr, bool)],
 ) -> String {
     let dp = rec.dataplane();
     let mut r = Registry::with_prefix("lb");
@@ -59,6 +60,7 @@ pub fn render(
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
     let drops = counter_family(&mut r, "xdp_drops", "Packets dropped, by reason");
     let events = counter_family(&mut r, "xdp_events", "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, conn_insert_failed)");
+    let handoffs = counter_family(&mut r, "xdp_handoffs", "Cross-site handoffs of mid-flow packets (sent, received, returned, came_back)");
     if let Ok(counters) = dp.counters() {
         for c in StatsCounter::ALL {
             let value = counters.get(c.name()).copied().unwrap_or(0);
@@ -66,6 +68,7 @@ pub fn render(
             let (family, label, key) = match c {
                 StatsCounter::Pass | StatsCounter::Tx | StatsCounter::Drop | StatsCounter::Aborted => (&packets, name, "verdict"),
                 _ if name.starts_with("drop_") => (&drops, &name[5..], "reason"),
+                _ if name.starts_with("handoff_") => (&handoffs, &name[8..], "what"),
                 _ => (&events, name, "event"),
             };
             family.get_or_create(&vec![(key, label.to_owned())]).inc_by(value);
@@ -131,6 +134,13 @@ pub fn render(
         let drained = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         drained.set(if bgp.drained { 1.0 } else { 0.0 });
         r.register("site_drained", "1 while `lb site drain` holds every VIP withdrawn", drained);
+    }
+
+    if !handoff_peers.is_empty() {
+        let peer_up = gauge_family(&mut r, "handoff_peer_up", "1 if the handoff peer passes its checks (only peers that are up get handoffs)");
+        for (peer, up) in handoff_peers {
+            peer_up.get_or_create(&vec![("peer", peer.to_string())]).set(if *up { 1.0 } else { 0.0 });
+        }
     }
 
     let mut out = String::new();

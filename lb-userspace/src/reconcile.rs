@@ -216,6 +216,11 @@ impl<D: DataplaneOps> Reconciler<D> {
         r
     }
 
+    /// For maps the reconciler does not own (handoff).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
     pub fn dataplane(&self) -> &D {
         &self.dp
     }

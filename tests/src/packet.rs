@@ -45,6 +45,8 @@ pub struct Frame {
     pub ttl: u8,
     pub vlan: Option<u16>,
     pub payload: Vec<u8>,
+    /// TCP: a connection-opening SYN (otherwise an ACK, mid-flow).
+    pub syn: bool,
 }
 
 impl Frame {
@@ -58,7 +60,13 @@ impl Frame {
         Self::new(src, dst, L4::EchoRequest)
     }
     fn new(src: &str, dst: &str, l4: L4) -> Self {
-        Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec() }
+        Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec(), syn: false }
+    }
+    /// A TCP SYN that opens the flow (frames are mid-flow ACKs otherwise).
+    pub fn syn(mut self) -> Self {
+        self.syn = true;
+        self.payload.clear();
+        self
     }
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
@@ -79,6 +87,7 @@ impl Frame {
             ($ip:expr) => {{
                 let mut out = Vec::new();
                 match self.l4 {
+                    L4::Tcp { src, dst } if self.syn => $ip.tcp(src, dst, 1000, 64240).syn().write(&mut out, &self.payload),
                     L4::Tcp { src, dst } => $ip.tcp(src, dst, 1000, 64240).ack(1).write(&mut out, &self.payload),
                     L4::Udp { src, dst } => $ip.udp(src, dst).write(&mut out, &self.payload),
                     L4::EchoRequest if self.src.is_ipv4() => {
@@ -233,4 +242,36 @@ pub fn icmp_too_big(router: &str, vip: &str, quoted_src: (&str, u16), quoted_dst
     }
     .expect("build ICMP error");
     out
+}
+
+/// `inner` (a client frame) tunnelled from `src` to `dst` as a handoff would be: IPIP with IPv4
+/// ID `id`, or IPv6 with flow label `id`, arriving from the router.
+pub fn tunnel(inner: &Frame, src: &str, dst: &str, id: u32) -> Vec<u8> {
+    let packet = &inner.build()[inner.l2_len()..];
+    let (src, dst) = (ip(src), ip(dst));
+    let mut out = Ethernet2Header { source: ROUTER_MAC, destination: LB_MAC, ether_type: etherparse::EtherType::IPV4 };
+    let mut frame = Vec::new();
+    if src.is_ipv4() {
+        let mut h = Ipv4Header::new(packet.len() as u16, 63, IpNumber::IPV4, v4(src), v4(dst)).expect("header");
+        h.identification = id as u16;
+        h.header_checksum = h.calc_header_checksum();
+        frame.extend(out.to_bytes());
+        frame.extend(h.to_bytes());
+    } else {
+        out.ether_type = etherparse::EtherType::IPV6;
+        let next_header = if inner.src.is_ipv4() { IpNumber::IPV4 } else { IpNumber::IPV6 };
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: etherparse::Ipv6FlowLabel::try_new(id).expect("flow label"),
+            payload_length: packet.len() as u16,
+            next_header,
+            hop_limit: 63,
+            source: v6(src),
+            destination: v6(dst),
+        };
+        frame.extend(out.to_bytes());
+        frame.extend(h.to_bytes());
+    }
+    frame.extend(packet);
+    frame
 }
