@@ -69,13 +69,20 @@ pub struct Options {
     pub backup_prepend: Option<u32>,
 }
 
-fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::path::Path) -> String {
+/// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff.
+fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::path::Path, node: &str, peers: &[String]) -> String {
     let weights = &opts.weights;
     let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
+    let handoff = if peers.is_empty() {
+        String::new()
+    } else {
+        format!("[handoff]\naddress = \"{node}\"\npeers = {peers:?}\nhealth = {{ interval_ms = 200, timeout_ms = 100, fall = 2 }}\n")
+    };
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
          [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
          [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
+         {handoff}\
          [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
         bird.socket.display(),
         include.display()
@@ -196,7 +203,8 @@ impl Anycast {
                         conf = conf.replace("define SITE_PREPEND   = 0;", &format!("define SITE_PREPEND   = {n};"));
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
-                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, opts, &bird, &include));
+                    let peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|k| format!("10.20.{k}.2"))).collect();
+                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, opts, &bird, &include, &format!("10.20.{k}.2"), &peers));
                     Node { ns, bird, lb, addr: format!("10.20.{k}.2") }
                 })
                 .collect();
