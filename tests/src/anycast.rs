@@ -67,6 +67,8 @@ pub struct Options {
     pub prepend_below: Option<f64>,
     /// Extra AS-path prepends of site B and later (default 1: a backup site).
     pub backup_prepend: Option<u32>,
+    /// Handoff peers every node lists besides the other sites' nodes (say, one that is dead).
+    pub extra_peers: Vec<String>,
 }
 
 /// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff.
@@ -203,7 +205,8 @@ impl Anycast {
                         conf = conf.replace("define SITE_PREPEND   = 0;", &format!("define SITE_PREPEND   = {n};"));
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
-                    let peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|k| format!("10.20.{k}.2"))).collect();
+                    let mut peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|k| format!("10.20.{k}.2"))).collect();
+                    peers.extend(opts.extra_peers.iter().cloned());
                     let lb = LbDaemon::start(&ns, &lb_config(&addrs, opts, &bird, &include, &format!("10.20.{k}.2"), &peers));
                     Node { ns, bird, lb, addr: format!("10.20.{k}.2") }
                 })

@@ -59,13 +59,16 @@ fn site_a_failing_moves_traffic_to_site_b_and_back() {
     assert!(after.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site A"))), "{after:?}");
 }
 
-#[test]
-fn connections_survive_when_ecmp_moves_them_to_the_other_node_of_the_site() {
-    require_root!();
-    let _serial = lb_tests::serial();
-    let net = Anycast::new(&[2], &[3]);
-    let _servers = net.sites[0].servers();
-    wait_for(Duration::from_secs(30), "ECMP route to both nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
+/// Opens long-lived connections through site A's two nodes, drains node 1 so ECMP moves its
+/// flows to node 2, and checks every connection still reaches its backend. Returns node 2's
+/// handoff counters (sent, came back).
+fn ecmp_move_keeps_connections(net: &Anycast) -> (u64, u64) {
+    wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
+    // The nodes agree on a flow's real when they agree on which reals are up: wait for the
+    // first health checks (the servers started just now) to settle on both.
+    for node in &net.sites[0].nodes {
+        wait_for(Duration::from_secs(10), "every real up", || node.lb.status()[0].reals.iter().all(|r| r.up));
+    }
     let mut open: Vec<(LineConn, String)> = net.client.run(|| {
         (0..30)
             .map(|i| {
@@ -75,22 +78,57 @@ fn connections_survive_when_ecmp_moves_them_to_the_other_node_of_the_site() {
             })
             .collect()
     });
+    let node_metrics = |n: usize| net.sites[0].nodes[n].lb.metrics();
     // ECMP spread the flows: both nodes made connection entries.
-    let new_flows: Vec<u64> = net.sites[0].nodes.iter().map(|n| metric(&n.lb.metrics(), "lb_vip_new_flows_total{vip=\"web\"}")).collect();
+    let new_flows: Vec<u64> = (0..2).map(|n| metric(&node_metrics(n), "lb_vip_new_flows_total{vip=\"web\"}")).collect();
     println!("new flows per node before the move: {new_flows:?}");
     assert!(new_flows.iter().all(|&n| n > 0), "both nodes carried flows: {new_flows:?}");
     // Node 1 leaves (withdraws, keeps forwarding what still reaches it): ECMP moves its flows.
     assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
-    wait_for(Duration::from_secs(10), "route via node 2 only", || net.next_hops() == ["10.20.2.2"]);
+    wait_for(Duration::from_secs(10), "route via node 2 only", || net.next_hops().len() == 1);
     net.client.run(|| {
         for (i, (c, who)) in open.iter_mut().enumerate() {
             let again = c.exchange(&format!("after the move {i}")).unwrap_or_else(|e| panic!("connection {i} lost: {e}"));
             assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
         }
     });
-    let after = metric(&net.sites[0].nodes[1].lb.metrics(), "lb_vip_new_flows_total{vip=\"web\"}");
+    let text = node_metrics(1);
+    let after = metric(&text, "lb_vip_new_flows_total{vip=\"web\"}");
     println!("node 2 new flows after the move: {after} (the moved connections were new to it)");
     assert!(after >= new_flows[1] + new_flows[0], "node 2 took over node 1's flows: {after}");
+    let handoffs = |what: &str| metric(&text, &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
+    (handoffs("sent"), handoffs("came_back"))
+}
+
+#[test]
+fn connections_survive_when_ecmp_moves_them_to_the_other_node_of_the_site() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::new(&[2, 1], &[3, 1]);
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    // Node 2 did not know the moved flows: it asked site B, which did not either and gave them
+    // back; node 2 then sent them where its Maglev table (identical to node 1's) says.
+    let (sent, came_back) = ecmp_move_keeps_connections(&net);
+    println!("node 2 handoffs: sent {sent}, came back {came_back}");
+    assert!(sent > 0 && came_back == sent, "every handoff came back: sent {sent}, came back {came_back}");
+}
+
+#[test]
+fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    // 10.20.99.2 is nobody: its checks fail, so no handoff may go there.
+    let opts = lb_tests::anycast::Options { extra_peers: vec!["10.20.99.2".into()], ..Default::default() };
+    let net = Anycast::with(&[2], &[3], &opts);
+    let _a = net.sites[0].servers();
+    for node in &net.sites[0].nodes {
+        wait_for(Duration::from_secs(10), "the dead peer marked down", || {
+            node.lb.metrics().contains("lb_handoff_peer_up{peer=\"10.20.99.2\"} 0")
+        });
+    }
+    let (sent, _) = ecmp_move_keeps_connections(&net);
+    assert_eq!(sent, 0, "nothing handed to a peer that is down");
 }
 
 /// The value of one metric line.
@@ -171,6 +209,12 @@ fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
+    for site in &net.sites {
+        wait_for(Duration::from_secs(10), "each site healthy and announcing", || {
+            let status = site.nodes[0].lb.status();
+            status[0].announced && status[0].reals.iter().all(|r| r.up)
+        });
+    }
     // Long-lived connections open across the drain, besides the stream of short requests.
     let mut open: Vec<(LineConn, String)> = net.client.run(|| {
         (0..10)
@@ -292,3 +336,4 @@ fn a_site_short_of_capacity_is_prepended_and_peers_prefer_the_other() {
     let served = answers(&net, 20);
     assert!(served.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site B"))), "{served:?}");
 }
+
