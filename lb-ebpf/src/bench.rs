@@ -22,7 +22,7 @@ fn source_tail_offset(ether_type: u16) -> usize {
 pub fn balancer_undone(ctx: &XdpContext) -> u32 {
     let Some(saved) = pkt::read::<EthHdr>(ctx, 0) else { return xdp_action::XDP_ABORTED };
     let before = pkt::len(ctx);
-    let action = balancer::run(ctx);
+    let action = balancer::run_in_own_frame(ctx);
     let grown = pkt::len(ctx) - before;
     if action != xdp_action::XDP_TX || (grown != IPIP_OVERHEAD as usize && grown != IP6_OVERHEAD as usize) {
         return action;

@@ -17,7 +17,7 @@ use crate::{
     decap,
     encap::{self, Outer},
     maps::{CONFIG, HANDOFF, PEERS},
-    parse::{self, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
+    parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
     pkt, stats,
 };
 
@@ -56,11 +56,22 @@ pub fn send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Res
     Ok(xdp_action::XDP_TX)
 }
 
+/// What a tunnel to our handoff address carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    /// A peer's handoff (`HANDOFF_REQUEST`).
+    Request,
+    /// Our own handoff, given back (`HANDOFF_RETURN`).
+    Return,
+}
+
 /// A tunnel to our handoff address (`outer` is its outer header): says how the inner packet
-/// came (a peer's handoff, or our own come back) and strips the outer header.
+/// came (a peer's handoff, or our own come back) and strips the outer header, so the frame is
+/// the inner packet from here on.
+/// (Out of line, so it returns a scalar: a subprogram may not return a stack pointer, which a
+/// larger return value would be.)
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn receive(ctx: &XdpContext, l3: &mut L3) -> Result<Arrival, Counter> {
-    let outer = *l3;
+pub fn receive(ctx: &XdpContext, outer: &L3) -> Result<Tunnel, Counter> {
     let id = if outer.ipv6 {
         let head: [u8; 4] = pkt::read(ctx, outer.l2_len).ok_or(Counter::DropBadHandoff)?;
         u32::from_be_bytes(head) & 0x000f_ffff
@@ -68,14 +79,13 @@ pub fn receive(ctx: &XdpContext, l3: &mut L3) -> Result<Arrival, Counter> {
         let id: [u8; 2] = pkt::read(ctx, outer.l2_len + 4).ok_or(Counter::DropBadHandoff)?;
         u16::from_be_bytes(id) as u32
     };
-    let (arrival, counter) = match id {
-        HANDOFF_REQUEST => (Arrival::Handoff { from: outer.src }, Counter::HandoffReceived),
-        HANDOFF_RETURN => (Arrival::CameBack, Counter::HandoffCameBack),
+    let (tunnel, counter) = match id {
+        HANDOFF_REQUEST => (Tunnel::Request, Counter::HandoffReceived),
+        HANDOFF_RETURN => (Tunnel::Return, Counter::HandoffCameBack),
         _ => return Err(Counter::Pass), // some other tunnel to this address: the kernel's
     };
     stats::count(counter);
     let inner_type = if outer.proto == IPPROTO_IPIP { ETH_P_IP } else { ETH_P_IPV6 };
     decap::strip(ctx, outer.l2_len, outer.l4_off - outer.l2_len, inner_type).ok_or(Counter::DropBadHandoff)?;
-    parse::l3(ctx, l3).map_err(|_| Counter::DropBadHandoff)?;
-    Ok(arrival)
+    Ok(tunnel)
 }

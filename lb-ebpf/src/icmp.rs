@@ -2,6 +2,8 @@
 //! too big" go to the real of the flow they quote, so path-MTU discovery works through the LB.
 //! Other ICMP passes to the kernel.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
 use network_types::{
@@ -32,12 +34,12 @@ const REPLY_TTL: u8 = 64;
 pub enum Icmp {
     /// Answered in place: send it back.
     Replied,
-    /// An error about the flow `handle` filled in: forward it to the flow's real.
+    /// An error about the flow `handle` wrote: forward it to the flow's real.
     AboutFlow,
 }
 
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<Icmp, Counter> {
+pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<Icmp, Counter> {
     let bad = Counter::DropBadIcmp;
     if (l3.l4_len as usize) < ICMP_HEADER_LEN {
         return Err(bad);
@@ -47,11 +49,11 @@ pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<Icmp, Cou
     match (l3.ipv6, kind, code) {
         (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| Icmp::Replied),
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => {
-            *flow = quoted_flow_v4(ctx, l3, inner)?;
+            flow.write(quoted_flow_v4(ctx, l3, inner)?);
             Ok(Icmp::AboutFlow)
         }
         (true, ICMPV6_PACKET_TOO_BIG, 0) => {
-            *flow = quoted_flow_v6(ctx, l3, inner)?;
+            flow.write(quoted_flow_v6(ctx, l3, inner)?);
             Ok(Icmp::AboutFlow)
         }
         _ => Err(Counter::Pass),

@@ -6,6 +6,8 @@
 //! nothing says it is for us (the kernel drops it). Destinations whose `VIP_FILTER` bucket is
 //! empty pass at once.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
 use network_types::{
     eth::EthHdr,
@@ -47,12 +49,6 @@ pub struct L3 {
     pub dst: [u8; 16],
 }
 
-impl L3 {
-    /// Filled in by `l3`. (Parsing into the caller's value, not returning one, keeps stack frames
-    /// small enough for the verifier's 512-byte limit across calls.)
-    pub const EMPTY: L3 =
-        L3 { l2_len: 0, ipv6: false, ip_len: 0, l4_off: 0, l4_len: 0, proto: 0, tos: 0, src: [0; 16], dst: [0; 16] };
-}
 
 /// Length of the L2 header and the EtherType after it.
 #[inline(always)]
@@ -88,10 +84,13 @@ pub fn drop_if_vip_addr(addr: &[u8; 16], reason: Counter) -> Counter {
     }
 }
 
-/// Parses L2 and L3 into `out`. `Err` carries why the packet is not balanced (a pass or a drop
-/// reason).
+/// Parses L2 and L3 into `out`; `Ok` means `out` is initialised. `Err` carries why the packet is
+/// not balanced (a pass or a drop reason). Writing into the caller's slot, uninitialised until
+/// then, keeps the stack small (the verifier allows 512 bytes across calls) and costs nothing up
+/// front (zeroing would be a `memset` call in BPF). Returning a reference instead would lose the
+/// verifier's track of the pointer.
 #[inline(never)] // one copy for a packet and a handoff's inner packet, in its own stack frame
-pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut L3) -> Result<(), Counter> {
+pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
     let (l2_len, ether_type) = l2(ctx)?;
     match ether_type {
         ETH_P_IP => ipv4(ctx, l2_len, out),
@@ -101,7 +100,7 @@ pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut L3) -> Result<(), Coun
 }
 
 #[inline(always)]
-fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Result<(), Counter> {
+fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
     // The destination alone first: most traffic is not ours and needs nothing else.
     let dst: [u8; 4] = pkt::read(ctx, l2_len + 16).ok_or(Counter::PassTruncated)?;
     let dst = ipv4_mapped(dst);
@@ -122,7 +121,7 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Re
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
         return Err(drop_if_vip_addr(&dst, Counter::DropFragment));
     }
-    *out = L3 {
+    out.write(L3 {
         l2_len,
         ipv6: false,
         ip_len: total_len as u32,
@@ -132,12 +131,12 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Re
         tos: ip.tos,
         src: ipv4_mapped(ip.src_addr),
         dst,
-    };
+    });
     Ok(())
 }
 
 #[inline(always)]
-fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Result<(), Counter> {
+fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
     let dst: [u8; 16] = pkt::read(ctx, l2_len + 24).ok_or(Counter::PassTruncated)?;
     if !may_be_vip_addr(&dst) {
         return Err(Counter::Pass);
@@ -152,7 +151,7 @@ fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Re
         // We do not walk extension headers: the ports may be anywhere behind them.
         return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropIpv6ExtHeader));
     }
-    *out = L3 {
+    out.write(L3 {
         l2_len,
         ipv6: true,
         ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
@@ -162,7 +161,7 @@ fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut L3) -> Re
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         src: ip.src_addr,
         dst: ip.dst_addr,
-    };
+    });
     Ok(())
 }
 
@@ -175,19 +174,20 @@ fn is_ipv6_extension(next: u8) -> bool {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// Fills `flow` (client -> VIP) from a TCP or UDP packet; says whether the packet is mid-flow:
-/// TCP that is not a connection-opening SYN, so its connection began before this packet.
+/// Writes `flow` (client -> VIP) from a TCP or UDP packet (`Ok`: written); says whether the
+/// packet is mid-flow: TCP that is not a connection-opening SYN, so its connection began before
+/// this packet.
 #[inline(always)]
-pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<bool, Counter> {
+pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<bool, Counter> {
     let (src_port, dst_port, tcp_flags) = ports(ctx, l3)?;
-    *flow = FlowKey {
+    flow.write(FlowKey {
         src: l3.src,
         dst: l3.dst,
         src_port_be: u16::from_ne_bytes(src_port),
         dst_port_be: u16::from_ne_bytes(dst_port),
         proto: l3.proto,
         _pad: [0; 3],
-    };
+    });
     let opens = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     Ok(l3.proto == IPPROTO_TCP && !opens)
 }
