@@ -463,6 +463,11 @@ impl RawConfig {
         });
 
         let handoff = self.handoff.as_ref().and_then(|h| validate_handoff(h, &mut p));
+        if let Some(h) = &handoff {
+            if vips.iter().any(|v| v.id.addr == h.address) {
+                p.add("handoff.address", format!("{} is a VIP address; give this node's own address", h.address));
+            }
+        }
 
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
@@ -806,6 +811,8 @@ mod tests {
         for (field, reason) in want {
             assert!(found.iter().any(|p| p.field == field && p.reason.contains(reason)), "want {field}: {reason}, got {found:?}");
         }
+        let found = bad("[handoff]\n        address = \"10.99.0.1\"\n        peers = [\"10.20.1.2\"]");
+        assert!(found.iter().any(|p| p.field == "handoff.address" && p.reason.contains("is a VIP address")), "{found:?}");
         let found = bad("[handoff]\n        address = \"nope\"\n        peers = []\n        health = { fall = 0 }");
         for field in ["handoff.address", "handoff.peers", "handoff.health.fall"] {
             assert!(found.iter().any(|p| p.field == field), "want {field}, got {found:?}");
