@@ -4,8 +4,8 @@
 //!    frames to the VIP (1024 flows) over a veth; the node runs (a) the balancer or (b) a program
 //!    that only bounces frames (XDP_TX), the limit of this path. Frames that come back are counted
 //!    on the generator's side by an XDP program (`lb_decap`, which counts what it passes).
-//! 2. Requests/s through one site: short TCP request/answer connections from one client thread
-//!    through the real `lb` daemon.
+//! 2. Requests/s through one site: short TCP request/answer connections from one and from
+//!    several client threads through the real `lb` daemon.
 //! 3. Failover: a backend killed (until both nodes' rings drop it) and a site withdrawn with
 //!    `lb site drain` (until the last answer from the old site).
 
@@ -24,6 +24,34 @@ use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
 const PACKETS: usize = 2_000_000;
 const BATCH: usize = 256;
 const FLOWS: u16 = 1024;
+/// Concurrent clients for the request rate (the machine has 2 cores; more threads mostly wait).
+const CLIENT_THREADS: usize = 4;
+
+/// Short request/answer connections for 3 s from `threads` client threads: (answered, failed, seconds).
+fn request_rate(net: &Anycast, threads: usize) -> (usize, usize, f64) {
+    let start = Instant::now();
+    let counts: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    net.client.run(|| {
+                        let (mut ok, mut failed) = (0, 0);
+                        while start.elapsed() < Duration::from_secs(3) {
+                            match ask(Site::vip_addr(), "x") {
+                                Ok(_) => ok += 1,
+                                Err(_) => failed += 1,
+                            }
+                        }
+                        (ok, failed)
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("client thread")).collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    (counts.iter().map(|c| c.0).sum(), counts.iter().map(|c| c.1).sum(), secs)
+}
 
 /// A UDP frame from 10.50.0.1:port to the VIP.
 fn frame(port: u16) -> Vec<u8> {
@@ -109,22 +137,15 @@ fn main() {
     println!("balancer tx counter: {a_tx} of {a_frames} frames sent; target (a) >= 70% of (b)");
     println!("(veth xmit runs the peer's XDP in the sender's context, so offered = what the path carried)");
 
-    println!("\n2. requests/s through one site (short TCP connections, one client thread, 3 s)");
+    println!("\n2. requests/s through one site (short TCP connections, {CLIENT_THREADS} client threads, 3 s)");
     let net = Anycast::new(&[1, 1], &[3, 3]);
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
-    let (ok, secs) = net.client.run(|| {
-        let start = Instant::now();
-        let mut ok = 0;
-        while start.elapsed() < Duration::from_secs(3) {
-            if ask(Site::vip_addr(), "x").is_ok() {
-                ok += 1;
-            }
-        }
-        (ok, start.elapsed().as_secs_f64())
-    });
-    println!("{ok} requests answered in {secs:.1} s: {:.0} requests/s", ok as f64 / secs);
+    for threads in [1, CLIENT_THREADS] {
+        let (ok, failed, secs) = request_rate(&net, threads);
+        println!("{threads} client thread(s): {ok} requests answered ({failed} failed) in {secs:.1} s: {:.0} requests/s", ok as f64 / secs);
+    }
 
     println!("\n3. failover");
     let stopped = {
