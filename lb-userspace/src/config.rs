@@ -96,7 +96,8 @@ pub struct RawHandoff {
     /// Addresses of the LB nodes of other sites that may have started a connection before a
     /// route change brought it here.
     pub peers: Vec<String>,
-    /// How peers are checked (default: TCP connect to port 179, BGP, every second).
+    /// How peers are checked (default: TCP connect to port 9100, the peer `lb`'s metrics
+    /// endpoint, every second; its `[metrics] listen` must be reachable from here).
     #[serde(default)]
     pub health: RawHealth,
 }
@@ -352,6 +353,9 @@ impl Problems {
     }
 }
 
+/// Port of the metrics endpoint when the config names none; also what handoff peers check.
+pub const DEFAULT_METRICS_PORT: u16 = 9100;
+
 /// Whether `validate` looks interface names up on this host.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum InterfaceCheck {
@@ -444,7 +448,8 @@ impl RawConfig {
                 None
             }
         };
-        let metrics_listen = listen("metrics.listen", self.metrics.listen.as_deref().unwrap_or("127.0.0.1:9100"));
+        let default_metrics = format!("127.0.0.1:{DEFAULT_METRICS_PORT}");
+        let metrics_listen = listen("metrics.listen", self.metrics.listen.as_deref().unwrap_or(&default_metrics));
         let api_listen = listen("api.listen", self.api.listen.as_deref().unwrap_or("127.0.0.1:9101"));
 
         let vips = self.validate_vips(&mut p);
@@ -623,7 +628,7 @@ fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
             Ok(peer) => peers.push(peer),
         }
     }
-    let health = validate_health(&h.health, 179, "handoff.health", p);
+    let health = validate_health(&h.health, DEFAULT_METRICS_PORT, "handoff.health", p);
     if p.0.len() != before {
         return None;
     }
@@ -799,7 +804,7 @@ mod tests {
         let c = parse(&with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"), InterfaceCheck::Skip).unwrap();
         let h = c.handoff.expect("handoff");
         assert_eq!(h.peers, ["10.20.1.2".parse::<IpAddr>().unwrap(), "10.20.2.2".parse().unwrap()]);
-        assert_eq!((h.health.kind.clone(), h.health.port, h.health.fall), (CheckKind::Tcp, 179, 3), "BGP port by default");
+        assert_eq!((h.health.kind.clone(), h.health.port, h.health.fall), (CheckKind::Tcp, 9100, 3), "the peer lb's metrics port by default");
         let bad = |h: &str| parse(&with(h), InterfaceCheck::Skip).unwrap_err().problems().to_vec();
         let found = bad("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]");
         let want = [

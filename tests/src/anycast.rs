@@ -82,6 +82,7 @@ fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::pa
     };
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [metrics]\nlisten = \"0.0.0.0:9100\"\n\
          [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
          [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
          {handoff}\
