@@ -1,4 +1,9 @@
 //! The balancer: parse, find the VIP, pick the real, encapsulate, `XDP_TX`.
+//!
+//! Stack: the verifier allows 512 bytes summed over a call chain, and one inlined balancer needs
+//! more. So parsing, `forward`, ICMP and the handoff paths are subprograms with their own frames,
+//! all called from `try_lb_xdp` (never from each other), and they return only small values (a
+//! subprogram may not return a pointer to the stack, which a larger return value would be).
 
 use core::mem::MaybeUninit;
 
@@ -78,11 +83,11 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         parse::l3(ctx, &mut l3_slot).map_err(|_| Counter::DropBadHandoff)?;
     }
     let l3 = unsafe { l3_slot.assume_init_ref() };
-    let handed_off_now = handed_off.is_some();
+    let tunnelled = handed_off.is_some();
     let mut arrival = handed_off.unwrap_or(Arrival::Client { mid_flow: false });
     let mut flow_slot = MaybeUninit::uninit();
     match (l3.ipv6, l3.proto) {
-        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !handed_off_now && parse::is_vip_addr(&l3.dst) => {
+        (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !tunnelled && parse::is_vip_addr(&l3.dst) => {
             if icmp::handle(ctx, l3, &mut flow_slot)? == Icmp::Replied {
                 return Ok(xdp_action::XDP_TX);
             }
@@ -90,12 +95,12 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         }
         (_, IPPROTO_TCP | IPPROTO_UDP) => {
             let mid_flow = parse::flow(ctx, l3, &mut flow_slot)
-                .map_err(|r| if handed_off_now { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
-            if !handed_off_now {
+                .map_err(|r| if tunnelled { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
+            if !tunnelled {
                 arrival = Arrival::Client { mid_flow };
             }
         }
-        _ if handed_off_now => return Err(Counter::DropBadHandoff),
+        _ if tunnelled => return Err(Counter::DropBadHandoff),
         _ => return Err(Counter::Pass),
     }
     // SAFETY: both arms that reach here wrote the flow.
@@ -113,9 +118,6 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     action
 }
 
-/// Sends the frame to the real that serves `flow`: the one the connection table knows, else
-/// a peer's node when `arrival` calls for a handoff, else the one its VIP's ring gives
-/// (remembered). No VIP: not ours.
 /// Sends the frame to the real that serves `flow`: the one the connection table knows, else the
 /// one its VIP's ring gives (remembered unless `arrival` is an ICMP error). No VIP: not ours.
 /// `Err(HandoffWanted)`: the flow is unknown and `arrival` calls for a handoff; nothing was sent.

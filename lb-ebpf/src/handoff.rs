@@ -68,8 +68,6 @@ pub enum Tunnel {
 /// A tunnel to our handoff address (`outer` is its outer header): says how the inner packet
 /// came (a peer's handoff, or our own come back) and strips the outer header, so the frame is
 /// the inner packet from here on.
-/// (Out of line, so it returns a scalar: a subprogram may not return a stack pointer, which a
-/// larger return value would be.)
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
 pub fn receive(ctx: &XdpContext, outer: &L3) -> Result<Tunnel, Counter> {
     let id = if outer.ipv6 {
