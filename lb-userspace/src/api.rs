@@ -13,7 +13,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{config::RawVip, daemon::Command, reconcile::VipStatus};
+use crate::{
+    config::RawVip,
+    daemon::{Command, HandoffStatus},
+    reconcile::VipStatus,
+};
 
 type Commands = mpsc::Sender<Command>;
 
@@ -43,6 +47,10 @@ pub struct RealRequest {
 
 async fn status(State(cmds): State<Commands>) -> Result<Json<Vec<VipStatus>>, (StatusCode, String)> {
     ask(&cmds, Command::Status).await.map(Json)
+}
+
+async fn handoff(State(cmds): State<Commands>) -> Result<Json<HandoffStatus>, (StatusCode, String)> {
+    ask(&cmds, Command::Handoff).await.map(Json)
 }
 
 async fn reload(State(cmds): State<Commands>) -> (StatusCode, String) {
@@ -79,6 +87,7 @@ async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, St
 pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) -> Result<()> {
     let api_router = Router::new()
         .route("/status", get(status))
+        .route("/handoff", get(handoff))
         .route("/reload", post(reload))
         .route("/vip/add", post(add_vip))
         .route("/site/drain", post(|State(c): State<Commands>| site(c, true)))

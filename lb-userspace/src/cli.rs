@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{api::RealRequest, reconcile::VipStatus};
+use crate::{api::RealRequest, daemon::HandoffStatus, reconcile::VipStatus};
 
 #[derive(Parser)]
 #[command(name = "lb", about = "anycast-lb: XDP Maglev load balancer")]
@@ -33,7 +33,7 @@ pub enum Cmd {
         #[arg(long)]
         instance: String,
     },
-    /// VIPs, reals, health, weights and traffic shares.
+    /// VIPs, reals, health, weights and traffic shares; handoff peers.
     Status {
         #[arg(long, default_value = "127.0.0.1:9101")]
         api: SocketAddr,
@@ -128,6 +128,15 @@ pub fn print_status(vips: &[VipStatus]) {
     }
 }
 
+pub fn print_handoff(h: &HandoffStatus) {
+    let Some(node) = h.node else { return };
+    let adopt = if h.adopt { "  adopting (site withdrawn: handed-off flows it does not know are taken here)" } else { "" };
+    println!("HANDOFF node {node}{adopt}");
+    for (peer, up) in &h.peers {
+        println!("  peer {peer:<38} {}", if *up { "up" } else { "down" });
+    }
+}
+
 /// Runs the admin commands (everything but `run`, which main starts on a runtime).
 pub fn admin(cmd: Cmd) -> Result<()> {
     match cmd {
@@ -145,6 +154,8 @@ pub fn admin(cmd: Cmd) -> Result<()> {
                 println!("{body}");
             } else {
                 print_status(&serde_json::from_str::<Vec<VipStatus>>(&body).context("parsing status")?);
+                let body = expect_ok(http(api, "GET", "/handoff", None)?)?;
+                print_handoff(&serde_json::from_str(&body).context("parsing handoff status")?);
             }
             Ok(())
         }

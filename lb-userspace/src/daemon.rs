@@ -117,6 +117,7 @@ pub fn resolve_next_hop(next_hop: &NextHop) -> Result<[u8; 6]> {
 /// Admin commands, answered by the loop that owns the state.
 pub enum Command {
     Status(oneshot::Sender<Vec<VipStatus>>),
+    Handoff(oneshot::Sender<HandoffStatus>),
     Metrics(oneshot::Sender<String>),
     Reload(oneshot::Sender<Result<(), String>>),
     /// Set (Some) or clear (None) a real's runtime weight.
@@ -195,6 +196,17 @@ struct Daemon {
     handoff_programmed: Option<HandoffState>,
     /// Set on the way out: the site withdraws but keeps forwarding.
     exiting: bool,
+}
+
+/// Cross-site handoff as `GET /handoff` and `lb status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffStatus {
+    /// This node's handoff address (`None`: no `[handoff]`).
+    pub node: Option<IpAddr>,
+    /// Peers in config order, with whether they pass their checks.
+    pub peers: Vec<(IpAddr, bool)>,
+    /// Unknown handed-off flows are taken here (the site withdrew by choice).
+    pub adopt: bool,
 }
 
 /// What the data plane's handoff maps say.
@@ -365,6 +377,10 @@ impl Daemon {
         match cmd {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Handoff(reply) => {
+                let adopt = self.handoff_programmed.as_ref().is_some_and(|h| h.adopt);
+                let _ = reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
             }
             Command::Metrics(reply) => {
                 let bgp = metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };

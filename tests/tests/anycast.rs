@@ -127,6 +127,8 @@ fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
             node.lb.metrics().contains("lb_handoff_peer_up{peer=\"10.20.99.2\"} 0")
         });
     }
+    let status = String::from_utf8_lossy(&net.sites[0].nodes[1].lb.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("HANDOFF node 10.20.2.2") && status.lines().any(|l| l.contains("10.20.99.2") && l.ends_with("down")), "{status}");
     let (sent, _) = ecmp_move_keeps_connections(&net);
     assert_eq!(sent, 0, "nothing handed to a peer that is down");
 }
