@@ -428,11 +428,17 @@ impl Dataplane {
         let peers = &peers[..peers.len().min(MAX_PEERS as usize)];
         let count = peers.len() as u32;
         let flags = if node.is_some_and(|a| a.is_ipv6()) { HANDOFF_F_IPV6 } else { 0 } | if adopt { HANDOFF_F_ADOPT } else { 0 };
-        // The live count never covers an entry being rewritten.
+        // The live count never covers an entry being rewritten (a 16-byte value is not written
+        // atomically): first shrink it to the entries that stay, then write the rest.
+        let list = self.array::<[u8; 16]>(maps::PEERS)?;
+        let mut same = 0;
+        while same < count.min(old.peers) && list.get(&same, 0).map_err(map_err(maps::PEERS))? == addr16(peers[same as usize]) {
+            same += 1;
+        }
         let mut handoff = self.array::<Handoff>(maps::HANDOFF)?;
-        handoff.set(0, Handoff { peers: old.peers.min(count), ..old }, 0).map_err(map_err(maps::HANDOFF))?;
+        handoff.set(0, Handoff { peers: same, ..old }, 0).map_err(map_err(maps::HANDOFF))?;
         let mut list = self.array::<[u8; 16]>(maps::PEERS)?;
-        for (i, peer) in peers.iter().enumerate() {
+        for (i, peer) in peers.iter().enumerate().skip(same as usize) {
             list.set(i as u32, addr16(*peer), 0).map_err(map_err(maps::PEERS))?;
         }
         let mut handoff = self.array::<Handoff>(maps::HANDOFF)?;

@@ -72,8 +72,15 @@ fn mid_flow_packet_of_an_unknown_flow_goes_to_a_peer_and_opening_packets_stay() 
     encapsulated_to(&lb.run(&input), &input, 14, real);
     assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 40, "nothing else was handed off");
 
-    // No peers up: mid-flow packets are balanced here like before.
+    // One peer left (the other failed its checks): every handoff goes to it.
     let mut lb = lb;
+    lb.dp.set_handoff(Some(ip(NODE)), &[ip(PEERS[1])], false).unwrap();
+    for port in 0..10 {
+        let ack = Frame::tcp("192.0.2.1", 21_000 + port, "10.0.0.1", 80);
+        tunnelled_to(&lb.run(&ack.build()), &ack, NODE, PEERS[1], HANDOFF_REQUEST);
+    }
+
+    // No peers up: mid-flow packets are balanced here like before.
     lb.dp.set_handoff(Some(ip(NODE)), &[], false).unwrap();
     let ack = Frame::tcp("192.0.2.1", 30_001, "10.0.0.1", 80);
     let input = ack.build();
