@@ -86,12 +86,25 @@ fn ecmp_move_keeps_connections(net: &Anycast) -> (u64, u64) {
     // Node 1 leaves (withdraws, keeps forwarding what still reaches it): ECMP moves its flows.
     assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
     wait_for(Duration::from_secs(10), "route via node 2 only", || net.next_hops().len() == 1);
-    net.client.run(|| {
-        for (i, (c, who)) in open.iter_mut().enumerate() {
-            let again = c.exchange(&format!("after the move {i}")).unwrap_or_else(|e| panic!("connection {i} lost: {e}"));
-            assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
-        }
+    // Timed: the first exchange of a moved flow may take the handoff round trip, the second not.
+    let (mut first, mut second): (Vec<Duration>, Vec<Duration>) = net.client.run(|| {
+        open.iter_mut()
+            .enumerate()
+            .map(|(i, (c, who))| {
+                let timed = |c: &mut LineConn, line: String| {
+                    let start = Instant::now();
+                    let again = c.exchange(&line).unwrap_or_else(|e| panic!("connection {i} lost: {e}"));
+                    assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
+                    start.elapsed()
+                };
+                (timed(c, format!("after the move {i}")), timed(c, format!("again {i}")))
+            })
+            .unzip()
     });
+    first.sort();
+    second.sort();
+    let spread = |v: &[Duration]| format!("median {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1]);
+    println!("exchange times after the move: first {}; second {}", spread(&first), spread(&second));
     let text = node_metrics(1);
     let after = metric(&text, "lb_vip_new_flows_total{vip=\"web\"}");
     println!("node 2 new flows after the move: {after} (the moved connections were new to it)");
