@@ -8,17 +8,17 @@
 //!                           \--- 10.3s.i.2 backend i of site s (lb_decap, VIP on lo)
 //! ```
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use lb_common::programs;
 use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
 
 use crate::{
-    bird::{edge_config, Bird},
+    bird::{edge_config, wait_for, Bird},
     lbd::LbDaemon,
     netns::{veth, End, NetNs},
     packet::ip,
-    topology::{Servers, VIP},
+    topology::{LineConn, Servers, Site, VIP},
 };
 
 /// Extra client source addresses: 10.10.1.100 ..
@@ -215,6 +215,32 @@ impl Anycast {
             sites.push(SiteNet { name, nodes, backends: backend_ns, decaps });
         }
         Self { client, router, router_bird, router_xdp, sites, dir }
+    }
+
+    /// Waits until every node of site `site` sees all its reals up and announces the VIP. Nodes
+    /// agree on a flow's real only when they agree on which reals are up, and the first health
+    /// checks after the servers start take a moment to settle.
+    pub fn wait_serving(&self, site: usize) {
+        for node in &self.sites[site].nodes {
+            wait_for(Duration::from_secs(10), "every real up and the VIP announced", || {
+                let status = node.lb.status();
+                status[0].announced && status[0].reals.iter().all(|r| r.up)
+            });
+        }
+    }
+
+    /// Opens `n` long-lived connections from the client to the VIP, one line exchanged on each;
+    /// returns them with the "site X backend i" that answered.
+    pub fn open_connections(&self, n: usize) -> Vec<(LineConn, String)> {
+        self.client.run(|| {
+            (0..n)
+                .map(|i| {
+                    let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+                    let who = c.exchange(&format!("hello {i}")).expect("first exchange");
+                    (c, who.split(" answered").next().unwrap_or("?").to_owned())
+                })
+                .collect()
+        })
     }
 
     /// Next hops the router's kernel has for the VIP (empty: no route).

@@ -64,20 +64,8 @@ fn site_a_failing_moves_traffic_to_site_b_and_back() {
 /// handoff counters (sent, came back).
 fn ecmp_move_keeps_connections(net: &Anycast) -> (u64, u64) {
     wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
-    // The nodes agree on a flow's real when they agree on which reals are up: wait for the
-    // first health checks (the servers started just now) to settle on both.
-    for node in &net.sites[0].nodes {
-        wait_for(Duration::from_secs(10), "every real up", || node.lb.status()[0].reals.iter().all(|r| r.up));
-    }
-    let mut open: Vec<(LineConn, String)> = net.client.run(|| {
-        (0..30)
-            .map(|i| {
-                let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
-                let who = c.exchange(&format!("hello {i}")).expect("first exchange");
-                (c, who.split(" answered").next().unwrap().to_owned())
-            })
-            .collect()
-    });
+    net.wait_serving(0);
+    let mut open = net.open_connections(30);
     let node_metrics = |n: usize| net.sites[0].nodes[n].lb.metrics();
     // ECMP spread the flows: both nodes made connection entries.
     let new_flows: Vec<u64> = (0..2).map(|n| metric(&node_metrics(n), "lb_vip_new_flows_total{vip=\"web\"}")).collect();
@@ -224,22 +212,11 @@ fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
-    for site in &net.sites {
-        wait_for(Duration::from_secs(10), "each site healthy and announcing", || {
-            let status = site.nodes[0].lb.status();
-            status[0].announced && status[0].reals.iter().all(|r| r.up)
-        });
+    for site in 0..net.sites.len() {
+        net.wait_serving(site);
     }
     // Long-lived connections open across the drain, besides the stream of short requests.
-    let mut open: Vec<(LineConn, String)> = net.client.run(|| {
-        (0..10)
-            .map(|i| {
-                let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
-                let who = c.exchange(&format!("before {i}")).expect("first exchange");
-                (c, who.split(" answered").next().unwrap().to_owned())
-            })
-            .collect()
-    });
+    let mut open = net.open_connections(10);
     assert!(open.iter().all(|(_, who)| who.starts_with("site A")), "opened at site A");
     let results = std::thread::scope(|s| {
         let load = s.spawn(|| load(&net, Duration::from_secs(3), 100_000));

@@ -12,7 +12,7 @@ use std::{
 use lb_tests::{
     anycast::{client_addr, Anycast},
     bird::wait_for,
-    topology::{http_get, LineConn, Site, VIP},
+    topology::{http_get, Site, VIP},
 };
 
 /// Sends `n` requests; counts answers per "site X backend i" and failures.
@@ -93,18 +93,8 @@ fn main() {
     show("60 requests", &round(&net, 60));
 
     println!("[7/7] maintenance on site A: `lb site drain` on both nodes with 10 connections open and requests running");
-    for node in &net.sites[0].nodes {
-        wait_for(Duration::from_secs(10), "site A's health checks to settle", || node.lb.status()[0].reals.iter().all(|r| r.up));
-    }
-    let mut open: Vec<(LineConn, String)> = net.client.run(|| {
-        (0..10)
-            .map(|i| {
-                let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
-                let who = c.exchange(&format!("hello {i}")).expect("exchange");
-                (c, who.split(" answered").next().unwrap_or("?").to_owned())
-            })
-            .collect()
-    });
+    net.wait_serving(0);
+    let mut open = net.open_connections(10);
     let during = std::thread::scope(|s| {
         let load = s.spawn(|| {
             let start = Instant::now();
