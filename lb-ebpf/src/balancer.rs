@@ -2,8 +2,7 @@
 //!
 //! Stack: the verifier allows 512 bytes summed over a call chain, and one inlined balancer needs
 //! more. So parsing, `forward`, ICMP and the handoff paths are subprograms with their own frames,
-//! all called from `try_lb_xdp` (never from each other), and they return only small values (a
-//! subprogram may not return a pointer to the stack, which a larger return value would be).
+//! all called from `try_lb_xdp` (never from each other), and they return a `Step` (one scalar).
 
 use core::mem::MaybeUninit;
 
@@ -12,27 +11,39 @@ use lb_common::{stats::Counter, FlowKey};
 
 use crate::{
     encap::{self, Outer},
-    handoff::{self, Tunnel},
-    icmp::{self, Icmp},
+    handoff,
+    icmp,
     maglev,
     maps::CONFIG,
     parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
+    step::Step,
 };
 
 /// How a packet reached the balancer; decides what happens when its flow is not in the
 /// connection table.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
-    /// From a client. `mid_flow`: TCP but not a SYN, so its connection began elsewhere (another
-    /// site, before a route change) or was forgotten here: handed off when peers are configured.
-    Client { mid_flow: bool },
+    /// From a client.
+    Client(ClientPacket),
     /// Handed off by the peer node `from`: sent back unless we adopt it.
     Handoff { from: [u8; 16] },
     /// Our handoff, back from a peer that does not know the flow: ours to balance.
     CameBack,
     /// An ICMP error quoting the flow: forwarded, never recorded.
     IcmpError,
+}
+
+/// What a client's packet tells about where its flow starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClientPacket {
+    /// A TCP SYN without ACK: the connection starts with this packet.
+    Syn,
+    /// Any other TCP packet: its connection began before it, elsewhere (another site, before a
+    /// route change) or forgotten here; handed off when peers are configured.
+    MidFlow,
+    /// UDP: nothing tells where a flow starts.
+    Datagram,
 }
 
 /// Runs the balancer on one frame and counts its verdict (and the reason, for drops).
@@ -69,35 +80,35 @@ pub fn run_in_own_frame(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     let mut l3_slot = MaybeUninit::uninit();
-    parse::l3(ctx, &mut l3_slot)?;
+    parse::l3(ctx, &mut l3_slot).get()?;
     // SAFETY (both): `parse::l3` returned Ok, so it wrote the slot.
     let outer = unsafe { l3_slot.assume_init_ref() };
     let mut handed_off = None;
     if matches!((outer.ipv6, outer.proto), (_, IPPROTO_IPIP) | (true, IPPROTO_IPV6)) && handoff::is_node_addr(&outer.dst) {
         // A handoff: from here on the frame is the inner packet, which must be a VIP flow.
         let from = outer.src;
-        handed_off = Some(match handoff::receive(ctx, outer)? {
-            Tunnel::Request => Arrival::Handoff { from },
-            Tunnel::Return => Arrival::CameBack,
+        handed_off = Some(match handoff::receive(ctx, outer).get()? {
+            handoff::REQUEST => Arrival::Handoff { from },
+            _ => Arrival::CameBack,
         });
-        parse::l3(ctx, &mut l3_slot).map_err(|_| Counter::DropBadHandoff)?;
+        parse::l3(ctx, &mut l3_slot).get().map_err(|_| Counter::DropBadHandoff)?;
     }
     let l3 = unsafe { l3_slot.assume_init_ref() };
     let tunnelled = handed_off.is_some();
-    let mut arrival = handed_off.unwrap_or(Arrival::Client { mid_flow: false });
+    let mut arrival = handed_off.unwrap_or(Arrival::Client(ClientPacket::Datagram));
     let mut flow_slot = MaybeUninit::uninit();
     match (l3.ipv6, l3.proto) {
         (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !tunnelled && parse::is_vip_addr(&l3.dst) => {
-            if icmp::handle(ctx, l3, &mut flow_slot)? == Icmp::Replied {
+            if icmp::handle(ctx, l3, &mut flow_slot).get()? == icmp::REPLIED {
                 return Ok(xdp_action::XDP_TX);
             }
             arrival = Arrival::IcmpError;
         }
         (_, IPPROTO_TCP | IPPROTO_UDP) => {
-            let mid_flow = parse::flow(ctx, l3, &mut flow_slot)
+            let packet = parse::flow(ctx, l3, &mut flow_slot)
                 .map_err(|r| if tunnelled { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
             if !tunnelled {
-                arrival = Arrival::Client { mid_flow };
+                arrival = Arrival::Client(packet);
             }
         }
         _ if tunnelled => return Err(Counter::DropBadHandoff),
@@ -105,8 +116,8 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     }
     // SAFETY: both arms that reach here wrote the flow.
     let flow = unsafe { flow_slot.assume_init_ref() };
-    let action = match forward(ctx, l3, flow, &arrival) {
-        Err(Counter::HandoffWanted) => handoff::send(ctx, l3, flow, &arrival),
+    let action = match forward(ctx, l3, flow, &arrival).get() {
+        Err(Counter::HandoffWanted) => handoff::send(ctx, l3, flow, &arrival).get(),
         action => action,
     };
     match arrival {
@@ -122,10 +133,18 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
 /// one its VIP's ring gives (remembered unless `arrival` is an ICMP error). No VIP: not ours.
 /// `Err(HandoffWanted)`: the flow is unknown and `arrival` calls for a handoff; nothing was sent.
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
+pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Step {
+    Step::of(try_forward(ctx, l3, flow, arrival))
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
     let record = *arrival != Arrival::IcmpError;
-    let pick = match maglev::known(flow) {
+    // A client's SYN starts a connection: the ring decides, without searching the table. (A
+    // retransmitted SYN gets the real its first copy got while the ring is unchanged.)
+    let known = if *arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(flow) };
+    let pick = match known {
         Some(pick) => pick,
         None => {
             let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;

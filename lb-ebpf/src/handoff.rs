@@ -13,12 +13,13 @@ use lb_common::{
 };
 
 use crate::{
-    balancer::Arrival,
+    balancer::{Arrival, ClientPacket},
     decap,
     encap::{self, Outer},
     maps::{CONFIG, HANDOFF, PEERS},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
     pkt, stats,
+    step::Step,
 };
 
 /// `addr` is this node's handoff address.
@@ -32,7 +33,7 @@ pub fn is_node_addr(addr: &[u8; 16]) -> bool {
 pub fn wanted(l3: &L3, arrival: &Arrival) -> bool {
     let Some(h) = HANDOFF.get(0) else { return false };
     match arrival {
-        Arrival::Client { mid_flow: true } => h.peers != 0 && (!l3.ipv6 || h.flags & HANDOFF_F_IPV6 != 0),
+        Arrival::Client(ClientPacket::MidFlow) => h.peers != 0 && (!l3.ipv6 || h.flags & HANDOFF_F_IPV6 != 0),
         Arrival::Handoff { .. } => h.flags & HANDOFF_F_ADOPT == 0,
         _ => false,
     }
@@ -41,7 +42,12 @@ pub fn wanted(l3: &L3, arrival: &Arrival) -> bool {
 /// Tunnels the packet of an unknown flow to a peer: a client's to the flow's peer, a peer's
 /// handoff back to it.
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
+pub fn send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Step {
+    Step::of(try_send(ctx, l3, flow, arrival))
+}
+
+#[inline(always)]
+fn try_send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
     let fail = Counter::DropNoConfig;
     let (h, cfg) = (HANDOFF.get(0).ok_or(fail)?, CONFIG.get(0).ok_or(fail)?);
     let (to, id, counter) = match arrival {
@@ -56,20 +62,21 @@ pub fn send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Res
     Ok(xdp_action::XDP_TX)
 }
 
-/// What a tunnel to our handoff address carries.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Tunnel {
-    /// A peer's handoff (`HANDOFF_REQUEST`).
-    Request,
-    /// Our own handoff, given back (`HANDOFF_RETURN`).
-    Return,
-}
+/// What `receive` found in a tunnel to our handoff address: a peer's handoff ...
+pub const REQUEST: u32 = HANDOFF_REQUEST;
+/// ... or our own, given back.
+pub const RETURN: u32 = HANDOFF_RETURN;
 
 /// A tunnel to our handoff address (`outer` is its outer header): says how the inner packet
-/// came (a peer's handoff, or our own come back) and strips the outer header, so the frame is
-/// the inner packet from here on.
+/// came (`REQUEST` or `RETURN`) and strips the outer header, so the frame is the inner packet
+/// from here on.
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn receive(ctx: &XdpContext, outer: &L3) -> Result<Tunnel, Counter> {
+pub fn receive(ctx: &XdpContext, outer: &L3) -> Step {
+    Step::of(try_receive(ctx, outer))
+}
+
+#[inline(always)]
+fn try_receive(ctx: &XdpContext, outer: &L3) -> Result<u32, Counter> {
     let id = if outer.ipv6 {
         let head: [u8; 4] = pkt::read(ctx, outer.l2_len).ok_or(Counter::DropBadHandoff)?;
         u32::from_be_bytes(head) & 0x000f_ffff
@@ -77,13 +84,13 @@ pub fn receive(ctx: &XdpContext, outer: &L3) -> Result<Tunnel, Counter> {
         let id: [u8; 2] = pkt::read(ctx, outer.l2_len + 4).ok_or(Counter::DropBadHandoff)?;
         u16::from_be_bytes(id) as u32
     };
-    let (tunnel, counter) = match id {
-        HANDOFF_REQUEST => (Tunnel::Request, Counter::HandoffReceived),
-        HANDOFF_RETURN => (Tunnel::Return, Counter::HandoffCameBack),
+    let counter = match id {
+        REQUEST => Counter::HandoffReceived,
+        RETURN => Counter::HandoffCameBack,
         _ => return Err(Counter::Pass), // some other tunnel to this address: the kernel's
     };
     stats::count(counter);
     let inner_type = if outer.proto == IPPROTO_IPIP { ETH_P_IP } else { ETH_P_IPV6 };
     decap::strip(ctx, outer.l2_len, outer.l4_off - outer.l2_len, inner_type).ok_or(Counter::DropBadHandoff)?;
-    Ok(tunnel)
+    Ok(id)
 }

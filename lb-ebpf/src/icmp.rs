@@ -15,6 +15,7 @@ use crate::{
     csum,
     parse::{IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
+    step::Step,
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -29,17 +30,18 @@ const ICMP_HEADER_LEN: usize = 8;
 const QUOTE_LEN: usize = 8;
 const REPLY_TTL: u8 = 64;
 
-/// What to do with ICMP to a VIP address.
-#[derive(PartialEq, Eq)]
-pub enum Icmp {
-    /// Answered in place: send it back.
-    Replied,
-    /// An error about the flow `handle` wrote: forward it to the flow's real.
-    AboutFlow,
-}
+/// What `handle` did with ICMP to a VIP address: answered it in place (send it back) ...
+pub const REPLIED: u32 = 0;
+/// ... or found an error about the flow it wrote: forward it to the flow's real.
+pub const ABOUT_FLOW: u32 = 1;
 
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<Icmp, Counter> {
+pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Step {
+    Step::of(try_handle(ctx, l3, flow))
+}
+
+#[inline(always)]
+fn try_handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<u32, Counter> {
     let bad = Counter::DropBadIcmp;
     if (l3.l4_len as usize) < ICMP_HEADER_LEN {
         return Err(bad);
@@ -47,14 +49,14 @@ pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Res
     let [kind, code]: [u8; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
     let inner = l3.l4_off + ICMP_HEADER_LEN;
     match (l3.ipv6, kind, code) {
-        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| Icmp::Replied),
+        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| REPLIED),
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => {
             flow.write(quoted_flow_v4(ctx, l3, inner)?);
-            Ok(Icmp::AboutFlow)
+            Ok(ABOUT_FLOW)
         }
         (true, ICMPV6_PACKET_TOO_BIG, 0) => {
             flow.write(quoted_flow_v6(ctx, l3, inner)?);
-            Ok(Icmp::AboutFlow)
+            Ok(ABOUT_FLOW)
         }
         _ => Err(Counter::Pass),
     }

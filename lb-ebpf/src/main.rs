@@ -15,6 +15,7 @@ mod maps;
 mod parse;
 mod pkt;
 mod stats;
+mod step;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::stats::DecapCounter;

@@ -16,8 +16,10 @@ use network_types::{
 };
 
 use crate::{
+    balancer::ClientPacket,
     maps::{VIP_ADDRS, VIP_FILTER},
     pkt,
+    step::Step,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -90,7 +92,12 @@ pub fn drop_if_vip_addr(addr: &[u8; 16], reason: Counter) -> Counter {
 /// front (zeroing would be a `memset` call in BPF). Returning a reference instead would lose the
 /// verifier's track of the pointer.
 #[inline(never)] // one copy for a packet and a handoff's inner packet, in its own stack frame
-pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
+pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Step {
+    Step::of(try_l3(ctx, out).map(|()| 0))
+}
+
+#[inline(always)]
+fn try_l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
     let (l2_len, ether_type) = l2(ctx)?;
     match ether_type {
         ETH_P_IP => ipv4(ctx, l2_len, out),
@@ -174,11 +181,10 @@ fn is_ipv6_extension(next: u8) -> bool {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// Writes `flow` (client -> VIP) from a TCP or UDP packet (`Ok`: written); says whether the
-/// packet is mid-flow: TCP that is not a connection-opening SYN, so its connection began before
-/// this packet.
+/// Writes `flow` (client -> VIP) from a TCP or UDP packet (`Ok`: written); says what the packet
+/// tells about where its flow starts.
 #[inline(always)]
-pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<bool, Counter> {
+pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<ClientPacket, Counter> {
     let (src_port, dst_port, tcp_flags) = ports(ctx, l3)?;
     flow.write(FlowKey {
         src: l3.src,
@@ -188,8 +194,11 @@ pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut MaybeUnini
         proto: l3.proto,
         _pad: [0; 3],
     });
-    let opens = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    Ok(l3.proto == IPPROTO_TCP && !opens)
+    Ok(match (l3.proto, tcp_flags & (TCP_SYN | TCP_ACK)) {
+        (IPPROTO_TCP, TCP_SYN) => ClientPacket::Syn,
+        (IPPROTO_TCP, _) => ClientPacket::MidFlow,
+        _ => ClientPacket::Datagram,
+    })
 }
 
 /// Source and destination port (network byte order) and TCP flags (0 for UDP) of a TCP or UDP
