@@ -1,7 +1,10 @@
-#![no_std]
-#![no_main]
 //! The XDP programs of anycast-lb: the balancer, the backend decapsulator, and small helpers
 //! (a pass stub for veth peers, a bouncer and bench wrappers).
+#![no_std]
+#![no_main]
+// BPF instructions for packet accesses at any alignment (`pkt`); the eBPF crate builds with
+// nightly anyway (`-Z build-std=core`).
+#![feature(asm_experimental_arch)]
 
 mod balancer;
 mod bench;
