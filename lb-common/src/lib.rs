@@ -44,12 +44,11 @@ pub mod maps {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
-    pub const BENCH: &str = "BENCH";
     pub const HANDOFF: &str = "HANDOFF";
     pub const PEERS: &str = "PEERS";
     pub const ALL: &[&str] = &[
         VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
-        DECAP_STATS, BENCH, HANDOFF, PEERS,
+        DECAP_STATS, HANDOFF, PEERS,
     ];
 }
 
@@ -63,10 +62,6 @@ pub mod programs {
     pub const PASS: &str = "xdp_pass";
     /// Returns XDP_TX: bounces every frame; the limit of the XDP_TX path in end-to-end benches.
     pub const BOUNCE: &str = "xdp_bounce";
-    /// Bench-only: runs the balancer, then undoes its rewrite so BPF_PROG_TEST_RUN repeats it.
-    pub const BENCH_BALANCER: &str = "lb_xdp_bench";
-    /// Bench-only: the cost of the undo step alone (prepend an outer header, then take it off).
-    pub const BENCH_UNDO: &str = "lb_bench_undo";
 }
 
 /// Byte order helpers for the IPv4-mapped form.
@@ -221,14 +216,6 @@ pub struct VipStats {
 pub struct RealStats {
     pub packets: u64,
     pub bytes: u64,
-}
-
-/// What the bench wrapper does to the packet after undoing the encapsulation (`BENCH` map).
-pub mod bench {
-    /// Leave the packet as it was: every repeat is the same flow (connection-table hit).
-    pub const SAME_FLOW: u32 = 0;
-    /// Bump the source port each repeat: every repeat is a new flow.
-    pub const NEW_FLOW: u32 = 1;
 }
 
 /// Global counters (`STATS`, per CPU). Every drop has its own reason.

@@ -1,23 +1,27 @@
 //! The balancer: parse, find the VIP, pick the real, encapsulate, `XDP_TX`.
 //!
-//! Stack: the verifier allows 512 bytes summed over a call chain, and one inlined balancer needs
-//! more. So parsing, `forward`, ICMP and the handoff paths are subprograms with their own frames,
-//! all called from `try_lb_xdp` (never from each other), and they return a `Step` (one scalar).
+//! Calls are dear: a BPF-to-BPF call is a call and a return in the JIT image, and with the
+//! kernel's return-thunk mitigations (Safe RET, call-depth tracking) one cost about 7 ns on the
+//! project's machine, as much as a third of a known flow's whole cost. So the common paths, a
+//! packet that is not ours and a packet of a known flow, run without subprograms: parsing, the
+//! connection table, encapsulation and counting are inlined here. The rare paths are
+//! subprograms with their own stack frames (the verifier allows 512 bytes summed over a call
+//! chain), all called from `try_lb_xdp`, never from each other, returning a `Step` (one
+//! scalar): a new flow's real (`maglev::new_flow`), ICMP, and the handoff paths.
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, FlowKey};
+use lb_common::{stats::Counter, FlowKey, LbConfig};
 
 use crate::{
     encap::{self, Outer},
     handoff,
     icmp,
     maglev,
-    maps::CONFIG,
+    maps::{CONFIG, REALS},
     parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
-    step::Step,
 };
 
 /// How a packet reached the balancer; decides what happens when its flow is not in the
@@ -70,93 +74,84 @@ pub fn run(ctx: &XdpContext) -> u32 {
     action
 }
 
-/// `run` as a subprogram with its own stack frame, for the bench wrapper: the wrapper's own
-/// locals on top of the inlined balancer would pass the verifier's 512-byte limit.
-#[inline(never)]
-pub fn run_in_own_frame(ctx: &XdpContext) -> u32 {
-    run(ctx)
-}
-
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     let mut l3_slot = MaybeUninit::uninit();
-    parse::l3(ctx, &mut l3_slot).get()?;
-    // SAFETY (both): `parse::l3` returned Ok, so it wrote the slot.
+    parse::l3(ctx, &mut l3_slot)?;
+    // SAFETY: `parse::l3` returned Ok, so it wrote the slot.
     let outer = unsafe { l3_slot.assume_init_ref() };
     let mut handed_off = None;
     if matches!((outer.ipv6, outer.proto), (_, IPPROTO_IPIP) | (true, IPPROTO_IPV6)) && handoff::is_node_addr(&outer.dst) {
-        // A handoff: from here on the frame is the inner packet, which must be a VIP flow.
+        // A handoff: `receive` strips the tunnel and parses the inner packet into the slot.
         let from = outer.src;
-        handed_off = Some(match handoff::receive(ctx, outer).get()? {
+        let header = handoff::OuterHeader::of(outer);
+        handed_off = Some(match handoff::receive(ctx, &header, &mut l3_slot).get()? {
             handoff::REQUEST => Arrival::Handoff { from },
             _ => Arrival::CameBack,
         });
-        parse::l3(ctx, &mut l3_slot).get().map_err(|_| Counter::DropBadHandoff)?;
     }
+    // SAFETY: written by `parse::l3`, or by `handoff::receive` when it returned Ok.
     let l3 = unsafe { l3_slot.assume_init_ref() };
     let tunnelled = handed_off.is_some();
-    let mut arrival = handed_off.unwrap_or(Arrival::Client(ClientPacket::Datagram));
     let mut flow_slot = MaybeUninit::uninit();
-    match (l3.ipv6, l3.proto) {
+    let arrival = match (l3.ipv6, l3.proto) {
         (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !tunnelled && parse::is_vip_addr(&l3.dst) => {
             if icmp::handle(ctx, l3, &mut flow_slot).get()? == icmp::REPLIED {
                 return Ok(xdp_action::XDP_TX);
             }
-            arrival = Arrival::IcmpError;
+            Arrival::IcmpError
         }
         (_, IPPROTO_TCP | IPPROTO_UDP) => {
             let packet = parse::flow(ctx, l3, &mut flow_slot)
                 .map_err(|r| if tunnelled { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
-            if !tunnelled {
-                arrival = Arrival::Client(packet);
-            }
+            handed_off.unwrap_or(Arrival::Client(packet))
         }
         _ if tunnelled => return Err(Counter::DropBadHandoff),
         _ => return Err(Counter::Pass),
-    }
+    };
     // SAFETY: both arms that reach here wrote the flow.
     let flow = unsafe { flow_slot.assume_init_ref() };
-    let action = match forward(ctx, l3, flow, &arrival).get() {
-        Err(Counter::HandoffWanted) => handoff::send(ctx, l3, flow, &arrival).get(),
-        action => action,
-    };
-    match arrival {
-        Arrival::IcmpError if action.is_ok() => stats::count(Counter::IcmpToReal),
-        // A handed-off packet that is not for a VIP is not for the kernel either.
-        Arrival::Handoff { .. } | Arrival::CameBack if action == Err(Counter::Pass) => return Err(Counter::DropBadHandoff),
-        _ => {}
-    }
-    action
-}
-
-/// Sends the frame to the real that serves `flow`: the one the connection table knows, else the
-/// one its VIP's ring gives (remembered unless `arrival` is an ICMP error). No VIP: not ours.
-/// `Err(HandoffWanted)`: the flow is unknown and `arrival` calls for a handoff; nothing was sent.
-#[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Step {
-    Step::of(try_forward(ctx, l3, flow, arrival))
-}
-
-#[inline(always)]
-fn try_forward(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
-    let record = *arrival != Arrival::IcmpError;
-    // A client's SYN starts a connection: the ring decides, without searching the table. (A
-    // retransmitted SYN gets the real its first copy got while the ring is unchanged.)
-    let known = if *arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(flow) };
-    let pick = match known {
-        Some(pick) => pick,
+    let record = arrival != Arrival::IcmpError;
+
+    // The real: the one the connection table knows, else the one the VIP's ring gives. A
+    // client's SYN starts a connection, so the table is not searched for it (a retransmitted SYN
+    // gets the real its first copy got while the ring is unchanged).
+    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(flow) };
+    let (chosen, real, hit) = match known {
+        Some((chosen, real)) => (chosen, real, true),
         None => {
-            let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
-            if handoff::wanted(l3, arrival) {
-                return Err(Counter::HandoffWanted);
+            let mut chosen_slot = MaybeUninit::uninit();
+            match maglev::new_flow(l3, flow, &arrival, record, &mut chosen_slot).get() {
+                Ok(_) => {}
+                Err(Counter::HandoffWanted) => return to_peer(ctx, l3, flow, &arrival, cfg),
+                // A handed-off packet that is not for a VIP is not for the kernel either.
+                Err(Counter::Pass) if tunnelled => return Err(Counter::DropBadHandoff),
+                Err(reason) => return Err(reason),
             }
-            maglev::from_ring(meta, flow, record)?
+            // SAFETY: `new_flow` returned Ok, so it wrote the slot.
+            let chosen = unsafe { chosen_slot.assume_init() };
+            (chosen, REALS.get(chosen.real_id).ok_or(Counter::DropNoReal)?, false)
         }
     };
+
     let bytes = pkt::len(ctx) as u64;
-    encap::encapsulate(ctx, l3, &Outer::to_real(pick.real, cfg, pick.flow_hash), cfg)?;
-    stats::count_vip(pick.vip_index, bytes, pick.hit, record && !pick.hit);
-    stats::count_real(pick.real_id, bytes);
+    encap::encapsulate(ctx, l3, &Outer::to_real(real, cfg, chosen.flow_hash), cfg)?;
+    stats::count_vip(chosen.vip_index, bytes, hit, record && !hit);
+    stats::count_real(chosen.real_id, bytes);
+    if arrival == Arrival::IcmpError {
+        stats::count(Counter::IcmpToReal);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Tunnels the packet of an unknown flow to a peer node (`handoff::tunnel` says which).
+#[inline(always)]
+fn to_peer(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival, cfg: &LbConfig) -> Result<u32, Counter> {
+    let mut outer = MaybeUninit::uninit();
+    handoff::tunnel(flow, arrival, &mut outer).get()?;
+    // SAFETY: `tunnel` returned Ok, so it wrote the slot.
+    encap::encapsulate(ctx, l3, unsafe { outer.assume_init_ref() }, cfg)?;
+    stats::count(if matches!(arrival, Arrival::Handoff { .. }) { Counter::HandoffReturned } else { Counter::HandoffSent });
     Ok(xdp_action::XDP_TX)
 }

@@ -9,9 +9,9 @@ pub fn fold(sum: u32) -> u16 {
     sum as u16
 }
 
-/// Checksum of a 20-byte IPv4 header given as its nine 16-bit words other than the checksum.
+/// Checksum of a 20-byte IPv4 header given as its ten 16-bit words, the checksum word 0.
 #[inline(always)]
-pub fn ipv4_words(words: &[u16; 9]) -> u16 {
+pub fn ipv4_header(words: &[u16; 10]) -> u16 {
     let mut sum = 0u32;
     let mut i = 0;
     while i < words.len() {

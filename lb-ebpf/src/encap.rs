@@ -55,6 +55,18 @@ impl Outer {
     }
 }
 
+/// An outer IPv6 header as it goes on the wire.
+#[repr(C)]
+struct Ipv6Outer {
+    vcf: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Ipv6Outer>() == 40);
+
 /// Prepends `outer` and points the frame at the next hop.
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> Result<(), Counter> {
@@ -85,38 +97,36 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> 
         pkt::write(ctx, EthHdr::LEN, VlanHdr { tci, ether_type: outer_type.to_be() }).ok_or(fail)?;
     }
 
-    // Fields are written straight into the frame: no header built on the stack and copied.
+    // Each header is built whole and written at once: one bounds check and a few word stores.
     let ip = l3.l2_len;
     if outer.ipv6 {
         let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (outer.id & 0x000f_ffff);
-        let [len_hi, len_lo] = (l3.ip_len as u16).to_be_bytes();
-        let next = if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-        pkt::write(ctx, ip, vcf.to_be_bytes()).ok_or(fail)?;
-        pkt::write(ctx, ip + 4, [len_hi, len_lo, next, OUTER_TTL]).ok_or(fail)?;
-        pkt::write(ctx, ip + 8, outer.src).ok_or(fail)?;
-        pkt::write(ctx, ip + 24, outer.dst).ok_or(fail)?;
+        let header = Ipv6Outer {
+            vcf: vcf.to_be_bytes(),
+            payload_len: (l3.ip_len as u16).to_be_bytes(),
+            next_header: if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP },
+            hop_limit: OUTER_TTL,
+            src: outer.src,
+            dst: outer.dst,
+        };
+        pkt::write(ctx, ip, header).ok_or(fail)?;
     } else {
         let src = [outer.src[12], outer.src[13], outer.src[14], outer.src[15]];
         let dst = [outer.dst[12], outer.dst[13], outer.dst[14], outer.dst[15]];
-        let total = (l3.ip_len + IPIP_OVERHEAD) as u16;
-        let id = outer.id as u16;
-        let words = [
+        let mut words = [
             0x4500 | l3.tos as u16,
-            total,
-            id,
+            (l3.ip_len + IPIP_OVERHEAD) as u16,
+            outer.id as u16,
             0x4000, // don't fragment: oversize packets were dropped above
             (OUTER_TTL as u16) << 8 | IPPROTO_IPIP as u16,
+            0, // checksum, below
             u16::from_be_bytes([src[0], src[1]]),
             u16::from_be_bytes([src[2], src[3]]),
             u16::from_be_bytes([dst[0], dst[1]]),
             u16::from_be_bytes([dst[2], dst[3]]),
         ];
-        let check = csum::ipv4_words(&words);
-        pkt::write(ctx, ip, [words[0].to_be_bytes(), total.to_be_bytes(), id.to_be_bytes(), [0x40, 0]]).ok_or(fail)?;
-        pkt::write(ctx, ip + 8, [OUTER_TTL, IPPROTO_IPIP]).ok_or(fail)?;
-        pkt::write(ctx, ip + 10, check.to_be_bytes()).ok_or(fail)?;
-        pkt::write(ctx, ip + 12, src).ok_or(fail)?;
-        pkt::write(ctx, ip + 16, dst).ok_or(fail)?;
+        words[5] = csum::ipv4_header(&words);
+        pkt::write(ctx, ip, words.map(u16::to_be)).ok_or(fail)?;
     }
     Ok(())
 }

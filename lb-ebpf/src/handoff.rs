@@ -6,7 +6,9 @@
 //! it sends it back (`HANDOFF_RETURN`) and we balance it here. A packet crosses at most twice:
 //! a handed-off packet is never handed off again.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     hash::flow_hash, stats::Counter, FlowKey, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST,
     HANDOFF_RETURN, MAX_PEERS,
@@ -15,9 +17,9 @@ use lb_common::{
 use crate::{
     balancer::{Arrival, ClientPacket},
     decap,
-    encap::{self, Outer},
-    maps::{CONFIG, HANDOFF, PEERS},
-    parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
+    encap::Outer,
+    maps::{HANDOFF, PEERS},
+    parse::{self, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
     pkt, stats,
     step::Step,
 };
@@ -39,27 +41,27 @@ pub fn wanted(l3: &L3, arrival: &Arrival) -> bool {
     }
 }
 
-/// Tunnels the packet of an unknown flow to a peer: a client's to the flow's peer, a peer's
-/// handoff back to it.
-#[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Step {
-    Step::of(try_send(ctx, l3, flow, arrival))
+/// The tunnel for the packet of an unknown flow that goes to a peer: a client's to the flow's
+/// peer, a peer's handoff back to it. The balancer encapsulates and counts it.
+#[inline(never)] // off the hot path, in its own stack frame
+pub fn tunnel(flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Outer>) -> Step {
+    Step::of(try_tunnel(flow, arrival).map(|outer| {
+        out.write(outer);
+        0
+    }))
 }
 
 #[inline(always)]
-fn try_send(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<u32, Counter> {
-    let fail = Counter::DropNoConfig;
-    let (h, cfg) = (HANDOFF.get(0).ok_or(fail)?, CONFIG.get(0).ok_or(fail)?);
-    let (to, id, counter) = match arrival {
-        Arrival::Handoff { from } => (*from, HANDOFF_RETURN, Counter::HandoffReturned),
+fn try_tunnel(flow: &FlowKey, arrival: &Arrival) -> Result<Outer, Counter> {
+    let h = HANDOFF.get(0).ok_or(Counter::DropNoConfig)?;
+    let (to, id) = match arrival {
+        Arrival::Handoff { from } => (*from, HANDOFF_RETURN),
         _ => {
             let count = h.peers.min(MAX_PEERS).max(1);
-            (*PEERS.get(flow_hash(flow) % count).ok_or(fail)?, HANDOFF_REQUEST, Counter::HandoffSent)
+            (*PEERS.get(flow_hash(flow) % count).ok_or(Counter::DropNoConfig)?, HANDOFF_REQUEST)
         }
     };
-    encap::encapsulate(ctx, l3, &Outer { dst: to, ipv6: h.flags & HANDOFF_F_IPV6 != 0, src: h.node_addr, id }, cfg)?;
-    stats::count(counter);
-    Ok(xdp_action::XDP_TX)
+    Ok(Outer { dst: to, ipv6: h.flags & HANDOFF_F_IPV6 != 0, src: h.node_addr, id })
 }
 
 /// What `receive` found in a tunnel to our handoff address: a peer's handoff ...
@@ -67,21 +69,38 @@ pub const REQUEST: u32 = HANDOFF_REQUEST;
 /// ... or our own, given back.
 pub const RETURN: u32 = HANDOFF_RETURN;
 
-/// A tunnel to our handoff address (`outer` is its outer header): says how the inner packet
-/// came (`REQUEST` or `RETURN`) and strips the outer header, so the frame is the inner packet
-/// from here on.
-#[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn receive(ctx: &XdpContext, outer: &L3) -> Step {
-    Step::of(try_receive(ctx, outer))
+/// Where a tunnel's outer header lies, taken from its `L3` before the slot is reused.
+pub struct OuterHeader {
+    pub ipv6: bool,
+    /// The tunnel carries IPv4 (IPIP, IPv4-in-IPv6), else IPv6.
+    pub inner_ipv4: bool,
+    pub l2_len: usize,
+    pub len: usize,
+}
+
+impl OuterHeader {
+    #[inline(always)]
+    pub fn of(l3: &L3) -> Self {
+        Self { ipv6: l3.ipv6, inner_ipv4: l3.proto == IPPROTO_IPIP, l2_len: l3.l2_len, len: l3.l4_off - l3.l2_len }
+    }
+}
+
+/// A tunnel to our handoff address: says how the inner packet came (`REQUEST` or `RETURN`),
+/// strips the `outer` header, so the frame is the inner packet from here on, and parses that
+/// into `l3`.
+#[inline(never)] // off the hot path, in its own stack frame
+pub fn receive(ctx: &XdpContext, outer: &OuterHeader, l3: &mut MaybeUninit<L3>) -> Step {
+    Step::of(try_receive(ctx, outer, l3))
 }
 
 #[inline(always)]
-fn try_receive(ctx: &XdpContext, outer: &L3) -> Result<u32, Counter> {
+fn try_receive(ctx: &XdpContext, outer: &OuterHeader, l3: &mut MaybeUninit<L3>) -> Result<u32, Counter> {
+    let l2_len = outer.l2_len;
     let id = if outer.ipv6 {
-        let head: [u8; 4] = pkt::read(ctx, outer.l2_len).ok_or(Counter::DropBadHandoff)?;
+        let head: [u8; 4] = pkt::read(ctx, l2_len).ok_or(Counter::DropBadHandoff)?;
         u32::from_be_bytes(head) & 0x000f_ffff
     } else {
-        let id: [u8; 2] = pkt::read(ctx, outer.l2_len + 4).ok_or(Counter::DropBadHandoff)?;
+        let id: [u8; 2] = pkt::read(ctx, l2_len + 4).ok_or(Counter::DropBadHandoff)?;
         u16::from_be_bytes(id) as u32
     };
     let counter = match id {
@@ -90,7 +109,8 @@ fn try_receive(ctx: &XdpContext, outer: &L3) -> Result<u32, Counter> {
         _ => return Err(Counter::Pass), // some other tunnel to this address: the kernel's
     };
     stats::count(counter);
-    let inner_type = if outer.proto == IPPROTO_IPIP { ETH_P_IP } else { ETH_P_IPV6 };
-    decap::strip(ctx, outer.l2_len, outer.l4_off - outer.l2_len, inner_type).ok_or(Counter::DropBadHandoff)?;
+    let inner_type = if outer.inner_ipv4 { ETH_P_IP } else { ETH_P_IPV6 };
+    decap::strip(ctx, l2_len, outer.len, inner_type).ok_or(Counter::DropBadHandoff)?;
+    parse::l3(ctx, l3).map_err(|_| Counter::DropBadHandoff)?;
     Ok(id)
 }

@@ -1,6 +1,8 @@
 //! Flow -> real: the connection table first (a known flow needs no VIP lookup), then the VIP's
 //! live Maglev ring.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{
     hash::{flow_hash, source_hash},
     stats::Counter,
@@ -8,8 +10,12 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::Arrival,
+    handoff,
     maps::{CONNS, MAGLEV, REALS, VIPS, VIP_GEN},
+    parse::L3,
     stats,
+    step::Step,
 };
 
 /// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
@@ -23,20 +29,19 @@ pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipM
     unsafe { VIPS.get(&key) }
 }
 
-/// The real chosen for a flow. Map values are referenced, not copied: stack is scarce.
-pub struct Pick {
+/// The real chosen for a flow, by the connection table or the ring.
+#[derive(Clone, Copy)]
+pub struct Chosen {
     pub real_id: u32,
-    pub real: &'static Real,
     pub vip_index: u32,
-    /// The connection table knew this flow.
-    pub hit: bool,
+    /// Entropy for the outer header.
     pub flow_hash: u32,
 }
 
 /// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
 /// same generation and its real is not down.
 #[inline(always)]
-pub fn known(flow: &FlowKey) -> Option<Pick> {
+pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     let entry = *unsafe { CONNS.get(flow) }?;
     if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
         return None;
@@ -45,13 +50,26 @@ pub fn known(flow: &FlowKey) -> Option<Pick> {
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
-    Some(Pick { real_id: entry.real_id, real, vip_index: entry.vip_index, hit: true, flow_hash: entry.flow_hash })
+    Some((Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash }, real))
 }
 
-/// The real the VIP's ring gives a flow the table does not know: the slot of the flow's hash
-/// (the source's, for source affinity). With `record` the choice is remembered.
+/// The real for a flow the connection table does not know (or was not asked about): the slot of
+/// the flow's hash (the source's, for source affinity) in its VIP's ring, remembered when
+/// `record`. `Err(Pass)`: no VIP; `Err(HandoffWanted)`: `arrival` calls for a handoff.
+#[inline(never)] // off the hot path, in its own stack frame
+pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, record: bool, out: &mut MaybeUninit<Chosen>) -> Step {
+    Step::of(try_new_flow(l3, flow, arrival, record).map(|chosen| {
+        out.write(chosen);
+        0
+    }))
+}
+
 #[inline(always)]
-pub fn from_ring(meta: &VipMeta, flow: &FlowKey, record: bool) -> Result<Pick, Counter> {
+fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, record: bool) -> Result<Chosen, Counter> {
+    let meta = vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
+    if handoff::wanted(l3, arrival) {
+        return Err(Counter::HandoffWanted);
+    }
     let hash = flow_hash(flow);
     let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
     if meta.ring_size == 0 || meta.ring_size > MAX_RING_SIZE {
@@ -60,10 +78,12 @@ pub fn from_ring(meta: &VipMeta, flow: &FlowKey, record: bool) -> Result<Pick, C
     let slot = meta.ring_index * MAX_RING_SIZE + ring_hash % meta.ring_size;
     let real_id = *MAGLEV.get(slot).ok_or(Counter::DropNoReal)?;
     // 0: the ring is not programmed (a VIP with no reals).
-    let real = REALS.get(real_id).filter(|_| real_id != 0).ok_or(Counter::DropNoReal)?;
+    if real_id == 0 || REALS.get(real_id).is_none() {
+        return Err(Counter::DropNoReal);
+    }
     let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
     if record && CONNS.insert(flow, entry, 0).is_err() {
         stats::count(Counter::ConnInsertFailed);
     }
-    Ok(Pick { real_id, real, vip_index: meta.vip_index, hit: false, flow_hash: hash })
+    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash })
 }

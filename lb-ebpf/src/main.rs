@@ -1,5 +1,5 @@
 //! The XDP programs of anycast-lb: the balancer, the backend decapsulator, and small helpers
-//! (a pass stub for veth peers, a bouncer and bench wrappers).
+//! (a pass stub for veth peers and a bouncer).
 #![no_std]
 #![no_main]
 // BPF instructions for packet accesses at any alignment (`pkt`); the eBPF crate builds with
@@ -7,7 +7,6 @@
 #![feature(asm_experimental_arch)]
 
 mod balancer;
-mod bench;
 mod csum;
 mod decap;
 mod encap;
@@ -53,16 +52,6 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_bounce(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
-}
-
-#[xdp]
-pub fn lb_xdp_bench(ctx: XdpContext) -> u32 {
-    bench::balancer_undone(&ctx)
-}
-
-#[xdp]
-pub fn lb_bench_undo(ctx: XdpContext) -> u32 {
-    bench::undo_cost(&ctx)
 }
 
 #[cfg(not(test))]

@@ -65,10 +65,6 @@ pub static DECAP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_D
 #[map]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
 
-/// Bench-only knobs: entry 0 is the mode (`lb_common::bench`).
-#[map]
-pub static BENCH: Array<u32> = Array::with_max_entries(1, 0);
-
 /// Entry 0: this node's handoff address and state (`lb_common::Handoff`).
 #[map]
 pub static HANDOFF: Array<Handoff> = Array::with_max_entries(1, 0);

@@ -19,7 +19,6 @@ use crate::{
     balancer::ClientPacket,
     maps::{VIP_ADDRS, VIP_FILTER},
     pkt,
-    step::Step,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -91,13 +90,8 @@ pub fn drop_if_vip_addr(addr: &[u8; 16], reason: Counter) -> Counter {
 /// then, keeps the stack small (the verifier allows 512 bytes across calls) and costs nothing up
 /// front (zeroing would be a `memset` call in BPF). Returning a reference instead would lose the
 /// verifier's track of the pointer.
-#[inline(never)] // one copy for a packet and a handoff's inner packet, in its own stack frame
-pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Step {
-    Step::of(try_l3(ctx, out).map(|()| 0))
-}
-
 #[inline(always)]
-fn try_l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
+pub fn l3(ctx: &aya_ebpf::programs::XdpContext, out: &mut MaybeUninit<L3>) -> Result<(), Counter> {
     let (l2_len, ether_type) = l2(ctx)?;
     match ether_type {
         ETH_P_IP => ipv4(ctx, l2_len, out),

@@ -451,11 +451,6 @@ impl Dataplane {
         array.get(&0, 0).map_err(map_err(maps::HANDOFF))
     }
 
-    /// Bench-only: the mode of the bench wrapper (`lb_common::bench`).
-    pub fn set_bench_mode(&mut self, mode: u32) -> Result<()> {
-        self.array::<u32>(maps::BENCH)?.set(0, mode, 0).map_err(map_err(maps::BENCH))
-    }
-
     /// Entry `index` of per-CPU u64 counter map `name`, summed over CPUs.
     fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
         let stats = self.per_cpu::<u64>(name)?;
