@@ -62,6 +62,9 @@ pub mod programs {
     pub const PASS: &str = "xdp_pass";
     /// Returns XDP_TX: bounces every frame; the limit of the XDP_TX path in end-to-end benches.
     pub const BOUNCE: &str = "xdp_bounce";
+    /// Counts every frame in its object's `drop` verdict counter and drops it: the end-to-end
+    /// bench's receiver, the same cost for every frame.
+    pub const SINK: &str = "xdp_sink";
 }
 
 /// Byte order helpers for the IPv4-mapped form.

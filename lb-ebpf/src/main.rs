@@ -1,5 +1,5 @@
 //! The XDP programs of anycast-lb: the balancer, the backend decapsulator, and small helpers
-//! (a pass stub for veth peers and a bouncer).
+//! (a pass stub for veth peers, a bouncer and a counting sink for benches).
 #![no_std]
 #![no_main]
 // BPF instructions for packet accesses at any alignment (`pkt`); the eBPF crate builds with
@@ -52,6 +52,14 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_bounce(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+/// Counts every frame (its object's `drop` verdict counter) and drops it: the end-to-end bench's
+/// receiver, which costs the same for every frame whatever its addresses.
+#[xdp]
+pub fn xdp_sink(_ctx: XdpContext) -> u32 {
+    stats::count(lb_common::stats::Counter::Drop);
+    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -56,16 +56,25 @@ impl Balancer {
         Self::with_program(programs::BALANCER)
     }
 
-    /// Loads the object and readies program `name` (the balancer or a bench wrapper).
+    /// Loads the object and readies program `name`.
     pub fn with_program(name: &str) -> Self {
         Self::with_options(name, &LoadOptions { conn_table_size: 65_536 })
     }
 
     pub fn with_options(name: &str, opts: &LoadOptions) -> Self {
-        let mut dp = Dataplane::load(opts).expect("load eBPF object");
+        Self::with_dataplane(Dataplane::load(opts).expect("load eBPF object"), name)
+    }
+
+    /// Readies program `name` of an object loaded by the caller (e.g. onto maps it made).
+    pub fn with_dataplane(mut dp: Dataplane, name: &str) -> Self {
         let prog = dp.program_fd(name).unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         dp.set_config(&test_config()).expect("config");
         Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0 }
+    }
+
+    /// The fd of the program `run` runs.
+    pub fn fd(&self) -> i32 {
+        self.prog
     }
 
     pub fn run(&self, frame: &[u8]) -> TestRun {

@@ -132,6 +132,38 @@ fn a_flow_keeps_its_real_when_the_ring_changes() {
     check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.8", p, "10.0.0.1", 80), 30);
 }
 
+/// A client's SYN is balanced by the ring without searching the table: a retransmitted SYN gets
+/// the same real while the ring is unchanged, and a SYN reusing a 5-tuple after the ring moved
+/// its slot opens the new connection on the ring's real (mid-flow packets keep the old entry).
+#[test]
+fn a_syn_follows_the_ring_and_remakes_the_entry() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[..1]);
+    let flows: Vec<Frame> = (0..40).map(|p| Frame::tcp("192.0.2.9", 20_000 + p, "10.0.0.1", 80)).collect();
+    for f in &flows {
+        let syn = f.clone().syn().build();
+        for _ in 0..2 {
+            // The SYN and its retransmission.
+            encapsulated_to(&lb.run(&syn), &syn, 14, ip("10.1.0.1"));
+        }
+    }
+    lb.set_reals(&mut vip, &REALS4);
+    let moved: Vec<&Frame> = flows.iter().filter(|f| lb.expected_real(&vip, f) != ip("10.1.0.1")).collect();
+    assert!(moved.len() > 10, "the new ring sends {} of 40 flows elsewhere", moved.len());
+    for f in &moved {
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+        let syn = (*f).clone().syn().build();
+        let now = lb.expected_real(&vip, f);
+        encapsulated_to(&lb.run(&syn), &syn, 14, now);
+        assert_eq!(lb.dp_conn_real(f), Some(now), "the SYN remade the entry");
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, now);
+    }
+    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    let moved = moved.len() as u64;
+    assert_eq!((stats.new_flows, stats.conn_hits), (80 + moved, 2 * moved), "every SYN is a new flow, never a hit");
+}
+
 #[test]
 fn flows_of_a_down_real_move_to_a_live_one() {
     require_root!();

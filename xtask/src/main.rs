@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | bench-xdp | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo`.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,8 +27,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// ns per packet of the balancer in the kernel, beside an empty program.
+    /// ns per packet of each balancer path in the kernel, beside an empty program.
     BenchXdp,
+    /// Connection-table layouts (shared LRU, per-CPU LRU lists) with one and two CPUs at once.
+    BenchConns,
     /// Maglev rebuild time and backend-failure-to-ring-switch time of the daemon.
     BenchControl,
     /// Packets/s and requests/s through one site, backend and site failover times.
@@ -43,6 +45,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
         Task::BenchXdp => cargo_run_root("bench_xdp"),
+        Task::BenchConns => cargo_run_root("bench_conns"),
         Task::BenchControl => cargo_run_with_lb("bench_control"),
         Task::Demo => cargo_run_with_lb("demo"),
         Task::BenchE2e => cargo_run_with_lb("bench_e2e"),
