@@ -28,14 +28,14 @@ pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
     let (outer_len, inner_type) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = pkt::read::<Ipv4Hdr>(ctx, l2_len) else { return Ok(false) };
-            if ip.proto as u8 != IPPROTO_IPIP || !is_local(&lb_common::ipv4_mapped(ip.dst_addr)) {
+            if ip.proto != IPPROTO_IPIP || !is_local(&lb_common::ipv4_mapped(ip.dst_addr)) {
                 return Ok(false);
             }
             (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP)
         }
         ETH_P_IPV6 => {
             let Some(ip) = pkt::read::<Ipv6Hdr>(ctx, l2_len) else { return Ok(false) };
-            let inner_type = match ip.next_hdr as u8 {
+            let inner_type = match ip.next_hdr {
                 IPPROTO_IPV6 => ETH_P_IPV6,
                 IPPROTO_IPIP => ETH_P_IP,
                 _ => return Ok(false),

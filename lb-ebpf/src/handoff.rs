@@ -57,7 +57,7 @@ fn try_tunnel(flow: &FlowKey, arrival: &Arrival) -> Result<Outer, Counter> {
     let (to, id) = match arrival {
         Arrival::Handoff { from } => (*from, HANDOFF_RETURN),
         _ => {
-            let count = h.peers.min(MAX_PEERS).max(1);
+            let count = h.peers.clamp(1, MAX_PEERS);
             (*PEERS.get(flow_hash(flow) % count).ok_or(Counter::DropNoConfig)?, HANDOFF_REQUEST)
         }
     };

@@ -108,13 +108,13 @@ fn quoted_flow_v4(ctx: &XdpContext, l3: &L3, inner: usize) -> Result<FlowKey, Co
     if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Err(bad);
     }
-    quoted_flow(ctx, l3, inner, header_len, ip.proto as u8, ipv4_mapped(ip.src_addr), ipv4_mapped(ip.dst_addr))
+    quoted_flow(ctx, l3, inner, header_len, ip.proto, ipv4_mapped(ip.src_addr), ipv4_mapped(ip.dst_addr))
 }
 
 #[inline(always)]
 fn quoted_flow_v6(ctx: &XdpContext, l3: &L3, inner: usize) -> Result<FlowKey, Counter> {
     let ip: Ipv6Hdr = pkt::read(ctx, inner).ok_or(Counter::DropBadIcmp)?;
-    quoted_flow(ctx, l3, inner, Ipv6Hdr::LEN, ip.next_hdr as u8, ip.src_addr, ip.dst_addr)
+    quoted_flow(ctx, l3, inner, Ipv6Hdr::LEN, ip.next_hdr, ip.src_addr, ip.dst_addr)
 }
 
 #[inline(always)]

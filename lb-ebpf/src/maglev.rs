@@ -22,11 +22,11 @@ use crate::{
 #[inline(always)]
 pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipMeta> {
     let mut key = VipKey { addr: *addr, port_be: u16::from_ne_bytes(port_be), proto, _pad: 0 };
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
+    if let Some(meta) = unsafe { VIPS.get(key) } {
         return Some(meta);
     }
     key.port_be = 0;
-    unsafe { VIPS.get(&key) }
+    unsafe { VIPS.get(key) }
 }
 
 /// The real chosen for a flow, by the connection table or the ring.

@@ -128,7 +128,7 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut MaybeUnin
         ip_len: total_len as u32,
         l4_off: l2_len + header_len,
         l4_len: (total_len - header_len) as u32,
-        proto: ip.proto as u8,
+        proto: ip.proto,
         tos: ip.tos,
         src: ipv4_mapped(ip.src_addr),
         dst,
@@ -147,7 +147,7 @@ fn ipv6(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut MaybeUnin
     if ip.vcf[0] >> 4 != 6 || l2_len + Ipv6Hdr::LEN + payload_len > pkt::len(ctx) {
         return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropBadIpHeader));
     }
-    let next = ip.next_hdr as u8;
+    let next = ip.next_hdr;
     if is_ipv6_extension(next) {
         // We do not walk extension headers: the ports may be anywhere behind them.
         return Err(drop_if_vip_addr(&ip.dst_addr, Counter::DropIpv6ExtHeader));

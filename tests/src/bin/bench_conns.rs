@@ -180,7 +180,7 @@ fn measure(layout: Layout, cpus: usize) -> Result<[f64; 3]> {
     let lb = balancer(layout, ROOMY, &pins)?;
     let fd = lb.fd();
     let own: Vec<u32> = (0..cpus).map(|_| flows(1).start).collect();
-    run_on_cpus(fd, own.iter().enumerate().map(|(_, &n)| vec![frame(n, true)]).collect())?;
+    run_on_cpus(fd, own.iter().map(|&n| vec![frame(n, true)]).collect())?;
     let before = stats(&lb)?;
     let hit = run_on_cpus(fd, own.iter().map(|&n| vec![frame(n, false); CALLS as usize]).collect())?;
     let d = stats(&lb)?.conn_hits - before.conn_hits;
