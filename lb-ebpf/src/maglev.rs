@@ -19,14 +19,17 @@ use crate::{
 };
 
 /// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
+// `&key`, not `key`: moved by value into aya's generic `get`, the key took stack the balancer's
+// frame does not have (the verifier refused 528 bytes over a call chain).
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipMeta> {
     let mut key = VipKey { addr: *addr, port_be: u16::from_ne_bytes(port_be), proto, _pad: 0 };
-    if let Some(meta) = unsafe { VIPS.get(key) } {
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(meta);
     }
     key.port_be = 0;
-    unsafe { VIPS.get(key) }
+    unsafe { VIPS.get(&key) }
 }
 
 /// The real chosen for a flow, by the connection table or the ring.

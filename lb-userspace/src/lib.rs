@@ -14,3 +14,18 @@ pub mod test_run;
 
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.
 pub const LB_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSymbol as _};
+
+    /// A panic path left in the eBPF object (say `clamp` where LLVM then cannot rule out a
+    /// division by zero) becomes a subprogram ending in a call, which the kernel refuses with
+    /// "last insn is not an exit or jmp". Name the culprit here rather than at load time.
+    #[test]
+    fn the_ebpf_object_has_no_panic_path() {
+        let file = object::File::parse(super::LB_EBPF).expect("parse the eBPF object");
+        let panics: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).filter(|n| n.contains("panicking")).collect();
+        assert!(panics.is_empty(), "the eBPF object calls core's panic functions: {panics:?}");
+    }
+}
