@@ -8,19 +8,24 @@
 //! subprograms with their own stack frames (the verifier allows 512 bytes summed over a call
 //! chain), all called from `try_lb_xdp`, never from each other, returning a `Step` (one
 //! scalar): a new flow's real (`maglev::new_flow`), ICMP, and the handoff paths.
+//!
+//! Stack budget: `lb_xdp`'s frame is 264 bytes and its deepest subprogram's (`handoff::tunnel`)
+//! 160, so 88 of the 512 are left. The flow key, the outer header and a handoff's sender live in
+//! the per-CPU `SCRATCH` instead of the stack. When a change passes the limit, the verifier says
+//! "combined stack size of 2 calls is N" and lists each frame after "stack depth".
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, FlowKey, LbConfig};
+use lb_common::{stats::Counter, FlowKey};
 
 use crate::{
     encap::{self, Outer},
     handoff,
     icmp,
-    maglev,
-    maps::{CONFIG, REALS},
-    parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
+    maglev::{self, Chosen},
+    maps::{CONFIG, REALS, SCRATCH},
+    parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP},
     pkt, stats,
 };
 
@@ -30,12 +35,24 @@ use crate::{
 pub enum Arrival {
     /// From a client.
     Client(ClientPacket),
-    /// Handed off by the peer node `from`: sent back unless we adopt it.
-    Handoff { from: [u8; 16] },
+    /// Handed off by the peer node `Scratch::from`: sent back unless we adopt it.
+    Handoff,
     /// Our handoff, back from a peer that does not know the flow: ours to balance.
     CameBack,
     /// An ICMP error quoting the flow: forwarded, never recorded.
     IcmpError,
+}
+
+/// The balancer's larger working values, kept in the per-CPU `maps::SCRATCH` rather than on the
+/// stack. None is a packet offset: the verifier keeps no bounds for values in map memory, and
+/// offsets need them for packet accesses.
+pub struct Scratch {
+    /// The packet's flow (for an ICMP error, the flow it quotes).
+    pub flow: FlowKey,
+    /// The header that goes in front of the packet.
+    pub outer: Outer,
+    /// The peer node a handoff came from.
+    pub from: [u8; 16],
 }
 
 /// What a client's packet tells about where its flow starts.
@@ -80,78 +97,89 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     parse::l3(ctx, &mut l3_slot)?;
     // SAFETY: `parse::l3` returned Ok, so it wrote the slot.
     let outer = unsafe { l3_slot.assume_init_ref() };
+    // SAFETY: this CPU's entry, which nothing else uses before this program ends.
+    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Counter::DropNoConfig)? };
     let mut handed_off = None;
     if matches!((outer.ipv6, outer.proto), (_, IPPROTO_IPIP) | (true, IPPROTO_IPV6)) && handoff::is_node_addr(&outer.dst) {
         // A handoff: `receive` strips the tunnel and parses the inner packet into the slot.
-        let from = outer.src;
-        let header = handoff::OuterHeader::of(outer);
-        handed_off = Some(match handoff::receive(ctx, &header, &mut l3_slot).get()? {
-            handoff::REQUEST => Arrival::Handoff { from },
+        scratch.from = outer.src;
+        // SAFETY: the slot holds the outer header's `L3`.
+        handed_off = Some(match unsafe { handoff::receive(ctx, &mut l3_slot) }.get()? {
+            handoff::REQUEST => Arrival::Handoff,
             _ => Arrival::CameBack,
         });
     }
-    // SAFETY: written by `parse::l3`, or by `handoff::receive` when it returned Ok.
+    // SAFETY: written by `parse::l3`, or rewritten by `handoff::receive` when it returned Ok.
     let l3 = unsafe { l3_slot.assume_init_ref() };
     let tunnelled = handed_off.is_some();
-    let mut flow_slot = MaybeUninit::uninit();
     let arrival = match (l3.ipv6, l3.proto) {
         (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !tunnelled && parse::is_vip_addr(&l3.dst) => {
-            if icmp::handle(ctx, l3, &mut flow_slot).get()? == icmp::REPLIED {
+            if icmp::handle(ctx, l3, &mut scratch.flow).get()? == icmp::REPLIED {
                 return Ok(xdp_action::XDP_TX);
             }
             Arrival::IcmpError
         }
         (_, IPPROTO_TCP | IPPROTO_UDP) => {
-            let packet = parse::flow(ctx, l3, &mut flow_slot)
+            let packet = parse::flow(ctx, l3, &mut scratch.flow)
                 .map_err(|r| if tunnelled { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
             handed_off.unwrap_or(Arrival::Client(packet))
         }
         _ if tunnelled => return Err(Counter::DropBadHandoff),
         _ => return Err(Counter::Pass),
     };
-    // SAFETY: both arms that reach here wrote the flow.
-    let flow = unsafe { flow_slot.assume_init_ref() };
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
     let record = arrival != Arrival::IcmpError;
 
     // The real: the one the connection table knows, else the one the VIP's ring gives. A
     // client's SYN starts a connection, so the table is not searched for it (a retransmitted SYN
     // gets the real its first copy got while the ring is unchanged).
-    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(flow) };
-    let (chosen, real, hit) = match known {
-        Some((chosen, real)) => (chosen, real, true),
+    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(&scratch.flow) };
+    let sent = match known {
+        Some((chosen, real)) => {
+            scratch.outer = Outer::to_real(real, cfg, chosen.flow_hash);
+            Sent::Real { chosen, hit: true }
+        }
         None => {
             let mut chosen_slot = MaybeUninit::uninit();
-            match maglev::new_flow(l3, flow, &arrival, record, &mut chosen_slot).get() {
-                Ok(_) => {}
-                Err(Counter::HandoffWanted) => return to_peer(ctx, l3, flow, &arrival, cfg),
+            match maglev::new_flow(l3, &scratch.flow, &arrival, record, &mut chosen_slot).get() {
+                Ok(_) => {
+                    // SAFETY: `new_flow` returned Ok, so it wrote the slot.
+                    let chosen = unsafe { chosen_slot.assume_init() };
+                    let real = REALS.get(chosen.real_id).ok_or(Counter::DropNoReal)?;
+                    scratch.outer = Outer::to_real(real, cfg, chosen.flow_hash);
+                    Sent::Real { chosen, hit: false }
+                }
+                Err(Counter::HandoffWanted) => {
+                    handoff::tunnel(scratch, &arrival).get()?;
+                    Sent::Peer
+                }
                 // A handed-off packet that is not for a VIP is not for the kernel either.
                 Err(Counter::Pass) if tunnelled => return Err(Counter::DropBadHandoff),
                 Err(reason) => return Err(reason),
             }
-            // SAFETY: `new_flow` returned Ok, so it wrote the slot.
-            let chosen = unsafe { chosen_slot.assume_init() };
-            (chosen, REALS.get(chosen.real_id).ok_or(Counter::DropNoReal)?, false)
         }
     };
 
     let bytes = pkt::len(ctx) as u64;
-    encap::encapsulate(ctx, l3, &Outer::to_real(real, cfg, chosen.flow_hash), cfg)?;
-    stats::count_vip(chosen.vip_index, bytes, hit, record && !hit);
-    stats::count_real(chosen.real_id, bytes);
-    if arrival == Arrival::IcmpError {
-        stats::count(Counter::IcmpToReal);
+    encap::encapsulate(ctx, l3, &scratch.outer, cfg)?;
+    match sent {
+        Sent::Real { chosen, hit } => {
+            stats::count_vip(chosen.vip_index, bytes, hit, record && !hit);
+            stats::count_real(chosen.real_id, bytes);
+            if arrival == Arrival::IcmpError {
+                stats::count(Counter::IcmpToReal);
+            }
+        }
+        Sent::Peer if arrival == Arrival::Handoff => stats::count(Counter::HandoffReturned),
+        Sent::Peer => stats::count(Counter::HandoffSent),
     }
     Ok(xdp_action::XDP_TX)
 }
 
-/// Tunnels the packet of an unknown flow to a peer node (`handoff::tunnel` says which).
-#[inline(always)]
-fn to_peer(ctx: &XdpContext, l3: &L3, flow: &FlowKey, arrival: &Arrival, cfg: &LbConfig) -> Result<u32, Counter> {
-    let mut outer = MaybeUninit::uninit();
-    handoff::tunnel(flow, arrival, &mut outer).get()?;
-    // SAFETY: `tunnel` returned Ok, so it wrote the slot.
-    encap::encapsulate(ctx, l3, unsafe { outer.assume_init_ref() }, cfg)?;
-    stats::count(if matches!(arrival, Arrival::Handoff { .. }) { Counter::HandoffReturned } else { Counter::HandoffSent });
-    Ok(xdp_action::XDP_TX)
+/// Where `try_lb_xdp` sent a packet, for its counters.
+enum Sent {
+    /// To the real `chosen`; `hit`: the connection table knew the flow.
+    Real { chosen: Chosen, hit: bool },
+    /// To a peer node (`handoff::tunnel`).
+    Peer,
 }

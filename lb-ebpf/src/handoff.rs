@@ -10,12 +10,12 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    hash::flow_hash, stats::Counter, FlowKey, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST,
+    hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST,
     HANDOFF_RETURN, MAX_PEERS,
 };
 
 use crate::{
-    balancer::{Arrival, ClientPacket},
+    balancer::{Arrival, ClientPacket, Scratch},
     decap,
     encap::Outer,
     maps::{HANDOFF, PEERS},
@@ -36,35 +36,35 @@ pub fn wanted(l3: &L3, arrival: &Arrival) -> bool {
     let Some(h) = HANDOFF.get(0) else { return false };
     match arrival {
         Arrival::Client(ClientPacket::MidFlow) => h.peers != 0 && (!l3.ipv6 || h.flags & HANDOFF_F_IPV6 != 0),
-        Arrival::Handoff { .. } => h.flags & HANDOFF_F_ADOPT == 0,
+        Arrival::Handoff => h.flags & HANDOFF_F_ADOPT == 0,
         _ => false,
     }
 }
 
-/// The tunnel for the packet of an unknown flow that goes to a peer: a client's to the flow's
-/// peer, a peer's handoff back to it. The balancer encapsulates and counts it.
+/// The tunnel, into `scratch.outer`, for the packet of an unknown flow that goes to a peer: a
+/// client's to the flow's peer, a peer's handoff back to it. The balancer encapsulates and
+/// counts it.
 #[inline(never)] // off the hot path, in its own stack frame
-pub fn tunnel(flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Outer>) -> Step {
-    Step::of(try_tunnel(flow, arrival).map(|outer| {
-        out.write(outer);
-        0
-    }))
+pub fn tunnel(scratch: &mut Scratch, arrival: &Arrival) -> Step {
+    Step::of(try_tunnel(scratch, arrival).map(|()| 0))
 }
 
 #[inline(always)]
-fn try_tunnel(flow: &FlowKey, arrival: &Arrival) -> Result<Outer, Counter> {
+fn try_tunnel(scratch: &mut Scratch, arrival: &Arrival) -> Result<(), Counter> {
     let h = HANDOFF.get(0).ok_or(Counter::DropNoConfig)?;
     let (to, id) = match arrival {
-        Arrival::Handoff { from } => (*from, HANDOFF_RETURN),
+        Arrival::Handoff => (scratch.from, HANDOFF_RETURN),
         _ => {
             // Not `clamp`: after it LLVM no longer knows the divisor is not 0, and keeps a
             // division-by-zero panic path, which the verifier refuses.
             #[allow(clippy::manual_clamp)]
             let count = h.peers.min(MAX_PEERS).max(1);
-            (*PEERS.get(flow_hash(flow) % count).ok_or(Counter::DropNoConfig)?, HANDOFF_REQUEST)
+            (*PEERS.get(flow_hash(&scratch.flow) % count).ok_or(Counter::DropNoConfig)?, HANDOFF_REQUEST)
         }
     };
-    Ok(Outer { dst: to, ipv6: h.flags & HANDOFF_F_IPV6 != 0, src: h.node_addr, id })
+    // Written in place: built on the stack, the header would double this frame.
+    scratch.outer = Outer { dst: to, ipv6: h.flags & HANDOFF_F_IPV6 != 0, src: h.node_addr, id };
+    Ok(())
 }
 
 /// What `receive` found in a tunnel to our handoff address: a peer's handoff ...
@@ -72,34 +72,27 @@ pub const REQUEST: u32 = HANDOFF_REQUEST;
 /// ... or our own, given back.
 pub const RETURN: u32 = HANDOFF_RETURN;
 
-/// Where a tunnel's outer header lies, taken from its `L3` before the slot is reused.
-pub struct OuterHeader {
-    pub ipv6: bool,
-    /// The tunnel carries IPv4 (IPIP, IPv4-in-IPv6), else IPv6.
-    pub inner_ipv4: bool,
-    pub l2_len: usize,
-    pub len: usize,
-}
-
-impl OuterHeader {
-    #[inline(always)]
-    pub fn of(l3: &L3) -> Self {
-        Self { ipv6: l3.ipv6, inner_ipv4: l3.proto == IPPROTO_IPIP, l2_len: l3.l2_len, len: l3.l4_off - l3.l2_len }
-    }
-}
-
-/// A tunnel to our handoff address: says how the inner packet came (`REQUEST` or `RETURN`),
-/// strips the `outer` header, so the frame is the inner packet from here on, and parses that
-/// into `l3`.
+/// A tunnel to our handoff address, whose outer header `l3` holds: says how the inner packet
+/// came (`REQUEST` or `RETURN`), strips the outer header, so the frame is the inner packet from
+/// here on, and parses that into `l3`.
+///
+/// # Safety
+/// `l3` is initialised (by `parse::l3`).
 #[inline(never)] // off the hot path, in its own stack frame
-pub fn receive(ctx: &XdpContext, outer: &OuterHeader, l3: &mut MaybeUninit<L3>) -> Step {
-    Step::of(try_receive(ctx, outer, l3))
+pub unsafe fn receive(ctx: &XdpContext, l3: &mut MaybeUninit<L3>) -> Step {
+    // SAFETY: the caller's promise. The fields are copied out before the slot is rewritten.
+    let outer = unsafe { l3.assume_init_ref() };
+    let (ipv6, l2_len, outer_len, inner_ipv4) = (outer.ipv6, outer.l2_len, outer.l4_off - outer.l2_len, outer.proto == IPPROTO_IPIP);
+    Step::of(try_receive(ctx, ipv6, l2_len, outer_len, inner_ipv4).and_then(|id| {
+        parse::l3(ctx, l3).map_err(|_| Counter::DropBadHandoff)?;
+        Ok(id)
+    }))
 }
 
+/// Reads the tunnel's marker and strips its outer header.
 #[inline(always)]
-fn try_receive(ctx: &XdpContext, outer: &OuterHeader, l3: &mut MaybeUninit<L3>) -> Result<u32, Counter> {
-    let l2_len = outer.l2_len;
-    let id = if outer.ipv6 {
+fn try_receive(ctx: &XdpContext, ipv6: bool, l2_len: usize, outer_len: usize, inner_ipv4: bool) -> Result<u32, Counter> {
+    let id = if ipv6 {
         let head: [u8; 4] = pkt::read(ctx, l2_len).ok_or(Counter::DropBadHandoff)?;
         u32::from_be_bytes(head) & 0x000f_ffff
     } else {
@@ -112,8 +105,7 @@ fn try_receive(ctx: &XdpContext, outer: &OuterHeader, l3: &mut MaybeUninit<L3>) 
         _ => return Err(Counter::Pass), // some other tunnel to this address: the kernel's
     };
     stats::count(counter);
-    let inner_type = if outer.inner_ipv4 { ETH_P_IP } else { ETH_P_IPV6 };
-    decap::strip(ctx, l2_len, outer.len, inner_type).ok_or(Counter::DropBadHandoff)?;
-    parse::l3(ctx, l3).map_err(|_| Counter::DropBadHandoff)?;
+    let inner_type = if inner_ipv4 { ETH_P_IP } else { ETH_P_IPV6 };
+    decap::strip(ctx, l2_len, outer_len, inner_type).ok_or(Counter::DropBadHandoff)?;
     Ok(id)
 }

@@ -2,8 +2,6 @@
 //! too big" go to the real of the flow they quote, so path-MTU discovery works through the LB.
 //! Other ICMP passes to the kernel.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::programs::XdpContext;
 use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
 use network_types::{
@@ -36,12 +34,12 @@ pub const REPLIED: u32 = 0;
 pub const ABOUT_FLOW: u32 = 1;
 
 #[inline(never)] // its own stack frame: the balancer's would not fit the 512-byte limit
-pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Step {
+pub fn handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Step {
     Step::of(try_handle(ctx, l3, flow))
 }
 
 #[inline(always)]
-fn try_handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<u32, Counter> {
+fn try_handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<u32, Counter> {
     let bad = Counter::DropBadIcmp;
     if (l3.l4_len as usize) < ICMP_HEADER_LEN {
         return Err(bad);
@@ -51,11 +49,11 @@ fn try_handle(ctx: &XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Res
     match (l3.ipv6, kind, code) {
         (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| REPLIED),
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => {
-            flow.write(quoted_flow_v4(ctx, l3, inner)?);
+            *flow = quoted_flow_v4(ctx, l3, inner)?;
             Ok(ABOUT_FLOW)
         }
         (true, ICMPV6_PACKET_TOO_BIG, 0) => {
-            flow.write(quoted_flow_v6(ctx, l3, inner)?);
+            *flow = quoted_flow_v6(ctx, l3, inner)?;
             Ok(ABOUT_FLOW)
         }
         _ => Err(Counter::Pass),

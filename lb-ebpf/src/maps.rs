@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use crate::balancer::Scratch;
 use lb_common::{
     stats::{Counter, DecapCounter},
     ConnEntry, FlowKey, Handoff, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
@@ -72,3 +73,9 @@ pub static HANDOFF: Array<Handoff> = Array::with_max_entries(1, 0);
 /// Addresses of peer sites' LB nodes that are up; the first `Handoff::peers` count.
 #[map]
 pub static PEERS: Array<[u8; 16]> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Per-CPU room for the balancer's larger working values (`balancer::Scratch`), which on the
+/// stack would take a fifth of the 512 bytes the verifier allows over a call chain. An XDP
+/// program runs to its end on one CPU before the next packet there: one entry per CPU is enough.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -178,16 +178,16 @@ const TCP_ACK: u8 = 0x10;
 /// Writes `flow` (client -> VIP) from a TCP or UDP packet (`Ok`: written); says what the packet
 /// tells about where its flow starts.
 #[inline(always)]
-pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut MaybeUninit<FlowKey>) -> Result<ClientPacket, Counter> {
+pub fn flow(ctx: &aya_ebpf::programs::XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<ClientPacket, Counter> {
     let (src_port, dst_port, tcp_flags) = ports(ctx, l3)?;
-    flow.write(FlowKey {
+    *flow = FlowKey {
         src: l3.src,
         dst: l3.dst,
         src_port_be: u16::from_ne_bytes(src_port),
         dst_port_be: u16::from_ne_bytes(dst_port),
         proto: l3.proto,
         _pad: [0; 3],
-    });
+    };
     Ok(match (l3.proto, tcp_flags & (TCP_SYN | TCP_ACK)) {
         (IPPROTO_TCP, TCP_SYN) => ClientPacket::Syn,
         (IPPROTO_TCP, _) => ClientPacket::MidFlow,
