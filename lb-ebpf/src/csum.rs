@@ -21,8 +21,18 @@ pub fn ipv4_header(words: &[u16; 10]) -> u16 {
     !fold(sum)
 }
 
-/// Updates a checksum (host order) when one 16-bit word changes from `old` to `new` (RFC 1624).
+/// Updates a checksum (host order) when one 16-bit word changes from `old` to `new` (RFC 1624,
+/// equation 3).
+///
+/// Equation 3 gives 0x0000 where the data now sums to zero, and then only 0xffff is right (RFC
+/// 1624 section 3: an all-zero ICMP echo reply is such data). 0xffff is right whenever
+/// equation 3 gives 0x0000: a receiver adds the checksum to the data's sum and wants 0xffff,
+/// and the data sums to either 0x0000 or 0xffff then; 0xffff + 0xffff folds to 0xffff too. So
+/// 0x0000 is never written.
 #[inline(always)]
 pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
-    !fold((!check) as u32 + (!old) as u32 + new as u32)
+    match !fold((!check) as u32 + (!old) as u32 + new as u32) {
+        0 => 0xffff,
+        updated => updated,
+    }
 }

@@ -158,7 +158,7 @@ pub fn flow_of(frame: &Frame) -> FlowKey {
     let (proto, src_port, dst_port) = match frame.l4 {
         L4::Tcp { src, dst } => (6, src, dst),
         L4::Udp { src, dst } => (17, src, dst),
-        L4::EchoRequest => panic!("echo has no flow"),
+        L4::EchoRequest { .. } => panic!("echo has no flow"),
     };
     FlowKey {
         src: addr16(frame.src),

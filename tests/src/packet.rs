@@ -33,7 +33,7 @@ fn v6(a: IpAddr) -> [u8; 16] {
 pub enum L4 {
     Tcp { src: u16, dst: u16 },
     Udp { src: u16, dst: u16 },
-    EchoRequest,
+    EchoRequest { id: u16, seq: u16 },
 }
 
 /// A client frame: Ethernet (optionally one VLAN tag), IPv4 or IPv6, TCP/UDP/echo, payload.
@@ -57,7 +57,11 @@ impl Frame {
         Self::new(src, dst, L4::Udp { src: sport, dst: dport })
     }
     pub fn echo(src: &str, dst: &str) -> Self {
-        Self::new(src, dst, L4::EchoRequest)
+        Self::new(src, dst, L4::EchoRequest { id: 7, seq: 1 })
+    }
+    /// An echo request with this identifier and sequence number.
+    pub fn echo_ids(src: &str, dst: &str, id: u16, seq: u16) -> Self {
+        Self::new(src, dst, L4::EchoRequest { id, seq })
     }
     fn new(src: &str, dst: &str, l4: L4) -> Self {
         Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec(), syn: false }
@@ -90,10 +94,10 @@ impl Frame {
                     L4::Tcp { src, dst } if self.syn => $ip.tcp(src, dst, 1000, 64240).syn().write(&mut out, &self.payload),
                     L4::Tcp { src, dst } => $ip.tcp(src, dst, 1000, 64240).ack(1).write(&mut out, &self.payload),
                     L4::Udp { src, dst } => $ip.udp(src, dst).write(&mut out, &self.payload),
-                    L4::EchoRequest if self.src.is_ipv4() => {
-                        $ip.icmpv4_echo_request(7, 1).write(&mut out, &self.payload)
+                    L4::EchoRequest { id, seq } if self.src.is_ipv4() => {
+                        $ip.icmpv4_echo_request(id, seq).write(&mut out, &self.payload)
                     }
-                    L4::EchoRequest => $ip.icmpv6_echo_request(7, 1).write(&mut out, &self.payload),
+                    L4::EchoRequest { id, seq } => $ip.icmpv6_echo_request(id, seq).write(&mut out, &self.payload),
                 }
                 .expect("build frame");
                 out

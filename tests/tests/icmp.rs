@@ -34,6 +34,20 @@ fn echo_request_to_an_ipv4_vip_is_answered() {
     assert_eq!(lb.dp.counter(Counter::IcmpEchoReplied).unwrap(), 1);
 }
 
+/// The input where an incremental update (RFC 1624 equation 3) writes 0x0000: an all-zero echo
+/// message (identifier 0, sequence 0, no data). Only 0xffff verifies there.
+#[test]
+fn echo_reply_to_an_all_zero_request_carries_a_checksum_that_verifies() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let out = lb.run(&Frame::echo_ids("192.0.2.1", "10.0.0.1", 0, 0).payload(0).build());
+    assert_eq!(action_name(out.action), "XDP_TX");
+    let icmp = &out.data[14 + 20..];
+    assert_eq!(icmp, [0, 0, 0xff, 0xff, 0, 0, 0, 0], "an echo reply, checksum 0xffff, id 0, seq 0, no data");
+    assert!(icmpv4_checksum_ok(icmp), "the one's-complement sum over the message is 0xffff");
+}
+
 #[test]
 fn echo_request_to_an_ipv6_vip_is_answered() {
     require_root!();
