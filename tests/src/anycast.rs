@@ -3,9 +3,14 @@
 //! announces with one AS-path prepend, so the router prefers site A (ECMP across A's nodes) and
 //! falls back to B when A withdraws.
 //!
+//! Dual stack: every link has an IPv4 and an IPv6 address, and every node's `lb` serves the IPv4
+//! VIP `web` (IPv4 reals) and the IPv6 VIP `web6` (IPv6 reals). BGP carries both families over
+//! the one IPv4 session (MP-BGP): the edge's `next hop self` gives the router the node's global
+//! IPv6 address on the link as the IPv6 next hop.
+//!
 //! ```text
-//! client 10.10.1.2 -- router -- 10.20.k.2  LB node k (lb0, BIRD AS 6500{1,2}, lb)
-//!                           \--- 10.3s.i.2 backend i of site s (lb_decap, VIP on lo)
+//! client 10.10.1.2 fd00:10:1::2 -- router -- 10.20.k.2 fd00:20:k::2  LB node k (lb0, BIRD AS 6500{1,2}, lb)
+//!                                        \--- 10.3s.i.2 fd00:3s:i::2 backend i of site s (lb_decap, VIPs on lo)
 //! ```
 
 use std::{path::PathBuf, time::Duration};
@@ -16,9 +21,9 @@ use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
 use crate::{
     bird::{edge_config, wait_for, Bird},
     lbd::LbDaemon,
-    netns::{veth, End, NetNs},
+    netns::{add_addr, veth, End, NetNs},
     packet::ip,
-    topology::{LineConn, Servers, Site, VIP},
+    topology::{decapsulator, default_routes, hold_vips, LineConn, Servers, Site, VIP, VIP6},
 };
 
 /// Extra client source addresses: 10.10.1.100 ..
@@ -27,6 +32,20 @@ pub const CLIENT_ADDRS: usize = 50;
 /// The client address to use for request `i` (rotating over all of them).
 pub fn client_addr(i: usize) -> std::net::IpAddr {
     ip(&format!("10.10.1.{}", 100 + i % CLIENT_ADDRS))
+}
+
+/// The client's IPv6 address for request `i`: fd00:10:1::100 ..
+pub fn client_addr6(i: usize) -> std::net::IpAddr {
+    ip(&format!("fd00:10:1::{:x}", 0x100 + i % CLIENT_ADDRS))
+}
+
+/// Node k's addresses on its link to the router (the router has .1 / ::1).
+pub fn node_addr(k: usize) -> String {
+    format!("10.20.{k}.2")
+}
+
+pub fn node_addr6(k: usize) -> String {
+    format!("fd00:20:{k}::2")
 }
 
 pub struct Node {
@@ -69,10 +88,14 @@ pub struct Options {
     pub backup_prepend: Option<u32>,
     /// Handoff peers every node lists besides the other sites' nodes (say, one that is dead).
     pub extra_peers: Vec<String>,
+    /// Hand off over IPv6: node addresses and peers are the nodes' IPv6 addresses (which carries
+    /// the flows of both families); otherwise IPv4 (which carries IPv4 flows only).
+    pub handoff_ipv6: bool,
 }
 
-/// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff.
-fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::path::Path, node: &str, peers: &[String]) -> String {
+/// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff. `backends` and
+/// `backends6`: the site's backends, each family's reals of the VIP of that family.
+fn lb_config(backends: &[String], backends6: &[String], opts: &Options, bird: &Bird, include: &std::path::Path, node: &str, peers: &[String]) -> String {
     let weights = &opts.weights;
     let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
     let handoff = if peers.is_empty() {
@@ -82,7 +105,7 @@ fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::pa
     };
     let mut c = format!(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [metrics]\nlisten = \"0.0.0.0:9100\"\n\
+         [metrics]\nlisten = \"[::]:9100\"\n\
          [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
          [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
          {handoff}\
@@ -91,6 +114,10 @@ fn lb_config(backends: &[String], opts: &Options, bird: &Bird, include: &std::pa
         include.display()
     );
     for (i, b) in backends.iter().enumerate() {
+        c += &format!("[[vip.real]]\naddress = \"{b}\"\nweight = {}\n", weights.get(i).copied().unwrap_or(1));
+    }
+    c += &format!("[[vip]]\nname = \"web6\"\naddress = \"{VIP6}\"\nport = 8080\nprotocol = \"tcp\"\n");
+    for (i, b) in backends6.iter().enumerate() {
         c += &format!("[[vip.real]]\naddress = \"{b}\"\nweight = {}\n", weights.get(i).copied().unwrap_or(1));
     }
     c
@@ -107,19 +134,23 @@ impl Anycast {
         std::fs::create_dir_all(&dir).expect("dir");
         let client = NetNs::new("client", false);
         let router = NetNs::new("router", true);
-        router.exec(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]); // ECMP on the 5-tuple
+        // ECMP on the 5-tuple, both families.
+        router.exec(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+        router.exec(&["sysctl", "-qw", "net.ipv6.fib_multipath_hash_policy=1"]);
         veth(
-            End { ns: &client, dev: "c0", mac: "02:00:00:00:00:01", addr: "10.10.1.2/24" },
-            End { ns: &router, dev: "r-c", mac: "02:00:00:00:01:01", addr: "10.10.1.1/24" },
+            End { ns: &client, dev: "c0", mac: "02:00:00:00:00:01", addrs: &["10.10.1.2/24", "fd00:10:1::2/64"] },
+            End { ns: &router, dev: "r-c", mac: "02:00:00:00:01:01", addrs: &["10.10.1.1/24", "fd00:10:1::1/64"] },
         );
-        client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
+        default_routes(&client, "10.10.1.1", "fd00:10:1::1");
         for i in 0..CLIENT_ADDRS {
-            client.ip(&["addr", "add", &format!("10.10.1.{}/24", 100 + i), "dev", "c0"]);
+            add_addr(&client, &format!("10.10.1.{}/24", 100 + i), "c0");
+            add_addr(&client, &format!("{}/64", client_addr6(i)), "c0");
         }
 
         let mut router_conf = String::from(
             "router id 10.10.1.1;\nlog stderr all;\nprotocol device {}\n\
-             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n",
+             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n\
+             protocol kernel { merge paths on; ipv6 { import none; export all; }; }\n",
         );
         let mut node_addrs = Vec::new();
         let mut k = 0;
@@ -130,7 +161,7 @@ impl Anycast {
                 site_nodes.push(k);
                 router_conf += &format!(
                     "protocol bgp node{k} {{ local 10.20.{k}.1 as 65000; neighbor 10.20.{k}.2 as {}; hold time 3; keepalive time 1; \
-                     connect retry time 1; ipv4 {{ import all; export none; }}; }}\n",
+                     connect retry time 1; ipv4 {{ import all; export none; }}; ipv6 {{ import all; export none; }}; }}\n",
                     65001 + s
                 );
             }
@@ -143,14 +174,17 @@ impl Anycast {
                 ks.iter()
                     .map(|&k| {
                         let ns = NetNs::new(&format!("n{k}"), false);
+                        let (r4, r6) = (format!("10.20.{k}.1/24"), format!("fd00:20:{k}::1/64"));
+                        let (n4, n6) = (format!("{}/24", node_addr(k)), format!("{}/64", node_addr6(k)));
                         veth(
-                            End { ns: &router, dev: &format!("r-n{k}"), mac: &format!("02:00:00:00:00:{:02x}", 0x10 + k), addr: &format!("10.20.{k}.1/24") },
-                            End { ns: &ns, dev: "lb0", mac: &format!("02:00:00:00:01:{:02x}", 0x10 + k), addr: &format!("10.20.{k}.2/24") },
+                            End { ns: &router, dev: &format!("r-n{k}"), mac: &format!("02:00:00:00:00:{:02x}", 0x10 + k), addrs: &[&r4, &r6] },
+                            End { ns: &ns, dev: "lb0", mac: &format!("02:00:00:00:01:{:02x}", 0x10 + k), addrs: &[&n4, &n6] },
                         );
-                        ns.ip(&["route", "add", "default", "via", &format!("10.20.{k}.1")]);
+                        default_routes(&ns, &format!("10.20.{k}.1"), &format!("fd00:20:{k}::1"));
                         // The router's MAC on this link is what lb sends to (next_hop_mac in lb_config).
                         router.ip(&["link", "set", &format!("r-n{k}"), "address", "02:00:00:00:00:03"]);
                         ns.ip(&["neigh", "flush", "all"]);
+                        ns.ip(&["-6", "neigh", "flush", "all"]);
                         ns
                     })
                     .collect()
@@ -171,45 +205,37 @@ impl Anycast {
             let backend_ns: Vec<NetNs> = (0..nb)
                 .map(|i| {
                     let ns = NetNs::new(&format!("{name}b{i}"), false);
-                    let net = format!("10.{}.{i}", 30 + s);
+                    let (net, net6) = (format!("10.{}.{i}", 30 + s), format!("fd00:{}:{i}:", 30 + s));
+                    let (r4, r6, b4, b6) = (format!("{net}.1/24"), format!("{net6}:1/64"), format!("{net}.2/24"), format!("{net6}:2/64"));
                     veth(
-                        End { ns: &router, dev: &format!("r-{name}{i}"), mac: &format!("02:00:00:00:{:02x}:{i:02x}", 0x30 + s), addr: &format!("{net}.1/24") },
-                        End { ns: &ns, dev: "b0", mac: &format!("02:00:00:01:{:02x}:{i:02x}", 0x30 + s), addr: &format!("{net}.2/24") },
+                        End { ns: &router, dev: &format!("r-{name}{i}"), mac: &format!("02:00:00:00:{:02x}:{i:02x}", 0x30 + s), addrs: &[&r4, &r6] },
+                        End { ns: &ns, dev: "b0", mac: &format!("02:00:00:01:{:02x}:{i:02x}", 0x30 + s), addrs: &[&b4, &b6] },
                     );
-                    ns.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
-                    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+                    default_routes(&ns, &format!("{net}.1"), &format!("{net6}:1"));
+                    hold_vips(&ns);
                     ns
                 })
                 .collect();
             let addrs: Vec<String> = (0..nb).map(|i| format!("10.{}.{i}.2", 30 + s)).collect();
-            let decaps = backend_ns
-                .iter()
-                .zip(&addrs)
-                .map(|(ns, a)| {
-                    ns.run(|| {
-                        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
-                        dp.add_decap_addr(ip(a)).expect("decap addr");
-                        dp.attach(programs::DECAP, "b0", AttachMode::Native).expect("decap");
-                        dp
-                    })
-                })
-                .collect();
+            let addrs6: Vec<String> = (0..nb).map(|i| format!("fd00:{}:{i}::2", 30 + s)).collect();
+            let decaps = backend_ns.iter().zip(addrs.iter().zip(&addrs6)).map(|(ns, (a, a6))| ns.run(|| decapsulator(&[a, a6]))).collect();
             let nodes = ns_list
                 .into_iter()
                 .zip(&node_addrs[s])
                 .map(|(ns, &k)| {
                     let include = dir.join(format!("vips-{k}.conf"));
                     std::fs::write(&include, lb_userspace::bird::render(&[])).expect("include");
-                    let mut conf = edge_config(&format!("10.20.{k}.2"), 65001 + s as u32, &format!("10.20.{k}.1"), 65000, &include);
+                    let mut conf = edge_config(&node_addr(k), 65001 + s as u32, &format!("10.20.{k}.1"), 65000, &include);
                     if s > 0 {
                         let n = opts.backup_prepend.unwrap_or(1); // a backup site
                         conf = conf.replace("define SITE_PREPEND   = 0;", &format!("define SITE_PREPEND   = {n};"));
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
-                    let mut peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|k| format!("10.20.{k}.2"))).collect();
+                    let handoff_addr = |k: usize| if opts.handoff_ipv6 { node_addr6(k) } else { node_addr(k) };
+                    let mut peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|&k| handoff_addr(k))).collect();
                     peers.extend(opts.extra_peers.iter().cloned());
-                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, opts, &bird, &include, &format!("10.20.{k}.2"), &peers));
-                    Node { ns, bird, lb, addr: format!("10.20.{k}.2") }
+                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, &addrs6, opts, &bird, &include, &handoff_addr(k), &peers));
+                    Node { ns, bird, lb, addr: node_addr(k) }
                 })
                 .collect();
             sites.push(SiteNet { name, nodes, backends: backend_ns, decaps });
@@ -217,25 +243,29 @@ impl Anycast {
         Self { client, router, router_bird, router_xdp, sites, dir }
     }
 
-    /// Waits until every node of site `site` sees all its reals up and announces the VIP. Nodes
+    /// Waits until every node of site `site` sees all its reals up and announces the VIPs. Nodes
     /// agree on a flow's real only when they agree on which reals are up, and the first health
     /// checks after the servers start take a moment to settle.
     pub fn wait_serving(&self, site: usize) {
         for node in &self.sites[site].nodes {
-            wait_for(Duration::from_secs(10), "every real up and the VIP announced", || {
-                let status = node.lb.status();
-                status[0].announced && status[0].reals.iter().all(|r| r.up)
+            wait_for(Duration::from_secs(10), "every real up and the VIPs announced", || {
+                node.lb.status().iter().all(|vip| vip.announced && vip.reals.iter().all(|r| r.up))
             });
         }
     }
 
-    /// Opens `n` long-lived connections from the client to the VIP, one line exchanged on each;
-    /// returns them with the "site X backend i" that answered.
+    /// Opens `n` long-lived connections from the client to the IPv4 VIP, one line exchanged on
+    /// each; returns them with the "site X backend i" that answered.
     pub fn open_connections(&self, n: usize) -> Vec<(LineConn, String)> {
+        self.open_connections_to(Site::vip_addr(), n)
+    }
+
+    /// `open_connections` to `service` (`Site::vip_addr()` or `Site::vip6_addr()`).
+    pub fn open_connections_to(&self, service: std::net::SocketAddr, n: usize) -> Vec<(LineConn, String)> {
         self.client.run(|| {
             (0..n)
                 .map(|i| {
-                    let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+                    let mut c = LineConn::connect(service).expect("connect");
                     let who = c.exchange(&format!("hello {i}")).expect("first exchange");
                     (c, who.split(" answered").next().unwrap_or("?").to_owned())
                 })
@@ -243,11 +273,22 @@ impl Anycast {
         })
     }
 
-    /// Next hops the router's kernel has for the VIP (empty: no route).
+    /// Next hops the router's kernel has for the IPv4 VIP (empty: no route).
     pub fn next_hops(&self) -> Vec<String> {
-        let out = self.router.ip(&["route", "show", &format!("{VIP}/32")]);
-        out.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect()
+        via(&self.router.ip(&["route", "show", &format!("{VIP}/32")]))
     }
+
+    /// Next hops the router's kernel has for the IPv6 VIP (empty: no route).
+    pub fn next_hops6(&self) -> Vec<String> {
+        via(&self.router.ip(&["-6", "route", "show", &format!("{VIP6}/128")]))
+    }
+}
+
+/// The gateways of `ip route show` output, sorted.
+fn via(routes: &str) -> Vec<String> {
+    let mut hops: Vec<String> = routes.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+    hops.sort();
+    hops
 }
 
 impl Drop for Anycast {

@@ -41,8 +41,8 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// Creates `lbt<pid>-<n>-<role>` with loopback up, reverse-path filtering off and
-    /// forwarding as asked.
+    /// Creates `lbt<pid>-<n>-<role>` with loopback up, reverse-path filtering and IPv6 duplicate
+    /// address detection off, and forwarding (both families) as asked.
     pub fn new(role: &str, forwarding: bool) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         if SEQ.load(Ordering::Relaxed) == 0 {
@@ -58,6 +58,10 @@ impl NetNs {
             ("net.ipv4.conf.default.rp_filter", "0"),
             ("net.ipv4.ip_forward", fwd),
             ("net.ipv6.conf.all.forwarding", fwd),
+            // No duplicate address detection: addresses (link-local ones too) usable at once,
+            // so the first packets of a test do not wait on neighbour discovery and get resent.
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
         ] {
             ns.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
         }
@@ -114,8 +118,18 @@ pub struct End<'a> {
     pub ns: &'a NetNs,
     pub dev: &'a str,
     pub mac: &'a str,
-    /// Address with prefix length, e.g. "10.10.1.2/24".
-    pub addr: &'a str,
+    /// Addresses with prefix length, e.g. ["10.10.1.2/24", "fd00:10:1::2/64"].
+    pub addrs: &'a [&'a str],
+}
+
+/// Adds `addr` (with prefix length) to `dev`; an IPv6 address skips duplicate address detection
+/// so it is usable at once.
+pub fn add_addr(ns: &NetNs, addr: &str, dev: &str) {
+    if addr.contains(':') {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    } else {
+        ns.ip(&["addr", "add", addr, "dev", dev]);
+    }
 }
 
 /// Creates a veth pair between two namespaces, addresses and MACs set, checksum offload off
@@ -125,7 +139,9 @@ pub fn veth(a: End, b: End) {
     a.ns.ip(&["link", "add", a.dev, "type", "veth", "peer", "name", b.dev, "netns", &b.ns.name]);
     for end in [&a, &b] {
         end.ns.ip(&["link", "set", end.dev, "address", end.mac]);
-        end.ns.ip(&["addr", "add", end.addr, "dev", end.dev]);
+        for addr in end.addrs {
+            add_addr(end.ns, addr, end.dev);
+        }
         end.ns.exec(&["ethtool", "-K", end.dev, "tx", "off", "rx", "off"]);
         end.ns.ip(&["link", "set", end.dev, "up"]);
     }

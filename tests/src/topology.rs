@@ -1,11 +1,12 @@
 //! One site in network namespaces: a client, a router, the LB node and N backends over veth.
 //! The balancer runs natively on the LB node's NIC and sends tunnelled packets back to the router
-//! (XDP_TX); each backend strips the tunnel with `lb_decap`, holds the VIP on loopback and answers
-//! the client directly (DSR): the LB node has forwarding off and no route to the client.
+//! (XDP_TX); each backend strips the tunnel with `lb_decap`, holds the VIPs on loopback and
+//! answers the client directly (DSR): the LB node has forwarding off and no route to the client.
+//! Every link is dual stack: 10.10.n.x/24 and fd00:10:n::x/64.
 //!
 //! ```text
 //! client 10.10.1.2 -- 10.10.1.1 router 10.10.2.1 -- 10.10.2.2 lb (XDP lb_xdp)
-//!                               router 10.10.3.1 -- 10.10.3.2 backend 0 (XDP lb_decap, VIP on lo)
+//!                               router 10.10.3.1 -- 10.10.3.2 backend 0 (XDP lb_decap, VIPs on lo)
 //!                               router 10.10.4.1 -- 10.10.4.2 backend 1 ...
 //! ```
 
@@ -29,8 +30,11 @@ use crate::{
 };
 
 pub const VIP: &str = "10.99.0.1";
+/// The IPv6 VIP, held by the backends beside the IPv4 one.
+pub const VIP6: &str = "fd00:99::1";
 pub const PORT: u16 = 8080;
 pub const CLIENT: &str = "10.10.1.2";
+pub const CLIENT6: &str = "fd00:10:1::2";
 
 /// The namespaces and links, the router's pass stub and the backends' decapsulators: everything
 /// but the balancer.
@@ -44,16 +48,29 @@ pub struct Net {
     pub decaps: Vec<Dataplane>,
 }
 
-/// A `Net` with the test fixture's balancer attached on the LB node.
+/// A `Net` with the test fixture's balancer attached on the LB node, balancing one VIP.
 pub struct Site {
     pub net: Net,
     pub balancer: Balancer,
     pub vip: Vip,
+    /// The VIP's address (`VIP` or `VIP6`).
+    pub vip_ip: IpAddr,
 }
 
-/// Address of backend `i`.
+/// IPv4 address of backend `i`.
 pub fn backend_addr(i: usize) -> String {
     format!("10.10.{}.2", 3 + i)
+}
+
+/// IPv6 address of backend `i`.
+pub fn backend_addr6(i: usize) -> String {
+    format!("fd00:10:{}::2", 3 + i)
+}
+
+/// Adds a default route of each family to a namespace.
+pub fn default_routes(ns: &NetNs, via4: &str, via6: &str) {
+    ns.ip(&["route", "add", "default", "via", via4]);
+    ns.ip(&["-6", "route", "add", "default", "via", via6]);
 }
 
 impl Net {
@@ -62,29 +79,31 @@ impl Net {
         let router = NetNs::new("router", true);
         let lb = NetNs::new("lb", false);
         veth(
-            End { ns: &client, dev: "c0", mac: "02:00:00:00:00:01", addr: "10.10.1.2/24" },
-            End { ns: &router, dev: "r-c", mac: "02:00:00:00:01:01", addr: "10.10.1.1/24" },
+            End { ns: &client, dev: "c0", mac: "02:00:00:00:00:01", addrs: &["10.10.1.2/24", "fd00:10:1::2/64"] },
+            End { ns: &router, dev: "r-c", mac: "02:00:00:00:01:01", addrs: &["10.10.1.1/24", "fd00:10:1::1/64"] },
         );
         // MACs as the packet fixture names them: LB_MAC on the LB, ROUTER_MAC as its next hop.
         veth(
-            End { ns: &router, dev: "r-lb", mac: "02:00:00:00:00:03", addr: "10.10.2.1/24" },
-            End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addr: "10.10.2.2/24" },
+            End { ns: &router, dev: "r-lb", mac: "02:00:00:00:00:03", addrs: &["10.10.2.1/24", "fd00:10:2::1/64"] },
+            End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addrs: &["10.10.2.2/24", "fd00:10:2::2/64"] },
         );
-        client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
-        lb.ip(&["route", "add", "default", "via", "10.10.2.1"]); // health checks reach the backends
+        default_routes(&client, "10.10.1.1", "fd00:10:1::1");
+        default_routes(&lb, "10.10.2.1", "fd00:10:2::1"); // health checks reach the backends
         router.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.10.2.2"]);
+        router.ip(&["-6", "route", "add", &format!("{VIP6}/128"), "via", "fd00:10:2::2"]);
 
         let backend_ns: Vec<NetNs> = (0..backends)
             .map(|i| {
                 let ns = NetNs::new(&format!("b{i}"), false);
-                let (rdev, rmac, raddr) = (format!("r-b{i}"), format!("02:00:00:00:03:{i:02x}"), format!("10.10.{}.1/24", 3 + i));
-                let (bmac, baddr) = (format!("02:00:00:00:04:{i:02x}"), format!("{}/24", backend_addr(i)));
+                let (rdev, rmac) = (format!("r-b{i}"), format!("02:00:00:00:03:{i:02x}"));
+                let (raddr, raddr6) = (format!("10.10.{}.1/24", 3 + i), format!("fd00:10:{}::1/64", 3 + i));
+                let (bmac, baddr, baddr6) = (format!("02:00:00:00:04:{i:02x}"), format!("{}/24", backend_addr(i)), format!("{}/64", backend_addr6(i)));
                 veth(
-                    End { ns: &router, dev: &rdev, mac: &rmac, addr: &raddr },
-                    End { ns: &ns, dev: "b0", mac: &bmac, addr: &baddr },
+                    End { ns: &router, dev: &rdev, mac: &rmac, addrs: &[&raddr, &raddr6] },
+                    End { ns: &ns, dev: "b0", mac: &bmac, addrs: &[&baddr, &baddr6] },
                 );
-                ns.ip(&["route", "add", "default", "via", &format!("10.10.{}.1", 3 + i)]);
-                ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+                default_routes(&ns, &format!("10.10.{}.1", 3 + i), &format!("fd00:10:{}::1", 3 + i));
+                hold_vips(&ns);
                 ns
             })
             .collect();
@@ -99,12 +118,7 @@ impl Net {
             .iter()
             .enumerate()
             .map(|(i, ns)| {
-                ns.run(|| {
-                    let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
-                    dp.add_decap_addr(ip(&backend_addr(i))).expect("decap addr");
-                    dp.attach(programs::DECAP, "b0", AttachMode::Native).expect("attach decap");
-                    dp
-                })
+                ns.run(|| decapsulator(&[&backend_addr(i), &backend_addr6(i)]))
             })
             .collect();
         Self { client, router, lb, backends: backend_ns, router_xdp, decaps }
@@ -117,21 +131,39 @@ impl Net {
 }
 
 impl Site {
+    /// `backends` backends behind the IPv4 VIP, reached over IPIP.
     pub fn new(backends: usize) -> Self {
+        Self::serving(backends, VIP, false)
+    }
+
+    /// `backends` backends behind `vip` (`VIP` or `VIP6`), reached at their IPv6 addresses
+    /// (IPv6-in-IPv6, IPv4-in-IPv6) when `reals_ipv6`, else at their IPv4 ones.
+    pub fn serving(backends: usize, vip: &str, reals_ipv6: bool) -> Self {
         let net = Net::new(backends);
-        let reals: Vec<String> = (0..backends).map(backend_addr).collect();
-        let (balancer, vip) = net.lb.run(|| {
+        let reals: Vec<String> = (0..backends).map(|i| if reals_ipv6 { backend_addr6(i) } else { backend_addr(i) }).collect();
+        let (balancer, vip_meta) = net.lb.run(|| {
             let mut b = Balancer::new();
             let weights: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
-            let vip = b.add_vip(VIP, PORT, 6, 0, TEST_RING_SIZE, &weights);
+            let vip = b.add_vip(vip, PORT, 6, 0, TEST_RING_SIZE, &weights);
             b.dp.attach(programs::BALANCER, "lb0", AttachMode::Native).expect("attach balancer");
             (b, vip)
         });
-        Self { net, balancer, vip }
+        Self { net, balancer, vip: vip_meta, vip_ip: ip(vip) }
     }
 
+    /// The IPv4 VIP's socket address.
     pub fn vip_addr() -> SocketAddr {
         SocketAddr::new(ip(VIP), PORT)
+    }
+
+    /// The IPv6 VIP's socket address.
+    pub fn vip6_addr() -> SocketAddr {
+        SocketAddr::new(ip(VIP6), PORT)
+    }
+
+    /// This site's VIP's socket address.
+    pub fn service(&self) -> SocketAddr {
+        SocketAddr::new(self.vip_ip, PORT)
     }
 
     /// Runs the backends' servers while `f` runs in the client's namespace.
@@ -141,8 +173,8 @@ impl Site {
     }
 }
 
-/// Line servers on 0.0.0.0:PORT in each backend: the VIP (on lo) and the backend's own
-/// address (for health checks) both answer. Each line is answered with the backend's name.
+/// Line servers on [::]:PORT (both families) in each backend: the VIPs (on lo) and the backend's
+/// own addresses (for health checks) all answer. Each line is answered with the backend's name.
 pub struct Servers {
     stops: Vec<Arc<AtomicBool>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -165,7 +197,8 @@ impl Servers {
             let name = format!("{prefix}backend {i}");
             threads.push(std::thread::spawn(move || {
                 crate::netns::enter_path(&ns_path);
-                let listener = TcpListener::bind(SocketAddr::new("0.0.0.0".parse().unwrap(), PORT)).expect("bind backend");
+                // [::] takes both families (the namespaces keep net.ipv6.bindv6only = 0).
+                let listener = TcpListener::bind(SocketAddr::new("::".parse().unwrap(), PORT)).expect("bind backend");
                 tx.send(()).unwrap();
                 serve(listener, &name, &thread_stop, Duration::from_secs(300));
             }));
@@ -290,13 +323,13 @@ fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool
                 while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header.trim() != "" {
                     header.clear();
                 }
-                let body = format!("{name} answered GET {target} from {}\n", peer.ip());
+                let body = format!("{name} answered GET {target} from {}\n", peer.ip().to_canonical());
                 let reply = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                 let _ = reader.get_mut().write_all(reply.as_bytes());
                 return;
             }
             Ok(_) => {
-                let reply = format!("{name} answered {} from {}\n", line.trim(), peer.ip());
+                let reply = format!("{name} answered {} from {}\n", line.trim(), peer.ip().to_canonical());
                 if reader.get_mut().write_all(reply.as_bytes()).is_err() {
                     return;
                 }
@@ -308,8 +341,24 @@ fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool
     }
 }
 
-/// The backend Maglev picks for a client connection from `CLIENT:port` to the VIP.
-pub fn expected_backend(site: &Site, port: u16) -> IpAddr {
-    let frame = crate::packet::Frame::tcp(CLIENT, port, VIP, PORT);
+/// The backend Maglev picks for a client connection from `client:port` to the site's VIP.
+pub fn expected_backend(site: &Site, client: &str, port: u16) -> IpAddr {
+    let frame = crate::packet::Frame::tcp(client, port, &site.vip_ip.to_string(), PORT);
     site.balancer.expected_real(&site.vip, &frame)
+}
+
+/// Puts both VIPs on a backend's loopback.
+pub fn hold_vips(ns: &NetNs) {
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    ns.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"]);
+}
+
+/// A backend's decapsulator for tunnels to `addrs`, attached to its b0.
+pub fn decapsulator(addrs: &[&str]) -> Dataplane {
+    let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+    for a in addrs {
+        dp.add_decap_addr(ip(a)).expect("decap addr");
+    }
+    dp.attach(programs::DECAP, "b0", AttachMode::Native).expect("attach decap");
+    dp
 }

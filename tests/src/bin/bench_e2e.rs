@@ -114,8 +114,8 @@ fn packet_rate(which: &str) -> Rate {
     let gen = NetNs::new("gen", false);
     let lb = NetNs::new("lb", false);
     veth(
-        End { ns: &gen, dev: "g0", mac: "02:00:00:00:00:03", addr: "10.50.0.1/24" },
-        End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addr: "10.50.0.2/24" },
+        End { ns: &gen, dev: "g0", mac: "02:00:00:00:00:03", addrs: &["10.50.0.1/24"] },
+        End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addrs: &["10.50.0.2/24"] },
     );
     let sink = gen.run(|| {
         let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
