@@ -245,13 +245,13 @@ pub fn ask(vip: SocketAddr, request: &str) -> std::io::Result<Answer> {
 /// An HTTP/1.0 GET to the VIP from source address `from` (the client's namespace holds many);
 /// the answer is the body ("site A backend 2 answered GET /path from 10.10.1.7").
 pub fn http_get(vip: SocketAddr, from: IpAddr, path: &str) -> std::io::Result<Answer> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(vip), socket2::Type::STREAM, None)?;
     socket.bind(&SocketAddr::new(from, 0).into())?;
     socket.connect_timeout(&vip.into(), Duration::from_secs(3))?;
     let mut conn: TcpStream = socket.into();
     conn.set_read_timeout(Some(Duration::from_secs(3)))?;
     let local_port = conn.local_addr()?.port();
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", vip.ip()).as_bytes())?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {vip}\r\n\r\n").as_bytes())?;
     let mut reply = String::new();
     std::io::Read::read_to_string(&mut conn, &mut reply)?;
     let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("not HTTP: {reply:?}")))?;

@@ -1,22 +1,87 @@
-//! Two anycast sites with real BIRD peers (see `lb_tests::anycast`).
+//! Two anycast sites with real BIRD peers (see `lb_tests::anycast`), both address families.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use lb_tests::{
-    anycast::{client_addr, Anycast},
+    anycast::{client_addr, client_addr6, node_addr, node_addr6, Anycast, Options},
     bird::wait_for,
     require_root,
     topology::{http_get, LineConn, Site},
 };
 
-/// HTTP GETs from rotating client addresses: the "site X backend i" part of each answer (None
-/// for a failed request).
+/// One address family's VIP, client addresses, node addresses and routes at the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn service(self) -> SocketAddr {
+        match self {
+            Family::V4 => Site::vip_addr(),
+            Family::V6 => Site::vip6_addr(),
+        }
+    }
+
+    fn client(self, i: usize) -> IpAddr {
+        match self {
+            Family::V4 => client_addr(i),
+            Family::V6 => client_addr6(i),
+        }
+    }
+
+    /// LB node k's address in this family (the router's next hop for it).
+    fn node(self, k: usize) -> String {
+        match self {
+            Family::V4 => node_addr(k),
+            Family::V6 => node_addr6(k),
+        }
+    }
+
+    fn nodes(self, ks: &[usize]) -> Vec<String> {
+        ks.iter().map(|&k| self.node(k)).collect()
+    }
+
+    fn next_hops(self, net: &Anycast) -> Vec<String> {
+        match self {
+            Family::V4 => net.next_hops(),
+            Family::V6 => net.next_hops6(),
+        }
+    }
+
+    /// lb's name of this family's VIP in the harness.
+    fn vip_name(self) -> &'static str {
+        match self {
+            Family::V4 => "web",
+            Family::V6 => "web6",
+        }
+    }
+}
+
+/// HTTP GETs to the IPv4 VIP from rotating client addresses: the "site X backend i" part of
+/// each answer (None for a failed request).
 fn answers(net: &Anycast, n: usize) -> Vec<Option<String>> {
-    net.client.run(|| (0..n).map(get).collect())
+    answers_of(net, Family::V4, n)
+}
+
+fn answers_of(net: &Anycast, family: Family, n: usize) -> Vec<Option<String>> {
+    net.client.run(|| (0..n).map(|i| get_of(family, i)).collect())
 }
 
 fn get(i: usize) -> Option<String> {
-    http_get(Site::vip_addr(), client_addr(i), &format!("/r{i}")).ok().map(|a| a.text.split(" answered").next().unwrap_or("").to_owned())
+    get_of(Family::V4, i)
+}
+
+fn get_of(family: Family, i: usize) -> Option<String> {
+    http_get(family.service(), family.client(i), &format!("/r{i}")).ok().map(|a| a.text.split(" answered").next().unwrap_or("").to_owned())
+}
+
+fn all_from(answers: &[Option<String>], site: &str) -> bool {
+    answers.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with(site)))
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -59,21 +124,22 @@ fn site_a_failing_moves_traffic_to_site_b_and_back() {
     assert!(after.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site A"))), "{after:?}");
 }
 
-/// Opens long-lived connections through site A's two nodes, drains node 1 so ECMP moves its
-/// flows to node 2, and checks every connection still reaches its backend. Returns node 2's
-/// handoff counters (sent, came back).
-fn ecmp_move_keeps_connections(net: &Anycast) -> (u64, u64) {
-    wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
+/// Opens long-lived connections of `family` through site A's two nodes, drains node 1 so ECMP
+/// moves its flows to node 2, and checks every connection still reaches its backend. Returns
+/// node 2's handoff counters (sent, came back).
+fn ecmp_move_keeps_connections(net: &Anycast, family: Family) -> (u64, u64) {
+    wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || family.next_hops(net) == family.nodes(&[1, 2]));
     net.wait_serving(0);
-    let mut open = net.open_connections(30);
+    let mut open = net.open_connections_to(family.service(), 30);
     let node_metrics = |n: usize| net.sites[0].nodes[n].lb.metrics();
+    let new_flows_metric = format!("lb_vip_new_flows_total{{vip=\"{}\"}}", family.vip_name());
     // ECMP spread the flows: both nodes made connection entries.
-    let new_flows: Vec<u64> = (0..2).map(|n| metric(&node_metrics(n), "lb_vip_new_flows_total{vip=\"web\"}")).collect();
+    let new_flows: Vec<u64> = (0..2).map(|n| metric(&node_metrics(n), &new_flows_metric)).collect();
     println!("new flows per node before the move: {new_flows:?}");
     assert!(new_flows.iter().all(|&n| n > 0), "both nodes carried flows: {new_flows:?}");
     // Node 1 leaves (withdraws, keeps forwarding what still reaches it): ECMP moves its flows.
     assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
-    wait_for(Duration::from_secs(10), "route via node 2 only", || net.next_hops().len() == 1);
+    wait_for(Duration::from_secs(10), "route via node 2 only", || family.next_hops(net) == family.nodes(&[2]));
     // Timed: the first exchange of a moved flow may take the handoff round trip, the second not.
     let (mut first, mut second): (Vec<Duration>, Vec<Duration>) = net.client.run(|| {
         open.iter_mut()
@@ -94,7 +160,7 @@ fn ecmp_move_keeps_connections(net: &Anycast) -> (u64, u64) {
     let spread = |v: &[Duration]| format!("median {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1]);
     println!("exchange times after the move: first {}; second {}", spread(&first), spread(&second));
     let text = node_metrics(1);
-    let after = metric(&text, "lb_vip_new_flows_total{vip=\"web\"}");
+    let after = metric(&text, &new_flows_metric);
     println!("node 2 new flows after the move: {after} (the moved connections were new to it)");
     assert!(after >= new_flows[1] + new_flows[0], "node 2 took over node 1's flows: {after}");
     let handoffs = |what: &str| metric(&text, &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
@@ -110,7 +176,7 @@ fn connections_survive_when_ecmp_moves_them_to_the_other_node_of_the_site() {
     let _b = net.sites[1].servers();
     // Node 2 did not know the moved flows: it asked site B, which did not either and gave them
     // back; node 2 then sent them where its Maglev table (identical to node 1's) says.
-    let (sent, came_back) = ecmp_move_keeps_connections(&net);
+    let (sent, came_back) = ecmp_move_keeps_connections(&net, Family::V4);
     println!("node 2 handoffs: sent {sent}, came back {came_back}");
     assert!(sent > 0 && came_back == sent, "every handoff came back: sent {sent}, came back {came_back}");
 }
@@ -120,7 +186,7 @@ fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
     require_root!();
     let _serial = lb_tests::serial();
     // 10.20.99.2 is nobody: its checks fail, so no handoff may go there.
-    let opts = lb_tests::anycast::Options { extra_peers: vec!["10.20.99.2".into()], ..Default::default() };
+    let opts = Options { extra_peers: vec!["10.20.99.2".into()], ..Default::default() };
     let net = Anycast::with(&[2], &[3], &opts);
     let _a = net.sites[0].servers();
     for node in &net.sites[0].nodes {
@@ -130,7 +196,7 @@ fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
     }
     let status = String::from_utf8_lossy(&net.sites[0].nodes[1].lb.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("HANDOFF node 10.20.2.2") && status.lines().any(|l| l.contains("10.20.99.2") && l.ends_with("down")), "{status}");
-    let (sent, _) = ecmp_move_keeps_connections(&net);
+    let (sent, _) = ecmp_move_keeps_connections(&net, Family::V4);
     assert_eq!(sent, 0, "nothing handed to a peer that is down");
 }
 
@@ -141,14 +207,19 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }
 
-/// Requests in a loop for `duration`, at most `limit`; (time since start, answer) each.
+/// Requests to the IPv4 VIP in a loop for `duration`, at most `limit`; (time since start,
+/// answer) each.
 fn load(net: &Anycast, duration: Duration, limit: usize) -> Vec<(Duration, Option<String>)> {
+    load_of(net, Family::V4, duration, limit)
+}
+
+fn load_of(net: &Anycast, family: Family, duration: Duration, limit: usize) -> Vec<(Duration, Option<String>)> {
     net.client.run(|| {
         let start = Instant::now();
         let mut out = Vec::new();
         while start.elapsed() < duration && out.len() < limit {
             let t = start.elapsed();
-            out.push((t, get(out.len())));
+            out.push((t, get_of(family, out.len())));
         }
         out
     })
@@ -159,7 +230,7 @@ fn requests_spread_over_backends_in_proportion_to_weights() {
     require_root!();
     let _serial = lb_tests::serial();
     let weights = [1u32, 2, 3];
-    let net = Anycast::with(&[1], &[3], &lb_tests::anycast::Options { weights: weights.to_vec(), ..Default::default() });
+    let net = Anycast::with(&[1], &[3], &Options { weights: weights.to_vec(), ..Default::default() });
     let _servers = net.sites[0].servers();
     wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
     const N: usize = 600;
@@ -204,29 +275,29 @@ fn a_backend_killed_under_load_costs_no_request_after_fall_times_interval() {
     assert!(results.iter().filter(|(t, _)| *t > bound).all(|(_, a)| a.as_deref().is_some_and(|w| !w.ends_with("backend 1"))));
 }
 
-#[test]
-fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
-    require_root!();
-    let _serial = lb_tests::serial();
-    let net = Anycast::new(&[1, 1], &[2, 2]);
+/// Drains site A (one node) under a stream of `family` requests with long-lived connections
+/// open: no request fails, the connections keep their site A backends (site B hands their
+/// packets over), and site A stays healthy and forwarding.
+fn site_drain_loses_no_request(family: Family, opts: &Options) {
+    let net = Anycast::with(&[1, 1], &[2, 2], opts);
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
-    wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
+    wait_for(Duration::from_secs(30), "route via site A", || family.next_hops(&net) == family.nodes(&[1]));
     for site in 0..net.sites.len() {
         net.wait_serving(site);
     }
     // Long-lived connections open across the drain, besides the stream of short requests.
-    let mut open = net.open_connections(10);
+    let mut open = net.open_connections_to(family.service(), 10);
     assert!(open.iter().all(|(_, who)| who.starts_with("site A")), "opened at site A");
     let results = std::thread::scope(|s| {
-        let load = s.spawn(|| load(&net, Duration::from_secs(3), 100_000));
+        let load = s.spawn(|| load_of(&net, family, Duration::from_secs(3), 100_000));
         std::thread::sleep(Duration::from_millis(1000));
         assert!(net.sites[0].nodes[0].lb.cli(&["site", "drain"]).status.success());
         load.join().expect("load")
     });
     let failed: Vec<Duration> = results.iter().filter(|(_, a)| a.is_none()).map(|(t, _)| *t).collect();
     let by_b = results.iter().find(|(_, a)| a.as_deref().is_some_and(|w| w.starts_with("site B"))).map(|(t, _)| *t);
-    println!("{} requests during the drain, failed: {failed:?}; site B answers from {by_b:?}", results.len());
+    println!("{family:?}: {} requests during the drain, failed: {failed:?}; site B answers from {by_b:?}", results.len());
     by_b.expect("traffic moved to site B");
     // Connections site A started still end at site A's backends: site B hands their packets over.
     assert!(failed.is_empty(), "failed requests at {failed:?}");
@@ -241,7 +312,91 @@ fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
     println!("handoffs: site B sent {sent}, site A received {received}, returned {returned}");
     assert!(sent > 0 && received == sent && returned == 0, "site B handed site A's flows over and site A took them all");
     let status = net.sites[0].nodes[0].lb.status();
-    assert!(!status[0].announced && status[0].reals.iter().all(|r| r.up), "site A withdrawn, still healthy and forwarding");
+    assert!(status.iter().all(|vip| !vip.announced && vip.reals.iter().all(|r| r.up)), "site A withdrawn, still healthy and forwarding");
+}
+
+#[test]
+fn site_drain_withdraws_before_forwarding_stops_with_no_failed_request() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    site_drain_loses_no_request(Family::V4, &Options::default());
+}
+
+#[test]
+fn ipv6_site_drain_loses_no_request_with_handoff_over_ipv6() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    site_drain_loses_no_request(Family::V6, &Options { handoff_ipv6: true, ..Default::default() });
+}
+
+#[test]
+fn ipv6_connections_survive_when_ecmp_moves_them_to_the_other_node_of_the_site() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::with(&[2, 1], &[3, 1], &Options { handoff_ipv6: true, ..Default::default() });
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    let (sent, came_back) = ecmp_move_keeps_connections(&net, Family::V6);
+    println!("node 2 handoffs over IPv6: sent {sent}, came back {came_back}");
+    assert!(sent > 0 && came_back == sent, "every handoff came back: sent {sent}, came back {came_back}");
+}
+
+/// Both VIPs' routes at the router, side by side: they appear after `lb` starts (ECMP over
+/// site A's nodes), move to site B when site A's reals all fail and when site A drains, and
+/// come back; requests of both families follow them.
+#[test]
+fn ipv6_vip_route_follows_health_and_drain_like_the_ipv4_one() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::new(&[2, 1], &[2, 2]);
+    let started = Instant::now();
+    let a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    let families = [Family::V4, Family::V6];
+    // Waits, for each family, until the router's next hops are those nodes; the times.
+    let routes_to = |ks: &[usize], what: &str, since: Instant| -> Vec<Duration> {
+        families
+            .iter()
+            .map(|&f| {
+                wait_for(Duration::from_secs(30), &format!("{f:?} route {what}"), || f.next_hops(&net) == f.nodes(ks));
+                since.elapsed()
+            })
+            .collect()
+    };
+    let served_by = |site: &str| {
+        for f in families {
+            let got = answers_of(&net, f, 20);
+            assert!(all_from(&got, site), "{f:?} answered by {site}: {got:?}");
+        }
+    };
+    let appeared = routes_to(&[1, 2], "via both site A nodes", started);
+    served_by("site A");
+
+    a.stop(0);
+    a.stop(1);
+    let failed = Instant::now();
+    let moved = routes_to(&[3], "to site B (site A's reals down)", failed);
+    served_by("site B");
+    drop(a);
+    let restarted = Instant::now();
+    let _a = net.sites[0].servers();
+    let back = routes_to(&[1, 2], "back to site A", restarted);
+    served_by("site A");
+
+    let drained = Instant::now();
+    for node in &net.sites[0].nodes {
+        assert!(node.lb.cli(&["site", "drain"]).status.success());
+    }
+    let drain = routes_to(&[3], "to site B (site A drained)", drained);
+    served_by("site B");
+    let undrained = Instant::now();
+    for node in &net.sites[0].nodes {
+        assert!(node.lb.cli(&["site", "undrain"]).status.success());
+    }
+    let undrain = routes_to(&[1, 2], "back to site A (undrained)", undrained);
+    println!("IPv4 / IPv6 route at the router: first announcement {:?} / {:?} after the servers started", appeared[0], appeared[1]);
+    println!("  site A's reals down -> site B: {:?} / {:?}; back {:?} / {:?}", moved[0], moved[1], back[0], back[1]);
+    println!("  site A drained -> site B: {:?} / {:?}; undrained -> site A: {:?} / {:?}", drain[0], drain[1], undrain[0], undrain[1]);
 }
 
 #[test]
@@ -315,7 +470,7 @@ fn a_site_short_of_capacity_is_prepended_and_peers_prefer_the_other() {
     require_root!();
     let _serial = lb_tests::serial();
     // Equal sites (no backup prepend); A steers away below 75% of its capacity.
-    let opts = lb_tests::anycast::Options { prepend_below: Some(0.75), backup_prepend: Some(0), ..Default::default() };
+    let opts = Options { prepend_below: Some(0.75), backup_prepend: Some(0), ..Default::default() };
     let net = Anycast::with(&[1, 1], &[3, 3], &opts);
     let a = net.sites[0].servers();
     let _b = net.sites[1].servers();
