@@ -46,9 +46,11 @@ pub mod maps {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const HANDOFF: &str = "HANDOFF";
     pub const PEERS: &str = "PEERS";
+    pub const RATE_LIMITS: &str = "RATE_LIMITS";
+    pub const LIMIT_STATE: &str = "LIMIT_STATE";
     pub const ALL: &[&str] = &[
         VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
-        DECAP_STATS, HANDOFF, PEERS,
+        DECAP_STATS, HANDOFF, PEERS, RATE_LIMITS, LIMIT_STATE,
     ];
 }
 
@@ -202,6 +204,37 @@ pub struct Handoff {
 }
 const _: () = assert!(core::mem::size_of::<Handoff>() == 24);
 
+/// Per-CPU rate limits of the data plane (`RATE_LIMITS` holds each limit, `LIMIT_STATE` each
+/// CPU's state), indexed by these.
+pub mod limits {
+    /// ICMP "fragmentation needed" / "packet too big" answers to clients.
+    pub const TOO_BIG: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// Value of `RATE_LIMITS`: a GCRA limit, per CPU. Events are spaced `interval_ns` apart on
+/// average, and up to `burst_ns / interval_ns + 1` may come at once. `interval_ns` 0: no event
+/// is allowed (the limit is off); `u64::MAX` never happens, so "no limit" is `interval_ns` 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateLimit>() == 16);
+
+impl RateLimit {
+    /// `per_sec` events a second, with bursts of a tenth of a second's worth (at least 1).
+    pub const fn per_sec(per_sec: u32) -> Self {
+        if per_sec == 0 {
+            return Self { interval_ns: 0, burst_ns: 0 };
+        }
+        let interval_ns = 1_000_000_000 / per_sec as u64;
+        let burst = if per_sec / 10 > 1 { per_sec as u64 / 10 } else { 1 };
+        Self { interval_ns: if interval_ns == 0 { 1 } else { interval_ns }, burst_ns: (burst - 1) * interval_ns }
+    }
+}
+
 /// Per-VIP counters (`VIP_STATS`, per CPU, indexed by `VipMeta::vip_index`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,6 +279,8 @@ pub mod stats {
         DropBadL4Header,
         DropBadIcmp,
         DropNoReal,
+        /// Over the MTU once encapsulated and nothing to tell the client: IPv4 without DF (we do
+        /// not fragment), or an ICMP error being forwarded.
         DropMtuExceeded,
         DropFamilyMismatch,
         DropEncapFailed,
@@ -260,12 +295,17 @@ pub mod stats {
         HandoffCameBack,
         /// A tunnel to our handoff address whose inner packet is not for a VIP or is malformed.
         DropBadHandoff,
+        /// Packets over the MTU once encapsulated, answered with ICMP "fragmentation needed" /
+        /// "packet too big" (the packet itself is not sent: the answer is).
+        IcmpTooBigSent,
+        /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
+        DropTooBigSuppressed,
         /// Never counted (not in `ALL`): the balancer's signal that an unknown flow goes to a peer.
         HandoffWanted,
     }
 
     impl Counter {
-        pub const ALL: [Counter; 23] = [
+        pub const ALL: [Counter; 25] = [
             Counter::Pass,
             Counter::Tx,
             Counter::Drop,
@@ -289,6 +329,8 @@ pub mod stats {
             Counter::HandoffReturned,
             Counter::HandoffCameBack,
             Counter::DropBadHandoff,
+            Counter::IcmpTooBigSent,
+            Counter::DropTooBigSuppressed,
         ];
         pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -318,6 +360,8 @@ pub mod stats {
                 Counter::HandoffReturned => "handoff_returned",
                 Counter::HandoffCameBack => "handoff_came_back",
                 Counter::DropBadHandoff => "drop_bad_handoff",
+                Counter::IcmpTooBigSent => "icmp_too_big_sent",
+                Counter::DropTooBigSuppressed => "drop_too_big_suppressed",
                 Counter::HandoffWanted => "handoff_wanted",
             }
         }
@@ -352,4 +396,5 @@ mod pod {
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for RealStats {}
     unsafe impl aya::Pod for Handoff {}
+    unsafe impl aya::Pod for RateLimit {}
 }

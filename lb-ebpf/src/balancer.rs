@@ -17,7 +17,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, FlowKey};
+use lb_common::{stats::Counter, FlowKey, IP6_OVERHEAD, IPIP_OVERHEAD};
 
 use crate::{
     encap::{self, Outer},
@@ -161,7 +161,14 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     };
 
     let bytes = pkt::len(ctx) as u64;
-    encap::encapsulate(ctx, l3, &scratch.outer, cfg)?;
+    match encap::encapsulate(ctx, l3, &scratch.outer, cfg) {
+        // Too big for the tunnel: tell the client what fits (not about an ICMP error, though).
+        Err(Counter::DropMtuExceeded) if arrival != Arrival::IcmpError => {
+            let overhead = if scratch.outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
+            return icmp::too_big(ctx, l3, cfg.mtu - overhead).get();
+        }
+        done => done?,
+    }
     match sent {
         Sent::Real { chosen, hit } => {
             stats::count_vip(chosen.vip_index, bytes, hit, record && !hit);

@@ -1,4 +1,8 @@
-//! Internet checksum (RFC 1071) arithmetic on fixed-size headers.
+//! Internet checksum (RFC 1071) arithmetic on fixed-size headers, and sums over packet bytes.
+
+use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
+
+use crate::pkt;
 
 /// Folds a 32-bit one's-complement sum to 16 bits. Two folds suffice for any sum of at most
 /// 65536 16-bit words.
@@ -35,4 +39,25 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
         0 => 0xffff,
         updated => updated,
     }
+}
+
+/// Adds the `N` packet bytes at `off` to the 32-bit partial sum `seed` (the kernel's
+/// `csum_partial`, by the `bpf_csum_diff` helper). `N` is a multiple of 4, at most 512. The sum
+/// is of 16-bit words as the CPU loads them: fold it, invert it and store it in native byte order.
+#[inline(always)]
+pub fn add_packet<const N: usize>(ctx: &XdpContext, off: usize, seed: u32) -> Option<u32> {
+    const { assert!(N % 4 == 0 && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
+    let p = pkt::ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: `ptr_at` checked the N bytes lie in the frame; the helper only reads them.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
+    u32::try_from(sum).ok()
+}
+
+/// `add_packet` for `N` bytes on the stack.
+#[inline(always)]
+pub fn add_bytes<const N: usize>(bytes: &[u8; N], seed: u32) -> Option<u32> {
+    const { assert!(N % 4 == 0 && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
+    // SAFETY: the helper only reads the N bytes.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, N as u32, seed) };
+    u32::try_from(sum).ok()
 }

@@ -1,17 +1,18 @@
 //! ICMP to a VIP address: echo requests are answered here; "fragmentation needed" and "packet
 //! too big" go to the real of the flow they quote, so path-MTU discovery works through the LB.
-//! Other ICMP passes to the kernel.
+//! Other ICMP passes to the kernel. And ICMP from the balancer: a client's packet that would not
+//! fit the tunnel is answered with "fragmentation needed" / "packet too big" (`too_big`).
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::{ipv4_mapped, stats::Counter, FlowKey};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
+use lb_common::{ipv4_mapped, limits, stats::Counter, FlowKey};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{
-    csum,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, L3},
+    csum, limit,
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
     step::Step,
 };
@@ -141,4 +142,95 @@ fn quoted_flow(
         proto,
         _pad: [0; 3],
     })
+}
+
+/// Bytes of the client's packet an answer quotes: the answer then fills 576 bytes (IPv4, RFC
+/// 1812) or 1280 (IPv6, its minimum MTU), and the ICMP part is a multiple of 4 bytes (for the
+/// checksum helper). The packet is always longer: it exceeded `forwarding.mtu` (at least 1280)
+/// less the tunnel overhead (at most 40).
+const TOO_BIG_QUOTE_V4: usize = 576 - 20 - ICMP_HEADER_LEN;
+const TOO_BIG_QUOTE_V6: usize = 1280 - 40 - ICMP_HEADER_LEN;
+
+/// Answers a client's packet that would exceed the MTU once encapsulated: ICMP "fragmentation
+/// needed" (IPv4 with DF) or "packet too big" (IPv6) naming `mtu`, what fits the tunnel, from the
+/// VIP the packet was sent to (so stateful firewalls in front of the client pass it), quoting
+/// the packet's start; sent back with `XDP_TX`. IPv4 without DF is dropped: we do not fragment.
+#[inline(never)] // off the hot path, in its own stack frame
+pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> Step {
+    Step::of(try_too_big(ctx, l3, mtu))
+}
+
+#[inline(always)]
+fn try_too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Counter> {
+    let fail = Counter::DropEncapFailed;
+    let ip = l3.l2_len;
+    if !l3.ipv6 {
+        let [flags, _]: [u8; 2] = pkt::read(ctx, ip + 6).ok_or(fail)?;
+        if flags & 0x40 == 0 {
+            return Err(Counter::DropMtuExceeded);
+        }
+    }
+    if !limit::allow(limits::TOO_BIG) {
+        return Err(Counter::DropTooBigSuppressed);
+    }
+    // The L2 header goes back where it came from, MACs swapped (VLAN tag kept).
+    let eth: EthHdr = pkt::read(ctx, 0).ok_or(fail)?;
+    let tag: [u8; 4] = if ip > EthHdr::LEN { pkt::read(ctx, EthHdr::LEN).ok_or(fail)? } else { [0; 4] };
+    let (header, quote) = if l3.ipv6 { (40, TOO_BIG_QUOTE_V6) } else { (20, TOO_BIG_QUOTE_V4) };
+    // New IP and ICMP headers go in front of the packet, which becomes the quote, cut short.
+    pkt::adjust_head(ctx, -((header + ICMP_HEADER_LEN) as i32)).ok_or(fail)?;
+    let cut = (ip + header + ICMP_HEADER_LEN + quote) as i32 - pkt::len(ctx) as i32;
+    // SAFETY: the helper only moves the frame's end (it refuses to grow it past its buffer).
+    if cut > 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, cut) } != 0 {
+        return Err(fail);
+    }
+    pkt::write(ctx, 0, EthHdr { dst_addr: eth.src_addr, src_addr: eth.dst_addr, ..eth }).ok_or(fail)?;
+    if ip > EthHdr::LEN {
+        pkt::write(ctx, EthHdr::LEN, tag).ok_or(fail)?;
+    }
+    let icmp = ip + header;
+    let sum = if l3.ipv6 {
+        let (vip, client) = (l3.dst, l3.src);
+        let len = (ICMP_HEADER_LEN + quote) as u16;
+        let [len_hi, len_lo] = len.to_be_bytes();
+        pkt::write(ctx, ip, [0x60, 0, 0, 0, len_hi, len_lo, IPPROTO_ICMPV6, REPLY_TTL]).ok_or(fail)?;
+        pkt::write(ctx, ip + 8, vip).ok_or(fail)?;
+        pkt::write(ctx, ip + 24, client).ok_or(fail)?;
+        let [m0, m1, m2, m3] = mtu.to_be_bytes();
+        pkt::write(ctx, icmp, [ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m0, m1, m2, m3]).ok_or(fail)?;
+        let mut pseudo = [0u8; 40];
+        pseudo[..16].copy_from_slice(&vip);
+        pseudo[16..32].copy_from_slice(&client);
+        pseudo[34] = len_hi;
+        pseudo[35] = len_lo;
+        pseudo[39] = IPPROTO_ICMPV6;
+        let sum = csum::add_bytes(&pseudo, 0).ok_or(fail)?;
+        let sum = csum::add_packet::<512>(ctx, icmp, sum).ok_or(fail)?;
+        let sum = csum::add_packet::<512>(ctx, icmp + 512, sum).ok_or(fail)?;
+        csum::add_packet::<{ ICMP_HEADER_LEN + TOO_BIG_QUOTE_V6 - 1024 }>(ctx, icmp + 1024, sum).ok_or(fail)?
+    } else {
+        let (vip, client) = (&l3.dst[12..16], &l3.src[12..16]);
+        let mut words = [
+            0x4500,
+            (header + ICMP_HEADER_LEN + quote) as u16,
+            0,
+            0,
+            (REPLY_TTL as u16) << 8 | IPPROTO_ICMP as u16,
+            0, // checksum, below
+            u16::from_be_bytes([vip[0], vip[1]]),
+            u16::from_be_bytes([vip[2], vip[3]]),
+            u16::from_be_bytes([client[0], client[1]]),
+            u16::from_be_bytes([client[2], client[3]]),
+        ];
+        words[5] = csum::ipv4_header(&words);
+        pkt::write(ctx, ip, words.map(u16::to_be)).ok_or(fail)?;
+        let [m0, m1] = (mtu as u16).to_be_bytes();
+        pkt::write(ctx, icmp, [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m0, m1]).ok_or(fail)?;
+        let sum = csum::add_packet::<512>(ctx, icmp, 0).ok_or(fail)?;
+        csum::add_packet::<{ ICMP_HEADER_LEN + TOO_BIG_QUOTE_V4 - 512 }>(ctx, icmp + 512, sum).ok_or(fail)?
+    };
+    // The helper sums words as the CPU loads them: the folded sum goes back in that order.
+    pkt::write(ctx, icmp + 2, (!csum::fold(sum)).to_ne_bytes()).ok_or(fail)?;
+    stats::count(Counter::IcmpTooBigSent);
+    Ok(xdp_action::XDP_TX)
 }

@@ -12,6 +12,7 @@ mod decap;
 mod encap;
 mod handoff;
 mod icmp;
+mod limit;
 mod maglev;
 mod maps;
 mod parse;

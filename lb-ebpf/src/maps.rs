@@ -8,7 +8,7 @@ use aya_ebpf::{
 use crate::balancer::Scratch;
 use lb_common::{
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, Handoff, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    limits, ConnEntry, FlowKey, Handoff, LbConfig, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
     MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
 };
 
@@ -73,6 +73,14 @@ pub static HANDOFF: Array<Handoff> = Array::with_max_entries(1, 0);
 /// Addresses of peer sites' LB nodes that are up; the first `Handoff::peers` count.
 #[map]
 pub static PEERS: Array<[u8; 16]> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Each rate limit of the data plane (`lb_common::limits`), written by the control plane.
+#[map]
+pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(limits::COUNT, 0);
+
+/// Each CPU's state of each rate limit: the GCRA's theoretical arrival time, in ns.
+#[map]
+pub static LIMIT_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(limits::COUNT, 0);
 
 /// Per-CPU room for the balancer's larger working values (`balancer::Scratch`), which on the
 /// stack would take a fifth of the 512 bytes the verifier allows over a call chain. An XDP

@@ -71,6 +71,9 @@ pub struct RawForwarding {
     pub source_v4: Option<String>,
     /// Outer IPv6 sources, at most 32 host bits (default "fd00:ffff::/96").
     pub source_v6: Option<String>,
+    /// ICMP "fragmentation needed" / "packet too big" answers to clients whose packets do not
+    /// fit the tunnel, per CPU per second (default 1000; 0: never answer, drop).
+    pub too_big_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -251,6 +254,7 @@ pub struct Forwarding {
     pub mtu: u32,
     pub source_v4: (Ipv4Addr, u32),
     pub source_v6: (Ipv6Addr, u32),
+    pub too_big_per_sec: u32,
 }
 
 /// A VIP's identity: what a packet's destination must match.
@@ -507,8 +511,9 @@ impl RawConfig {
             }
         };
         let mtu = f.mtu.unwrap_or(1500);
-        if !(576..=9216).contains(&mtu) {
-            p.add("forwarding.mtu", format!("{mtu} is outside 576 ..= 9216"));
+        // At least IPv6's minimum link MTU: the "too big" answers quote a fixed 1232 bytes.
+        if !(1280..=9216).contains(&mtu) {
+            p.add("forwarding.mtu", format!("{mtu} is outside 1280 ..= 9216"));
         }
         let v4 = f.source_v4.as_deref().unwrap_or("10.255.0.0/16");
         let source_v4 = match parse_prefix(v4) {
@@ -530,7 +535,8 @@ impl RawConfig {
                 None
             }
         };
-        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6? })
+        let too_big_per_sec = f.too_big_per_sec.unwrap_or(1000);
+        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6?, too_big_per_sec })
     }
 
     fn validate_vips(&self, p: &mut Problems) -> Vec<Vip> {

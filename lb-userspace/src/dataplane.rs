@@ -20,7 +20,7 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, Handoff, LbConfig, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    ConnEntry, FlowKey, Handoff, LbConfig, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
     HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RINGS, MAX_RING_SIZE,
 };
 
@@ -290,6 +290,11 @@ impl Dataplane {
 
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<()> {
         self.array::<LbConfig>(maps::CONFIG)?.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    /// Sets rate limit `limit` (`lb_common::limits`).
+    pub fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<()> {
+        self.array::<RateLimit>(maps::RATE_LIMITS)?.set(limit, rate, 0).map_err(map_err(maps::RATE_LIMITS))
     }
 
     pub fn set_real(&mut self, id: u32, real: &Real) -> Result<()> {

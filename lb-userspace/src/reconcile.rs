@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{LbConfig, Real, VipKey, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY};
+use lb_common::{
+    limits, LbConfig, RateLimit, Real, VipKey, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -29,6 +31,7 @@ pub trait DataplaneOps {
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+    fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError>;
 }
 
 impl DataplaneOps for Dataplane {
@@ -46,6 +49,9 @@ impl DataplaneOps for Dataplane {
     }
     fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
         Dataplane::write_ring_slots(self, ring, slots.iter().copied())
+    }
+    fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError> {
+        Dataplane::set_rate_limit(self, limit, rate)
     }
 }
 
@@ -251,6 +257,7 @@ impl<D: DataplaneOps> Reconciler<D> {
     /// Makes the maps match `config` (VIPs added, changed, removed) with current health.
     pub fn apply(&mut self, config: &Config, next_hop_mac: [u8; 6]) -> Result<(), ReconcileError> {
         self.dp.set_config(&lb_config(&config.forwarding, next_hop_mac))?;
+        self.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(config.forwarding.too_big_per_sec))?;
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         let gone: Vec<VipId> = self.vips.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {
@@ -480,6 +487,9 @@ mod tests {
         }
         fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
             self.vips.remove(key);
+            Ok(())
+        }
+        fn set_rate_limit(&mut self, _: u32, _: &RateLimit) -> Result<(), DataplaneError> {
             Ok(())
         }
         fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {

@@ -17,6 +17,8 @@ use lb_userspace::{
 use crate::packet::{ip, Frame, L4, ROUTER_MAC};
 
 pub const MTU: u32 = 1500;
+/// ICMP "too big" answers per CPU per second, as `lb`'s default.
+pub const TOO_BIG_PER_SEC: u32 = 1000;
 /// A small prime keeps ring writes quick; one test uses the full default size.
 pub const TEST_RING_SIZE: u32 = 257;
 
@@ -69,6 +71,7 @@ impl Balancer {
     pub fn with_dataplane(mut dp: Dataplane, name: &str) -> Self {
         let prog = dp.program_fd(name).unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         dp.set_config(&test_config()).expect("config");
+        dp.set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(TOO_BIG_PER_SEC)).expect("rate limit");
         Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0 }
     }
 

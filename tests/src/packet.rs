@@ -47,6 +47,8 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// TCP: a connection-opening SYN (otherwise an ACK, mid-flow).
     pub syn: bool,
+    /// IPv4: the don't-fragment flag (set by default, as TCP stacks send for path-MTU discovery).
+    pub df: bool,
 }
 
 impl Frame {
@@ -64,7 +66,7 @@ impl Frame {
         Self::new(src, dst, L4::EchoRequest { id, seq })
     }
     fn new(src: &str, dst: &str, l4: L4) -> Self {
-        Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec(), syn: false }
+        Self { src: ip(src), dst: ip(dst), l4, ttl: 64, vlan: None, payload: PAYLOAD.to_vec(), syn: false, df: true }
     }
     /// A TCP SYN that opens the flow (frames are mid-flow ACKs otherwise).
     pub fn syn(mut self) -> Self {
@@ -78,6 +80,11 @@ impl Frame {
     }
     pub fn vlan(mut self, id: u16) -> Self {
         self.vlan = Some(id);
+        self
+    }
+    /// IPv4 without the don't-fragment flag.
+    pub fn fragmentable(mut self) -> Self {
+        self.df = false;
         self
     }
     pub fn payload(mut self, len: usize) -> Self {
@@ -103,7 +110,7 @@ impl Frame {
                 out
             }};
         }
-        match (self.vlan, self.src.is_ipv4()) {
+        let mut frame = match (self.vlan, self.src.is_ipv4()) {
             (None, true) => finish!(eth.ipv4(v4(self.src), v4(self.dst), self.ttl)),
             (None, false) => finish!(eth.ipv6(v6(self.src), v6(self.dst), self.ttl)),
             (Some(id), true) => {
@@ -112,7 +119,15 @@ impl Frame {
             (Some(id), false) => {
                 finish!(eth.single_vlan(id.try_into().unwrap()).ipv6(v6(self.src), v6(self.dst), self.ttl))
             }
+        };
+        let ip = self.l2_len();
+        if self.src.is_ipv4() && (frame[ip + 6] & 0x40 != 0) != self.df {
+            frame[ip + 6] ^= 0x40;
+            frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            let check = !fold(sum16(&frame[ip..ip + 20]));
+            frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
         }
+        frame
     }
 
     /// Bytes of L2 header in the built frame.

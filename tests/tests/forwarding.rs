@@ -249,19 +249,24 @@ fn vlan_tag_is_kept_and_ttl_is_not_touched() {
 }
 
 #[test]
-fn packets_that_would_exceed_the_mtu_are_dropped() {
+fn packets_that_would_exceed_the_mtu_are_answered_or_dropped() {
     require_root!();
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     lb.add_vip("2001:db8::10", 80, TCP, 0, TEST_RING_SIZE, &REALS6);
     let tcp4_overhead = 20 + 20;
     let fits = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead).build();
-    assert_eq!(action_name(lb.run(&fits).action), "XDP_TX", "exactly the MTU after IPIP");
-    let too_big = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).build();
+    assert_eq!(lb.run(&fits).data.len(), fits.len() + 20, "exactly the MTU after IPIP: forwarded");
+    // Without DF there is nothing to tell the client, and we do not fragment: dropped.
+    let too_big = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).fragmentable().build();
     assert_eq!(action_name(lb.run(&too_big).action), "XDP_DROP");
+    assert_eq!(lb.dp.counter(Counter::DropMtuExceeded).unwrap(), 1);
+    // With DF, and always for IPv6: answered (tests/tests/pmtu.rs has the details).
+    let too_big_df = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).build();
+    assert_eq!(lb.run(&too_big_df).data.len(), 14 + 576, "an ICMP answer");
     let too_big6 = Frame::tcp("2001:db8::1", 1, "2001:db8::10", 80).payload(MTU as usize - 40 - 60 + 1).build();
-    assert_eq!(action_name(lb.run(&too_big6).action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropMtuExceeded).unwrap(), 2);
+    assert_eq!(lb.run(&too_big6).data.len(), 14 + 1280, "an ICMPv6 answer");
+    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 2);
 }
 
 #[test]
