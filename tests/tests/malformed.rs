@@ -92,7 +92,7 @@ fn cases() -> Vec<Case> {
         case("IPv6 destination options", with_ext6(60), drop, DropIpv6ExtHeader),
         case("TCP over IPv6 cut short", cut_transport6(tcp6(), L4_6 + 12), drop, DropBadL4Header),
         case("ICMP echo cut short", { let f = Frame::echo("192.0.2.1", "10.0.0.1").build(); cut_transport4(f, L4_4 + 4) }, drop, DropBadIcmp),
-        case("oversize after encapsulation", Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(1500 - 40).build(), drop, DropMtuExceeded),
+        case("oversize after encapsulation, no DF", Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(1500 - 40).fragmentable().build(), drop, DropMtuExceeded),
         case("IPv4 fragment to another address", { let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build(); set16(&mut f, IP4 + 6, 0x2000); f }, pass, Pass),
         case("garbage to another address", { let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build(); f[IP4] = 0x41; f }, pass, Pass),
         case("unknown protocol to a VIP address", { let mut f = tcp4(); f[IP4 + 9] = 47; f }, pass, Pass),
