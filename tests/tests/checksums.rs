@@ -1,7 +1,7 @@
 //! Every checksum the balancer writes, checked from scratch on random valid inputs, run in the
 //! kernel with BPF_PROG_TEST_RUN: the outer IPv4 header of IPIP (to a real, and to a handoff
-//! peer), and the echo replies of both families (the IPv4 header after the TTL change, the ICMP
-//! and ICMPv6 checksums after the type change). Inputs: random addresses, ports, identifiers,
+//! peer), the echo replies of both families (the IPv4 header after the TTL change, the ICMP
+//! and ICMPv6 checksums after the type change), and the "too big" answers of both families. Inputs: random addresses, ports, identifiers,
 //! sequence numbers, TTLs, TOS and IPv4 IDs, and payloads of random length (0 included) that are
 //! random, all zero or all ones. The seed is fixed, so a failure repeats.
 
@@ -44,9 +44,7 @@ fn vary_ipv4_header(frame: &mut [u8], rng: &mut Rng) {
     let ip = 14;
     frame[ip + 1] = rng.u8(..);
     frame[ip + 4..ip + 6].copy_from_slice(&rng.u16(..).to_be_bytes());
-    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-    let check = !fold(sum16(&frame[ip..ip + 20]));
-    frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+    fix_ipv4_checksum(frame);
 }
 
 /// The one's-complement sum of a whole IPv4 header, checksum included, is 0xffff.
@@ -139,4 +137,55 @@ fn echo_replies_verify_for_random_requests_of_both_families() {
     assert_eq!(lb.dp.counter(lb_common::stats::Counter::IcmpEchoReplied).unwrap(), 2 * CASES as u64);
     println!("{all_zero} of {CASES} IPv4 echo requests had an all-zero message");
     assert!(all_zero > 50, "the inputs hit the all-zero edge {all_zero} times");
+}
+
+#[test]
+fn too_big_answers_verify_for_random_packets_of_both_families() {
+    require_root!();
+    let mut rng = Rng::with_seed(SEED + 3);
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 0, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
+    lb.add_vip("2001:db8::10", 0, TCP, 0, TEST_RING_SIZE, &[("fd00:1::1", 1)]);
+    // No rate limit in the way.
+    lb.dp.set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(1_000_000)).unwrap();
+    for _ in 0..CASES {
+        // IPv4 with DF, 1481 ..= 1500 bytes: over 1500 once in IPIP.
+        let len = rng.usize(1481..=1500);
+        let mut frame = Frame::tcp(&v4(&mut rng), rng.u16(..), "10.0.0.1", rng.u16(..));
+        frame.payload = payload_of(&mut rng, len - 40);
+        frame.ttl = rng.u8(1..);
+        let mut input = frame.build();
+        vary_ipv4_header(&mut input, &mut rng);
+        input[14 + 6] |= 0x40; // DF, whatever vary_ipv4_header left
+        fix_ipv4_checksum(&mut input);
+        let out = lb.run(&input);
+        assert_eq!(out.data.len(), 14 + 576, "an answer to {frame:?}");
+        assert!(ipv4_header_ok(&out.data[14..34]), "IPv4 checksum of the answer to {frame:?}");
+        assert!(icmpv4_checksum_ok(&out.data[34..]), "ICMP checksum of the answer to {frame:?}");
+
+        let len = rng.usize(1461..=1500);
+        let mut frame = Frame::tcp(&v6(&mut rng), rng.u16(..), "2001:db8::10", rng.u16(..));
+        frame.payload = payload_of(&mut rng, len - 60);
+        let out = lb.run(&frame.build());
+        assert_eq!(out.data.len(), 14 + 1280, "an answer to {frame:?}");
+        let (h, icmp) = Ipv6Header::from_slice(&out.data[14..]).unwrap();
+        assert!(icmpv6_checksum_ok(h.source, h.destination, icmp), "ICMPv6 checksum of the answer to {frame:?}");
+    }
+    assert_eq!(lb.dp.counter(lb_common::stats::Counter::IcmpTooBigSent).unwrap(), 2 * CASES as u64);
+}
+
+/// `len` payload bytes: random, all zero or all ones.
+fn payload_of(rng: &mut Rng, len: usize) -> Vec<u8> {
+    match rng.u8(..3) {
+        0 => vec![0; len],
+        1 => vec![0xff; len],
+        _ => (0..len).map(|_| rng.u8(..)).collect(),
+    }
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ip = 14;
+    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let check = !fold(sum16(&frame[ip..ip + 20]));
+    frame[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
 }
