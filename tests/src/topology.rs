@@ -290,7 +290,8 @@ impl LineConn {
 }
 
 /// Backend side: answers each line of each connection with `name`, the line and the client
-/// address, until `stop` is set or `limit` passes.
+/// address (a line starting "UPLOAD " with its size instead), until `stop` is set or `limit`
+/// passes.
 pub fn serve(listener: TcpListener, name: &str, stop: &AtomicBool, limit: Duration) {
     listener.set_nonblocking(true).expect("nonblocking");
     let deadline = Instant::now() + limit;
@@ -327,6 +328,14 @@ fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool
                 let reply = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                 let _ = reader.get_mut().write_all(reply.as_bytes());
                 return;
+            }
+            Ok(_) if line.starts_with("UPLOAD ") => {
+                // A bulk upload: answered with its size rather than echoed.
+                let reply = format!("{name} received {} bytes from {}\n", line.len(), peer.ip().to_canonical());
+                if reader.get_mut().write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
             }
             Ok(_) => {
                 let reply = format!("{name} answered {} from {}\n", line.trim(), peer.ip().to_canonical());

@@ -6,7 +6,7 @@ use lb_common::stats::{Counter, DecapCounter};
 use lb_tests::{
     packet::ip,
     require_root,
-    topology::{ask, backend_addr, backend_addr6, expected_backend, Site, CLIENT, CLIENT6, VIP, VIP6},
+    topology::{ask, backend_addr, backend_addr6, expected_backend, LineConn, Site, CLIENT, CLIENT6, VIP, VIP6},
 };
 
 const CONNECTIONS: usize = 40;
@@ -63,6 +63,48 @@ fn tcp_to_an_ipv6_vip_reaches_ipv6_reals_over_ipv6_in_ipv6() {
 fn tcp_to_an_ipv4_vip_reaches_ipv6_reals_over_ipv4_in_ipv6() {
     require_root!();
     connections_reach_the_maglev_backend(&Site::serving(2, VIP, true), CLIENT);
+}
+
+/// A 1 MB upload from the client to the site's VIP, every link at MTU 1500: the client's
+/// full-size segments do not fit the tunnel, the balancer answers them with ICMP, the client's
+/// kernel learns the path MTU (`path_mtu`) from that and the transfer completes.
+fn a_megabyte_upload_completes(site: &Site, client: &str, path_mtu: u32) {
+    const UPLOAD: usize = 1 << 20;
+    let service = site.service();
+    let request = format!("UPLOAD {}", "x".repeat(UPLOAD));
+    let (answer, took) = site.with_servers(|| {
+        let start = std::time::Instant::now();
+        let mut conn = LineConn::connect(service).expect("connect");
+        (conn.exchange(&request).expect("the upload is answered"), start.elapsed())
+    });
+    assert_eq!(answer, format!("backend 0 received {} bytes from {client}\n", request.len() + 1), "all of it arrived");
+    let count = |c| site.balancer.dp.counter(c).unwrap();
+    let (answered, dropped) = (count(Counter::IcmpTooBigSent), count(Counter::DropMtuExceeded));
+    let route = site.net.client.ip(&["route", "get", &service.ip().to_string()]);
+    let nstat = site.net.client.exec(&["nstat", "-az", "IcmpInDestUnreachs", "Icmp6InPktTooBigs", "TcpRetransSegs", "TcpExtTCPTimeouts"]);
+    let client: Vec<(&str, u64)> = nstat.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        Some((f.next()?, f.next()?.parse().ok()?))
+    }).collect();
+    println!("{service}: {} bytes in {took:?}; balancer: too-big answers {answered}, dropped {dropped}", request.len() + 1);
+    println!("  client: {client:?}; route: {}", route.split_whitespace().collect::<Vec<_>>().join(" "));
+    let received: u64 = client.iter().filter(|(n, _)| n.starts_with("Icmp")).map(|(_, v)| v).sum();
+    assert_eq!(received, answered, "the client's kernel got every answer");
+    assert!(answered > 0, "the balancer answered the segments that did not fit");
+    assert_eq!(dropped, 0, "nothing dropped silently");
+    assert!(route.contains(&format!("mtu {path_mtu}")), "the client learned the path MTU: {route}");
+}
+
+#[test]
+fn an_ipv4_upload_of_a_megabyte_completes_through_path_mtu_discovery() {
+    require_root!();
+    a_megabyte_upload_completes(&Site::new(1), CLIENT, 1480);
+}
+
+#[test]
+fn an_ipv6_upload_of_a_megabyte_completes_through_path_mtu_discovery() {
+    require_root!();
+    a_megabyte_upload_completes(&Site::serving(1, VIP6, true), CLIENT6, 1460);
 }
 
 /// Counter `name` of `section` ("Icmp", "Tcp", ...) in /proc/net/snmp of the calling thread's
