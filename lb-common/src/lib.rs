@@ -48,9 +48,10 @@ pub mod maps {
     pub const PEERS: &str = "PEERS";
     pub const RATE_LIMITS: &str = "RATE_LIMITS";
     pub const LIMIT_STATE: &str = "LIMIT_STATE";
+    pub const SYN_SEEN: &str = "SYN_SEEN";
     pub const ALL: &[&str] = &[
         VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
-        DECAP_STATS, HANDOFF, PEERS, RATE_LIMITS, LIMIT_STATE,
+        DECAP_STATS, HANDOFF, PEERS, RATE_LIMITS, LIMIT_STATE, SYN_SEEN,
     ];
 }
 
@@ -209,8 +210,26 @@ const _: () = assert!(core::mem::size_of::<Handoff>() == 24);
 pub mod limits {
     /// ICMP "fragmentation needed" / "packet too big" answers to clients.
     pub const TOO_BIG: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// Connection-table inserts (new flows recorded, UDP included).
+    pub const INSERTS: u32 = 1;
+    /// Mid-flow packets of unknown flows handed off to peer sites.
+    pub const HANDOFFS: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
+
+/// Value of `LIMIT_STATE` (per CPU, per limit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitState {
+    /// The GCRA's theoretical arrival time (CLOCK_MONOTONIC ns).
+    pub tat: u64,
+    /// When the limit last refused an event (CLOCK_MONOTONIC ns; 0: never).
+    pub last_refused: u64,
+}
+const _: () = assert!(core::mem::size_of::<LimitState>() == 16);
+
+/// Slots of `SYN_SEEN`, which remembers recent SYNs by flow hash (a power of two).
+pub const SYN_SEEN_SLOTS: u32 = 1 << 16;
 
 /// Value of `RATE_LIMITS`: a GCRA limit, per CPU. Events are spaced `interval_ns` apart on
 /// average, and up to `burst_ns / interval_ns + 1` may come at once. `interval_ns` 0: no event
@@ -224,6 +243,9 @@ pub struct RateLimit {
 const _: () = assert!(core::mem::size_of::<RateLimit>() == 16);
 
 impl RateLimit {
+    /// As good as no limit: an event every nanosecond, bursts of 0.4 s worth.
+    pub const UNLIMITED: Self = Self::per_sec(u32::MAX);
+
     /// `per_sec` events a second, with bursts of a tenth of a second's worth (at least 1).
     pub const fn per_sec(per_sec: u32) -> Self {
         if per_sec == 0 {
@@ -300,12 +322,17 @@ pub mod stats {
         IcmpTooBigSent,
         /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
         DropTooBigSuppressed,
+        /// New flows forwarded by the ring but not recorded: inserts were over their rate limit.
+        FlowUnrecorded,
+        /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their
+        /// rate limit.
+        HandoffSuppressed,
         /// Never counted (not in `ALL`): the balancer's signal that an unknown flow goes to a peer.
         HandoffWanted,
     }
 
     impl Counter {
-        pub const ALL: [Counter; 25] = [
+        pub const ALL: [Counter; 27] = [
             Counter::Pass,
             Counter::Tx,
             Counter::Drop,
@@ -331,6 +358,8 @@ pub mod stats {
             Counter::DropBadHandoff,
             Counter::IcmpTooBigSent,
             Counter::DropTooBigSuppressed,
+            Counter::FlowUnrecorded,
+            Counter::HandoffSuppressed,
         ];
         pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -362,6 +391,8 @@ pub mod stats {
                 Counter::DropBadHandoff => "drop_bad_handoff",
                 Counter::IcmpTooBigSent => "icmp_too_big_sent",
                 Counter::DropTooBigSuppressed => "drop_too_big_suppressed",
+                Counter::FlowUnrecorded => "flow_unrecorded",
+                Counter::HandoffSuppressed => "handoff_suppressed",
                 Counter::HandoffWanted => "handoff_wanted",
             }
         }
@@ -397,4 +428,5 @@ mod pod {
     unsafe impl aya::Pod for RealStats {}
     unsafe impl aya::Pod for Handoff {}
     unsafe impl aya::Pod for RateLimit {}
+    unsafe impl aya::Pod for LimitState {}
 }

@@ -128,7 +128,6 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         _ => return Err(Counter::Pass),
     };
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
-    let record = arrival != Arrival::IcmpError;
 
     // The real: the one the connection table knows, else the one the VIP's ring gives. A
     // client's SYN starts a connection, so the table is not searched for it (a retransmitted SYN
@@ -141,7 +140,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         }
         None => {
             let mut chosen_slot = MaybeUninit::uninit();
-            match maglev::new_flow(l3, &scratch.flow, &arrival, record, &mut chosen_slot).get() {
+            match maglev::new_flow(l3, &scratch.flow, &arrival, &mut chosen_slot).get() {
                 Ok(_) => {
                     // SAFETY: `new_flow` returned Ok, so it wrote the slot.
                     let chosen = unsafe { chosen_slot.assume_init() };
@@ -171,7 +170,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     }
     match sent {
         Sent::Real { chosen, hit } => {
-            stats::count_vip(chosen.vip_index, bytes, hit, record && !hit);
+            stats::count_vip(chosen.vip_index, bytes, hit, chosen.recorded);
             stats::count_real(chosen.real_id, bytes);
             if arrival == Arrival::IcmpError {
                 stats::count(Counter::IcmpToReal);

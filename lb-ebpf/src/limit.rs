@@ -1,4 +1,5 @@
-//! Per-CPU rate limits (`lb_common::limits`), GCRA: one timestamp per limit and CPU.
+//! Per-CPU rate limits (`lb_common::limits`), GCRA: one timestamp per limit and CPU, and when it
+//! last refused (the control plane shows a flood from that).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
@@ -7,17 +8,19 @@ use crate::maps::{LIMIT_STATE, RATE_LIMITS};
 /// Whether one more event of `limit` fits on this CPU now (and if so, counts it).
 #[inline(always)]
 pub fn allow(limit: u32) -> bool {
-    let (Some(l), Some(tat)) = (RATE_LIMITS.get(limit), LIMIT_STATE.get_ptr_mut(limit)) else { return false };
-    if l.interval_ns == 0 {
-        return false;
-    }
+    let (Some(l), Some(state)) = (RATE_LIMITS.get(limit), LIMIT_STATE.get_ptr_mut(limit)) else { return false };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: this CPU's entry, which nothing else uses before this program ends.
-    let tat = unsafe { &mut *tat };
-    if *tat > now.saturating_add(l.burst_ns) {
+    let state = unsafe { &mut *state };
+    if l.interval_ns == 0 {
+        state.last_refused = now;
         return false;
     }
-    *tat = (*tat).max(now).saturating_add(l.interval_ns);
+    if state.tat > now.saturating_add(l.burst_ns) {
+        state.last_refused = now;
+        return false;
+    }
+    state.tat = state.tat.max(now).saturating_add(l.interval_ns);
     true
 }

@@ -5,14 +5,15 @@ use core::mem::MaybeUninit;
 
 use lb_common::{
     hash::{flow_hash, source_hash},
+    limits,
     stats::Counter,
-    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
 };
 
 use crate::{
-    balancer::Arrival,
-    handoff,
-    maps::{CONNS, MAGLEV, REALS, VIPS, VIP_GEN},
+    balancer::{Arrival, ClientPacket},
+    handoff, limit,
+    maps::{CONNS, MAGLEV, REALS, SYN_SEEN, VIPS, VIP_GEN},
     parse::L3,
     stats,
     step::Step,
@@ -39,6 +40,8 @@ pub struct Chosen {
     pub vip_index: u32,
     /// Entropy for the outer header.
     pub flow_hash: u32,
+    /// A connection-table entry was made for the flow.
+    pub recorded: bool,
 }
 
 /// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
@@ -53,27 +56,51 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
-    Some((Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash }, real))
+    let chosen = Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false };
+    Some((chosen, real))
 }
 
 /// The real for a flow the connection table does not know (or was not asked about): the slot of
-/// the flow's hash (the source's, for source affinity) in its VIP's ring, remembered when
-/// `record`. `Err(Pass)`: no VIP; `Err(HandoffWanted)`: `arrival` calls for a handoff.
+/// the flow's hash (the source's, for source affinity) in its VIP's ring. `Err(Pass)`: no VIP;
+/// `Err(HandoffWanted)`: `arrival` calls for a handoff.
+///
+/// What is recorded, against floods of spoofed packets: a TCP flow when its handshake's ACK
+/// comes (its SYN is only remembered, in `SYN_SEEN`), a UDP flow at once, a handed-off one when
+/// it is ours; never for an ICMP error. Inserts and handoffs are rate limited per CPU: over the
+/// limit a flow is forwarded unrecorded, and an unknown mid-flow packet is balanced here.
 #[inline(never)] // off the hot path, in its own stack frame
-pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, record: bool, out: &mut MaybeUninit<Chosen>) -> Step {
-    Step::of(try_new_flow(l3, flow, arrival, record).map(|chosen| {
+pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Chosen>) -> Step {
+    Step::of(try_new_flow(l3, flow, arrival).map(|chosen| {
         out.write(chosen);
         0
     }))
 }
 
 #[inline(always)]
-fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, record: bool) -> Result<Chosen, Counter> {
+fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Counter> {
     let meta = vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
-    if handoff::wanted(l3, arrival) {
-        return Err(Counter::HandoffWanted);
-    }
     let hash = flow_hash(flow);
+    let record = match arrival {
+        Arrival::Client(ClientPacket::Syn) => {
+            // A new connection on this 5-tuple: an entry of an earlier one must not catch its ACK.
+            let _ = CONNS.remove(flow);
+            remember_syn(hash);
+            false
+        }
+        // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
+        // or (after a route change) through a peer.
+        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => true,
+        Arrival::Client(ClientPacket::MidFlow) if handoff::wanted(l3, arrival) => {
+            if limit::allow(limits::HANDOFFS) {
+                return Err(Counter::HandoffWanted);
+            }
+            stats::count(Counter::HandoffSuppressed);
+            true
+        }
+        Arrival::Handoff if handoff::wanted(l3, arrival) => return Err(Counter::HandoffWanted),
+        Arrival::IcmpError => false,
+        _ => true,
+    };
     let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
     if meta.ring_size == 0 || meta.ring_size > MAX_RING_SIZE {
         return Err(Counter::DropNoReal);
@@ -84,9 +111,33 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, record: bool) -> Res
     if real_id == 0 || REALS.get(real_id).is_none() {
         return Err(Counter::DropNoReal);
     }
-    let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
-    if record && CONNS.insert(flow, entry, 0).is_err() {
-        stats::count(Counter::ConnInsertFailed);
+    let recorded = record && {
+        if limit::allow(limits::INSERTS) {
+            let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
+            let inserted = CONNS.insert(flow, entry, 0).is_ok();
+            if !inserted {
+                stats::count(Counter::ConnInsertFailed);
+            }
+            inserted
+        } else {
+            stats::count(Counter::FlowUnrecorded);
+            false
+        }
+    };
+    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded })
+}
+
+/// Remembers a client's SYN of the flow with `hash`.
+#[inline(always)]
+fn remember_syn(hash: u32) {
+    if let Some(slot) = SYN_SEEN.get_ptr_mut(hash % SYN_SEEN_SLOTS) {
+        // SAFETY: an aligned u32 in map memory; a racing writer on another CPU only replaces it.
+        unsafe { *slot = hash };
     }
-    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash })
+}
+
+/// Whether the flow with `hash` had a SYN here lately (its slot still holds it).
+#[inline(always)]
+fn saw_syn(hash: u32) -> bool {
+    SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
 }

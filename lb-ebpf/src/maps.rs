@@ -8,8 +8,8 @@ use aya_ebpf::{
 use crate::balancer::Scratch;
 use lb_common::{
     stats::{Counter, DecapCounter},
-    limits, ConnEntry, FlowKey, Handoff, LbConfig, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS,
+    limits, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS, SYN_SEEN_SLOTS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -78,9 +78,16 @@ pub static PEERS: Array<[u8; 16]> = Array::with_max_entries(MAX_PEERS, 0);
 #[map]
 pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(limits::COUNT, 0);
 
-/// Each CPU's state of each rate limit: the GCRA's theoretical arrival time, in ns.
+/// Each CPU's state of each rate limit.
 #[map]
-pub static LIMIT_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(limits::COUNT, 0);
+pub static LIMIT_STATE: PerCpuArray<LimitState> = PerCpuArray::with_max_entries(limits::COUNT, 0);
+
+/// Recent client SYNs: slot `flow hash % SYN_SEEN_SLOTS` holds the flow hash of the last SYN
+/// there. A TCP flow is recorded when its handshake's ACK finds its SYN here, so spoofed SYNs,
+/// which never complete, make no connection-table entries. Shared by all CPUs: a lost race or a
+/// collision only sends that ACK down the unknown-flow path (a handoff round trip at most).
+#[map]
+pub static SYN_SEEN: Array<u32> = Array::with_max_entries(SYN_SEEN_SLOTS, 0);
 
 /// Per-CPU room for the balancer's larger working values (`balancer::Scratch`), which on the
 /// stack would take a fifth of the 512 bytes the verifier allows over a call chain. An XDP

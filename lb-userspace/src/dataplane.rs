@@ -20,7 +20,7 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, Handoff, LbConfig, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
     HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RINGS, MAX_RING_SIZE,
 };
 
@@ -297,6 +297,25 @@ impl Dataplane {
         self.array::<RateLimit>(maps::RATE_LIMITS)?.set(limit, rate, 0).map_err(map_err(maps::RATE_LIMITS))
     }
 
+    /// Each CPU's state of rate limit `limit`.
+    pub fn limit_states(&self, limit: u32) -> Result<Vec<LimitState>> {
+        let per_cpu = self.per_cpu::<LimitState>(maps::LIMIT_STATE)?;
+        Ok(per_cpu.get(&limit, 0).map_err(map_err(maps::LIMIT_STATE))?.iter().copied().collect())
+    }
+
+    /// Whether `limit` refused an event on any CPU within `window`: a flood is being held back.
+    pub fn limit_refused_within(&self, limit: u32, window: std::time::Duration) -> Result<bool> {
+        let now = monotonic_ns();
+        Ok(self.limit_states(limit)?.iter().any(|s| s.last_refused != 0 && now.saturating_sub(s.last_refused) < window.as_nanos() as u64))
+    }
+
+    /// Entries in the connection table (walks its keys: about 1 s per million entries).
+    pub fn conn_entries(&self) -> Result<usize> {
+        let map = self.ebpf.map(maps::CONNS).ok_or(DataplaneError::NoMap { name: maps::CONNS })?;
+        let conns = HashMap::<_, FlowKey, ConnEntry>::try_from(map).map_err(map_err(maps::CONNS))?;
+        Ok(conns.keys().filter(|k| k.is_ok()).count())
+    }
+
     pub fn set_real(&mut self, id: u32, real: &Real) -> Result<()> {
         self.array::<Real>(maps::REALS)?.set(id, real, 0).map_err(map_err(maps::REALS))
     }
@@ -500,4 +519,12 @@ impl Dataplane {
     pub fn map_names(&self) -> Vec<String> {
         self.ebpf.maps().map(|(name, _)| name.to_owned()).collect()
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

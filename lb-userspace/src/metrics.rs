@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-use lb_common::stats::Counter as StatsCounter;
+use lb_common::{limits, stats::Counter as StatsCounter};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -74,6 +74,11 @@ pub fn render(
             family.get_or_create(&vec![(key, label.to_owned())]).inc_by(value);
         }
     }
+
+    let flood = gauge_family(&mut r, "xdp_flood_active", "1 if a flood limit (inserts, handoffs) refused something in the last second");
+    let window = Duration::from_secs(1);
+    let active = [limits::INSERTS, limits::HANDOFFS].iter().any(|&l| dp.limit_refused_within(l, window).unwrap_or(false));
+    flood.get_or_create(&vec![]).set(if active { 1.0 } else { 0.0 });
 
     let vip_packets = counter_family(&mut r, "vip_packets", "Packets forwarded per VIP");
     let vip_bytes = counter_family(&mut r, "vip_bytes", "Bytes forwarded per VIP");

@@ -258,6 +258,8 @@ impl<D: DataplaneOps> Reconciler<D> {
     pub fn apply(&mut self, config: &Config, next_hop_mac: [u8; 6]) -> Result<(), ReconcileError> {
         self.dp.set_config(&lb_config(&config.forwarding, next_hop_mac))?;
         self.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(config.forwarding.too_big_per_sec))?;
+        self.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(config.flood.inserts_per_sec))?;
+        self.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(config.flood.handoffs_per_sec))?;
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         let gone: Vec<VipId> = self.vips.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {

@@ -72,6 +72,10 @@ impl Balancer {
         let prog = dp.program_fd(name).unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         dp.set_config(&test_config()).expect("config");
         dp.set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(TOO_BIG_PER_SEC)).expect("rate limit");
+        // No flood limits unless a test sets them: tests and benches make flows fast.
+        for limit in [lb_common::limits::INSERTS, lb_common::limits::HANDOFFS] {
+            dp.set_rate_limit(limit, &lb_common::RateLimit::UNLIMITED).expect("rate limit");
+        }
         Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0 }
     }
 

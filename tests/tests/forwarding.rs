@@ -132,11 +132,11 @@ fn a_flow_keeps_its_real_when_the_ring_changes() {
     check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.8", p, "10.0.0.1", 80), 30);
 }
 
-/// A client's SYN is balanced by the ring without searching the table: a retransmitted SYN gets
-/// the same real while the ring is unchanged, and a SYN reusing a 5-tuple after the ring moved
-/// its slot opens the new connection on the ring's real (mid-flow packets keep the old entry).
+/// A TCP flow is recorded on its handshake's ACK, not on its SYN (spoofed SYNs never complete):
+/// the SYN goes where the ring says (a retransmitted one too) and clears any entry an earlier
+/// connection on the same 5-tuple left; the ACK after it records the ring's real.
 #[test]
-fn a_syn_follows_the_ring_and_remakes_the_entry() {
+fn a_flow_is_recorded_on_its_handshake_ack_and_a_syn_clears_an_earlier_entry() {
     require_root!();
     let mut lb = Balancer::new();
     let mut vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[..1]);
@@ -147,21 +147,27 @@ fn a_syn_follows_the_ring_and_remakes_the_entry() {
             // The SYN and its retransmission.
             encapsulated_to(&lb.run(&syn), &syn, 14, ip("10.1.0.1"));
         }
+        assert_eq!(lb.dp_conn_real(f), None, "a SYN makes no entry");
+        encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+        assert_eq!(lb.dp_conn_real(f), Some(ip("10.1.0.1")), "the handshake's ACK does");
     }
     lb.set_reals(&mut vip, &REALS4);
     let moved: Vec<&Frame> = flows.iter().filter(|f| lb.expected_real(&vip, f) != ip("10.1.0.1")).collect();
     assert!(moved.len() > 10, "the new ring sends {} of 40 flows elsewhere", moved.len());
     for f in &moved {
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
+        // A new connection on the same 5-tuple: the ring's real now, for its SYN and its ACK.
         let syn = (*f).clone().syn().build();
         let now = lb.expected_real(&vip, f);
         encapsulated_to(&lb.run(&syn), &syn, 14, now);
-        assert_eq!(lb.dp_conn_real(f), Some(now), "the SYN remade the entry");
+        assert_eq!(lb.dp_conn_real(f), None, "the SYN cleared the earlier connection's entry");
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, now);
+        assert_eq!(lb.dp_conn_real(f), Some(now), "its ACK recorded the new real");
     }
     let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
     let moved = moved.len() as u64;
-    assert_eq!((stats.new_flows, stats.conn_hits), (80 + moved, 2 * moved), "every SYN is a new flow, never a hit");
+    assert_eq!(stats.new_flows, 40 + moved, "one entry per handshake");
+    assert_eq!(stats.conn_hits, moved, "only the old connections' packets after the ring change hit");
 }
 
 #[test]
