@@ -45,11 +45,12 @@ pub struct Chosen {
 }
 
 /// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
-/// same generation and its real is not down.
+/// same generation, its real is not down, and no SYN of a new connection on the same 5-tuple
+/// came since it was made.
 #[inline(always)]
 pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     let entry = *unsafe { CONNS.get(flow) }?;
-    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
+    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) || saw_syn(entry.flow_hash) {
         return None;
     }
     let real = REALS.get(entry.real_id)?;
@@ -82,14 +83,17 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
     let hash = flow_hash(flow);
     let record = match arrival {
         Arrival::Client(ClientPacket::Syn) => {
-            // A new connection on this 5-tuple: an entry of an earlier one must not catch its ACK.
-            let _ = CONNS.remove(flow);
-            remember_syn(hash);
+            // Remembered: its ACK will be recorded; until then an entry an earlier connection on
+            // this 5-tuple left no longer counts (`known`).
+            remember_syn(hash, hash);
             false
         }
         // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
-        // or (after a route change) through a peer.
-        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => true,
+        // or (after a route change) through a peer. Its entry replaces the SYN's memory.
+        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => {
+            remember_syn(hash, 0);
+            true
+        }
         Arrival::Client(ClientPacket::MidFlow) if handoff::wanted(l3, arrival) => {
             if limit::allow(limits::HANDOFFS) {
                 return Err(Counter::HandoffWanted);
@@ -127,17 +131,19 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
     Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded })
 }
 
-/// Remembers a client's SYN of the flow with `hash`.
+/// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a
+/// client's SYN, 0 forgets it (a flow hash of 0 is never remembered then: at worst its ACK takes
+/// the unknown-flow path).
 #[inline(always)]
-fn remember_syn(hash: u32) {
+fn remember_syn(hash: u32, value: u32) {
     if let Some(slot) = SYN_SEEN.get_ptr_mut(hash % SYN_SEEN_SLOTS) {
         // SAFETY: an aligned u32 in map memory; a racing writer on another CPU only replaces it.
-        unsafe { *slot = hash };
+        unsafe { *slot = value };
     }
 }
 
-/// Whether the flow with `hash` had a SYN here lately (its slot still holds it).
+/// Whether the flow with `hash` had a SYN here lately that no packet recorded yet.
 #[inline(always)]
 fn saw_syn(hash: u32) -> bool {
-    SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
+    hash != 0 && SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
 }

@@ -2,7 +2,8 @@
 //! program (the floor), one BPF_PROG_TEST_RUN call per packet.
 //!
 //! Every call has repeat = 1 and starts from its input frame: no wrapper undoes the rewrite, and
-//! each case runs what a packet on the wire runs. The kernel reports each call's duration; a
+//! each case runs what a packet on the wire runs. A new flow is recorded on its handshake's ACK,
+//! so its case is two calls, the SYN and the ACK, compared with two calls of the empty program. The kernel reports each call's duration; a
 //! case's figure for a round is the sum over its calls divided by the calls. Rounds run every
 //! case once, the order rotating each round, the empty program among them; the table shows the
 //! median over rounds, the min-max of the rounds and the 99th percentile of single calls.
@@ -54,7 +55,7 @@ enum Proof {
     Global(Counter),
     /// `VipStats::conn_hits` of the VIP at this index.
     ConnHits(u32),
-    /// `VipStats::new_flows` (and `conn_misses`) of the VIP at this index.
+    /// `VipStats::new_flows` of the VIP at this index (each flow's SYN and ACK both miss).
     NewFlows(u32),
 }
 
@@ -66,7 +67,7 @@ impl Proof {
             Proof::ConnHits(vip) => dp.vip_stats(vip)?.conn_hits,
             Proof::NewFlows(vip) => {
                 let s = dp.vip_stats(vip)?;
-                ensure!(s.new_flows == s.conn_misses, "new flows {} != misses {}", s.new_flows, s.conn_misses);
+                ensure!(2 * s.new_flows == s.conn_misses, "new flows {} for misses {}", s.new_flows, s.conn_misses);
                 s.new_flows
             }
         })
@@ -76,7 +77,8 @@ impl Proof {
 /// The frame of each call.
 enum Input {
     Same(Vec<u8>),
-    /// A SYN from a source no earlier call used: the `n`th new flow of this case.
+    /// The `n`th new flow of this case, from a source no earlier call used: its SYN, then its
+    /// handshake's ACK, which records it. One "call" of the case is both, their times summed.
     NewFlow(fn(u32) -> Frame),
 }
 
@@ -106,21 +108,28 @@ impl Case {
         let before = self.proof.read(dp)?;
         let mut total = 0u64;
         for _ in 0..*CALLS {
-            let frame = match &self.input {
-                Input::Same(frame) => frame.clone(),
-                Input::NewFlow(make) => make(self.calls).build(),
+            let frames = match &self.input {
+                Input::Same(frame) => vec![frame.clone()],
+                Input::NewFlow(make) => {
+                    let flow = make(self.calls);
+                    vec![flow.clone().syn().build(), flow.build()]
+                }
             };
-            let out = test_run::run(self.fd, &frame, 1)?;
-            ensure!(
-                out.action == self.action && out.data.len() == frame.len() + self.grows,
-                "{}: {} with {} bytes out of {}",
-                self.name,
-                action_name(out.action),
-                out.data.len(),
-                frame.len()
-            );
-            total += out.duration_ns as u64;
-            self.each.push(out.duration_ns);
+            let mut ns = 0;
+            for frame in &frames {
+                let out = test_run::run(self.fd, frame, 1)?;
+                ensure!(
+                    out.action == self.action && out.data.len() == frame.len() + self.grows,
+                    "{}: {} with {} bytes out of {}",
+                    self.name,
+                    action_name(out.action),
+                    out.data.len(),
+                    frame.len()
+                );
+                ns += out.duration_ns;
+            }
+            total += ns as u64;
+            self.each.push(ns);
             self.calls += 1;
         }
         if !matches!(self.proof, Proof::None) {
@@ -139,11 +148,11 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 /// The `n`th new IPv4 flow: sources count up from 100.64.0.0 (a /10: 4M of them).
 fn new_flow4(n: u32) -> Frame {
-    Frame::tcp(&std::net::Ipv4Addr::from(0x6440_0000 + n).to_string(), 40_000, VIP4, 80).syn()
+    Frame::tcp(&std::net::Ipv4Addr::from(0x6440_0000 + n).to_string(), 40_000, VIP4, 80)
 }
 
 fn new_flow6(n: u32) -> Frame {
-    Frame::tcp(&format!("2001:db8:f::{:x}:{:x}", n >> 16, n & 0xffff), 40_000, VIP6, 80).syn()
+    Frame::tcp(&format!("2001:db8:f::{:x}:{:x}", n >> 16, n & 0xffff), 40_000, VIP6, 80)
 }
 
 /// The balancer with a TCP VIP per family, 16 reals each on full-size rings, and optionally a
@@ -185,11 +194,12 @@ fn main() -> Result<()> {
     let hit4 = Frame::tcp("192.0.2.1", 40_000, VIP4, 80);
     let hit6 = Frame::tcp("2001:db8:c::1", 40_000, VIP6, 80);
     for (frame, family) in [(&hit4, "IPv4"), (&hit6, "IPv6")] {
-        // The SYN makes the entry the hit cases find.
-        let syn = Frame { syn: true, payload: Vec::new(), ..frame.clone() };
-        let out = lbs[0].run(&syn.build());
-        ensure!(out.action == XDP_TX, "{family} SYN not forwarded: {}", action_name(out.action));
-        ensure!(lbs[0].dp.conn_real(&flow_of(frame))?.is_some(), "{family} SYN made no entry");
+        // The handshake makes the entry the hit cases find.
+        for packet in [frame.clone().syn(), frame.clone()] {
+            let out = lbs[0].run(&packet.build());
+            ensure!(out.action == XDP_TX, "{family} handshake not forwarded: {}", action_name(out.action));
+        }
+        ensure!(lbs[0].dp.conn_real(&flow_of(frame))?.is_some(), "{family} handshake made no entry");
     }
     let handoff4 = Frame::tcp("192.0.2.1", 40_001, VIP4, 80);
     let handoff6 = Frame::tcp("2001:db8:c::1", 40_001, VIP6, 80);
@@ -219,8 +229,8 @@ fn main() -> Result<()> {
         case("non-VIP pass, IPv6", 0, same(&other6), XDP_PASS, 0, pass, Some(TARGET_PASS)),
         case("conn-table hit, IPv4", 0, same(&hit4), XDP_TX, 20, Proof::ConnHits(vip4_index), Some(TARGET_HIT)),
         case("conn-table hit, IPv6", 0, same(&hit6), XDP_TX, 40, Proof::ConnHits(vip6_index), Some(TARGET_HIT)),
-        case("new flow (SYN), IPv4", 0, Input::NewFlow(new_flow4), XDP_TX, 20, Proof::NewFlows(vip4_index), Some(TARGET_NEW_FLOW)),
-        case("new flow (SYN), IPv6", 0, Input::NewFlow(new_flow6), XDP_TX, 40, Proof::NewFlows(vip6_index), Some(TARGET_NEW_FLOW)),
+        case("new flow (SYN + ACK), IPv4", 0, Input::NewFlow(new_flow4), XDP_TX, 20, Proof::NewFlows(vip4_index), Some(TARGET_NEW_FLOW)),
+        case("new flow (SYN + ACK), IPv6", 0, Input::NewFlow(new_flow6), XDP_TX, 40, Proof::NewFlows(vip6_index), Some(TARGET_NEW_FLOW)),
         case("ICMP echo reply, IPv4", 0, same(&Frame::echo("192.0.2.1", VIP4)), XDP_TX, 0, echo, None),
         case("ICMP echo reply, IPv6", 0, same(&Frame::echo("2001:db8:c::1", VIP6)), XDP_TX, 0, echo, None),
         case("handoff send, IPv4", 1, same(&handoff4), XDP_TX, 20, sent, None),
@@ -250,7 +260,8 @@ fn main() -> Result<()> {
     ensure!(lbs[0].dp.counter(Counter::ConnInsertFailed)? == 0, "the connection table refused inserts");
 
     let floor = sorted(cases[0].rounds.clone())[*ROUNDS / 2];
-    println!("\n| case | ns/packet (median of rounds) | min-max of rounds | p99 of calls | ns above floor | x floor | target | |");
+    // A new flow is two packets, so two calls: its floor is two empty-program calls.
+    println!("\n| case | ns (median of rounds) | min-max of rounds | p99 of calls | ns above floor | x floor | target | |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for c in &cases {
         let r = sorted(c.rounds.clone());
@@ -258,7 +269,8 @@ fn main() -> Result<()> {
         each.sort_unstable();
         let p99 = each[each.len() * 99 / 100];
         let median = r[*ROUNDS / 2];
-        let ratio = median / floor;
+        let calls = if matches!(c.input, Input::NewFlow(_)) { 2.0 } else { 1.0 };
+        let ratio = median / (calls * floor);
         let (target, verdict) = match c.target {
             Some(t) => (format!("<= {t:.2}"), if ratio <= t { "met" } else { "MISSED" }),
             None => (String::new(), ""),
@@ -268,7 +280,7 @@ fn main() -> Result<()> {
             c.name,
             r[0],
             r[*ROUNDS - 1],
-            median - floor
+            median - calls * floor
         );
     }
     if !new_flows.is_empty() {
