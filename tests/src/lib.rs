@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod lbd;
 pub mod netns;
 pub mod packet;
+pub mod packetgen;
 pub mod topology;
 
 /// Whether a privileged test may run. Without root it skips with a line saying so, except when

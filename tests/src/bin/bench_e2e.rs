@@ -61,41 +61,10 @@ fn frame(port: u16) -> Vec<u8> {
     lb_tests::packet::Frame::udp("10.50.0.1", port, "10.99.0.1", 9000).payload(18).build()
 }
 
-/// Sends `PACKETS` frames on `ifname` with AF_PACKET + sendmmsg; returns (sent, elapsed).
+/// Sends `PACKETS` frames (`FLOWS` flows) on `ifname`; returns (sent, elapsed).
 fn generate(ifname: &str) -> (usize, Duration) {
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-    let bypass: libc::c_int = 1;
-    unsafe { libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&bypass as *const libc::c_int).cast(), 4) };
-    let ifindex = unsafe { libc::if_nametoindex(std::ffi::CString::new(ifname).unwrap().as_ptr()) } as i32;
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex;
-    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-
     let frames: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(20_000 + (i as u16 % FLOWS))).collect();
-    let mut iovs: Vec<libc::iovec> = frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    let start = Instant::now();
-    let mut sent = 0;
-    while sent < PACKETS && start.elapsed() < Duration::from_secs(30) {
-        let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
-        if n > 0 {
-            sent += n as usize;
-        }
-    }
-    let elapsed = start.elapsed();
-    unsafe { libc::close(fd) };
-    (sent, elapsed)
+    lb_tests::packetgen::send(ifname, &frames, PACKETS, Duration::from_secs(30))
 }
 
 /// One run: frames sent, the rates, and what the programs counted.
