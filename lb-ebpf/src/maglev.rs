@@ -45,12 +45,11 @@ pub struct Chosen {
 }
 
 /// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
-/// same generation, its real is not down, and no SYN of a new connection on the same 5-tuple
-/// came since it was made.
+/// same generation and its real is not down.
 #[inline(always)]
 pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     let entry = *unsafe { CONNS.get(flow) }?;
-    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) || saw_syn(entry.flow_hash) {
+    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
         return None;
     }
     let real = REALS.get(entry.real_id)?;
@@ -67,8 +66,10 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
 ///
 /// What is recorded, against floods of spoofed packets: a TCP flow when its handshake's ACK
 /// comes (its SYN is only remembered, in `SYN_SEEN`), a UDP flow at once, a handed-off one when
-/// it is ours; never for an ICMP error. Inserts and handoffs are rate limited per CPU: over the
-/// limit a flow is forwarded unrecorded, and an unknown mid-flow packet is balanced here.
+/// it is ours; never for an ICMP error. A mid-flow packet of a connection whose SYN did not come
+/// here (another node's or site's, or spoofed) is handed off, or without peers recorded, within
+/// the per-CPU handoff limit, and over it forwarded unrecorded: a flood of spoofed ACKs takes no
+/// more than that of the insert limit, which the handshakes of real clients need.
 #[inline(never)] // off the hot path, in its own stack frame
 pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Chosen>) -> Step {
     Step::of(try_new_flow(l3, flow, arrival).map(|chosen| {
@@ -83,9 +84,13 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
     let hash = flow_hash(flow);
     let record = match arrival {
         Arrival::Client(ClientPacket::Syn) => {
-            // Remembered: its ACK will be recorded; until then an entry an earlier connection on
-            // this 5-tuple left no longer counts (`known`).
+            // Remembered: its ACK will be recorded. An entry an earlier connection on this
+            // 5-tuple left goes now (a lookup first: a delete costs more, and is rare).
             remember_syn(hash, hash);
+            // SAFETY: the value is only tested for presence.
+            if unsafe { CONNS.get(flow) }.is_some() {
+                let _ = CONNS.remove(flow);
+            }
             false
         }
         // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
@@ -94,13 +99,14 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
             remember_syn(hash, 0);
             true
         }
-        Arrival::Client(ClientPacket::MidFlow) if handoff::wanted(l3, arrival) => {
-            if limit::allow(limits::HANDOFFS) {
-                return Err(Counter::HandoffWanted);
+        Arrival::Client(ClientPacket::MidFlow) => match (limit::allow(limits::HANDOFFS), handoff::wanted(l3, arrival)) {
+            (true, true) => return Err(Counter::HandoffWanted),
+            (true, false) => true,
+            (false, wanted) => {
+                stats::count(if wanted { Counter::HandoffSuppressed } else { Counter::FlowUnrecorded });
+                false
             }
-            stats::count(Counter::HandoffSuppressed);
-            true
-        }
+        },
         Arrival::Handoff if handoff::wanted(l3, arrival) => return Err(Counter::HandoffWanted),
         Arrival::IcmpError => false,
         _ => true,

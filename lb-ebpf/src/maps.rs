@@ -86,6 +86,7 @@ pub static LIMIT_STATE: PerCpuArray<LimitState> = PerCpuArray::with_max_entries(
 /// there. A TCP flow is recorded when its handshake's ACK finds its SYN here, so spoofed SYNs,
 /// which never complete, make no connection-table entries. Shared by all CPUs: a lost race or a
 /// collision only sends that ACK down the unknown-flow path (a handoff round trip at most).
+/// Read only on the new-flow path, never for a known flow.
 #[map]
 pub static SYN_SEEN: Array<u32> = Array::with_max_entries(SYN_SEEN_SLOTS, 0);
 

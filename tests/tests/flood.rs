@@ -1,7 +1,7 @@
 //! The flood guard, in the kernel with BPF_PROG_TEST_RUN: spoofed SYNs make no connection-table
 //! entries (a flow is recorded on its handshake's ACK), a foreign mid-flow packet is handed off
 //! rather than recorded, a collision in the SYN table costs a handoff and not the connection, and
-//! inserts and handoffs over their per-CPU limits are forwarded unrecorded / balanced here.
+//! inserts and handoffs over their per-CPU limits are forwarded by the ring, unrecorded.
 
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ fn inserts_over_the_limit_are_forwarded_unrecorded() {
 }
 
 #[test]
-fn handoffs_over_the_limit_are_balanced_here() {
+fn handoffs_over_the_limit_are_forwarded_unrecorded() {
     require_root!();
     let (mut lb, vip) = balancer(true);
     lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap();
@@ -128,11 +128,33 @@ fn handoffs_over_the_limit_are_balanced_here() {
             to_peer += 1;
         } else {
             encapsulated_to(&out, &ack.build(), 14, lb.expected_real(&vip, &ack));
-            assert!(lb.dp_conn_real(&ack).is_some(), "balanced here is recorded here");
         }
     }
     assert_eq!(to_peer, 10, "a burst's worth handed off");
     assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 10);
     assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 40);
+    assert_eq!(lb.dp.conn_entries().unwrap(), 0, "the others went by the ring, unrecorded");
     assert!(lb.dp.limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
+}
+
+#[test]
+fn without_peers_a_flood_of_spoofed_acks_leaves_the_insert_budget_to_handshakes() {
+    require_root!();
+    let (mut lb, vip) = balancer(false);
+    lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(50)).unwrap(); // bursts of 5
+    lb.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
+    for n in 0..50 {
+        let ack = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
+        encapsulated_to(&lb.run(&ack.build()), &ack.build(), 14, lb.expected_real(&vip, &ack));
+    }
+    assert_eq!(lb.dp.conn_entries().unwrap(), 5, "mid-flow packets of unknown connections: recorded within the handoff limit");
+    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 45);
+    assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 0, "no peers, so nothing to hand off");
+    for n in 100..105 {
+        let f = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
+        lb.run(&f.clone().syn().build());
+        lb.run(&f.build());
+        assert_eq!(lb.dp_conn_real(&f), Some(lb.expected_real(&vip, &f)), "a handshake is recorded");
+    }
+    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 45);
 }

@@ -160,6 +160,7 @@ fn a_flow_is_recorded_on_its_handshake_ack_and_a_syn_overrides_an_earlier_entry(
         let syn = (*f).clone().syn().build();
         let now = lb.expected_real(&vip, f);
         encapsulated_to(&lb.run(&syn), &syn, 14, now);
+        assert_eq!(lb.dp_conn_real(f), None, "the SYN removed the old connection's entry");
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, now);
         assert_eq!(lb.dp_conn_real(f), Some(now), "its ACK recorded the new real");
     }
