@@ -9,9 +9,19 @@ use std::{
 /// Frames handed to the kernel per `sendmmsg`.
 const BATCH: usize = 256;
 
+/// What `send` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// Frames the interface took.
+    pub sent: usize,
+    /// Frames it refused (a full transmit ring: a veth's is its peer's receive ring).
+    pub refused: usize,
+    pub took: Duration,
+}
+
 /// Sends `frames` round and round on `ifname` (in the calling thread's namespace), bypassing the
-/// qdisc, until `count` frames went out or `limit` passed; returns (frames sent, time taken).
-pub fn send(ifname: &str, frames: &[Vec<u8>], count: usize, limit: Duration) -> (usize, Duration) {
+/// qdisc, until `count` frames were offered or `limit` passed.
+pub fn send(ifname: &str, frames: &[Vec<u8>], count: usize, limit: Duration) -> Sent {
     assert!(!frames.is_empty(), "no frames to send");
     // SAFETY: plain socket calls with valid arguments; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
@@ -43,18 +53,19 @@ pub fn send(ifname: &str, frames: &[Vec<u8>], count: usize, limit: Duration) -> 
         })
         .collect();
     let start = Instant::now();
-    let (mut sent, mut next) = (0, 0);
-    while sent < count && start.elapsed() < limit {
-        let n = BATCH.min(msgs.len() - next).min(count - sent);
+    let (mut sent, mut refused, mut next) = (0, 0, 0);
+    while sent + refused < count && start.elapsed() < limit {
+        let n = BATCH.min(msgs.len() - next).min(count - sent - refused);
         // SAFETY: msgs[next..next + n] are valid headers pointing at live frames.
-        let done = unsafe { libc::sendmmsg(fd, msgs[next..].as_mut_ptr(), n as u32, 0) };
-        if done > 0 {
-            sent += done as usize;
-            next = (next + done as usize) % msgs.len();
-        }
+        let done = unsafe { libc::sendmmsg(fd, msgs[next..].as_mut_ptr(), n as u32, 0) }.max(0) as usize;
+        // Short: the frame after the ones sent was refused; it is skipped.
+        let skipped = usize::from(done < n);
+        sent += done;
+        refused += skipped;
+        next = (next + done + skipped) % msgs.len();
     }
-    let elapsed = start.elapsed();
+    let took = start.elapsed();
     // SAFETY: our fd.
     unsafe { libc::close(fd) };
-    (sent, elapsed)
+    Sent { sent, refused, took }
 }

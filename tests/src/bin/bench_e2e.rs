@@ -64,7 +64,8 @@ fn frame(port: u16) -> Vec<u8> {
 /// Sends `PACKETS` frames (`FLOWS` flows) on `ifname`; returns (sent, elapsed).
 fn generate(ifname: &str) -> (usize, Duration) {
     let frames: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(20_000 + (i as u16 % FLOWS))).collect();
-    lb_tests::packetgen::send(ifname, &frames, PACKETS, Duration::from_secs(30))
+    let out = lb_tests::packetgen::send(ifname, &frames, PACKETS, Duration::from_secs(30));
+    (out.sent, out.took)
 }
 
 /// One run: frames sent, the rates, and what the programs counted.
