@@ -253,9 +253,10 @@ impl RateLimit {
         if per_sec == 0 {
             return Self { interval_ns: 0, burst_ns: 0 };
         }
-        let interval_ns = 1_000_000_000 / per_sec as u64;
+        // At least 1 ns: above 10^9 a second the interval would round to 0, which means "never".
+        let interval_ns = if per_sec > 1_000_000_000 { 1 } else { 1_000_000_000 / per_sec as u64 };
         let burst = if per_sec / 10 > 1 { per_sec as u64 / 10 } else { 1 };
-        Self { interval_ns: if interval_ns == 0 { 1 } else { interval_ns }, burst_ns: (burst - 1) * interval_ns }
+        Self { interval_ns, burst_ns: (burst - 1) * interval_ns }
     }
 }
 
@@ -431,4 +432,22 @@ mod pod {
     unsafe impl aya::Pod for Handoff {}
     unsafe impl aya::Pod for RateLimit {}
     unsafe impl aya::Pod for LimitState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn a_rate_limit_allows_its_rate_with_bursts_of_a_tenth_of_a_second() {
+        let l = RateLimit::per_sec(1000);
+        assert_eq!((l.interval_ns, l.burst_ns), (1_000_000, 99_000_000), "100 events at once, then one a millisecond");
+        assert_eq!(RateLimit::per_sec(5), RateLimit { interval_ns: 200_000_000, burst_ns: 0 }, "at least one at once");
+        assert_eq!(RateLimit::per_sec(0).interval_ns, 0, "0: nothing allowed");
+        // Above 10^9 a second the interval is 1 ns, and the burst still a tenth of the rate: a
+        // coarse clock that stands still for a tick still lets events through.
+        let unlimited = RateLimit::UNLIMITED;
+        assert_eq!(unlimited.interval_ns, 1);
+        assert!(unlimited.burst_ns >= 400_000_000, "{unlimited:?}");
+    }
 }

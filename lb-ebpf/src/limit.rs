@@ -1,7 +1,7 @@
 //! Per-CPU rate limits (`lb_common::limits`), GCRA: one timestamp per limit and CPU, and when it
 //! last refused (the control plane shows a flood from that).
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 
 use crate::maps::{LIMIT_STATE, RATE_LIMITS};
 
@@ -9,8 +9,10 @@ use crate::maps::{LIMIT_STATE, RATE_LIMITS};
 #[inline(always)]
 pub fn allow(limit: u32) -> bool {
     let (Some(l), Some(state)) = (RATE_LIMITS.get(limit), LIMIT_STATE.get_ptr_mut(limit)) else { return false };
+    // The coarse clock (a tick's resolution, 1-4 ms) reads no hardware timer: about 30 ns less
+    // per new flow here than `bpf_ktime_get_ns`, and bursts are 100 ms anyway.
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: this CPU's entry, which nothing else uses before this program ends.
     let state = unsafe { &mut *state };
     if l.interval_ns == 0 {

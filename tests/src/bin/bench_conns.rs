@@ -98,7 +98,7 @@ fn create_conns(path: &std::path::Path, entries: u32, flags: u32) -> Result<()> 
     Ok(())
 }
 
-/// The balancer loaded onto a connection table of `layout` with `entries`, with one TCP VIP.
+/// The balancer loaded onto a connection table of `layout` with `entries`, with one UDP VIP.
 fn balancer(layout: Layout, entries: u32, pins: &PinDir) -> Result<Balancer> {
     let _ = Dataplane::remove_pins(&pins.0);
     let maps_dir = pins.0.join("maps");
@@ -109,14 +109,14 @@ fn balancer(layout: Layout, entries: u32, pins: &PinDir) -> Result<Balancer> {
     let mut lb = Balancer::with_dataplane(dp, programs::BALANCER);
     let reals: Vec<String> = (1..=16).map(|i| format!("10.1.0.{i}")).collect();
     let weighted: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
-    lb.add_vip(VIP, 80, 6, 0, lb_common::DEFAULT_RING_SIZE, &weighted);
+    lb.add_vip(VIP, 53, 17, 0, lb_common::DEFAULT_RING_SIZE, &weighted);
     Ok(lb)
 }
 
-/// A SYN of flow number `n` (sources count up from 100.64.0.0), or a mid-flow packet of it.
-fn frame(n: u32, syn: bool) -> Vec<u8> {
-    let f = Frame::tcp(&std::net::Ipv4Addr::from(0x6440_0000 + n).to_string(), 40_000, VIP, 80);
-    if syn { f.syn() } else { f }.build()
+/// A datagram of flow number `n` (sources count up from 100.64.0.0): a UDP flow is recorded on
+/// its first packet (a TCP one only on its handshake's ACK), so one call is one insert.
+fn frame(n: u32) -> Vec<u8> {
+    Frame::udp(&std::net::Ipv4Addr::from(0x6440_0000 + n).to_string(), 40_000, VIP, 53).build()
 }
 
 fn pin_to_cpu(cpu: usize) -> Result<()> {
@@ -176,19 +176,19 @@ fn measure(layout: Layout, cpus: usize) -> Result<[f64; 3]> {
         first..first + count
     };
 
-    // Hits: each CPU repeats a flow of its own, made by a SYN first.
+    // Hits: each CPU repeats a flow of its own, recorded by its first datagram.
     let lb = balancer(layout, ROOMY, &pins)?;
     let fd = lb.fd();
     let own: Vec<u32> = (0..cpus).map(|_| flows(1).start).collect();
-    run_on_cpus(fd, own.iter().map(|&n| vec![frame(n, true)]).collect())?;
+    run_on_cpus(fd, own.iter().map(|&n| vec![frame(n)]).collect())?;
     let before = stats(&lb)?;
-    let hit = run_on_cpus(fd, own.iter().map(|&n| vec![frame(n, false); CALLS as usize]).collect())?;
+    let hit = run_on_cpus(fd, own.iter().map(|&n| vec![frame(n); CALLS as usize]).collect())?;
     let d = stats(&lb)?.conn_hits - before.conn_hits;
     ensure!(d == CALLS as u64 * cpus as u64, "{}: {d} hits for {} calls", layout.name(), CALLS as usize * cpus);
 
     // Inserts into a table with room: every CPU opens new flows.
     let before = stats(&lb)?;
-    let insert = run_on_cpus(fd, (0..cpus).map(|_| flows(CALLS).map(|n| frame(n, true)).collect()).collect())?;
+    let insert = run_on_cpus(fd, (0..cpus).map(|_| flows(CALLS).map(frame).collect()).collect())?;
     let d = stats(&lb)?.new_flows - before.new_flows;
     ensure!(d == CALLS as u64 * cpus as u64, "{}: {d} new flows", layout.name());
     drop(lb);
@@ -196,9 +196,9 @@ fn measure(layout: Layout, cpus: usize) -> Result<[f64; 3]> {
     // Inserts into a full table: filled first from every CPU, so each later insert evicts.
     let lb = balancer(layout, SMALL, &pins)?;
     let fd = lb.fd();
-    run_on_cpus(fd, (0..cpus.max(2)).map(|_| flows(SMALL).map(|n| frame(n, true)).collect()).collect())?;
+    run_on_cpus(fd, (0..cpus.max(2)).map(|_| flows(SMALL).map(frame).collect()).collect())?;
     let before = stats(&lb)?;
-    let evicting = run_on_cpus(fd, (0..cpus).map(|_| flows(CALLS).map(|n| frame(n, true)).collect()).collect())?;
+    let evicting = run_on_cpus(fd, (0..cpus).map(|_| flows(CALLS).map(frame).collect()).collect())?;
     let d = stats(&lb)?.new_flows - before.new_flows;
     ensure!(d == CALLS as u64 * cpus as u64, "{}: {d} new flows into the full table", layout.name());
     Ok([hit, insert, evicting])
