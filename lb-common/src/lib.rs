@@ -157,6 +157,12 @@ pub struct ConnEntry {
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
 
+/// `ConnEntry::real_id` of a flow handed off to a peer node that kept it (did not return it):
+/// its later packets are handed off again without taking from the handoff limit, so the open
+/// connections of a drained site keep moving however many packets they carry. No real has this
+/// id (`REALS` is far smaller), so such an entry is never a hit.
+pub const REAL_ID_PEER: u32 = u32::MAX;
+
 /// Value of the single-entry `CONFIG` array: how the balancer builds the packets it sends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
     limits,
     stats::Counter,
-    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
 };
 
 use crate::{
@@ -99,14 +99,28 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
             remember_syn(hash, 0);
             true
         }
-        Arrival::Client(ClientPacket::MidFlow) => match (limit::allow(limits::HANDOFFS), handoff::wanted(l3, arrival)) {
-            (true, true) => return Err(Counter::HandoffWanted),
-            (true, false) => true,
-            (false, wanted) => {
-                stats::count(if wanted { Counter::HandoffSuppressed } else { Counter::FlowUnrecorded });
-                false
+        Arrival::Client(ClientPacket::MidFlow) => {
+            let wanted = handoff::wanted(l3, arrival);
+            // SAFETY: the value is copied out at once.
+            if wanted && unsafe { CONNS.get(flow) }.is_some_and(|e| e.real_id == REAL_ID_PEER) {
+                return Err(Counter::HandoffWanted); // a peer kept it: no limit
             }
-        },
+            match (limit::allow(limits::HANDOFFS), wanted) {
+                (true, true) => {
+                    // Marked as the peer's until it comes back (then the real's entry replaces it).
+                    if limit::allow(limits::INSERTS) {
+                        let entry = ConnEntry { real_id: REAL_ID_PEER, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
+                        let _ = CONNS.insert(flow, entry, 0);
+                    }
+                    return Err(Counter::HandoffWanted);
+                }
+                (true, false) => true,
+                (false, wanted) => {
+                    stats::count(if wanted { Counter::HandoffSuppressed } else { Counter::FlowUnrecorded });
+                    false
+                }
+            }
+        }
         Arrival::Handoff if handoff::wanted(l3, arrival) => return Err(Counter::HandoffWanted),
         Arrival::IcmpError => false,
         _ => true,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lb_common::{hash::flow_hash, limits, stats::Counter, RateLimit, SYN_SEEN_SLOTS};
+use lb_common::{hash::flow_hash, limits, stats::Counter, RateLimit, REAL_ID_PEER, SYN_SEEN_SLOTS};
 use lb_tests::{
     expect::encapsulated_to,
     fixture::{flow_of, Balancer, Vip, TEST_RING_SIZE},
@@ -61,7 +61,7 @@ fn the_handshake_ack_is_recorded_and_a_foreign_ack_is_handed_off() {
     let foreign = Frame::tcp("192.0.2.2", 40_000, "10.0.0.1", 80);
     let e = parse_encapsulated(&lb.run(&foreign.build()).data);
     assert_eq!(e.outer.dst(), ip(PEER), "handed off");
-    assert_eq!(lb.dp_conn_real(&foreign), None, "and not recorded");
+    assert_eq!(lb.dp.conn_real(&flow_of(&foreign)).unwrap(), Some(REAL_ID_PEER), "and marked as the peer's");
     assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 1);
 }
 
@@ -133,8 +133,28 @@ fn handoffs_over_the_limit_are_forwarded_unrecorded() {
     assert_eq!(to_peer, 10, "a burst's worth handed off");
     assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 10);
     assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 40);
-    assert_eq!(lb.dp.conn_entries().unwrap(), 0, "the others went by the ring, unrecorded");
+    assert_eq!(lb.dp.conn_entries().unwrap(), 10, "the others went by the ring, unrecorded (the 10 are marked as the peer's)");
     assert!(lb.dp.limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
+}
+
+#[test]
+fn a_flow_a_peer_keeps_is_handed_off_beyond_the_limit_until_it_comes_back() {
+    require_root!();
+    let (mut lb, vip) = balancer(true);
+    lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
+    // An open connection of a drained site: every packet goes to the peer, one token in all.
+    let moved = Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80);
+    for _ in 0..50 {
+        assert_eq!(parse_encapsulated(&lb.run(&moved.build()).data).outer.dst(), ip(PEER));
+    }
+    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 50);
+    assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 0);
+    // The peer gives one back (it forgot the flow): balanced and recorded here from then on.
+    let returned = lb_tests::packet::tunnel(&moved, PEER, NODE, lb_common::HANDOFF_RETURN);
+    let real = lb.expected_real(&vip, &moved);
+    assert_eq!(parse_encapsulated(&lb.run(&returned).data).outer.dst(), real);
+    assert_eq!(lb.dp_conn_real(&moved), Some(real), "the real's entry replaced the peer's mark");
+    encapsulated_to(&lb.run(&moved.build()), &moved.build(), 14, real);
 }
 
 #[test]

@@ -2,10 +2,10 @@
 //! packet of an unknown flow goes to a peer; a peer's handoff is forwarded when the flow is
 //! known (or adopted) and returned when not; a returned one is balanced here.
 
-use lb_common::{stats::Counter, HANDOFF_REQUEST, HANDOFF_RETURN};
+use lb_common::{stats::Counter, HANDOFF_REQUEST, HANDOFF_RETURN, REAL_ID_PEER};
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
-    fixture::{Balancer, Vip, TEST_RING_SIZE},
+    fixture::{flow_of, Balancer, Vip, TEST_RING_SIZE},
     packet::{ip, parse_encapsulated, tunnel, Encapsulated, Frame, Outer, LB_MAC, ROUTER_MAC},
     require_root,
 };
@@ -51,7 +51,8 @@ fn mid_flow_packet_of_an_unknown_flow_goes_to_a_peer_and_opening_packets_stay() 
         let ack = Frame::tcp("192.0.2.1", 20_000 + port, "10.0.0.1", 80);
         let e = tunnelled_to(&lb.run(&ack.build()), &ack, NODE, &peer_of(&ack), HANDOFF_REQUEST);
         peers_used.insert(e.outer.dst());
-        assert_eq!(lb.dp_conn_real(&ack), None, "a handoff makes no connection entry");
+        let entry = lb.dp.conn_real(&flow_of(&ack)).unwrap();
+        assert_eq!(entry, Some(REAL_ID_PEER), "a handoff's entry names no real, only the peer's claim");
     }
     assert_eq!(peers_used.len(), 2, "flows spread over both peers");
     assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 40);
