@@ -59,8 +59,8 @@ pub fn render(
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
     let drops = counter_family(&mut r, "xdp_drops", "Packets dropped, by reason");
-    let events = counter_family(&mut r, "xdp_events", "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, conn_insert_failed)");
-    let handoffs = counter_family(&mut r, "xdp_handoffs", "Cross-site handoffs of mid-flow packets (sent, received, returned, came_back)");
+    let events = counter_family(&mut r, "xdp_events", "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, icmp_too_big_sent, conn_insert_failed, flow_unrecorded)");
+    let handoffs = counter_family(&mut r, "xdp_handoffs", "Cross-site handoffs of mid-flow packets (sent, received, returned, came_back, suppressed)");
     if let Ok(counters) = dp.counters() {
         for c in StatsCounter::ALL {
             let value = counters.get(c.name()).copied().unwrap_or(0);
