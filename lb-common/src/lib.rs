@@ -6,20 +6,25 @@
 
 pub mod hash;
 
-/// Largest Maglev table a VIP may have; also the stride of each ring in the `MAGLEV` map.
+/// Largest Maglev table a VIP may have.
 pub const MAX_RING_SIZE: u32 = 65_537;
 /// Maglev table size used when the config does not name one (a prime, as Maglev requires).
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
 /// VIPs one balancer serves.
-pub const MAX_VIPS: u32 = 64;
-/// Two rings per VIP: the active one and the one being rebuilt, switched by rewriting `VipMeta`.
-pub const MAX_RINGS: u32 = 2 * MAX_VIPS;
-/// Reals (backends) across all VIPs. Id 0 is never used: a ring slot holding 0 is "unprogrammed".
-pub const MAX_REALS: u32 = 4096;
+pub const MAX_VIPS: u32 = 4096;
+/// Reals (backends) across all VIPs: ids 1 ..= 65,536. Id 0 is never used: a ring slot holding 0
+/// is "unprogrammed".
+pub const MAX_REALS: u32 = 65_537;
+/// Ring slots per `MAGLEV` element: the kernel stores array values 8 bytes apart, so a slot per
+/// element would leave half the pool's memory unused.
+pub const SLOTS_PER_ELEMENT: u32 = 2;
+/// A `MAGLEV` element: two consecutive slots of the pool (slot `s` is `[s / 2][s % 2]`).
+pub type SlotPair = [u32; 2];
 /// Connection-table entries when the operator does not choose (room for about 1M flows).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
-/// Buckets of the VIP-address pre-filter (`VIP_FILTER`), a power of two.
-pub const VIP_FILTER_SIZE: u32 = 4096;
+/// Buckets of the VIP-address pre-filter (`VIP_FILTER`), a power of two: 16x `MAX_VIPS`, so
+/// with every VIP address in use about 6% of other addresses share a bucket with one.
+pub const VIP_FILTER_SIZE: u32 = 1 << 16;
 /// Local addresses the decapsulation program accepts tunnelled packets for.
 pub const MAX_DECAP_ADDRS: u32 = 64;
 /// LB nodes of other sites a node may hand unknown mid-flow packets to (`PEERS`).
@@ -101,9 +106,10 @@ pub struct VipMeta {
     pub flags: u32,
     /// Index into `VIP_STATS`; stable for the VIP's life.
     pub vip_index: u32,
-    /// Which ring of `MAGLEV` is live (slots `ring_index * MAX_RING_SIZE ..`). Rewriting this field
-    /// in one map update is the atomic switch to a rebuilt table.
-    pub ring_index: u32,
+    /// First slot of the live ring in `MAGLEV`'s slot pool (slots `ring_base ..
+    /// ring_base + ring_size`). Rewriting this field in one map update is the atomic switch to a
+    /// rebuilt table.
+    pub ring_base: u32,
     /// Slots in that ring (a prime, at most `MAX_RING_SIZE`).
     pub ring_size: u32,
     /// Copied into the connection entries of this VIP; set by the loader from `VIP_GEN`.

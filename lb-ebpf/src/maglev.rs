@@ -7,7 +7,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
     limits,
     stats::Counter,
-    ConnEntry, FlowKey, Real, VipKey, VipMeta, MAX_RING_SIZE, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, Real, VipKey, VipMeta, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
 };
 
 use crate::{
@@ -126,11 +126,12 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
         _ => true,
     };
     let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
-    if meta.ring_size == 0 || meta.ring_size > MAX_RING_SIZE {
+    if meta.ring_size == 0 {
         return Err(Counter::DropNoReal);
     }
-    let slot = meta.ring_index * MAX_RING_SIZE + ring_hash % meta.ring_size;
-    let real_id = *MAGLEV.get(slot).ok_or(Counter::DropNoReal)?;
+    let slot = meta.ring_base.wrapping_add(ring_hash % meta.ring_size);
+    let pair = MAGLEV.get(slot / 2).ok_or(Counter::DropNoReal)?;
+    let real_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
     // 0: the ring is not programmed (a VIP with no reals).
     if real_id == 0 || REALS.get(real_id).is_none() {
         return Err(Counter::DropNoReal);

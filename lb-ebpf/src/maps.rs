@@ -9,7 +9,7 @@ use crate::balancer::Scratch;
 use lb_common::{
     stats::{Counter, DecapCounter},
     limits, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_RINGS, MAX_RING_SIZE, MAX_VIPS, SYN_SEEN_SLOTS,
+    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_VIPS, SlotPair, SYN_SEEN_SLOTS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -32,10 +32,12 @@ pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
 #[map]
 pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 
-/// All Maglev rings, flat: ring r occupies `r * MAX_RING_SIZE ..`; values are real ids.
-/// Mappable, so the control plane writes a rebuilt ring as memory, not one syscall per slot.
+/// The slot pool of every Maglev ring: a VIP's live ring is slots `ring_base .. ring_base +
+/// ring_size` (`VipMeta`), two slots an element; values are real ids. The loader sizes it from
+/// the config (two rings per VIP: the live one and the one being rebuilt). Mappable, so the
+/// control plane writes a rebuilt ring as memory, not one syscall per slot.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_RINGS * MAX_RING_SIZE, BPF_F_MMAPABLE);
+pub static MAGLEV: Array<SlotPair> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Real id -> address and flags.

@@ -28,6 +28,9 @@ pub struct RawConfig {
     /// Connection-table entries (default 1048576).
     #[serde(default = "default_conn_table_size")]
     pub conn_table_size: u32,
+    /// Slots of the Maglev ring pool (default: two rings of every VIP's ring_size, plus two of
+    /// the largest size for VIPs added at run time).
+    pub ring_slots: Option<u32>,
     /// Interfaces the balancer attaches to.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<RawInterface>,
@@ -254,6 +257,8 @@ pub struct Config {
     pub flood: Flood,
     pub instance: String,
     pub conn_table_size: u32,
+    /// Slots of the Maglev ring pool (`ring_pool_slots` when not configured).
+    pub ring_slots: u32,
     pub interfaces: Vec<Interface>,
     pub forwarding: Forwarding,
     pub metrics_listen: SocketAddr,
@@ -504,6 +509,15 @@ impl RawConfig {
             }
         }
 
+        let needed = ring_slots_needed(&vips);
+        let ring_slots = match self.ring_slots {
+            Some(n) if (n as u64) < needed => {
+                p.add("ring_slots", format!("{n} is fewer than the {needed} the VIPs need (two rings of each VIP's ring_size)"));
+                n
+            }
+            Some(n) => n,
+            None => (needed + 2 * MAX_RING_SIZE as u64).min(u32::MAX as u64) as u32,
+        };
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
         }
@@ -517,6 +531,7 @@ impl RawConfig {
             flood,
             instance: self.instance.clone(),
             conn_table_size: self.conn_table_size,
+            ring_slots,
             interfaces: ifaces,
             forwarding: forwarding.expect("no problems"),
             metrics_listen: metrics_listen.expect("no problems"),
@@ -576,7 +591,6 @@ impl RawConfig {
         }
         let mut names = HashSet::new();
         let mut ids = HashSet::new();
-        let mut all_reals = HashSet::new();
         let mut vips = Vec::new();
         for (i, raw) in self.vips.iter().enumerate() {
             let field = format!("vip[{i}]");
@@ -626,7 +640,6 @@ impl RawConfig {
                 if addr.is_ipv6() && raddr.is_ipv4() {
                     p.add(format!("{rfield}.address"), format!("IPv4 real {raddr} cannot carry an IPv6 VIP"));
                 }
-                all_reals.insert(raddr);
                 let weight = real.weight.unwrap_or(1);
                 if weight > MAX_WEIGHT {
                     p.add(format!("{rfield}.weight"), format!("{weight} is out of range 0 ..= {MAX_WEIGHT}"));
@@ -638,11 +651,19 @@ impl RawConfig {
             }
             vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, reals });
         }
-        if all_reals.len() >= MAX_REALS as usize {
-            p.add("vip", format!("{} distinct reals, at most {}", all_reals.len(), MAX_REALS - 1));
+        // A real has an id per VIP it serves (its connection entries name the VIP's real).
+        let real_ids: usize = vips.iter().map(|v| v.reals.len()).sum();
+        if real_ids >= MAX_REALS as usize {
+            p.add("vip", format!("{real_ids} reals over all VIPs (a real counts once per VIP it serves), at most {}", MAX_REALS - 1));
         }
         vips
     }
+}
+
+/// Ring slots `vips` need: two rings of each VIP's `ring_size` (the live one and the spare a
+/// rebuild writes before the switch).
+pub fn ring_slots_needed(vips: &[Vip]) -> u64 {
+    vips.iter().map(|v| 2 * v.ring_size as u64).sum()
 }
 
 /// Peers share this node's address family (a handoff tunnel is one family end to end).
@@ -813,6 +834,39 @@ mod tests {
     #[test]
     fn weight_out_of_range_is_named() {
         assert_problem("weight = 3", "weight = 1001", "vip[0] \"web\".real[1].weight", "out of range");
+    }
+
+    /// `vips` VIPs of `reals` reals each (ring_size 16381, health off).
+    fn many(vips: usize, reals: usize) -> String {
+        let mut text = String::from("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n[health]\nkind = \"none\"\n");
+        for v in 0..vips {
+            text += &format!("[[vip]]\nname = \"v{v}\"\naddress = \"10.{}.{}.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 16381\n", 100 + v / 256, v % 256);
+            for r in 0..reals {
+                text += &format!("[[vip.real]]\naddress = \"10.1.{}.{}\"\n", r / 256, r % 256 + 1);
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn the_ring_pool_follows_the_vips_unless_set() {
+        let c = parse(GOOD, InterfaceCheck::Skip).unwrap();
+        assert_eq!(c.ring_slots, 2 * (65_537 + 251) + 2 * 65_537, "two rings of each, and room for one more VIP");
+        let set = parse(&format!("ring_slots = 200000\n{GOOD}"), InterfaceCheck::Skip).unwrap();
+        assert_eq!(set.ring_slots, 200_000);
+        let small = parse(&format!("ring_slots = 131575\n{GOOD}"), InterfaceCheck::Skip).unwrap_err();
+        assert!(small.problems().iter().any(|p| p.field == "ring_slots" && p.reason.contains("fewer than the 131576")), "{small}");
+    }
+
+    #[test]
+    fn four_thousand_and_ninety_six_vips_with_sixteen_reals_each_are_accepted_and_no_more() {
+        let c = parse(&many(4096, 16), InterfaceCheck::Skip).unwrap();
+        assert_eq!((c.vips.len(), c.ring_slots), (4096, 2 * 4096 * 16381 + 2 * 65_537));
+        let too_many = parse(&many(4097, 1), InterfaceCheck::Skip).unwrap_err();
+        assert!(too_many.problems().iter().any(|p| p.field == "vip" && p.reason.contains("4097 VIPs, at most 4096")), "{too_many}");
+        // A real has an id per VIP: 4096 VIPs of 17 reals need 69,632.
+        let too_many_reals = parse(&many(4096, 17), InterfaceCheck::Skip).unwrap_err();
+        assert!(too_many_reals.problems().iter().any(|p| p.reason.contains("69632 reals over all VIPs")), "{too_many_reals}");
     }
 
     #[test]

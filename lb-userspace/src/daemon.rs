@@ -474,7 +474,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let journal = load_journal(&journal_file);
     let config = effective_config(&config_path, &journal)?;
     let pins = pin_dir(&config.instance);
-    let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size }, &pins)?;
+    let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size, ring_slots: config.ring_slots }, &pins)?;
     for iface in &config.interfaces {
         let link = pins.join(format!("link-{}", iface.name));
         let reused = link.exists();

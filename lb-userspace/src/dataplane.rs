@@ -21,7 +21,7 @@ use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
     ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RINGS, MAX_RING_SIZE,
+    HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RING_SIZE, SLOTS_PER_ELEMENT,
 };
 
 use crate::LB_EBPF;
@@ -56,8 +56,10 @@ pub enum DataplaneError {
     PinnedSizeMismatch { path: PathBuf, pinned: u32, wanted: u32 },
     #[error("link pinned at {path}")]
     Link { path: PathBuf, detail: String },
-    #[error("ring {ring} with {slots} slots does not fit (at most {MAX_RINGS} rings of {MAX_RING_SIZE})")]
-    RingOutOfRange { ring: u32, slots: usize },
+    #[error("a ring of {slots} slots at pool slot {base} does not fit the pool of {pool} slots")]
+    RingOutOfRange { base: u32, slots: usize, pool: u32 },
+    #[error("the Maglev rings pinned at {path} have the layout of an older lb (one slot per element, a fixed stride per ring): `lb stop` the instance first (this drops established flows: drain before)")]
+    PinnedRingLayout { path: PathBuf },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -67,12 +69,21 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub struct LoadOptions {
     /// Connection-table entries.
     pub conn_table_size: u32,
+    /// Slots of the Maglev ring pool (`MAGLEV`): two rings of every VIP's `ring_size`, and room
+    /// to spare for VIPs added at run time (see `config::ring_pool_slots`).
+    pub ring_slots: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { conn_table_size: DEFAULT_CONN_TABLE_SIZE }
+        // Room for 8 VIPs of the largest ring.
+        Self { conn_table_size: DEFAULT_CONN_TABLE_SIZE, ring_slots: 16 * MAX_RING_SIZE }
     }
+}
+
+/// `MAGLEV` elements for `slots` ring slots.
+fn ring_elements(slots: u32) -> u32 {
+    slots.div_ceil(SLOTS_PER_ELEMENT).max(1)
 }
 
 /// How to attach to an interface: native (driver) XDP, or generic as a fallback the operator
@@ -99,17 +110,14 @@ pub struct Programmed {
 }
 
 /// The `MAGLEV` array mapped into this process (the map is BPF_F_MMAPABLE): a ring is rewritten
-/// with memory stores, which the program sees at once, instead of one syscall per slot.
-/// Array elements are stored 8 bytes apart whatever the value size (kernel `array_map_alloc`:
-/// `elem_size = round_up(value_size, 8)`), so slot i is the u32 at byte 8 * i.
+/// with memory stores, which the program sees at once, instead of one syscall per slot. Each
+/// 8-byte element holds two slots (the kernel stores array values 8 bytes apart), so the mapping
+/// is simply the pool's slots as consecutive u32s.
 struct RingMemory {
     slots: *mut std::sync::atomic::AtomicU32,
     len: usize,
     bytes: usize,
 }
-
-/// Bytes between two array elements in the kernel's layout (values rounded up to 8 bytes).
-const ELEM_STRIDE: usize = 8;
 
 // SAFETY: the mapping is owned by this value and written only through `&mut self` (so through
 // `&mut Dataplane`); a shared reference gives no access to it.
@@ -117,22 +125,33 @@ unsafe impl Send for RingMemory {}
 unsafe impl Sync for RingMemory {}
 
 impl RingMemory {
-    fn map(ebpf: &Ebpf) -> Option<Self> {
-        let aya::maps::Map::Array(data) = ebpf.map(maps::MAGLEV)? else { return None };
-        let len = (lb_common::MAX_RINGS * MAX_RING_SIZE) as usize;
+    fn map(data: &MapData) -> Option<Self> {
+        let elements = data.info().ok()?.max_entries() as usize;
+        let len = elements * SLOTS_PER_ELEMENT as usize;
         let page = 4096;
-        let bytes = (len * ELEM_STRIDE).div_ceil(page) * page;
+        let bytes = (len * 4).div_ceil(page) * page;
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a shared read-write mapping of the map's values, of the map's size.
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
         (ptr != libc::MAP_FAILED).then(|| Self { slots: ptr.cast(), len, bytes })
     }
 
-    fn store(&mut self, index: usize, real_id: u32) {
-        assert!(index < self.len, "ring slot {index} beyond the map");
+    fn of(ebpf: &Ebpf) -> Option<Self> {
+        let aya::maps::Map::Array(data) = ebpf.map(maps::MAGLEV)? else { return None };
+        Self::map(data)
+    }
+
+    fn store(&mut self, slot: usize, real_id: u32) {
+        assert!(slot < self.len, "ring slot {slot} beyond the map");
         // SAFETY: in bounds; u32 slots are 4-byte aligned in the page-aligned mapping, and an
         // atomic store means the program never reads a torn value.
-        unsafe { (*self.slots.add(index * ELEM_STRIDE / 4)).store(real_id, std::sync::atomic::Ordering::Relaxed) };
+        unsafe { (*self.slots.add(slot)).store(real_id, std::sync::atomic::Ordering::Relaxed) };
+    }
+
+    fn load(&self, slot: usize) -> u32 {
+        assert!(slot < self.len, "ring slot {slot} beyond the map");
+        // SAFETY: as in `store`.
+        unsafe { (*self.slots.add(slot)).load(std::sync::atomic::Ordering::Relaxed) }
     }
 }
 
@@ -146,9 +165,10 @@ impl Drop for RingMemory {
 /// The loaded object and typed access to its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// `None` if the map could not be mapped (e.g. pinned by an older object): slots are then
-    /// written with syscalls.
+    /// `None` if the map could not be mapped: slots are then written with syscalls.
     rings: Option<RingMemory>,
+    /// Slots in the `MAGLEV` pool.
+    ring_slots: u32,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -159,14 +179,23 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let ebpf = EbpfLoader::new()
             .map_max_entries(maps::CONNS, opts.conn_table_size)
+            .map_max_entries(maps::MAGLEV, ring_elements(opts.ring_slots))
             .load(LB_EBPF)
             .map_err(DataplaneError::Load)?;
-        Ok(Self::new(ebpf))
+        Self::new(ebpf)
     }
 
-    fn new(ebpf: Ebpf) -> Self {
-        let rings = RingMemory::map(&ebpf);
-        Self { ebpf, rings }
+    fn new(ebpf: Ebpf) -> Result<Self> {
+        let map = ebpf.map(maps::MAGLEV).ok_or(DataplaneError::NoMap { name: maps::MAGLEV })?;
+        let aya::maps::Map::Array(data) = map else { return Err(DataplaneError::NoMap { name: maps::MAGLEV }) };
+        let ring_slots = data.info().map_err(map_err(maps::MAGLEV))?.max_entries() * SLOTS_PER_ELEMENT;
+        let rings = RingMemory::of(&ebpf);
+        Ok(Self { ebpf, rings, ring_slots })
+    }
+
+    /// Slots of the Maglev ring pool.
+    pub fn ring_slots(&self) -> u32 {
+        self.ring_slots
     }
 
     /// Loads the object with every map pinned under `pin_dir/maps/`: maps already pinned there
@@ -183,13 +212,46 @@ impl Dataplane {
                 return Err(DataplaneError::PinnedSizeMismatch { path: conns, pinned, wanted: opts.conn_table_size });
             }
         }
+        let earlier_rings = Self::pinned_rings(&maps_dir.join(maps::MAGLEV), opts.ring_slots)?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNS, opts.conn_table_size);
+        // A pinned pool at least this large is reused as it is.
+        loader.map_max_entries(maps::MAGLEV, ring_elements(opts.ring_slots));
         for name in maps::ALL {
             loader.map_pin_path(name, maps_dir.join(name));
         }
         let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
-        Ok(Self::new(ebpf))
+        let mut dp = Self::new(ebpf)?;
+        if let Some(earlier) = earlier_rings.filter(|r| (r.len as u32) < dp.ring_slots) {
+            // A larger pool than the pinned one: the rings are copied to the same slots, so the
+            // VIPs' `ring_base` stay right for the program attached next.
+            let memory = dp.rings.as_mut().ok_or(DataplaneError::NoMap { name: maps::MAGLEV })?;
+            for slot in 0..earlier.len {
+                memory.store(slot, earlier.load(slot));
+            }
+        }
+        Ok(dp)
+    }
+
+    /// The pinned ring pool, if there is one. One at least `wanted` slots large is reused (with
+    /// `None` returned); a smaller one is mapped and unpinned, so the loader makes a larger one
+    /// into which `load_pinned` copies it. (Should lb die in between, the next start finds the
+    /// larger pool empty, and the rings are rewritten by the first apply after the attach.)
+    fn pinned_rings(path: &Path, wanted: u32) -> Result<Option<RingMemory>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let data = MapData::from_pin(path).map_err(map_err(maps::MAGLEV))?;
+        let info = data.info().map_err(map_err(maps::MAGLEV))?;
+        if info.value_size() != std::mem::size_of::<lb_common::SlotPair>() as u32 {
+            return Err(DataplaneError::PinnedRingLayout { path: path.to_owned() });
+        }
+        if info.max_entries() * SLOTS_PER_ELEMENT >= wanted {
+            return Ok(None);
+        }
+        let memory = RingMemory::map(&data).ok_or(DataplaneError::NoMap { name: maps::MAGLEV })?;
+        std::fs::remove_file(path).map_err(|source| DataplaneError::Pin { path: path.to_owned(), source })?;
+        Ok(Some(memory))
     }
 
     /// Attaches program `name` to `iface` through a bpf link pinned at `link_path`, which keeps
@@ -377,13 +439,15 @@ impl Dataplane {
         }
     }
 
-    /// Writes the given slots of ring `ring`: `(slot, real id)` pairs.
-    pub fn write_ring_slots(&mut self, ring: u32, slots: impl IntoIterator<Item = (u32, u32)>) -> Result<()> {
+    /// Writes the given slots of the ring at pool slot `base`: `(slot, real id)` pairs.
+    pub fn write_ring_slots(&mut self, base: u32, slots: impl IntoIterator<Item = (u32, u32)>) -> Result<()> {
+        let pool = self.ring_slots;
         let check = |slot: u32| {
-            if ring >= MAX_RINGS || slot >= MAX_RING_SIZE {
-                return Err(DataplaneError::RingOutOfRange { ring, slots: slot as usize + 1 });
+            let at = base as u64 + slot as u64;
+            if at >= pool as u64 {
+                return Err(DataplaneError::RingOutOfRange { base, slots: slot as usize + 1, pool });
             }
-            Ok(ring * MAX_RING_SIZE + slot)
+            Ok(at as u32)
         };
         if let Some(memory) = &mut self.rings {
             for (slot, real_id) in slots {
@@ -391,18 +455,25 @@ impl Dataplane {
             }
             return Ok(());
         }
-        let mut maglev = self.array::<u32>(maps::MAGLEV)?;
+        let mut maglev = self.array::<lb_common::SlotPair>(maps::MAGLEV)?;
         for (slot, real_id) in slots {
-            maglev.set(check(slot)?, real_id, 0).map_err(map_err(maps::MAGLEV))?;
+            let at = check(slot)?;
+            let mut pair = maglev.get(&(at / 2), 0).map_err(map_err(maps::MAGLEV))?;
+            pair[(at % 2) as usize] = real_id;
+            maglev.set(at / 2, pair, 0).map_err(map_err(maps::MAGLEV))?;
         }
         Ok(())
     }
 
-    /// Reads one ring slot back with a syscall (tests and debugging).
-    pub fn ring_slot(&self, ring: u32, slot: u32) -> Result<u32> {
+    /// Reads one slot of the ring at pool slot `base` back (tests and debugging).
+    pub fn ring_slot(&self, base: u32, slot: u32) -> Result<u32> {
+        let at = base + slot;
+        if let Some(memory) = &self.rings {
+            return Ok(memory.load(at as usize));
+        }
         let map = self.ebpf.map(maps::MAGLEV).ok_or(DataplaneError::NoMap { name: maps::MAGLEV })?;
-        let maglev = Array::<_, u32>::try_from(map).map_err(map_err(maps::MAGLEV))?;
-        maglev.get(&(ring * MAX_RING_SIZE + slot), 0).map_err(map_err(maps::MAGLEV))
+        let maglev = Array::<_, lb_common::SlotPair>::try_from(map).map_err(map_err(maps::MAGLEV))?;
+        Ok(maglev.get(&(at / 2), 0).map_err(map_err(maps::MAGLEV))?[(at % 2) as usize])
     }
 
     /// Whether ring writes go through the memory mapping.
@@ -410,12 +481,12 @@ impl Dataplane {
         self.rings.is_some()
     }
 
-    /// Writes a whole ring.
-    pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<()> {
+    /// Writes a whole ring at pool slot `base`.
+    pub fn write_ring(&mut self, base: u32, table: &[u32]) -> Result<()> {
         if table.len() > MAX_RING_SIZE as usize {
-            return Err(DataplaneError::RingOutOfRange { ring, slots: table.len() });
+            return Err(DataplaneError::RingOutOfRange { base, slots: table.len(), pool: self.ring_slots });
         }
-        self.write_ring_slots(ring, table.iter().enumerate().map(|(slot, &id)| (slot as u32, id)))
+        self.write_ring_slots(base, table.iter().enumerate().map(|(slot, &id)| (slot as u32, id)))
     }
 
     /// The real id the connection table holds for `flow`, if any.

@@ -10,6 +10,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod reconcile;
+pub mod ring_pool;
 pub mod test_run;
 
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.

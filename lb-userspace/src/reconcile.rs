@@ -1,7 +1,8 @@
 //! The single writer: config + health + runtime weight changes -> Maglev tables -> data plane.
 //!
-//! Each VIP owns two rings. A rebuild writes the changed slots of the spare ring, then switches
-//! the VIP to it with one `VIPS` update, so a packet never sees a half-written table. A real
+//! Each VIP owns two rings in the slot pool (`ring_pool`). A rebuild writes the changed slots of
+//! the spare ring, then switches the VIP to it with one `VIPS` update, so a packet never sees a
+//! half-written table; a VIP whose reals, health and weights did not change is not rebuilt. A real
 //! coming up is marked up before the switch; a real going down is marked down after it, which
 //! moves its established flows (their connection entries stop counting). Weight 0 drains: the
 //! real leaves the ring but stays up, so its flows stay. Real ids belong to one VIP each and are
@@ -22,6 +23,7 @@ use crate::{
     config::{Config, Forwarding, Proto, Vip, VipId},
     dataplane::{addr16, Dataplane, DataplaneError, Programmed},
     maglev::{build_table, diff, MaglevReal},
+    ring_pool::{Region, RingPool},
 };
 
 /// The writes the reconciler makes; `Dataplane` in production, a fake in tests.
@@ -30,8 +32,11 @@ pub trait DataplaneOps {
     fn set_real(&mut self, id: u32, real: &Real) -> Result<(), DataplaneError>;
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
-    fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+    /// Writes `(slot, real id)` pairs of the ring at pool slot `base`.
+    fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError>;
+    /// Slots in the ring pool.
+    fn ring_slots(&self) -> u32;
 }
 
 impl DataplaneOps for Dataplane {
@@ -47,11 +52,14 @@ impl DataplaneOps for Dataplane {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, key)
     }
-    fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        Dataplane::write_ring_slots(self, ring, slots.iter().copied())
+    fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        Dataplane::write_ring_slots(self, base, slots.iter().copied())
     }
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError> {
         Dataplane::set_rate_limit(self, limit, rate)
+    }
+    fn ring_slots(&self) -> u32 {
+        Dataplane::ring_slots(self)
     }
 }
 
@@ -61,6 +69,10 @@ pub enum ReconcileError {
     Dataplane(#[from] DataplaneError),
     #[error("no free {what} (at most {max})")]
     Full { what: &'static str, max: u32 },
+    #[error("the VIPs need {needed} Maglev ring slots (two rings of each VIP's ring_size), the ring pool holds {pool}: raise `ring_slots` (or remove it: the default follows the config) and restart lb, which grows the pool and keeps established flows")]
+    PoolTooSmall { needed: u64, pool: u32 },
+    #[error("no free range of {len} slots in the ring pool ({free} of {pool} free, but fragmented): raise `ring_slots` and restart lb")]
+    PoolFragmented { len: u32, free: u32, pool: u32 },
     #[error("no VIP {0}")]
     NoVip(String),
     #[error("VIP {vip} has no real {real}")]
@@ -95,13 +107,24 @@ pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6]) -> LbConfig {
     }
 }
 
+/// One of a VIP's rings: where it lives in the pool, and what it holds when known (after a
+/// restart it is not: the first write is whole).
+struct Ring {
+    region: Region,
+    table: Option<Vec<u32>>,
+}
+
 struct VipState {
     config: Vip,
     index: u32,
-    /// Which of the VIP's two rings is live (0 or 1).
-    active: u32,
-    /// What each ring holds, when known (after a restart it is not: the first write is whole).
-    rings: [Option<Vec<u32>>; 2],
+    /// Which of `rings` is live (0 or 1).
+    active: usize,
+    rings: [Option<Ring>; 2],
+    /// What the live ring was built from (ring size and up reals with their weights): a rebuild
+    /// with the same input builds nothing.
+    built_from: Option<(u32, Vec<MaglevReal>)>,
+    /// Slots of each real id in the live ring, counted when it was built.
+    slots: HashMap<u32, u32>,
     /// Health per real address (absent: up).
     up: HashMap<IpAddr, bool>,
     /// Weights set at run time, over the config's.
@@ -109,8 +132,9 @@ struct VipState {
 }
 
 impl VipState {
-    fn ring(&self, which: u32) -> u32 {
-        2 * self.index + which
+    fn new(config: Vip, index: u32, live: Option<Region>, up: HashMap<IpAddr, bool>) -> Self {
+        let rings = [live.map(|region| Ring { region, table: None }), None];
+        Self { config, index, active: 0, rings, built_from: None, slots: HashMap::new(), up, weights: HashMap::new() }
     }
     fn is_up(&self, real: IpAddr) -> bool {
         self.up.get(&real).copied().unwrap_or(true)
@@ -179,8 +203,10 @@ pub struct Reconciler<D> {
     /// Ids that held a real once and were given up: reused only when no fresh id is left, so a
     /// stale connection entry rarely meets someone else's real.
     retired_ids: Vec<u32>,
-    /// Indexes of VIPs found in the maps but not yet matched by a config.
-    recovered: HashMap<VipId, (u32, u32)>,
+    /// VIPs found in the maps but not yet matched by a config: index and live ring.
+    recovered: HashMap<VipId, (u32, Region)>,
+    /// Where the rings live in `MAGLEV`.
+    pool: RingPool,
     recovered_down: HashSet<(u32, IpAddr)>,
     /// What each `REALS` entry holds, so a rebuild writes only the reals that changed.
     written: HashMap<u32, Real>,
@@ -189,8 +215,10 @@ pub struct Reconciler<D> {
 
 impl<D: DataplaneOps> Reconciler<D> {
     pub fn new(dp: D) -> Self {
+        let pool = RingPool::new(dp.ring_slots());
         Self {
             dp,
+            pool,
             vips: BTreeMap::new(),
             real_ids: HashMap::new(),
             retired_ids: Vec::new(),
@@ -206,8 +234,14 @@ impl<D: DataplaneOps> Reconciler<D> {
     pub fn recover(dp: D, programmed: &Programmed) -> Self {
         let mut r = Self::new(dp);
         for (key, meta) in &programmed.vips {
-            if let Some(id) = vip_id(key) {
-                r.recovered.insert(id, (meta.vip_index, meta.ring_index.saturating_sub(2 * meta.vip_index).min(1)));
+            let Some(id) = vip_id(key) else { continue };
+            let live = Region { base: meta.ring_base, len: meta.ring_size };
+            if r.pool.reserve(live) {
+                r.recovered.insert(id, (meta.vip_index, live));
+            } else {
+                // Not where a ring can be (an inconsistent pin): rebuilt whole, elsewhere.
+                tracing::warn!(vip = %id, base = live.base, len = live.len, "a VIP's live ring is outside the ring pool or overlaps another");
+                r.recovered.insert(id, (meta.vip_index, Region { base: 0, len: 0 }));
             }
         }
         for (id, real) in &programmed.reals {
@@ -260,6 +294,10 @@ impl<D: DataplaneOps> Reconciler<D> {
         self.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(config.forwarding.too_big_per_sec))?;
         self.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(config.flood.inserts_per_sec))?;
         self.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(config.flood.handoffs_per_sec))?;
+        let needed = crate::config::ring_slots_needed(&config.vips);
+        if needed > self.pool.size() as u64 {
+            return Err(ReconcileError::PoolTooSmall { needed, pool: self.pool.size() });
+        }
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         let gone: Vec<VipId> = self.vips.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {
@@ -279,9 +317,9 @@ impl<D: DataplaneOps> Reconciler<D> {
                     }
                 }
                 None => {
-                    let (index, active) = match self.recovered.remove(&vip.id) {
-                        Some(found) => found,
-                        None => (self.free_index()?, 0),
+                    let (index, live) = match self.recovered.remove(&vip.id) {
+                        Some((index, live)) => (index, Some(live).filter(|l| l.len > 0)),
+                        None => (self.free_index()?, None),
                     };
                     let up = vip
                         .reals
@@ -289,14 +327,17 @@ impl<D: DataplaneOps> Reconciler<D> {
                         .filter(|r| self.recovered_down.contains(&(index, r.addr)))
                         .map(|r| (r.addr, false))
                         .collect();
-                    self.vips.insert(vip.id, VipState { config: vip.clone(), index, active, rings: [None, None], up, weights: HashMap::new() });
+                    self.vips.insert(vip.id, VipState::new(vip.clone(), index, live, up));
                 }
             }
             self.rebuild(&vip.id)?;
         }
         // VIPs an earlier run left that the config no longer has.
-        for (id, _) in std::mem::take(&mut self.recovered) {
+        for (id, (_, live)) in std::mem::take(&mut self.recovered) {
             self.dp.remove_vip(&vip_key(&id))?;
+            if live.len > 0 {
+                self.pool.free(live);
+            }
         }
         Ok(())
     }
@@ -304,6 +345,9 @@ impl<D: DataplaneOps> Reconciler<D> {
     fn remove(&mut self, id: &VipId) -> Result<(), ReconcileError> {
         let Some(state) = self.vips.remove(id) else { return Ok(()) };
         self.dp.remove_vip(&vip_key(id))?;
+        for ring in state.rings.iter().flatten() {
+            self.pool.free(ring.region);
+        }
         for real in &state.config.reals {
             self.retire_real(state.index, real.addr)?;
         }
@@ -350,22 +394,45 @@ impl<D: DataplaneOps> Reconciler<D> {
             }
         }
         let state = self.vips.get_mut(id).expect("checked above");
-        let table = build_table(&maglev, state.config.ring_size);
-        if state.rings[state.active as usize].as_ref() != Some(&table) {
-            let spare = 1 - state.active;
-            let slots = match &state.rings[spare as usize] {
-                Some(old) if old.len() == table.len() => diff(old, &table),
-                _ => table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)).collect(),
-            };
-            self.dp.write_ring_slots(state.ring(spare), &slots)?;
-            let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
-            let meta = VipMeta { flags, vip_index: index, ring_index: state.ring(spare), ring_size: state.config.ring_size, generation: 0 };
-            self.dp.set_vip(&vip_key(id), &meta)?;
-            state.active = spare;
-            state.rings[spare as usize] = Some(table);
-            self.rebuilds.count += 1;
-            self.rebuilds.last = started.elapsed();
-            self.rebuilds.total += self.rebuilds.last;
+        let ring_size = state.config.ring_size;
+        let input = (ring_size, maglev);
+        if state.built_from.as_ref() != Some(&input) {
+            let table = build_table(&input.1, ring_size);
+            let live = state.rings[state.active].as_ref().and_then(|r| r.table.as_ref());
+            if live != Some(&table) {
+                let spare = 1 - state.active;
+                // The spare ring must have this ring size (a VIP's ring_size may have changed).
+                let mut ring = match state.rings[spare].take() {
+                    Some(ring) if ring.region.len == ring_size => ring,
+                    other => {
+                        if let Some(old) = other {
+                            self.pool.free(old.region);
+                        }
+                        let (free, pool) = (self.pool.free_slots(), self.pool.size());
+                        let region = self.pool.alloc(ring_size).ok_or(ReconcileError::PoolFragmented { len: ring_size, free, pool })?;
+                        Ring { region, table: None }
+                    }
+                };
+                let slots = match &ring.table {
+                    Some(old) => diff(old, &table),
+                    None => table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)).collect(),
+                };
+                self.dp.write_ring_slots(ring.region.base, &slots)?;
+                let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
+                let meta = VipMeta { flags, vip_index: index, ring_base: ring.region.base, ring_size, generation: 0 };
+                self.dp.set_vip(&vip_key(id), &meta)?;
+                state.slots.clear();
+                for &real in &table {
+                    *state.slots.entry(real).or_default() += 1;
+                }
+                ring.table = Some(table);
+                state.rings[spare] = Some(ring);
+                state.active = spare;
+                self.rebuilds.count += 1;
+                self.rebuilds.last = started.elapsed();
+                self.rebuilds.total += self.rebuilds.last;
+            }
+            state.built_from = Some(input);
         }
         // Down after the switch: the ring no longer holds it; its flows move on.
         for (&(addr, up, _), &real_id) in reals.iter().zip(&ids) {
@@ -418,11 +485,6 @@ impl<D: DataplaneOps> Reconciler<D> {
         self.vips
             .iter()
             .map(|(id, s)| {
-                let live = s.rings[s.active as usize].as_deref().unwrap_or(&[]);
-                let mut slots: HashMap<u32, u32> = HashMap::new();
-                for &real in live {
-                    *slots.entry(real).or_default() += 1;
-                }
                 let reals = s
                     .config
                     .reals
@@ -435,7 +497,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                             up: s.is_up(r.addr),
                             config_weight: r.weight,
                             weight: s.weight(r),
-                            slots: slots.get(&rid).copied().unwrap_or(0),
+                            slots: s.slots.get(&rid).copied().unwrap_or(0),
                         }
                     })
                     .collect();
@@ -467,7 +529,8 @@ mod tests {
     struct Fake {
         reals: HashMap<u32, Real>,
         vips: HashMap<VipKey, VipMeta>,
-        rings: HashMap<u32, Vec<u32>>,
+        /// The ring pool's slots.
+        pool: Vec<u32>,
         slot_writes: usize,
         /// Order of operations, for the up-before / down-after rule.
         log: Vec<String>,
@@ -483,7 +546,7 @@ mod tests {
             Ok(())
         }
         fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
-            self.log.push(format!("switch to ring {}", meta.ring_index));
+            self.log.push(format!("switch to ring at {}", meta.ring_base));
             self.vips.insert(*key, *meta);
             Ok(())
         }
@@ -494,21 +557,28 @@ mod tests {
         fn set_rate_limit(&mut self, _: u32, _: &RateLimit) -> Result<(), DataplaneError> {
             Ok(())
         }
-        fn write_ring_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-            let r = self.rings.entry(ring).or_insert_with(|| vec![0; 13]);
+        fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
             for &(s, id) in slots {
-                r[s as usize] = id;
+                self.pool[(base + s) as usize] = id;
             }
             self.slot_writes += slots.len();
             Ok(())
+        }
+        fn ring_slots(&self) -> u32 {
+            self.pool.len() as u32
         }
     }
 
     impl Fake {
         /// The live ring of the only VIP.
-        fn live(&self) -> &Vec<u32> {
+        fn live(&self) -> &[u32] {
             let meta = self.vips.values().next().expect("a VIP");
-            &self.rings[&meta.ring_index]
+            &self.pool[meta.ring_base as usize..(meta.ring_base + meta.ring_size) as usize]
+        }
+
+        /// A pool with room for `slots`.
+        fn with_pool(slots: usize) -> Self {
+            Self { pool: vec![0; slots], ..Self::default() }
         }
     }
 
@@ -528,31 +598,31 @@ mod tests {
 
     #[test]
     fn first_apply_fills_a_ring_and_switches_to_it() {
-        let mut r = Reconciler::new(Fake::default());
+        let mut r = Reconciler::new(Fake::with_pool(100));
         r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         let live = r.dataplane().live();
         assert!(live.iter().all(|&id| id == 1 || id == 2), "{live:?}");
-        assert_eq!(r.dataplane().vips.values().next().unwrap().ring_index, 1, "the spare of ring 0");
+        assert_eq!(r.dataplane().vips.values().next().unwrap().ring_base, 0, "the first ring of the pool");
     }
 
     #[test]
     fn a_down_real_leaves_the_ring_after_the_switch_and_returns_before_it() {
-        let mut r = Reconciler::new(Fake::default());
+        let mut r = Reconciler::new(Fake::with_pool(100));
         r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         let vip = r.status()[0].vip;
         r.dp.log.clear();
         assert!(r.set_health(&vip, ip("10.1.0.2"), false).unwrap());
         assert!(r.dataplane().live().iter().all(|&id| id == 1));
-        assert_eq!(r.dp.log, ["switch to ring 0", "real 2 down"], "down after the switch; unchanged reals not rewritten");
+        assert_eq!(r.dp.log, ["switch to ring at 13", "real 2 down"], "down after the switch; unchanged reals not rewritten");
         r.dp.log.clear();
         assert!(r.set_health(&vip, ip("10.1.0.2"), true).unwrap());
-        assert_eq!(r.dp.log, ["real 2 up", "switch to ring 1"], "up before the switch");
+        assert_eq!(r.dp.log, ["real 2 up", "switch to ring at 0"], "up before the switch");
         assert!(!r.set_health(&vip, ip("10.1.0.2"), true).unwrap(), "no flip, no rebuild");
     }
 
     #[test]
     fn rebuild_writes_only_changed_slots_once_both_rings_are_known() {
-        let mut r = Reconciler::new(Fake::default());
+        let mut r = Reconciler::new(Fake::with_pool(100));
         let reals = [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)];
         r.apply(&config(&reals), [0; 6]).unwrap();
         let vip = r.status()[0].vip;
@@ -569,7 +639,7 @@ mod tests {
 
     #[test]
     fn draining_keeps_the_real_up_but_out_of_the_ring() {
-        let mut r = Reconciler::new(Fake::default());
+        let mut r = Reconciler::new(Fake::with_pool(100));
         r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         r.set_weight("web", ip("10.1.0.2"), Some(0)).unwrap();
         assert!(r.dataplane().live().iter().all(|&id| id == 1));
@@ -584,7 +654,7 @@ mod tests {
 
     #[test]
     fn removed_reals_and_vips_are_retired() {
-        let mut r = Reconciler::new(Fake::default());
+        let mut r = Reconciler::new(Fake::with_pool(100));
         r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         r.apply(&config(&[("10.1.0.1", 1)]), [0; 6]).unwrap();
         assert_ne!(r.dp.reals[&2].flags & REAL_F_DOWN, 0, "a removed real is marked down");
@@ -598,7 +668,7 @@ mod tests {
 
     #[test]
     fn recovery_keeps_indexes_ids_and_down_reals() {
-        let mut first = Reconciler::new(Fake::default());
+        let mut first = Reconciler::new(Fake::with_pool(100));
         first.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         let vip = first.status()[0].vip;
         first.set_health(&vip, ip("10.1.0.1"), false).unwrap();
@@ -607,7 +677,7 @@ mod tests {
             vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(),
             reals: fake.reals.iter().map(|(id, r)| (*id, *r)).collect(),
         };
-        let mut second = Reconciler::recover(Fake { rings: fake.rings.clone(), ..Fake::default() }, &programmed);
+        let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), ..Fake::default() }, &programmed);
         second.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
         let s = &second.status()[0];
         assert_eq!((s.reals[0].id, s.reals[1].id), (1, 2), "same ids");
@@ -615,5 +685,103 @@ mod tests {
         let meta = second.dp.vips.values().next().unwrap();
         assert_eq!(meta.vip_index, 0);
         assert!(second.dp.live().iter().all(|&id| id == 2));
+    }
+
+    /// `n` VIPs "v0" .. of ring size 13, each with `reals`.
+    fn vips(n: usize, reals: &[(&str, u32)]) -> Config {
+        let mut c = config(reals);
+        let first = c.vips[0].clone();
+        c.vips = (0..n)
+            .map(|i| {
+                let mut v = first.clone();
+                v.name = format!("v{i}");
+                v.id.port = 80 + i as u16;
+                v
+            })
+            .collect();
+        c
+    }
+
+    fn bases(fake: &Fake) -> Vec<u32> {
+        let mut b: Vec<u32> = fake.vips.values().map(|m| m.ring_base).collect();
+        b.sort();
+        b
+    }
+
+    #[test]
+    fn rings_share_the_pool_without_overlap_and_a_removed_vips_rings_are_reused() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
+        let mut r = Reconciler::new(Fake::with_pool(4 * 26));
+        r.apply(&vips(4, &reals), [0; 6]).unwrap();
+        assert_eq!(bases(&r.dp), [0, 13, 26, 39], "one ring each so far, side by side");
+        for v in 0..4 {
+            let id = r.status()[v].vip;
+            r.set_health(&id, ip("10.1.0.2"), false).unwrap(); // each VIP's second ring
+        }
+        assert_eq!(bases(&r.dp), [52, 65, 78, 91]);
+        assert!(r.dp.pool.iter().all(|&id| id != 0), "every slot of the pool written: {:?}", r.dp.pool);
+        let err = r.apply(&vips(5, &reals), [0; 6]).unwrap_err();
+        assert!(matches!(err, ReconcileError::PoolTooSmall { needed: 130, pool: 104 }), "{err}");
+        assert_eq!(r.dp.vips.len(), 4, "refused before anything changed");
+        // One VIP fewer, another new: the new one takes the freed rings.
+        let mut c = vips(4, &reals);
+        c.vips[1].name = "new".into();
+        c.vips[1].id.port = 1000;
+        r.apply(&c, [0; 6]).unwrap();
+        assert_eq!(r.dp.vips.len(), 4);
+        let new = r.dp.vips.iter().find(|(k, _)| k.port_be == 1000u16.to_be()).unwrap().1;
+        assert!([13, 65].contains(&new.ring_base), "in a ring the removed VIP left: {}", new.ring_base);
+    }
+
+    #[test]
+    fn an_apply_that_changes_one_real_rebuilds_only_that_vips_ring() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
+        let mut r = Reconciler::new(Fake::with_pool(100 * 26));
+        r.apply(&vips(100, &reals), [0; 6]).unwrap();
+        let (rebuilds, writes) = (r.rebuilds.count, r.dp.slot_writes);
+        r.dp.log.clear();
+        r.apply(&vips(100, &reals), [0; 6]).unwrap();
+        assert_eq!((r.rebuilds.count, r.dp.slot_writes), (rebuilds, writes), "the same config builds nothing");
+        assert!(r.dp.log.is_empty(), "and writes nothing: {:?}", r.dp.log);
+        let mut c = vips(100, &reals);
+        c.vips[7].reals[1].weight = 3;
+        r.apply(&c, [0; 6]).unwrap();
+        assert_eq!(r.rebuilds.count, rebuilds + 1, "one ring rebuilt");
+        assert!(r.dp.slot_writes - writes <= 13, "one ring's slots written");
+        assert_eq!(r.dp.log.iter().filter(|l| l.starts_with("switch")).count(), 1, "{:?}", r.dp.log);
+    }
+
+    #[test]
+    fn a_new_ring_size_gets_a_spare_of_that_size() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
+        let mut r = Reconciler::new(Fake::with_pool(100));
+        r.apply(&config(&reals), [0; 6]).unwrap();
+        let mut c = config(&reals);
+        c.vips[0].ring_size = 17;
+        r.apply(&c, [0; 6]).unwrap();
+        let meta = *r.dp.vips.values().next().unwrap();
+        assert_eq!((meta.ring_base, meta.ring_size), (13, 17));
+        assert!(r.dp.live().iter().all(|&id| id == 1 || id == 2) && r.dp.live().len() == 17);
+        assert_eq!(r.status()[0].reals.iter().map(|x| x.slots).sum::<u32>(), 17, "slot counts of the new ring");
+    }
+
+    #[test]
+    fn after_a_restart_live_rings_are_kept_out_of_the_pool() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
+        let mut first = Reconciler::new(Fake::with_pool(60));
+        first.apply(&vips(2, &reals), [0; 6]).unwrap();
+        let vip = first.status()[0].vip;
+        first.set_health(&vip, ip("10.1.0.1"), false).unwrap(); // v0 now lives at 26
+        let fake = first.dp;
+        let programmed = Programmed { vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(), reals: vec![] };
+        let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), ..Fake::default() }, &programmed);
+        // v0 goes, v1 stays and a new VIP comes: it must not land on v1's live ring at 13.
+        let mut c = vips(2, &reals);
+        c.vips[0].name = "new".into();
+        c.vips[0].id.port = 1000;
+        second.apply(&c, [0; 6]).unwrap();
+        let base_of = |port: u16| second.dp.vips.iter().find(|(k, _)| k.port_be == port.to_be()).unwrap().1.ring_base;
+        assert_ne!(base_of(1000), 13);
+        assert_ne!(base_of(81), base_of(1000));
     }
 }

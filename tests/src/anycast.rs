@@ -192,7 +192,7 @@ impl Anycast {
             .collect();
         let router_bird = Bird::start(&router, "router", &router_conf);
         let router_xdp = router.run(|| {
-            let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+            let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
             for k in 1..=k {
                 dp.attach(programs::PASS, &format!("r-n{k}"), AttachMode::Native).expect("pass stub");
             }

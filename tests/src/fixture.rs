@@ -1,6 +1,6 @@
 //! A balancer loaded in the kernel and programmed through the daemon's `Dataplane`, run on test
-//! frames with BPF_PROG_TEST_RUN. Rings are rebuilt into the VIP's spare ring and switched by one
-//! `VIPS` update, as the control plane does.
+//! frames with BPF_PROG_TEST_RUN. Each VIP gets two rings of the pool, side by side; rings are
+//! rebuilt into the VIP's spare ring and switched by one `VIPS` update, as the control plane does.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -21,6 +21,8 @@ pub const MTU: u32 = 1500;
 pub const TOO_BIG_PER_SEC: u32 = 1000;
 /// A small prime keeps ring writes quick; one test uses the full default size.
 pub const TEST_RING_SIZE: u32 = 257;
+/// The fixture's ring pool: room for four VIPs of the full default size.
+pub const TEST_RING_SLOTS: u32 = 8 * lb_common::DEFAULT_RING_SIZE;
 
 /// Outer sources: 10.255.0.0/16 and fd00:ffff::/96, low bits from the flow hash.
 pub fn test_config() -> LbConfig {
@@ -43,6 +45,8 @@ pub struct Vip {
     pub key: VipKey,
     pub meta: VipMeta,
     pub table: Vec<u32>,
+    /// Pool slots of its two rings; `meta.ring_base` is one of them.
+    pub rings: [u32; 2],
 }
 
 pub struct Balancer {
@@ -51,6 +55,8 @@ pub struct Balancer {
     real_ids: HashMap<IpAddr, u32>,
     reals: HashMap<u32, IpAddr>,
     vips: u32,
+    /// The ring pool's first slot not given to a VIP yet.
+    next_slot: u32,
 }
 
 impl Balancer {
@@ -60,7 +66,7 @@ impl Balancer {
 
     /// Loads the object and readies program `name`.
     pub fn with_program(name: &str) -> Self {
-        Self::with_options(name, &LoadOptions { conn_table_size: 65_536 })
+        Self::with_options(name, &LoadOptions { conn_table_size: 65_536, ring_slots: TEST_RING_SLOTS })
     }
 
     pub fn with_options(name: &str, opts: &LoadOptions) -> Self {
@@ -76,7 +82,7 @@ impl Balancer {
         for limit in [lb_common::limits::INSERTS, lb_common::limits::HANDOFFS] {
             dp.set_rate_limit(limit, &lb_common::RateLimit::UNLIMITED).expect("rate limit");
         }
-        Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0 }
+        Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0, next_slot: 0 }
     }
 
     /// The fd of the program `run` runs.
@@ -105,8 +111,11 @@ impl Balancer {
         let key = VipKey { addr: addr16(ip(addr)), port_be: port.to_be(), proto, _pad: 0 };
         let index = self.vips;
         self.vips += 1;
-        let meta = VipMeta { flags, vip_index: index, ring_index: 2 * index, ring_size, generation: 0 };
-        let mut vip = Vip { key, meta, table: Vec::new() };
+        let rings = [self.next_slot, self.next_slot + ring_size];
+        self.next_slot += 2 * ring_size;
+        assert!(self.next_slot <= self.dp.ring_slots(), "the ring pool is full");
+        let meta = VipMeta { flags, vip_index: index, ring_base: rings[1], ring_size, generation: 0 };
+        let mut vip = Vip { key, meta, table: Vec::new(), rings };
         self.set_reals(&mut vip, reals);
         vip
     }
@@ -121,9 +130,9 @@ impl Balancer {
             })
             .collect();
         vip.table = build_table(&maglev, vip.meta.ring_size);
-        let spare = vip.meta.ring_index ^ 1;
+        let spare = if vip.meta.ring_base == vip.rings[0] { vip.rings[1] } else { vip.rings[0] };
         self.dp.write_ring(spare, &vip.table).expect("write ring");
-        vip.meta.ring_index = spare;
+        vip.meta.ring_base = spare;
         self.dp.set_vip(&vip.key, &vip.meta).expect("set vip");
     }
 

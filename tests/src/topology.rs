@@ -110,7 +110,7 @@ impl Net {
 
         // XDP_TX frames from a veth are only received by a peer that runs XDP itself.
         let router_xdp = router.run(|| {
-            let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+            let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
             dp.attach(programs::PASS, "r-lb", AttachMode::Native).expect("attach pass stub");
             dp
         });
@@ -364,7 +364,7 @@ pub fn hold_vips(ns: &NetNs) {
 
 /// A backend's decapsulator for tunnels to `addrs`, attached to its b0.
 pub fn decapsulator(addrs: &[&str]) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+    let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
     for a in addrs {
         dp.add_decap_addr(ip(a)).expect("decap addr");
     }

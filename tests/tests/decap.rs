@@ -19,7 +19,7 @@ struct Decap {
 
 impl Decap {
     fn new(local: &[&str]) -> Self {
-        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 1024 }).expect("load");
+        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }).expect("load");
         let fd = dp.program_fd(programs::DECAP).expect("load lb_decap");
         for a in local {
             dp.add_decap_addr(ip(a)).unwrap();

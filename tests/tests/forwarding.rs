@@ -351,16 +351,38 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
 #[test]
 fn rings_are_written_through_the_memory_mapping() {
     require_root!();
+    use lb_userspace::dataplane::{Dataplane, DataplaneError, LoadOptions};
     let pins = lb_tests::PinDir::new("pins");
-    let pinned_dir = pins.0.clone();
-    let plain = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }).unwrap();
-    let pinned = lb_userspace::dataplane::Dataplane::load_pinned(&lb_userspace::dataplane::LoadOptions { conn_table_size: 1024 }, &pinned_dir).unwrap();
+    let opts = LoadOptions { conn_table_size: 1024, ring_slots: 200 };
+    let plain = Dataplane::load(&opts).unwrap();
+    let pinned = Dataplane::load_pinned(&opts, &pins.0).unwrap();
     for mut dp in [plain, pinned] {
         assert!(dp.rings_mapped(), "MAGLEV is mmap-able; ring writes are memory stores");
-        dp.write_ring_slots(3, [(0, 7), (1, 8), (65_536, 9)]).unwrap();
-        let read: Vec<u32> = [(3, 0), (3, 1), (3, 65_536), (2, 65_536), (4, 0)].iter().map(|&(r, s)| dp.ring_slot(r, s).unwrap()).collect();
+        assert_eq!(dp.ring_slots(), 200);
+        // A ring at an odd slot: its slots straddle the two-slot elements.
+        dp.write_ring_slots(3, [(0, 7), (1, 8), (99, 9)]).unwrap();
+        let read: Vec<u32> = [(3, 0), (3, 1), (3, 99), (2, 99), (5, 0)].iter().map(|&(r, s)| dp.ring_slot(r, s).unwrap()).collect();
         assert_eq!(read, [7, 8, 9, 0, 0], "what the kernel sees");
+        let beyond = dp.write_ring_slots(150, [(50, 1)]);
+        assert!(matches!(beyond, Err(DataplaneError::RingOutOfRange { pool: 200, .. })), "{beyond:?}");
     }
+}
+
+#[test]
+fn a_restart_with_a_larger_ring_pool_keeps_the_rings_where_they_were() {
+    require_root!();
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    let pins = lb_tests::PinDir::new("grow");
+    let mut first = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 200 }, &pins.0).unwrap();
+    first.write_ring_slots(190, (0..10).map(|s| (s, 100 + s))).unwrap();
+    let larger = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 1000 }, &pins.0).unwrap();
+    assert_eq!(larger.ring_slots(), 1000, "grown");
+    let copied: Vec<u32> = (0..10).map(|s| larger.ring_slot(190, s).unwrap()).collect();
+    assert_eq!(copied, (100..110).collect::<Vec<_>>(), "the rings at the same slots");
+    assert_eq!(first.ring_slot(190, 0).unwrap(), 100, "the running program's pool is untouched until it is replaced");
+    let smaller = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 100 }, &pins.0).unwrap();
+    assert_eq!(smaller.ring_slots(), 1000, "never shrunk under a running program");
+    assert_eq!(smaller.ring_slot(190, 9).unwrap(), 109);
 }
 
 #[test]
@@ -369,10 +391,10 @@ fn a_pinned_connection_table_of_another_size_is_refused() {
     use lb_userspace::dataplane::{Dataplane, DataplaneError, LoadOptions};
     let pins = lb_tests::PinDir::new("size");
     let dir = pins.0.clone();
-    let first = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir).unwrap();
-    let same = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024 }, &dir);
+    let first = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }, &dir).unwrap();
+    let same = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }, &dir);
     assert!(same.is_ok(), "the same size reuses the pinned maps");
-    let other = Dataplane::load_pinned(&LoadOptions { conn_table_size: 2048 }, &dir);
+    let other = Dataplane::load_pinned(&LoadOptions { conn_table_size: 2048, ring_slots: 2 }, &dir);
     assert!(matches!(other, Err(DataplaneError::PinnedSizeMismatch { pinned: 1024, wanted: 2048, .. })), "{:?}", other.err());
     drop((first, same));
 }

@@ -40,7 +40,7 @@ fn live_ring(instance: &str) -> u32 {
     let path = lb_userspace::daemon::pin_dir(instance).join("maps").join(maps::VIPS);
     let data = MapData::from_pin(&path).expect("pinned VIPS");
     let vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(data)).expect("hash map");
-    vips.iter().next().expect("a VIP").expect("read").1.ring_index
+    vips.iter().next().expect("a VIP").expect("read").1.ring_base
 }
 
 fn failover(interval_ms: u64, fall: u64) -> Duration {

@@ -88,7 +88,7 @@ fn packet_rate(which: &str) -> Rate {
         End { ns: &lb, dev: "lb0", mac: "02:00:00:00:00:02", addrs: &["10.50.0.2/24"] },
     );
     let sink = gen.run(|| {
-        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16 }).expect("load");
+        let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
         dp.attach(programs::SINK, "g0", AttachMode::Native).expect("sink");
         dp
     });

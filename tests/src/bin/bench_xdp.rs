@@ -158,7 +158,7 @@ fn new_flow6(n: u32) -> Frame {
 /// The balancer with a TCP VIP per family, 16 reals each on full-size rings, and optionally a
 /// handoff node address with two peers.
 fn balancer(handoff: Option<(&str, [&str; 2])>) -> Result<Balancer> {
-    let mut lb = Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: CONN_TABLE });
+    let mut lb = Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: CONN_TABLE, ring_slots: lb_tests::fixture::TEST_RING_SLOTS });
     let reals4: Vec<String> = (1..=16).map(|i| format!("10.1.0.{i}")).collect();
     let reals6: Vec<String> = (1..=16).map(|i| format!("fd00:1::{i:x}")).collect();
     for (vip, reals) in [(VIP4, &reals4), (VIP6, &reals6)] {
