@@ -6,7 +6,7 @@
 //! connection table included. `lb stop --instance NAME` removes everything.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -301,10 +301,10 @@ impl Daemon {
 
     /// Announced prefixes, for status and metrics.
     fn status(&self) -> Vec<VipStatus> {
-        let announced = self.announced.clone().unwrap_or_default();
+        let announced: HashSet<IpAddr> = self.announced.iter().flatten().map(|a| a.prefix).collect();
         let mut status = self.rec.status();
         for v in &mut status {
-            v.announced = announced.iter().any(|a| a.prefix == v.vip.addr);
+            v.announced = announced.contains(&v.vip.addr);
         }
         status
     }

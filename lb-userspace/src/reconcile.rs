@@ -9,7 +9,7 @@
 //! recovered from the pinned maps after a restart, so connection entries keep their meaning.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -203,6 +203,9 @@ pub struct Reconciler<D> {
     /// Ids that held a real once and were given up: reused only when no fresh id is left, so a
     /// stale connection entry rarely meets someone else's real.
     retired_ids: Vec<u32>,
+    /// Every id ever given out (held or retired), and the lowest id that may still be fresh.
+    ids_taken: HashSet<u32>,
+    next_fresh_id: u32,
     /// VIPs found in the maps but not yet matched by a config: index and live ring.
     recovered: HashMap<VipId, (u32, Region)>,
     /// Where the rings live in `MAGLEV`.
@@ -222,6 +225,8 @@ impl<D: DataplaneOps> Reconciler<D> {
             vips: BTreeMap::new(),
             real_ids: HashMap::new(),
             retired_ids: Vec::new(),
+            ids_taken: HashSet::new(),
+            next_fresh_id: 1,
             recovered: HashMap::new(),
             recovered_down: HashSet::new(),
             written: HashMap::new(),
@@ -248,6 +253,7 @@ impl<D: DataplaneOps> Reconciler<D> {
             let addr = std::net::Ipv6Addr::from(real.addr);
             let addr = if real.flags & REAL_F_IPV6 != 0 { IpAddr::V6(addr) } else { addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr)) };
             r.real_ids.insert((real.vip_index, addr), *id);
+            r.ids_taken.insert(*id);
             r.written.insert(*id, *real);
             if real.flags & REAL_F_DOWN != 0 {
                 r.recovered_down.insert((real.vip_index, addr));
@@ -270,19 +276,30 @@ impl<D: DataplaneOps> Reconciler<D> {
         self.vips.get(vip).is_none_or(|v| v.is_up(real))
     }
 
-    fn free_index(&self) -> Result<u32, ReconcileError> {
-        let used: HashSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
-        (0..MAX_VIPS).find(|i| !used.contains(i)).ok_or(ReconcileError::Full { what: "VIP index", max: MAX_VIPS })
+    /// The lowest VIP index not in `used`, which then holds it too.
+    fn free_index(used: &mut BTreeSet<u32>) -> Result<u32, ReconcileError> {
+        // `used` is sorted: the first gap is where the run 0, 1, 2, .. breaks.
+        let index = used.iter().enumerate().find(|&(i, &u)| i as u32 != u).map_or(used.len() as u32, |(i, _)| i as u32);
+        if index >= MAX_VIPS {
+            return Err(ReconcileError::Full { what: "VIP index", max: MAX_VIPS });
+        }
+        used.insert(index);
+        Ok(index)
     }
 
     fn real_id(&mut self, vip_index: u32, addr: IpAddr) -> Result<u32, ReconcileError> {
         if let Some(&id) = self.real_ids.get(&(vip_index, addr)) {
             return Ok(id);
         }
-        let used: HashSet<u32> = self.real_ids.values().copied().chain(self.retired_ids.iter().copied()).collect();
-        let id = match (1..MAX_REALS).find(|i| !used.contains(i)) {
-            Some(id) => id,
-            None => self.retired_ids.pop().ok_or(ReconcileError::Full { what: "real id", max: MAX_REALS - 1 })?,
+        // Fresh ids first (every id below the cursor is taken or retired), then retired ones.
+        while self.next_fresh_id < MAX_REALS && self.ids_taken.contains(&self.next_fresh_id) {
+            self.next_fresh_id += 1;
+        }
+        let id = if self.next_fresh_id < MAX_REALS {
+            self.ids_taken.insert(self.next_fresh_id);
+            self.next_fresh_id
+        } else {
+            self.retired_ids.pop().ok_or(ReconcileError::Full { what: "real id", max: MAX_REALS - 1 })?
         };
         self.real_ids.insert((vip_index, addr), id);
         Ok(id)
@@ -299,6 +316,7 @@ impl<D: DataplaneOps> Reconciler<D> {
             return Err(ReconcileError::PoolTooSmall { needed, pool: self.pool.size() });
         }
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
+        let mut indexes: BTreeSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
         let gone: Vec<VipId> = self.vips.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {
             self.remove(&id)?;
@@ -319,7 +337,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                 None => {
                     let (index, live) = match self.recovered.remove(&vip.id) {
                         Some((index, live)) => (index, Some(live).filter(|l| l.len > 0)),
-                        None => (self.free_index()?, None),
+                        None => (Self::free_index(&mut indexes)?, None),
                     };
                     let up = vip
                         .reals

@@ -9,6 +9,7 @@ pub mod lbd;
 pub mod netns;
 pub mod packet;
 pub mod packetgen;
+pub mod scale;
 pub mod topology;
 
 /// Whether a privileged test may run. Without root it skips with a line saying so, except when
