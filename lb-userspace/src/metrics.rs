@@ -13,7 +13,7 @@ use prometheus_client::{
 use crate::{
     config::VipId,
     dataplane::Dataplane,
-    reconcile::{Reconciler, VipStatus},
+    reconcile::{RealStatus, Reconciler, VipStatus},
 };
 
 /// The daemon's BGP state, for metrics.
@@ -80,44 +80,6 @@ pub fn render(
     let active = [limits::INSERTS, limits::HANDOFFS].iter().any(|&l| dp.limit_refused_within(l, window).unwrap_or(false));
     flood.get_or_create(&vec![]).set(if active { 1.0 } else { 0.0 });
 
-    let vip_packets = counter_family(&mut r, "vip_packets", "Packets forwarded per VIP");
-    let vip_bytes = counter_family(&mut r, "vip_bytes", "Bytes forwarded per VIP");
-    let vip_new_flows = counter_family(&mut r, "vip_new_flows", "Connection-table entries made per VIP");
-    let vip_hits = counter_family(&mut r, "vip_conn_table_hits", "Packets whose flow the connection table knew");
-    let vip_misses = counter_family(&mut r, "vip_conn_table_misses", "Packets whose flow the connection table did not know");
-    let real_packets = counter_family(&mut r, "real_packets", "Packets sent to each real");
-    let real_bytes = counter_family(&mut r, "real_bytes", "Bytes sent to each real");
-    let real_up = gauge_family(&mut r, "real_up", "1 if the real passes its health checks");
-    let real_weight = gauge_family(&mut r, "real_weight", "Effective weight (0: draining or down)");
-    let real_share = gauge_family(&mut r, "real_ring_share", "Share of the VIP's Maglev slots (of new flows)");
-    let check_latency = gauge_family(&mut r, "health_check_latency_seconds", "Latency of the last passing health check");
-    let vip_healthy = gauge_family(&mut r, "vip_healthy_reals", "Reals up per VIP");
-
-    for vip in status {
-        let vl: Labels = vec![("vip", vip.name.clone())];
-        if let Ok(s) = dp.vip_stats(vip.index) {
-            vip_packets.get_or_create(&vl).inc_by(s.packets);
-            vip_bytes.get_or_create(&vl).inc_by(s.bytes);
-            vip_new_flows.get_or_create(&vl).inc_by(s.new_flows);
-            vip_hits.get_or_create(&vl).inc_by(s.conn_hits);
-            vip_misses.get_or_create(&vl).inc_by(s.conn_misses);
-        }
-        vip_healthy.get_or_create(&vl).set(vip.healthy() as f64);
-        for real in &vip.reals {
-            let rl: Labels = vec![("vip", vip.name.clone()), ("real", real.address.to_string())];
-            if let Ok(s) = dp.real_stats(real.id) {
-                real_packets.get_or_create(&rl).inc_by(s.packets);
-                real_bytes.get_or_create(&rl).inc_by(s.bytes);
-            }
-            real_up.get_or_create(&rl).set(if real.up { 1.0 } else { 0.0 });
-            real_weight.get_or_create(&rl).set(if real.up { real.weight as f64 } else { 0.0 });
-            real_share.get_or_create(&rl).set(real.slots as f64 / vip.ring_size as f64);
-            if let Some(latency) = samples.get(&(vip.vip, real.address)).and_then(|s| s.latency) {
-                check_latency.get_or_create(&rl).set(latency.as_secs_f64());
-            }
-        }
-    }
-
     let rebuilds: Counter = Counter::default();
     rebuilds.inc_by(rec.rebuilds.count);
     r.register("ring_rebuilds", "Maglev table rebuilds", rebuilds);
@@ -129,10 +91,6 @@ pub fn render(
     reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);
 
     if bgp.enabled {
-        let announced = gauge_family(&mut r, "bgp_announced", "1 if the VIP's prefix is announced through BIRD");
-        for vip in status {
-            announced.get_or_create(&vec![("vip", vip.name.clone())]).set(if vip.announced { 1.0 } else { 0.0 });
-        }
         let errors: Counter = Counter::default();
         errors.inc_by(bgp.errors);
         r.register("bird_errors", "Times BIRD could not be reached or refused the announcements", errors);
@@ -148,7 +106,137 @@ pub fn render(
         }
     }
 
-    let mut out = String::new();
+    let mut out = String::with_capacity(status.iter().map(|v| 300 + v.reals.len() * 400).sum::<usize>() + 16_384);
     encode(&mut out, &r).expect("writing to a String");
+    // The registry's text ends with the end-of-exposition marker; the large families go before it.
+    let end = out.rfind("# EOF\n").unwrap_or(out.len());
+    out.truncate(end);
+    per_vip_families(&mut out, dp, status, samples, bgp.enabled);
+    out += "# EOF\n";
     out
+}
+
+/// The per-VIP and per-real families, written as OpenMetrics text here rather than through the
+/// registry: at 4,096 VIPs of 16 reals they are 330,000 series, for which prometheus-client took
+/// about 400 ms a scrape (measured: 280 ms to fill the families, 110 to encode them), more than
+/// a scrape may take. The counters come from one batch read of each per-CPU map.
+fn per_vip_families(w: &mut String, dp: &Dataplane, status: &[VipStatus], samples: &HashMap<(VipId, IpAddr), HealthSample>, bgp: bool) {
+    use std::fmt::Write as _;
+    let vip_stats = dp.all_vip_stats().unwrap_or_default();
+    let real_stats = dp.all_real_stats().unwrap_or_default();
+    let vip_labels: Vec<String> = status.iter().map(|v| format!("vip=\"{}\"", escape(&v.name))).collect();
+    let reals: Vec<(&VipStatus, &RealStatus, String)> = status
+        .iter()
+        .zip(&vip_labels)
+        .flat_map(|(v, vl)| {
+            v.reals.iter().map(move |r| {
+                let mut l = String::with_capacity(vl.len() + 48);
+                l.push_str(vl);
+                let _ = write!(l, ",real=\"{}\"", r.address);
+                (v, r, l)
+            })
+        })
+        .collect();
+    let vips = || status.iter().zip(&vip_labels);
+    let vip_stat = |v: &VipStatus| vip_stats.get(v.index as usize).copied().unwrap_or_default();
+    let real_stat = |r: &RealStatus| real_stats.get(r.id as usize).copied().unwrap_or_default();
+
+    if bgp {
+        family(w, "bgp_announced", GAUGE, "1 if the VIP's prefix is announced through BIRD", vips().map(|(v, l)| (l, if v.announced { 1.0 } else { 0.0 })));
+    }
+    family(w, "vip_packets", COUNTER, "Packets forwarded per VIP", vips().map(|(v, l)| (l, vip_stat(v).packets)));
+    family(w, "vip_bytes", COUNTER, "Bytes forwarded per VIP", vips().map(|(v, l)| (l, vip_stat(v).bytes)));
+    family(w, "vip_new_flows", COUNTER, "Connection-table entries made per VIP", vips().map(|(v, l)| (l, vip_stat(v).new_flows)));
+    family(w, "vip_conn_table_hits", COUNTER, "Packets whose flow the connection table knew", vips().map(|(v, l)| (l, vip_stat(v).conn_hits)));
+    family(w, "vip_conn_table_misses", COUNTER, "Packets whose flow the connection table did not know", vips().map(|(v, l)| (l, vip_stat(v).conn_misses)));
+    family(w, "vip_healthy_reals", GAUGE, "Reals up per VIP", vips().map(|(v, l)| (l, v.healthy() as f64)));
+    family(w, "real_packets", COUNTER, "Packets sent to each real", reals.iter().map(|(_, r, l)| (l, real_stat(r).packets)));
+    family(w, "real_bytes", COUNTER, "Bytes sent to each real", reals.iter().map(|(_, r, l)| (l, real_stat(r).bytes)));
+    family(w, "real_up", GAUGE, "1 if the real passes its health checks", reals.iter().map(|(_, r, l)| (l, if r.up { 1.0 } else { 0.0 })));
+    family(w, "real_weight", GAUGE, "Effective weight (0: draining or down)", reals.iter().map(|(_, r, l)| (l, if r.up { r.weight as f64 } else { 0.0 })));
+    family(
+        w,
+        "real_ring_share",
+        GAUGE,
+        "Share of the VIP's Maglev slots (of new flows)",
+        reals.iter().map(|(v, r, l)| (l, r.slots as f64 / v.ring_size as f64)),
+    );
+    let latency = |v: &VipStatus, r: &RealStatus| samples.get(&(v.vip, r.address)).and_then(|s| s.latency);
+    family(
+        w,
+        "health_check_latency_seconds",
+        GAUGE,
+        "Latency of the last passing health check",
+        reals.iter().filter_map(|(v, r, l)| Some((l, latency(v, r)?.as_secs_f64()))),
+    );
+}
+
+const COUNTER: bool = true;
+const GAUGE: bool = false;
+
+/// A sample's value: counters and most gauges are whole numbers, written without the float
+/// formatting machinery (330,000 of them a scrape).
+pub trait SampleValue {
+    fn write_to(&self, out: &mut String);
+}
+
+impl SampleValue for u64 {
+    fn write_to(&self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(*self));
+    }
+}
+
+impl SampleValue for f64 {
+    fn write_to(&self, out: &mut String) {
+        if self.fract() == 0.0 && self.abs() < 9.0e15 {
+            out.push_str(itoa::Buffer::new().format(*self as i64));
+            out.push_str(".0");
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{self}");
+        }
+    }
+}
+
+/// One family in the registry's style: `# HELP`, `# TYPE`, then `lb_NAME[_total]{LABELS} VALUE`.
+fn family<L: AsRef<str>, V: SampleValue>(out: &mut String, name: &str, counter: bool, help: &str, series: impl Iterator<Item = (L, V)>) {
+    let (kind, suffix) = if counter { ("counter", "_total") } else { ("gauge", "") };
+    for part in ["# HELP lb_", name, " ", help, ".\n# TYPE lb_", name, " ", kind, "\n"] {
+        out.push_str(part);
+    }
+    for (labels, value) in series {
+        for part in ["lb_", name, suffix, "{", labels.as_ref(), "} "] {
+            out.push_str(part);
+        }
+        value.write_to(out);
+        out.push('\n');
+    }
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_is_written_as_the_registry_writes_one() {
+        let mut ours = String::new();
+        family(&mut ours, "vip_packets", COUNTER, "Packets forwarded per VIP", [("vip=\"web\"", 5u64)].into_iter());
+        family(&mut ours, "real_up", GAUGE, "1 if up", [("vip=\"web\",real=\"10.0.0.1\"", 1.0)].into_iter());
+        let mut r = Registry::with_prefix("lb");
+        counter_family(&mut r, "vip_packets", "Packets forwarded per VIP").get_or_create(&vec![("vip", "web".into())]).inc_by(5);
+        gauge_family(&mut r, "real_up", "1 if up").get_or_create(&vec![("vip", "web".into()), ("real", "10.0.0.1".into())]).set(1.0);
+        let mut theirs = String::new();
+        encode(&mut theirs, &r).unwrap();
+        assert_eq!(ours + "# EOF\n", theirs);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
