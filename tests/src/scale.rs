@@ -70,6 +70,8 @@ impl ScaleSite {
         let include = dir.join("vips.conf");
         std::fs::write(&include, lb_userspace::bird::render(&[])).expect("empty include");
         let edge = Bird::start(&net.lb, "edge", &edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include));
+        // The session first, so that "routed" times what lb's announcements take, not BGP's start.
+        wait_for(Duration::from_secs(30), "the BGP session", || router.birdc("show protocols site_a").contains("Established"));
         Self { net, router, edge, dir, include }
     }
 

@@ -1,11 +1,17 @@
-//! `cargo xtask bench-control`: Maglev rebuild time for N reals (M = 65537), and the time from a
-//! backend failing to the data plane's ring switch, with the real `lb` daemon in namespaces.
+//! `cargo xtask bench-control`: Maglev rebuild time for N reals (M = 65537); the time from a
+//! backend failing to the data plane's ring switch, with the real `lb` daemon in namespaces; and
+//! at 64 / 1,024 / 4,096 VIPs of 16 reals, with BIRD: the time to program and announce them, the
+//! kernel memory of the maps, a reload that changes one real, a scrape and `lb status`.
 
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{maps, VipKey, VipMeta};
-use lb_tests::{lbd::LbDaemon, topology::{backend_addr, Net}};
+use lb_tests::{
+    lbd::LbDaemon,
+    scale::{vip_sections, ScaleSite},
+    topology::{backend_addr, Net},
+};
 use lb_userspace::maglev::{build_table, diff, MaglevReal};
 
 const RUNS: usize = 11;
@@ -33,6 +39,55 @@ fn rebuilds() {
         let d = median((0..RUNS).map(|_| { let t = Instant::now(); std::hint::black_box(diff(&before, &after)); t.elapsed() }).collect());
         println!("| {n} | {:.2} ms | {:.2} ms | {} |", build.as_secs_f64() * 1e3, d.as_secs_f64() * 1e3, diff(&before, &after).len());
     }
+}
+
+const SCALE_RUNS: usize = 3;
+const SCALE_REALS: usize = 16;
+const SCALE_RING: u32 = 16_381;
+
+/// "median (min-max)" in ms.
+fn ms(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!("{:.0} ({:.0}-{:.0})", v[v.len() / 2].as_secs_f64() * 1e3, v[0].as_secs_f64() * 1e3, v[v.len() - 1].as_secs_f64() * 1e3)
+}
+
+/// One run at `vips` VIPs: (programmed, announced, routed, reload, scrape, status, map bytes by
+/// name).
+fn scale_run(vips: usize) -> ([Duration; 6], Vec<(String, u64)>) {
+    let site = ScaleSite::new();
+    let (d, startup) = site.start(&vip_sections(vips, SCALE_REALS, SCALE_RING, 1), vips);
+    let memory = ScaleSite::map_memory(&d);
+    std::fs::write(&d.config, format!("instance = \"{}\"\n{}", d.instance, site.config(&vip_sections(vips, SCALE_REALS, SCALE_RING, 3)))).unwrap();
+    let t = Instant::now();
+    assert!(d.cli(&["reload"]).status.success(), "reload:\n{}", d.log());
+    let reload = t.elapsed();
+    assert!(d.metrics().contains("lb_ring_rebuilds_total"), "a scrape");
+    let t = Instant::now();
+    let text = d.metrics();
+    let scrape = t.elapsed();
+    assert_eq!(text.lines().filter(|l| l.starts_with("lb_real_up{")).count(), vips * SCALE_REALS, "a whole scrape");
+    let t = Instant::now();
+    assert_eq!(d.status().len(), vips);
+    let status = t.elapsed();
+    ([startup.programmed, startup.announced, startup.routed, reload, scrape, status], memory)
+}
+
+fn scale() {
+    println!("{SCALE_REALS} reals per VIP, ring_size {SCALE_RING}, health checks off, BIRD on the node and the router; ms, median of {SCALE_RUNS} runs (min-max); times from the test's side (lb reload and lb status: the CLI's whole run)\n");
+    println!("| VIPs | programmed (API up) | all announced | all routed at the router | reload, one real changed | /metrics scrape | lb status --json | kernel memory of the maps | of which MAGLEV |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for vips in [64usize, 1024, 4096] {
+        let runs: Vec<([Duration; 6], Vec<(String, u64)>)> = (0..SCALE_RUNS).map(|_| scale_run(vips)).collect();
+        let column = |i: usize| ms(runs.iter().map(|r| r.0[i]).collect());
+        let memory = &runs[0].1;
+        let total: u64 = memory.iter().map(|(_, b)| b).sum();
+        let maglev = memory.iter().find(|(n, _)| n == maps::MAGLEV).map_or(0, |(_, b)| *b);
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        println!("| {vips} | {} | {} | {} | {} | {} | {} | {} | {} |", column(0), column(1), column(2), column(3), column(4), column(5), mb(total), mb(maglev));
+    }
+    let (_, memory) = scale_run(64);
+    let each: Vec<String> = memory.iter().map(|(n, b)| format!("{n} {:.2} MB", *b as f64 / 1e6)).collect();
+    println!("\nmaps at 64 VIPs (bpftool map show, memlock): {}\n", each.join(", "));
 }
 
 /// Live ring of the only VIP, read from the daemon's pinned map.
@@ -66,6 +121,7 @@ fn failover(interval_ms: u64, fall: u64) -> Duration {
 }
 
 fn main() {
+    scale();
     rebuilds();
     println!("\n| interval | fall | failure -> ring switch (each run) | median | target fall x interval + 50 ms |");
     println!("|---:|---:|---|---:|---:|");
