@@ -54,12 +54,12 @@ pub fn source_hash(src: &[u8; 16]) -> u32 {
     finish(mix_addr(SEED, src), 16)
 }
 
-/// Bucket of `addr` in the VIP-address pre-filter: cheap (no multiply chain), as it runs on
-/// every IP packet.
+/// Bit of `addr` in the VIP-address pre-filter: cheap (no multiply chain), as it runs on every
+/// IP packet.
 #[inline(always)]
-pub fn addr_bucket(addr: &[u8; 16]) -> u32 {
+pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
     let folded = word(addr, 0) ^ word(addr, 4) ^ word(addr, 8) ^ word(addr, 12);
-    folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::VIP_FILTER_SIZE.trailing_zeros())
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::VIP_FILTER_BITS.trailing_zeros())
 }
 
 #[cfg(test)]
@@ -84,13 +84,13 @@ mod tests {
     }
 
     #[test]
-    fn addr_bucket_is_in_range_and_spreads() {
-        let mut seen = [false; crate::VIP_FILTER_SIZE as usize];
+    fn addr_filter_bit_is_in_range_and_spreads() {
+        let mut seen = [false; crate::VIP_FILTER_BITS as usize];
         for i in 0..1000u32 {
             let addr = crate::ipv4_mapped((0x0a00_0000 + i).to_be_bytes());
-            seen[addr_bucket(&addr) as usize] = true;
+            seen[addr_filter_bit(&addr) as usize] = true;
         }
-        assert!(seen.iter().filter(|&&b| b).count() > 800, "1000 addresses spread over buckets");
+        assert!(seen.iter().filter(|&&b| b).count() > 990, "1000 addresses spread over bits");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::balancer::Scratch;
 use lb_common::{
     stats::{Counter, DecapCounter},
     limits, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_SIZE, MAX_REALS, MAX_VIPS, SlotPair, SYN_SEEN_SLOTS,
+    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_BITS, MAX_REALS, MAX_VIPS, SlotPair, SYN_SEEN_SLOTS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -21,11 +21,11 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 #[map]
 pub static VIP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// Pre-filter in front of `VIP_ADDRS`: per bucket of `addr_bucket`, how many VIP addresses fall
-/// in it. An empty bucket proves "not a VIP address" with an array read the verifier inlines,
-/// so traffic that is not ours never pays for a hash lookup.
+/// Pre-filter in front of `VIP_ADDRS`: a bitmap with the `addr_filter_bit` of every VIP
+/// address (and the handoff address) set. A clear bit proves "not a VIP address" with an array
+/// read the verifier inlines, so traffic that is not ours never pays for a hash lookup.
 #[map]
-pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SIZE, 0);
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_BITS / 64, 0);
 
 /// Current generation of each VIP index (0: unused). Connection entries carry the generation
 /// they were made under; the loader bumps it when a VIP goes away or its index is reused.

@@ -3,8 +3,8 @@
 //! The rule for what is ours: a malformed packet is dropped (by reason) only when its destination
 //! address is a VIP address (`VIP_ADDRS`); anything else passes untouched, however odd it looks. A
 //! frame cut short before its destination address passes too, counted as `pass_truncated`, as
-//! nothing says it is for us (the kernel drops it). Destinations whose `VIP_FILTER` bucket is
-//! empty pass at once.
+//! nothing says it is for us (the kernel drops it). Destinations whose `VIP_FILTER` bit is
+//! clear pass at once.
 
 use core::mem::MaybeUninit;
 
@@ -72,7 +72,8 @@ pub fn is_vip_addr(addr: &[u8; 16]) -> bool {
 /// `false` proves `addr` carries no VIP (an inlined array read); `true` may be a collision.
 #[inline(always)]
 fn may_be_vip_addr(addr: &[u8; 16]) -> bool {
-    VIP_FILTER.get(lb_common::hash::addr_bucket(addr)).is_some_and(|&n| n != 0)
+    let bit = lb_common::hash::addr_filter_bit(addr);
+    VIP_FILTER.get(bit / 64).is_some_and(|&word| word & (1 << (bit % 64)) != 0)
 }
 
 /// `reason` for a malformed packet to a VIP address; anything else malformed just passes.

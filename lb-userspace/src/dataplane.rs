@@ -175,6 +175,8 @@ pub struct Dataplane {
     rings: Option<RingMemory>,
     /// Slots in the `MAGLEV` pool.
     ring_slots: u32,
+    /// Addresses counted in each `VIP_FILTER` bit.
+    filter: std::collections::HashMap<u32, u32>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -196,7 +198,7 @@ impl Dataplane {
         let aya::maps::Map::Array(data) = map else { return Err(DataplaneError::NoMap { name: maps::MAGLEV }) };
         let ring_slots = data.info().map_err(map_err(maps::MAGLEV))?.max_entries() * SLOTS_PER_ELEMENT;
         let rings = RingMemory::of(&ebpf);
-        Ok(Self { ebpf, rings, ring_slots })
+        Ok(Self { ebpf, rings, ring_slots, filter: std::collections::HashMap::new() })
     }
 
     /// Slots of the Maglev ring pool.
@@ -219,6 +221,7 @@ impl Dataplane {
             }
         }
         let earlier_rings = Self::pinned_rings(&maps_dir.join(maps::MAGLEV), opts.ring_slots)?;
+        Self::unpin_if_other_layout(maps::VIP_FILTER, &maps_dir.join(maps::VIP_FILTER), 8, lb_common::VIP_FILTER_BITS / 64)?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNS, opts.conn_table_size);
         // A pinned pool at least this large is reused as it is.
@@ -228,6 +231,7 @@ impl Dataplane {
         }
         let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
         let mut dp = Self::new(ebpf)?;
+        dp.rebuild_filter()?;
         if let Some(earlier) = earlier_rings.filter(|r| (r.len as u32) < dp.ring_slots) {
             // A larger pool than the pinned one: the rings are copied to the same slots, so the
             // VIPs' `ring_base` stay right for the program attached next.
@@ -237,6 +241,20 @@ impl Dataplane {
             }
         }
         Ok(dp)
+    }
+
+    /// Unpins the map at `path` if its values or entries are not what this object has (the
+    /// pre-filter of an older `lb`): the loader then makes a new one, which `load_pinned` fills.
+    /// The running program keeps its own until it is replaced.
+    fn unpin_if_other_layout(name: &'static str, path: &Path, value_size: u32, max_entries: u32) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
+        if info.value_size() != value_size || info.max_entries() != max_entries {
+            std::fs::remove_file(path).map_err(|source| DataplaneError::Pin { path: path.to_owned(), source })?;
+        }
+        Ok(())
     }
 
     /// The pinned ring pool, if there is one. One at least `wanted` slots large is reused (with
@@ -421,12 +439,51 @@ impl Dataplane {
         Ok(next)
     }
 
-    /// Counts a VIP address in (+1) or out (-1) of its `VIP_FILTER` bucket.
+    /// Counts an address in (+1) or out (-1) of its `VIP_FILTER` bit, which is set while any
+    /// address counts there.
     fn bump_filter(&mut self, addr: &[u8; 16], delta: i32) -> Result<()> {
-        let bucket = lb_common::hash::addr_bucket(addr);
-        let mut filter = self.array::<u32>(maps::VIP_FILTER)?;
-        let count = filter.get(&bucket, 0).map_err(map_err(maps::VIP_FILTER))?;
-        filter.set(bucket, count.saturating_add_signed(delta), 0).map_err(map_err(maps::VIP_FILTER))
+        let bit = lb_common::hash::addr_filter_bit(addr);
+        let count = self.filter.entry(bit).or_default();
+        let was_set = *count > 0;
+        *count = count.saturating_add_signed(delta);
+        if was_set != (*count > 0) {
+            self.write_filter_word(bit / 64)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `addr`'s pre-filter bit is set in the map (tests and debugging).
+    pub fn vip_filter_bit(&self, addr: IpAddr) -> Result<bool> {
+        let bit = lb_common::hash::addr_filter_bit(&addr16(addr));
+        let map = self.ebpf.map(maps::VIP_FILTER).ok_or(DataplaneError::NoMap { name: maps::VIP_FILTER })?;
+        let filter = Array::<_, u64>::try_from(map).map_err(map_err(maps::VIP_FILTER))?;
+        Ok(filter.get(&(bit / 64), 0).map_err(map_err(maps::VIP_FILTER))? & (1 << (bit % 64)) != 0)
+    }
+
+    /// Writes one `VIP_FILTER` element from the counts.
+    fn write_filter_word(&mut self, word: u32) -> Result<()> {
+        let bits = (0..64).filter(|b| self.filter.get(&(word * 64 + b)).is_some_and(|&n| n > 0)).fold(0u64, |w, b| w | 1 << b);
+        self.array::<u64>(maps::VIP_FILTER)?.set(word, bits, 0).map_err(map_err(maps::VIP_FILTER))
+    }
+
+    /// Counts what the maps hold (VIP addresses, the handoff address) into the filter and
+    /// writes it whole: after a restart the counts are not known, and the filter is derived data.
+    fn rebuild_filter(&mut self) -> Result<()> {
+        let map = self.ebpf.map(maps::VIP_ADDRS).ok_or(DataplaneError::NoMap { name: maps::VIP_ADDRS })?;
+        let addrs = HashMap::<_, [u8; 16], u32>::try_from(map).map_err(map_err(maps::VIP_ADDRS))?;
+        let mut counted: Vec<[u8; 16]> = addrs.keys().collect::<std::result::Result<_, _>>().map_err(map_err(maps::VIP_ADDRS))?;
+        let node = self.handoff()?.node_addr;
+        if node != [0; 16] {
+            counted.push(node);
+        }
+        self.filter.clear();
+        for addr in &counted {
+            *self.filter.entry(lb_common::hash::addr_filter_bit(addr)).or_default() += 1;
+        }
+        for word in 0..lb_common::VIP_FILTER_BITS / 64 {
+            self.write_filter_word(word)?;
+        }
+        Ok(())
     }
 
     /// Removes a VIP; its address leaves `VIP_ADDRS` with its last VIP.

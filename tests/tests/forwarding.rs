@@ -386,6 +386,31 @@ fn a_restart_with_a_larger_ring_pool_keeps_the_rings_where_they_were() {
 }
 
 #[test]
+fn the_pre_filter_is_counted_again_from_the_pinned_maps_after_a_restart() {
+    require_root!();
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    let pins = lb_tests::PinDir::new("filter");
+    let opts = LoadOptions { conn_table_size: 1024, ring_slots: 4 * TEST_RING_SIZE };
+    let mut first = Balancer::with_dataplane(Dataplane::load_pinned(&opts, &pins.0).unwrap(), lb_common::programs::BALANCER);
+    let web = first.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    first.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
+    first.dp.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2")], false).unwrap();
+    drop(first);
+    let mut second = Dataplane::load_pinned(&opts, &pins.0).unwrap();
+    for addr in ["10.0.0.1", "10.20.9.2"] {
+        assert!(second.vip_filter_bit(ip(addr)).unwrap(), "{addr} in the filter");
+    }
+    // Two VIPs on the address: it stays until the second goes (counted again, not just read).
+    second.remove_vip(&web.key).unwrap();
+    assert!(second.vip_filter_bit(ip("10.0.0.1")).unwrap(), "one VIP left on the address");
+    let dns = lb_common::VipKey { port_be: 53u16.to_be(), proto: UDP, ..web.key };
+    second.remove_vip(&dns).unwrap();
+    assert!(!second.vip_filter_bit(ip("10.0.0.1")).unwrap(), "the address's bit is clear with its last VIP");
+    second.set_handoff(None, &[], false).unwrap();
+    assert!(!second.vip_filter_bit(ip("10.20.9.2")).unwrap(), "and the handoff address's without handoff");
+}
+
+#[test]
 fn a_pinned_connection_table_of_another_size_is_refused() {
     require_root!();
     use lb_userspace::dataplane::{Dataplane, DataplaneError, LoadOptions};

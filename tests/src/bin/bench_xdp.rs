@@ -29,6 +29,9 @@ use lb_userspace::{
 /// quick look).
 static CALLS: LazyLock<usize> = LazyLock::new(|| from_env("LB_BENCH_CALLS", 100_000));
 static ROUNDS: LazyLock<usize> = LazyLock::new(|| from_env("LB_BENCH_ROUNDS", 10));
+/// VIPs loaded on the measured balancer (`LB_BENCH_VIPS`): the two measured ones and as many
+/// others, half IPv4 and half IPv6, each with its own address (so in the pre-filter).
+static VIPS: LazyLock<usize> = LazyLock::new(|| from_env("LB_BENCH_VIPS", 4096).max(2));
 
 fn from_env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -77,6 +80,8 @@ impl Proof {
 /// The frame of each call.
 enum Input {
     Same(Vec<u8>),
+    /// Call `n` sends frame `n % len`.
+    Cycle(Vec<Vec<u8>>),
     /// The `n`th new flow of this case, from a source no earlier call used: its SYN, then its
     /// handshake's ACK, which records it. One "call" of the case is both, their times summed.
     NewFlow(fn(u32) -> Frame),
@@ -110,6 +115,7 @@ impl Case {
         for _ in 0..*CALLS {
             let frames = match &self.input {
                 Input::Same(frame) => vec![frame.clone()],
+                Input::Cycle(frames) => vec![frames[self.calls as usize % frames.len()].clone()],
                 Input::NewFlow(make) => {
                     let flow = make(self.calls);
                     vec![flow.clone().syn().build(), flow.build()]
@@ -155,15 +161,29 @@ fn new_flow6(n: u32) -> Frame {
     Frame::tcp(&format!("2001:db8:f::{:x}:{:x}", n >> 16, n & 0xffff), 40_000, VIP6, 80)
 }
 
-/// The balancer with a TCP VIP per family, 16 reals each on full-size rings, and optionally a
-/// handoff node address with two peers.
-fn balancer(handoff: Option<(&str, [&str; 2])>) -> Result<Balancer> {
-    let mut lb = Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: CONN_TABLE, ring_slots: lb_tests::fixture::TEST_RING_SLOTS });
+fn weighted(reals: &[String]) -> Vec<(&str, u32)> {
+    reals.iter().map(|r| (r.as_str(), 1)).collect()
+}
+
+/// Address of the `i`th VIP beside the two measured ones: 10.100.0.0/16, 2001:db8:100::/48.
+fn other_vip(i: usize) -> String {
+    if i % 2 == 0 { format!("10.100.{}.{}", i / 2 / 250, i / 2 % 250 + 1) } else { format!("2001:db8:100::{:x}", i / 2 + 1) }
+}
+
+/// The balancer with a TCP VIP per family, 16 reals each on full-size rings, `others` more VIPs
+/// (small rings, the same reals), and optionally a handoff node address with two peers.
+fn balancer(others: usize, handoff: Option<(&str, [&str; 2])>) -> Result<Balancer> {
+    let small = lb_tests::fixture::TEST_RING_SIZE;
+    let ring_slots = 4 * lb_common::DEFAULT_RING_SIZE + 2 * small * others as u32;
+    let mut lb = Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: CONN_TABLE, ring_slots });
     let reals4: Vec<String> = (1..=16).map(|i| format!("10.1.0.{i}")).collect();
     let reals6: Vec<String> = (1..=16).map(|i| format!("fd00:1::{i:x}")).collect();
     for (vip, reals) in [(VIP4, &reals4), (VIP6, &reals6)] {
-        let weighted: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
-        lb.add_vip(vip, 80, 6, 0, lb_common::DEFAULT_RING_SIZE, &weighted);
+        lb.add_vip(vip, 80, 6, 0, lb_common::DEFAULT_RING_SIZE, &weighted(reals));
+    }
+    for i in 0..others {
+        let vip = other_vip(i);
+        lb.add_vip(&vip, 80, 6, 0, small, &weighted(if i % 2 == 0 { &reals4 } else { &reals6 }));
     }
     if let Some((node, peers)) = handoff {
         lb.dp.set_handoff(Some(ip(node)), &peers.map(ip), false)?;
@@ -171,22 +191,40 @@ fn balancer(handoff: Option<(&str, [&str; 2])>) -> Result<Balancer> {
     Ok(lb)
 }
 
+/// 4,096 destinations that are no VIP (198.18.0.0/15, 2001:db8:ffff::/48), and how many of them
+/// share a pre-filter bit with a VIP address, so take the hash lookup as well.
+fn non_vip_destinations(ipv6: bool, vips: &[String]) -> (Vec<Vec<u8>>, usize) {
+    let bits: std::collections::HashSet<u32> = vips.iter().map(|v| lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(v)))).collect();
+    let dsts: Vec<String> = (0..4096u32)
+        .map(|i| if ipv6 { format!("2001:db8:ffff::{:x}:{:x}", i, i * 7919 % 65_536 + 1) } else { std::net::Ipv4Addr::from(0xc612_0000 + i * 37 + 1).to_string() })
+        .collect();
+    let shared = dsts.iter().filter(|d| bits.contains(&lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(d))))).count();
+    let src = if ipv6 { "2001:db8:c::1" } else { "192.0.2.1" };
+    (dsts.iter().map(|d| Frame::tcp(src, 40_000, d, 80).build()).collect(), shared)
+}
+
 fn main() -> Result<()> {
     let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
     println!(
-        "bpf_jit_enable = {}; one BPF_PROG_TEST_RUN call per packet (repeat 1); {} calls per case per round, {} rounds",
+        "bpf_jit_enable = {}; one BPF_PROG_TEST_RUN call per packet (repeat 1); {} calls per case per round, {} rounds; {} VIPs loaded",
         jit.trim(),
         *CALLS,
-        *ROUNDS
+        *ROUNDS,
+        *VIPS
     );
 
     // The balancer as most nodes run it (no handoff), and one node per family with handoff
     // peers, for the handoff-send cases.
+    let others = *VIPS - 2;
     let mut lbs = vec![
-        balancer(None)?,
-        balancer(Some(("10.20.9.2", ["10.20.1.2", "10.20.2.2"])))?,
-        balancer(Some(("fd00:20:9::2", ["fd00:20:1::2", "fd00:20:2::2"])))?,
+        balancer(others, None)?,
+        balancer(0, Some(("10.20.9.2", ["10.20.1.2", "10.20.2.2"])))?,
+        balancer(0, Some(("fd00:20:9::2", ["fd00:20:1::2", "fd00:20:2::2"])))?,
     ];
+    let vip_addrs: Vec<String> = [VIP4.to_owned(), VIP6.to_owned()].into_iter().chain((0..others).map(other_vip)).collect();
+    let (spread4, shared4) = non_vip_destinations(false, &vip_addrs);
+    let (spread6, shared6) = non_vip_destinations(true, &vip_addrs);
+    println!("of 4096 non-VIP destinations, {shared4} (IPv4) and {shared6} (IPv6) share a pre-filter bit with one of the {} VIP addresses", vip_addrs.len());
     let (vip4_index, vip6_index) = (0, 1);
     let floor_fd = lbs[0].dp.program_fd(programs::PASS)?;
     let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp.program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;
@@ -227,6 +265,8 @@ fn main() -> Result<()> {
         case("empty program (floor)", 0, same(&hit4), XDP_PASS, 0, Proof::None, None),
         case("non-VIP pass, IPv4", 0, same(&other4), XDP_PASS, 0, pass, Some(TARGET_PASS)),
         case("non-VIP pass, IPv6", 0, same(&other6), XDP_PASS, 0, pass, Some(TARGET_PASS)),
+        case("non-VIP pass, IPv4, 4096 destinations", 0, Input::Cycle(spread4), XDP_PASS, 0, pass, Some(TARGET_PASS)),
+        case("non-VIP pass, IPv6, 4096 destinations", 0, Input::Cycle(spread6), XDP_PASS, 0, pass, Some(TARGET_PASS)),
         case("conn-table hit, IPv4", 0, same(&hit4), XDP_TX, 20, Proof::ConnHits(vip4_index), Some(TARGET_HIT)),
         case("conn-table hit, IPv6", 0, same(&hit6), XDP_TX, 40, Proof::ConnHits(vip6_index), Some(TARGET_HIT)),
         case("new flow (SYN + ACK), IPv4", 0, Input::NewFlow(new_flow4), XDP_TX, 20, Proof::NewFlows(vip4_index), Some(TARGET_NEW_FLOW)),
