@@ -12,7 +12,8 @@ use lb_userspace::reconcile::VipStatus;
 
 use crate::netns::NetNs;
 
-/// The `lb` binary: $LB_BIN, or `lb` beside the test's target folder (`cargo xtask test` builds it).
+/// The `lb` binary: $LB_BIN (`cargo xtask test` sets it to the release build), or `lb` beside
+/// the test's target folder.
 pub fn lb_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LB_BIN") {
         return PathBuf::from(p);
