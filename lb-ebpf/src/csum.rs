@@ -46,7 +46,7 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 /// is of 16-bit words as the CPU loads them: fold it, invert it and store it in native byte order.
 #[inline(always)]
 pub fn add_packet<const N: usize>(ctx: &XdpContext, off: usize, seed: u32) -> Option<u32> {
-    const { assert!(N % 4 == 0 && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
+    const { assert!(N.is_multiple_of(4) && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
     let p = pkt::ptr_at::<[u8; N]>(ctx, off)?;
     // SAFETY: `ptr_at` checked the N bytes lie in the frame; the helper only reads them.
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
@@ -56,7 +56,7 @@ pub fn add_packet<const N: usize>(ctx: &XdpContext, off: usize, seed: u32) -> Op
 /// `add_packet` for `N` bytes on the stack.
 #[inline(always)]
 pub fn add_bytes<const N: usize>(bytes: &[u8; N], seed: u32) -> Option<u32> {
-    const { assert!(N % 4 == 0 && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
+    const { assert!(N.is_multiple_of(4) && N <= 512, "bpf_csum_diff takes multiples of 4, up to 512") };
     // SAFETY: the helper only reads the N bytes.
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, N as u32, seed) };
     u32::try_from(sum).ok()

@@ -51,9 +51,11 @@ fn ms(mut v: Vec<Duration>) -> String {
     format!("{:.0} ({:.0}-{:.0})", v[v.len() / 2].as_secs_f64() * 1e3, v[0].as_secs_f64() * 1e3, v[v.len() - 1].as_secs_f64() * 1e3)
 }
 
-/// One run at `vips` VIPs: (programmed, announced, routed, reload, scrape, status, map bytes by
-/// name).
-fn scale_run(vips: usize) -> ([Duration; 6], Vec<(String, u64)>) {
+/// What one run at a size measured: (programmed, announced, routed, reload, scrape, status), and
+/// the maps' bytes by name.
+type ScaleRun = ([Duration; 6], Vec<(String, u64)>);
+
+fn scale_run(vips: usize) -> ScaleRun {
     let site = ScaleSite::new();
     let (d, startup) = site.start(&vip_sections(vips, SCALE_REALS, SCALE_RING, 1), vips);
     let memory = ScaleSite::map_memory(&d);
@@ -77,7 +79,7 @@ fn scale() {
     println!("| VIPs | programmed (API up) | all announced | all routed at the router | reload, one real changed | /metrics scrape | lb status --json | kernel memory of the maps | of which MAGLEV |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for vips in [64usize, 1024, 4096] {
-        let runs: Vec<([Duration; 6], Vec<(String, u64)>)> = (0..SCALE_RUNS).map(|_| scale_run(vips)).collect();
+        let runs: Vec<ScaleRun> = (0..SCALE_RUNS).map(|_| scale_run(vips)).collect();
         let column = |i: usize| ms(runs.iter().map(|r| r.0[i]).collect());
         let memory = &runs[0].1;
         let total: u64 = memory.iter().map(|(_, b)| b).sum();

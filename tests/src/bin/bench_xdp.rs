@@ -167,7 +167,7 @@ fn weighted(reals: &[String]) -> Vec<(&str, u32)> {
 
 /// Address of the `i`th VIP beside the two measured ones: 10.100.0.0/16, 2001:db8:100::/48.
 fn other_vip(i: usize) -> String {
-    if i % 2 == 0 { format!("10.100.{}.{}", i / 2 / 250, i / 2 % 250 + 1) } else { format!("2001:db8:100::{:x}", i / 2 + 1) }
+    if i.is_multiple_of(2) { format!("10.100.{}.{}", i / 2 / 250, i / 2 % 250 + 1) } else { format!("2001:db8:100::{:x}", i / 2 + 1) }
 }
 
 /// The balancer with a TCP VIP per family, 16 reals each on full-size rings, `others` more VIPs
