@@ -8,6 +8,7 @@ use std::{
 use lb_tests::{
     anycast::{client_addr, client_addr6, node_addr, node_addr6, Anycast, Options},
     bird::wait_for,
+    lbd::metric,
     require_root,
     topology::{http_get, LineConn, Site},
 };
@@ -134,7 +135,7 @@ fn ecmp_move_keeps_connections(net: &Anycast, family: Family) -> (u64, u64) {
     let node_metrics = |n: usize| net.sites[0].nodes[n].lb.metrics();
     let new_flows_metric = format!("lb_vip_new_flows_total{{vip=\"{}\"}}", family.vip_name());
     // ECMP spread the flows: both nodes made connection entries.
-    let new_flows: Vec<u64> = (0..2).map(|n| metric(&node_metrics(n), &new_flows_metric)).collect();
+    let new_flows: Vec<u64> = (0..2).map(|n| counter(&node_metrics(n), &new_flows_metric)).collect();
     println!("new flows per node before the move: {new_flows:?}");
     assert!(new_flows.iter().all(|&n| n > 0), "both nodes carried flows: {new_flows:?}");
     // Node 1 leaves (withdraws, keeps forwarding what still reaches it): ECMP moves its flows.
@@ -160,10 +161,10 @@ fn ecmp_move_keeps_connections(net: &Anycast, family: Family) -> (u64, u64) {
     let spread = |v: &[Duration]| format!("median {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1]);
     println!("exchange times after the move: first {}; second {}", spread(&first), spread(&second));
     let text = node_metrics(1);
-    let after = metric(&text, &new_flows_metric);
+    let after = counter(&text, &new_flows_metric);
     println!("node 2 new flows after the move: {after} (the moved connections were new to it)");
     assert!(after >= new_flows[1] + new_flows[0], "node 2 took over node 1's flows: {after}");
-    let handoffs = |what: &str| metric(&text, &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
+    let handoffs = |what: &str| counter(&text, &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
     (handoffs("sent"), handoffs("came_back"))
 }
 
@@ -200,11 +201,9 @@ fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
     assert_eq!(sent, 0, "nothing handed to a peer that is down");
 }
 
-/// The value of one metric line.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0) as u64))
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+/// A counter's value in a scrape.
+fn counter(text: &str, name: &str) -> u64 {
+    metric(text, name) as u64
 }
 
 /// Requests to the IPv4 VIP in a loop for `duration`, at most `limit`; (time since start,
@@ -307,7 +306,7 @@ fn site_drain_loses_no_request(family: Family, opts: &Options) {
             assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
         }
     });
-    let handoffs = |site: usize, what: &str| metric(&net.sites[site].nodes[0].lb.metrics(), &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
+    let handoffs = |site: usize, what: &str| counter(&net.sites[site].nodes[0].lb.metrics(), &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
     let (sent, received, returned) = (handoffs(1, "sent"), handoffs(0, "received"), handoffs(0, "returned"));
     println!("handoffs: site B sent {sent}, site A received {received}, returned {returned}");
     assert!(sent > 0 && received == sent && returned == 0, "site B handed site A's flows over and site A took them all");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lb_tests::{
     bird::{edge_config, wait_for, Bird},
-    lbd::LbDaemon,
+    lbd::{metric, LbDaemon},
     require_root,
     topology::{ask, backend_addr, Net, Site, VIP},
 };
@@ -125,10 +125,6 @@ fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
 }
 
-/// Metric value from a scrape.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing"))
-}
 
 #[test]
 fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{maps, SlotPair, VipKey, VipMeta};
 use lb_tests::{
+    lbd::metric,
     require_root,
     scale::{vip_sections, ScaleSite},
 };
@@ -16,10 +17,6 @@ use lb_tests::{
 const VIPS: usize = 4096;
 const REALS: usize = 16;
 const RING: u32 = 16_381;
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing"))
-}
 
 #[test]
 fn four_thousand_and_ninety_six_vips_are_programmed_announced_and_reloaded_one_ring_at_a_time() {
