@@ -57,8 +57,24 @@ pub mod maps {
     pub const LIMIT_STATE: &str = "LIMIT_STATE";
     pub const SYN_SEEN: &str = "SYN_SEEN";
     pub const ALL: &[&str] = &[
-        VIPS, VIP_ADDRS, VIP_FILTER, VIP_GEN, MAGLEV, REALS, CONNS, CONFIG, STATS, VIP_STATS, REAL_STATS, DECAP_ADDRS,
-        DECAP_STATS, HANDOFF, PEERS, RATE_LIMITS, LIMIT_STATE, SYN_SEEN,
+        VIPS,
+        VIP_ADDRS,
+        VIP_FILTER,
+        VIP_GEN,
+        MAGLEV,
+        REALS,
+        CONNS,
+        CONFIG,
+        STATS,
+        VIP_STATS,
+        REAL_STATS,
+        DECAP_ADDRS,
+        DECAP_STATS,
+        HANDOFF,
+        PEERS,
+        RATE_LIMITS,
+        LIMIT_STATE,
+        SYN_SEEN,
     ];
 }
 

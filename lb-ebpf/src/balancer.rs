@@ -21,8 +21,7 @@ use lb_common::{stats::Counter, FlowKey, IP6_OVERHEAD, IPIP_OVERHEAD};
 
 use crate::{
     encap::{self, Outer},
-    handoff,
-    icmp,
+    handoff, icmp,
     maglev::{self, Chosen},
     maps::{CONFIG, REALS, SCRATCH},
     parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP},
@@ -120,8 +119,13 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
             Arrival::IcmpError
         }
         (_, IPPROTO_TCP | IPPROTO_UDP) => {
-            let packet = parse::flow(ctx, l3, &mut scratch.flow)
-                .map_err(|r| if tunnelled { Counter::DropBadHandoff } else { parse::drop_if_vip_addr(&l3.dst, r) })?;
+            let packet = parse::flow(ctx, l3, &mut scratch.flow).map_err(|r| {
+                if tunnelled {
+                    Counter::DropBadHandoff
+                } else {
+                    parse::drop_if_vip_addr(&l3.dst, r)
+                }
+            })?;
             handed_off.unwrap_or(Arrival::Client(packet))
         }
         _ if tunnelled => return Err(Counter::DropBadHandoff),

@@ -9,10 +9,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST,
-    HANDOFF_RETURN, MAX_PEERS,
-};
+use lb_common::{hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST, HANDOFF_RETURN, MAX_PEERS};
 
 use crate::{
     balancer::{Arrival, ClientPacket, Scratch},

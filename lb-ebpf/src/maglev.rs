@@ -109,7 +109,12 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
                 (true, true) => {
                     // Marked as the peer's until it comes back (then the real's entry replaces it).
                     if limit::allow(limits::INSERTS) {
-                        let entry = ConnEntry { real_id: REAL_ID_PEER, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
+                        let entry = ConnEntry {
+                            real_id: REAL_ID_PEER,
+                            flow_hash: hash,
+                            vip_index: meta.vip_index,
+                            vip_generation: meta.generation,
+                        };
                         let _ = CONNS.insert(flow, entry, 0);
                     }
                     return Err(Counter::HandoffWanted);

@@ -1,15 +1,16 @@
 //! Every map of the object. Names match `lb_common::maps`; sizes are defaults the loader may
 //! override (the connection table's is set at load time).
 
+use crate::balancer::Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use crate::balancer::Scratch;
 use lb_common::{
+    limits,
     stats::{Counter, DecapCounter},
-    limits, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    MAX_DECAP_ADDRS, MAX_PEERS, VIP_FILTER_BITS, MAX_REALS, MAX_VIPS, SlotPair, SYN_SEEN_SLOTS,
+    ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, SlotPair, VipKey, VipMeta, VipStats,
+    DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_PEERS, MAX_REALS, MAX_VIPS, SYN_SEEN_SLOTS, VIP_FILTER_BITS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.

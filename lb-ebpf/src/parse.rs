@@ -50,7 +50,6 @@ pub struct L3 {
     pub dst: [u8; 16],
 }
 
-
 /// Length of the L2 header and the EtherType after it.
 #[inline(always)]
 pub fn l2(ctx: &aya_ebpf::programs::XdpContext) -> Result<(usize, u16), Counter> {
@@ -112,11 +111,7 @@ fn ipv4(ctx: &aya_ebpf::programs::XdpContext, l2_len: usize, out: &mut MaybeUnin
     let ip: Ipv4Hdr = pkt::read(ctx, l2_len).ok_or(Counter::PassTruncated)?;
     let header_len = ((ip.vihl & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN
-        || total_len < header_len
-        || l2_len + total_len > pkt::len(ctx)
-    {
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len || l2_len + total_len > pkt::len(ctx) {
         return Err(drop_if_vip_addr(&dst, Counter::DropBadIpHeader));
     }
     // More-fragments flag or a fragment offset: no ports to balance on.

@@ -107,7 +107,8 @@ pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) ->
         .with_state(cmds.clone());
     let metrics_router = Router::new().route("/metrics", get(metrics)).with_state(cmds);
     let api_listener = tokio::net::TcpListener::bind(api).await.with_context(|| format!("binding the admin API on {api}"))?;
-    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
+    let metrics_listener =
+        tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
     tokio::spawn(async move { axum::serve(api_listener, api_router).await });
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_router).await });
     Ok(())

@@ -16,11 +16,20 @@ use std::{
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ok { code: u16, text: String },
+    Ok {
+        code: u16,
+        text: String,
+    },
     /// 8xxx: the command ran and failed (e.g. 8002 configuration file error).
-    RuntimeError { code: u16, text: String },
+    RuntimeError {
+        code: u16,
+        text: String,
+    },
     /// 9xxx: the command was not understood.
-    ParseError { code: u16, text: String },
+    ParseError {
+        code: u16,
+        text: String,
+    },
 }
 
 impl Reply {
@@ -107,9 +116,8 @@ pub fn render(announce: &[Announcement]) -> String {
     let mut v6: Vec<&Announcement> = announce.iter().filter(|a| a.prefix.is_ipv6()).collect();
     v4.sort();
     v6.sort();
-    let routes = |list: &[&Announcement], len: u8| -> String {
-        list.iter().map(|a| format!("  route {}/{len} blackhole;\n", a.prefix)).collect()
-    };
+    let routes =
+        |list: &[&Announcement], len: u8| -> String { list.iter().map(|a| format!("  route {}/{len} blackhole;\n", a.prefix)).collect() };
     let set = |list: &[&Announcement], len: u8| -> String {
         let items: Vec<String> = list.iter().filter(|a| a.prepend).map(|a| format!("{}/{len}", a.prefix)).collect();
         items.join(", ")

@@ -79,17 +79,31 @@ pub enum SiteAction {
 #[derive(Subcommand)]
 pub enum VipAction {
     /// Add the `[[vip]]` entries of a TOML file written like the config file's.
-    Add { file: PathBuf },
-    Remove { name: String },
+    Add {
+        file: PathBuf,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum RealAction {
     /// Weight 0: no new flows, established flows kept.
-    Drain { vip: String, real: IpAddr },
+    Drain {
+        vip: String,
+        real: IpAddr,
+    },
     /// Back to the config's weight.
-    Enable { vip: String, real: IpAddr },
-    SetWeight { vip: String, real: IpAddr, weight: u32 },
+    Enable {
+        vip: String,
+        real: IpAddr,
+    },
+    SetWeight {
+        vip: String,
+        real: IpAddr,
+        weight: u32,
+    },
 }
 
 /// A small HTTP/1.0 client for the local admin API.
@@ -97,7 +111,11 @@ fn http(api: SocketAddr, method: &str, path: &str, body: Option<String>) -> Resu
     let mut conn = TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| format!("connecting to lb's API at {api}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or_default();
-    write!(conn, "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
     let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status in the reply")?;
@@ -177,7 +195,8 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             let vips: VipFile = toml::from_str(&text).with_context(|| format!("{}: expected [[vip]] entries", file.display()))?;
             for vip in vips.vip {
                 let name = vip.name.clone();
-                expect_ok(http(api, "POST", "/vip/add", Some(serde_json::to_string(&vip)?))?).with_context(|| format!("adding VIP {name:?}"))?;
+                expect_ok(http(api, "POST", "/vip/add", Some(serde_json::to_string(&vip)?))?)
+                    .with_context(|| format!("adding VIP {name:?}"))?;
                 println!("added VIP {name}");
             }
             Ok(())

@@ -327,8 +327,15 @@ pub enum CheckKind {
     /// Always healthy (no probing).
     None,
     Tcp,
-    Http { path: String, expect_status: u16, body_contains: Option<String> },
-    Udp { request: String, expect: String },
+    Http {
+        path: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+    },
+    Udp {
+        request: String,
+        expect: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -412,8 +419,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
 }
 
 pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
     parse_raw(&text).map_err(|e| match e {
         ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.display().to_string(), message },
         other => other,
@@ -825,7 +831,10 @@ mod tests {
 
     #[test]
     fn duplicate_vip_and_name_are_named() {
-        let dup = GOOD.replace("name = \"dns6\"\n        address = \"2001:db8::53\"\n        port = 0\n        protocol = \"udp\"", "name = \"web\"\n        address = \"10.99.0.1\"\n        port = 80\n        protocol = \"tcp\"");
+        let dup = GOOD.replace(
+            "name = \"dns6\"\n        address = \"2001:db8::53\"\n        port = 0\n        protocol = \"udp\"",
+            "name = \"web\"\n        address = \"10.99.0.1\"\n        port = 80\n        protocol = \"tcp\"",
+        );
         let found = parse(&dup, InterfaceCheck::Skip).unwrap_err().problems().to_vec();
         assert!(found.iter().any(|p| p.reason.contains("duplicate VIP 10.99.0.1:80/tcp")), "{found:?}");
         assert!(found.iter().any(|p| p.field == "vip[1].name" && p.reason.contains("used by an earlier VIP")), "{found:?}");
@@ -840,7 +849,11 @@ mod tests {
     fn many(vips: usize, reals: usize) -> String {
         let mut text = String::from("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n[health]\nkind = \"none\"\n");
         for v in 0..vips {
-            text += &format!("[[vip]]\nname = \"v{v}\"\naddress = \"10.{}.{}.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 16381\n", 100 + v / 256, v % 256);
+            text += &format!(
+                "[[vip]]\nname = \"v{v}\"\naddress = \"10.{}.{}.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 16381\n",
+                100 + v / 256,
+                v % 256
+            );
             for r in 0..reals {
                 text += &format!("[[vip.real]]\naddress = \"10.1.{}.{}\"\n", r / 256, r % 256 + 1);
             }
@@ -878,7 +891,12 @@ mod tests {
     #[test]
     fn unknown_interface_is_named() {
         assert_problem("name = \"lo\"", "name = \"nosuch0\"", "interface[0].name", "unknown interface");
-        assert_problem("name = \"lo\"\n", "name = \"lo\"\n        mode = \"turbo\"\n", "interface[0].mode", "not \"native\" or \"generic\"");
+        assert_problem(
+            "name = \"lo\"\n",
+            "name = \"lo\"\n        mode = \"turbo\"\n",
+            "interface[0].mode",
+            "not \"native\" or \"generic\"",
+        );
     }
 
     #[test]
@@ -886,18 +904,33 @@ mod tests {
         assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_mac = \"02:00:00:00:03\"", "forwarding.next_hop_mac", "not a MAC");
         assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
         assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
-        assert_problem("[forwarding]\n", "[forwarding]\n        source_v6 = \"fd00::/64\"\n", "forwarding.source_v6", "at most 32 host bits");
+        assert_problem(
+            "[forwarding]\n",
+            "[forwarding]\n        source_v6 = \"fd00::/64\"\n",
+            "forwarding.source_v6",
+            "at most 32 host bits",
+        );
     }
 
     #[test]
     fn handoff_validates_and_its_problems_are_named() {
         let with = |h: &str| GOOD.replacen("[[vip]]", &format!("{h}\n        [[vip]]"), 1);
-        let c = parse(&with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"), InterfaceCheck::Skip).unwrap();
+        let c = parse(
+            &with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"),
+            InterfaceCheck::Skip,
+        )
+        .unwrap();
         let h = c.handoff.expect("handoff");
         assert_eq!(h.peers, ["10.20.1.2".parse::<IpAddr>().unwrap(), "10.20.2.2".parse().unwrap()]);
-        assert_eq!((h.health.kind.clone(), h.health.port, h.health.fall), (CheckKind::Tcp, 9100, 3), "the peer lb's metrics port by default");
+        assert_eq!(
+            (h.health.kind.clone(), h.health.port, h.health.fall),
+            (CheckKind::Tcp, 9100, 3),
+            "the peer lb's metrics port by default"
+        );
         let bad = |h: &str| parse(&with(h), InterfaceCheck::Skip).unwrap_err().problems().to_vec();
-        let found = bad("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]");
+        let found = bad(
+            "[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]",
+        );
         let want = [
             ("handoff.peers[0]", "own address"),
             ("handoff.peers[1]", "same address family"),

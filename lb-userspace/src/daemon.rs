@@ -100,14 +100,10 @@ pub fn resolve_next_hop(next_hop: &NextHop) -> Result<[u8; 6]> {
     };
     let out = std::process::Command::new("ip").args(["neigh", "show", &ip.to_string()]).output().context("running ip neigh")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .and_then(|m| {
-            let v: Vec<u8> = m.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-            v.try_into().ok()
-        });
+    let mac = text.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).and_then(|m| {
+        let v: Vec<u8> = m.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+        v.try_into().ok()
+    });
     match mac {
         Some(mac) => Ok(mac),
         None => bail!("no neighbour entry with a MAC for next hop {ip} (ping it once, or give next_hop_mac)"),
@@ -121,11 +117,25 @@ pub enum Command {
     Metrics(oneshot::Sender<String>),
     Reload(oneshot::Sender<Result<(), String>>),
     /// Set (Some) or clear (None) a real's runtime weight.
-    SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: oneshot::Sender<Result<(), String>> },
-    AddVip { vip: Box<RawVip>, reply: oneshot::Sender<Result<(), String>> },
+    SetWeight {
+        vip: String,
+        real: IpAddr,
+        weight: Option<u32>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    AddVip {
+        vip: Box<RawVip>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Withdraw (true) or announce again (false) every VIP of this site.
-    SiteDrain { drained: bool, reply: oneshot::Sender<Result<(), String>> },
-    RemoveVip { name: String, reply: oneshot::Sender<Result<(), String>> },
+    SiteDrain {
+        drained: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    RemoveVip {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
@@ -246,7 +256,12 @@ impl Daemon {
             .map(|v| bird::Announcement { prefix: v.vip.addr, prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t) })
             .collect();
         list.sort();
-        list.dedup_by(|a, b| a.prefix == b.prefix && { b.prepend |= a.prepend; true });
+        list.dedup_by(|a, b| {
+            a.prefix == b.prefix && {
+                b.prepend |= a.prepend;
+                true
+            }
+        });
         list
     }
 
@@ -260,7 +275,8 @@ impl Daemon {
         }
         match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&wanted)) {
             Ok(()) => {
-                let list: Vec<String> = wanted.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
+                let list: Vec<String> =
+                    wanted.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
                 info!(announced = %list.join(", "), drained = self.journal.site_drained, "BGP announcements updated");
                 self.announced = Some(wanted);
             }
@@ -311,7 +327,10 @@ impl Daemon {
 
     /// Applies `config` (already validated) if its restart-only fields are unchanged.
     fn install(&mut self, config: Config) -> Result<()> {
-        if config.instance != self.config.instance || config.interfaces != self.config.interfaces || config.conn_table_size != self.config.conn_table_size {
+        if config.instance != self.config.instance
+            || config.interfaces != self.config.interfaces
+            || config.conn_table_size != self.config.conn_table_size
+        {
             bail!("instance, interfaces and conn_table_size change only with a restart");
         }
         let mac = resolve_next_hop(&config.forwarding.next_hop)?;
@@ -380,10 +399,12 @@ impl Daemon {
             }
             Command::Handoff(reply) => {
                 let adopt = self.handoff_programmed.as_ref().is_some_and(|h| h.adopt);
-                let _ = reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
+                let _ =
+                    reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
             }
             Command::Metrics(reply) => {
-                let bgp = metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };
+                let bgp =
+                    metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };
                 let status = self.status();
                 let peers = self.handoff_peers();
                 let text = metrics::render(&self.rec, &status, &self.samples, self.reloads_ok, self.reloads_failed, &bgp, &peers);
@@ -462,7 +483,8 @@ impl Daemon {
                 self.sync_bgp();
             }
             HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
-                self.samples.insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
+                self.samples
+                    .insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
             }
         }
     }
@@ -478,8 +500,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     for iface in &config.interfaces {
         let link = pins.join(format!("link-{}", iface.name));
         let reused = link.exists();
-        dp.attach_pinned(programs::BALANCER, &iface.name, iface.mode, &link)
-            .with_context(|| format!("attaching to {}", iface.name))?;
+        dp.attach_pinned(programs::BALANCER, &iface.name, iface.mode, &link).with_context(|| format!("attaching to {}", iface.name))?;
         info!(interface = %iface.name, mode = ?iface.mode, replaced_running_program = reused, "balancer attached");
     }
     let programmed = dp.programmed()?;

@@ -564,9 +564,7 @@ impl Dataplane {
     }
 
     pub fn add_decap_addr(&mut self, addr: IpAddr) -> Result<()> {
-        self.hash::<[u8; 16], u32>(maps::DECAP_ADDRS)?
-            .insert(addr16(addr), 1, 0)
-            .map_err(map_err(maps::DECAP_ADDRS))
+        self.hash::<[u8; 16], u32>(maps::DECAP_ADDRS)?.insert(addr16(addr), 1, 0).map_err(map_err(maps::DECAP_ADDRS))
     }
 
     /// Programs cross-site handoff (`lb_common::Handoff`): this node's address (`None`: off), the
@@ -643,10 +641,7 @@ impl Dataplane {
     pub fn real_stats(&self, real_id: u32) -> Result<RealStats> {
         let per_cpu = self.per_cpu::<RealStats>(maps::REAL_STATS)?;
         let values = per_cpu.get(&real_id, 0).map_err(map_err(maps::REAL_STATS))?;
-        Ok(values.iter().fold(RealStats::default(), |a, s| RealStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-        }))
+        Ok(values.iter().fold(RealStats::default(), |a, s| RealStats { packets: a.packets + s.packets, bytes: a.bytes + s.bytes }))
     }
 
     /// Every VIP's counters (indexed by VIP index), summed over CPUs, in one syscall.
@@ -662,7 +657,10 @@ impl Dataplane {
 
     /// Every real's counters (indexed by real id), summed over CPUs, in one syscall.
     pub fn all_real_stats(&self) -> Result<Vec<RealStats>> {
-        self.per_cpu_totals(maps::REAL_STATS, |a: RealStats, s: &RealStats| RealStats { packets: a.packets + s.packets, bytes: a.bytes + s.bytes })
+        self.per_cpu_totals(maps::REAL_STATS, |a: RealStats, s: &RealStats| RealStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        })
     }
 
     /// Every entry of the per-CPU array `name`, its CPUs' values folded by `add`, read with one
@@ -702,7 +700,8 @@ impl Dataplane {
         };
         // SAFETY: the attr points at buffers sized for `entries` keys and values, which live
         // until the call returns.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
         let err = std::io::Error::last_os_error();
         // ENOENT: the whole array was read (the batch ran to its end).
         if rc != 0 && err.raw_os_error() != Some(libc::ENOENT) {

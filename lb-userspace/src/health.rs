@@ -180,10 +180,17 @@ mod tests {
     /// Feeds results ('+' pass, '-' fail) and returns the state after each ('U' up, 'D' down).
     fn run(rise: u32, fall: u32, results: &str) -> String {
         let mut s = HealthState::new(rise, fall);
-        results.chars().map(|c| {
-            s.observe(c == '+');
-            if s.is_up() { 'U' } else { 'D' }
-        }).collect()
+        results
+            .chars()
+            .map(|c| {
+                s.observe(c == '+');
+                if s.is_up() {
+                    'U'
+                } else {
+                    'D'
+                }
+            })
+            .collect()
     }
 
     #[test]

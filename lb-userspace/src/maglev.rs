@@ -109,12 +109,7 @@ pub fn build_table(reals: &[MaglevReal], size: u32) -> Vec<u32> {
 /// The slots whose real differs between two tables of the same size: `(slot, new real id)`.
 pub fn diff(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
     assert_eq!(old.len(), new.len(), "tables of different sizes");
-    old.iter()
-        .zip(new)
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(slot, (_, &b))| (slot as u32, b))
-        .collect()
+    old.iter().zip(new).enumerate().filter(|(_, (a, b))| a != b).map(|(slot, (_, &b))| (slot as u32, b)).collect()
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Opt::parse().command {
-        Cmd::Run { config } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(lb_userspace::daemon::run(config))),
+        Cmd::Run { config } => {
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(lb_userspace::daemon::run(config)))
+        }
         other => admin(other),
     };
     match result {

@@ -59,8 +59,13 @@ pub fn render(
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
     let drops = counter_family(&mut r, "xdp_drops", "Packets dropped, by reason");
-    let events = counter_family(&mut r, "xdp_events", "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, icmp_too_big_sent, conn_insert_failed, flow_unrecorded)");
-    let handoffs = counter_family(&mut r, "xdp_handoffs", "Cross-site handoffs of mid-flow packets (sent, received, returned, came_back, suppressed)");
+    let events = counter_family(
+        &mut r,
+        "xdp_events",
+        "Other data-plane events (pass_truncated, icmp_echo_replied, icmp_to_real, icmp_too_big_sent, conn_insert_failed, flow_unrecorded)",
+    );
+    let handoffs =
+        counter_family(&mut r, "xdp_handoffs", "Cross-site handoffs of mid-flow packets (sent, received, returned, came_back, suppressed)");
     if let Ok(counters) = dp.counters() {
         for c in StatsCounter::ALL {
             let value = counters.get(c.name()).copied().unwrap_or(0);
@@ -100,7 +105,8 @@ pub fn render(
     }
 
     if !handoff_peers.is_empty() {
-        let peer_up = gauge_family(&mut r, "handoff_peer_up", "1 if the handoff peer passes its checks (only peers that are up get handoffs)");
+        let peer_up =
+            gauge_family(&mut r, "handoff_peer_up", "1 if the handoff peer passes its checks (only peers that are up get handoffs)");
         for (peer, up) in handoff_peers {
             peer_up.get_or_create(&vec![("peer", peer.to_string())]).set(if *up { 1.0 } else { 0.0 });
         }
@@ -142,18 +148,42 @@ fn per_vip_families(w: &mut String, dp: &Dataplane, status: &[VipStatus], sample
     let real_stat = |r: &RealStatus| real_stats.get(r.id as usize).copied().unwrap_or_default();
 
     if bgp {
-        family(w, "bgp_announced", GAUGE, "1 if the VIP's prefix is announced through BIRD", vips().map(|(v, l)| (l, if v.announced { 1.0 } else { 0.0 })));
+        family(
+            w,
+            "bgp_announced",
+            GAUGE,
+            "1 if the VIP's prefix is announced through BIRD",
+            vips().map(|(v, l)| (l, if v.announced { 1.0 } else { 0.0 })),
+        );
     }
     family(w, "vip_packets", COUNTER, "Packets forwarded per VIP", vips().map(|(v, l)| (l, vip_stat(v).packets)));
     family(w, "vip_bytes", COUNTER, "Bytes forwarded per VIP", vips().map(|(v, l)| (l, vip_stat(v).bytes)));
     family(w, "vip_new_flows", COUNTER, "Connection-table entries made per VIP", vips().map(|(v, l)| (l, vip_stat(v).new_flows)));
-    family(w, "vip_conn_table_hits", COUNTER, "Packets whose flow the connection table knew", vips().map(|(v, l)| (l, vip_stat(v).conn_hits)));
-    family(w, "vip_conn_table_misses", COUNTER, "Packets whose flow the connection table did not know", vips().map(|(v, l)| (l, vip_stat(v).conn_misses)));
+    family(
+        w,
+        "vip_conn_table_hits",
+        COUNTER,
+        "Packets whose flow the connection table knew",
+        vips().map(|(v, l)| (l, vip_stat(v).conn_hits)),
+    );
+    family(
+        w,
+        "vip_conn_table_misses",
+        COUNTER,
+        "Packets whose flow the connection table did not know",
+        vips().map(|(v, l)| (l, vip_stat(v).conn_misses)),
+    );
     family(w, "vip_healthy_reals", GAUGE, "Reals up per VIP", vips().map(|(v, l)| (l, v.healthy() as f64)));
     family(w, "real_packets", COUNTER, "Packets sent to each real", reals.iter().map(|(_, r, l)| (l, real_stat(r).packets)));
     family(w, "real_bytes", COUNTER, "Bytes sent to each real", reals.iter().map(|(_, r, l)| (l, real_stat(r).bytes)));
     family(w, "real_up", GAUGE, "1 if the real passes its health checks", reals.iter().map(|(_, r, l)| (l, if r.up { 1.0 } else { 0.0 })));
-    family(w, "real_weight", GAUGE, "Effective weight (0: draining or down)", reals.iter().map(|(_, r, l)| (l, if r.up { r.weight as f64 } else { 0.0 })));
+    family(
+        w,
+        "real_weight",
+        GAUGE,
+        "Effective weight (0: draining or down)",
+        reals.iter().map(|(_, r, l)| (l, if r.up { r.weight as f64 } else { 0.0 })),
+    );
     family(
         w,
         "real_ring_share",

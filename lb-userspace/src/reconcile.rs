@@ -14,9 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{
-    limits, LbConfig, RateLimit, Real, VipKey, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY,
-};
+use lb_common::{limits, LbConfig, RateLimit, Real, VipKey, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -191,7 +189,11 @@ impl VipStatus {
     pub fn capacity(&self) -> f64 {
         let total: u32 = self.reals.iter().map(|r| r.config_weight).sum();
         let up: u32 = self.reals.iter().filter(|r| r.up).map(|r| r.weight).sum();
-        if total == 0 { 1.0 } else { up as f64 / total as f64 }
+        if total == 0 {
+            1.0
+        } else {
+            up as f64 / total as f64
+        }
     }
 }
 
@@ -251,7 +253,11 @@ impl<D: DataplaneOps> Reconciler<D> {
         }
         for (id, real) in &programmed.reals {
             let addr = std::net::Ipv6Addr::from(real.addr);
-            let addr = if real.flags & REAL_F_IPV6 != 0 { IpAddr::V6(addr) } else { addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr)) };
+            let addr = if real.flags & REAL_F_IPV6 != 0 {
+                IpAddr::V6(addr)
+            } else {
+                addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr))
+            };
             r.real_ids.insert((real.vip_index, addr), *id);
             r.ids_taken.insert(*id);
             r.written.insert(*id, *real);
@@ -339,12 +345,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                         Some((index, live)) => (index, Some(live).filter(|l| l.len > 0)),
                         None => (Self::free_index(&mut indexes)?, None),
                     };
-                    let up = vip
-                        .reals
-                        .iter()
-                        .filter(|r| self.recovered_down.contains(&(index, r.addr)))
-                        .map(|r| (r.addr, false))
-                        .collect();
+                    let up = vip.reals.iter().filter(|r| self.recovered_down.contains(&(index, r.addr))).map(|r| (r.addr, false)).collect();
                     self.vips.insert(vip.id, VipState::new(vip.clone(), index, live, up));
                 }
             }

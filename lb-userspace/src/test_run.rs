@@ -54,14 +54,7 @@ pub fn run(prog_fd: i32, frame: &[u8], repeat: u32) -> io::Result<TestRun> {
         ..TestAttr::default()
     };
     // SAFETY: attr points at valid buffers of the sizes given, alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>() as u32,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>() as u32) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

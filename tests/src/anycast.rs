@@ -95,7 +95,15 @@ pub struct Options {
 
 /// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff. `backends` and
 /// `backends6`: the site's backends, each family's reals of the VIP of that family.
-fn lb_config(backends: &[String], backends6: &[String], opts: &Options, bird: &Bird, include: &std::path::Path, node: &str, peers: &[String]) -> String {
+fn lb_config(
+    backends: &[String],
+    backends6: &[String],
+    opts: &Options,
+    bird: &Bird,
+    include: &std::path::Path,
+    node: &str,
+    peers: &[String],
+) -> String {
     let weights = &opts.weights;
     let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
     let handoff = if peers.is_empty() {
@@ -177,7 +185,12 @@ impl Anycast {
                         let (r4, r6) = (format!("10.20.{k}.1/24"), format!("fd00:20:{k}::1/64"));
                         let (n4, n6) = (format!("{}/24", node_addr(k)), format!("{}/64", node_addr6(k)));
                         veth(
-                            End { ns: &router, dev: &format!("r-n{k}"), mac: &format!("02:00:00:00:00:{:02x}", 0x10 + k), addrs: &[&r4, &r6] },
+                            End {
+                                ns: &router,
+                                dev: &format!("r-n{k}"),
+                                mac: &format!("02:00:00:00:00:{:02x}", 0x10 + k),
+                                addrs: &[&r4, &r6],
+                            },
                             End { ns: &ns, dev: "lb0", mac: &format!("02:00:00:00:01:{:02x}", 0x10 + k), addrs: &[&n4, &n6] },
                         );
                         default_routes(&ns, &format!("10.20.{k}.1"), &format!("fd00:20:{k}::1"));
@@ -208,7 +221,12 @@ impl Anycast {
                     let (net, net6) = (format!("10.{}.{i}", 30 + s), format!("fd00:{}:{i}:", 30 + s));
                     let (r4, r6, b4, b6) = (format!("{net}.1/24"), format!("{net6}:1/64"), format!("{net}.2/24"), format!("{net6}:2/64"));
                     veth(
-                        End { ns: &router, dev: &format!("r-{name}{i}"), mac: &format!("02:00:00:00:{:02x}:{i:02x}", 0x30 + s), addrs: &[&r4, &r6] },
+                        End {
+                            ns: &router,
+                            dev: &format!("r-{name}{i}"),
+                            mac: &format!("02:00:00:00:{:02x}:{i:02x}", 0x30 + s),
+                            addrs: &[&r4, &r6],
+                        },
                         End { ns: &ns, dev: "b0", mac: &format!("02:00:00:01:{:02x}:{i:02x}", 0x30 + s), addrs: &[&b4, &b6] },
                     );
                     default_routes(&ns, &format!("{net}.1"), &format!("{net6}:1"));
@@ -232,7 +250,12 @@ impl Anycast {
                     }
                     let bird = Bird::start(&ns, &format!("edge{k}"), &conf);
                     let handoff_addr = |k: usize| if opts.handoff_ipv6 { node_addr6(k) } else { node_addr(k) };
-                    let mut peers: Vec<String> = node_addrs.iter().enumerate().filter(|&(o, _)| o != s).flat_map(|(_, ks)| ks.iter().map(|&k| handoff_addr(k))).collect();
+                    let mut peers: Vec<String> = node_addrs
+                        .iter()
+                        .enumerate()
+                        .filter(|&(o, _)| o != s)
+                        .flat_map(|(_, ks)| ks.iter().map(|&k| handoff_addr(k)))
+                        .collect();
                     peers.extend(opts.extra_peers.iter().cloned());
                     let lb = LbDaemon::start(&ns, &lb_config(&addrs, &addrs6, opts, &bird, &include, &handoff_addr(k), &peers));
                     Node { ns, bird, lb, addr: node_addr(k) }
@@ -286,7 +309,8 @@ impl Anycast {
 
 /// The gateways of `ip route show` output, sorted.
 fn via(routes: &str) -> Vec<String> {
-    let mut hops: Vec<String> = routes.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+    let mut hops: Vec<String> =
+        routes.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
     hops.sort();
     hops
 }

@@ -143,7 +143,5 @@ impl Drop for LbDaemon {
 /// The value of the sample `name` (with its labels, e.g. `lb_xdp_handoffs_total{what="sent"}`)
 /// in a scrape.
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }

@@ -19,8 +19,7 @@ pub fn have_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("LB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    let required = std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("LB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
     assert!(!required, "{test} needs root, and privileged tests are required here");
     eprintln!("skipping {test}: needs root");
     false

@@ -12,12 +12,7 @@ use std::{
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -85,10 +80,14 @@ impl NetNs {
     /// Runs `f` on a thread inside the namespace (sockets, interface lookups and XDP attach
     /// all use the calling thread's namespace) and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| s.spawn(|| {
-            self.enter();
-            f()
-        }).join().expect("thread in namespace panicked"))
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+        })
     }
 
     /// Moves the calling thread into the namespace (for threads the test spawns itself).

@@ -101,9 +101,7 @@ impl Frame {
                     L4::Tcp { src, dst } if self.syn => $ip.tcp(src, dst, 1000, 64240).syn().write(&mut out, &self.payload),
                     L4::Tcp { src, dst } => $ip.tcp(src, dst, 1000, 64240).ack(1).write(&mut out, &self.payload),
                     L4::Udp { src, dst } => $ip.udp(src, dst).write(&mut out, &self.payload),
-                    L4::EchoRequest { id, seq } if self.src.is_ipv4() => {
-                        $ip.icmpv4_echo_request(id, seq).write(&mut out, &self.payload)
-                    }
+                    L4::EchoRequest { id, seq } if self.src.is_ipv4() => $ip.icmpv4_echo_request(id, seq).write(&mut out, &self.payload),
                     L4::EchoRequest { id, seq } => $ip.icmpv6_echo_request(id, seq).write(&mut out, &self.payload),
                 }
                 .expect("build frame");

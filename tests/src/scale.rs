@@ -30,7 +30,8 @@ pub fn real_addr(r: usize) -> String {
 pub fn vip_sections(vips: usize, reals: usize, ring_size: u32, first_weight: u32) -> String {
     let mut text = String::with_capacity(vips * (120 + reals * 40));
     for v in 0..vips {
-        text += &format!("[[vip]]\nname = \"v{v}\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {ring_size}\n", vip_addr(v));
+        text +=
+            &format!("[[vip]]\nname = \"v{v}\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\nring_size = {ring_size}\n", vip_addr(v));
         for r in 0..reals {
             let weight = if v == 0 && r == 0 { first_weight } else { 1 };
             text += &format!("[[vip.real]]\naddress = \"{}\"\nweight = {weight}\n", real_addr(r));

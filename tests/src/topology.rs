@@ -97,7 +97,8 @@ impl Net {
                 let ns = NetNs::new(&format!("b{i}"), false);
                 let (rdev, rmac) = (format!("r-b{i}"), format!("02:00:00:00:03:{i:02x}"));
                 let (raddr, raddr6) = (format!("10.10.{}.1/24", 3 + i), format!("fd00:10:{}::1/64", 3 + i));
-                let (bmac, baddr, baddr6) = (format!("02:00:00:00:04:{i:02x}"), format!("{}/24", backend_addr(i)), format!("{}/64", backend_addr6(i)));
+                let (bmac, baddr, baddr6) =
+                    (format!("02:00:00:00:04:{i:02x}"), format!("{}/24", backend_addr(i)), format!("{}/64", backend_addr6(i)));
                 veth(
                     End { ns: &router, dev: &rdev, mac: &rmac, addrs: &[&raddr, &raddr6] },
                     End { ns: &ns, dev: "b0", mac: &bmac, addrs: &[&baddr, &baddr6] },
@@ -114,13 +115,7 @@ impl Net {
             dp.attach(programs::PASS, "r-lb", AttachMode::Native).expect("attach pass stub");
             dp
         });
-        let decaps = backend_ns
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                ns.run(|| decapsulator(&[&backend_addr(i), &backend_addr6(i)]))
-            })
-            .collect();
+        let decaps = backend_ns.iter().enumerate().map(|(i, ns)| ns.run(|| decapsulator(&[&backend_addr(i), &backend_addr6(i)]))).collect();
         Self { client, router, lb, backends: backend_ns, router_xdp, decaps }
     }
 

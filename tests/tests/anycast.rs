@@ -97,7 +97,8 @@ fn site_a_failing_moves_traffic_to_site_b_and_back() {
     let net = Anycast::new(&[2, 1], &[2, 2]);
     let a = net.sites[0].servers();
     let _b = net.sites[1].servers();
-    let took = wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
+    let took =
+        wait_for(Duration::from_secs(30), "ECMP route to both site A nodes", || sorted(net.next_hops()) == ["10.20.1.2", "10.20.2.2"]);
     println!("router: VIP via both site A nodes after {took:?}");
     let before = answers(&net, 40);
     assert!(before.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site A"))), "{before:?}");
@@ -196,7 +197,10 @@ fn a_dead_handoff_peer_gets_no_handoffs_and_connections_still_survive() {
         });
     }
     let status = String::from_utf8_lossy(&net.sites[0].nodes[1].lb.cli(&["status"]).stdout).into_owned();
-    assert!(status.contains("HANDOFF node 10.20.2.2") && status.lines().any(|l| l.contains("10.20.99.2") && l.ends_with("down")), "{status}");
+    assert!(
+        status.contains("HANDOFF node 10.20.2.2") && status.lines().any(|l| l.contains("10.20.99.2") && l.ends_with("down")),
+        "{status}"
+    );
     let (sent, _) = ecmp_move_keeps_connections(&net, Family::V4);
     assert_eq!(sent, 0, "nothing handed to a peer that is down");
 }
@@ -240,10 +244,12 @@ fn requests_spread_over_backends_in_proportion_to_weights() {
         counts[b] += 1.0;
     }
     let total: u32 = weights.iter().sum();
-    let chi2: f64 = (0..3).map(|i| {
-        let expected = N as f64 * weights[i] as f64 / total as f64;
-        (counts[i] - expected).powi(2) / expected
-    }).sum();
+    let chi2: f64 = (0..3)
+        .map(|i| {
+            let expected = N as f64 * weights[i] as f64 / total as f64;
+            (counts[i] - expected).powi(2) / expected
+        })
+        .sum();
     println!("{N} requests over weights {weights:?}: {counts:?}, chi-square {chi2:.2} (2 degrees of freedom)");
     // p = 0.0001 critical value for 2 degrees of freedom: a fair spread fails 1 run in 10000.
     assert!(chi2 < 18.42, "chi-square {chi2} for {counts:?}");
@@ -266,7 +272,11 @@ fn a_backend_killed_under_load_costs_no_request_after_fall_times_interval() {
     let bound = kill + Duration::from_millis(2 * 100 + 100); // fall x interval + one interval of phase
     let failed: Vec<Duration> = results.iter().filter(|(_, a)| a.is_none()).map(|(t, _)| *t).collect();
     let last_failure = failed.last().copied();
-    println!("{} requests, {} failed, last failure at {last_failure:?} (backend killed at {kill:?}, bound {bound:?})", results.len(), failed.len());
+    println!(
+        "{} requests, {} failed, last failure at {last_failure:?} (backend killed at {kill:?}, bound {bound:?})",
+        results.len(),
+        failed.len()
+    );
     // Times are request starts, and the two threads' clocks start a few ms apart: a request
     // begun just before the kill can be cut by it.
     assert!(failed.iter().all(|&t| t + Duration::from_millis(50) >= kill), "no failure well before the kill: {failed:?}");
@@ -306,7 +316,8 @@ fn site_drain_loses_no_request(family: Family, opts: &Options) {
             assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
         }
     });
-    let handoffs = |site: usize, what: &str| counter(&net.sites[site].nodes[0].lb.metrics(), &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
+    let handoffs =
+        |site: usize, what: &str| counter(&net.sites[site].nodes[0].lb.metrics(), &format!("lb_xdp_handoffs_total{{what=\"{what}\"}}"));
     let (sent, received, returned) = (handoffs(1, "sent"), handoffs(0, "received"), handoffs(0, "returned"));
     println!("handoffs: site B sent {sent}, site A received {received}, returned {returned}");
     assert!(sent > 0 && received == sent && returned == 0, "site B handed site A's flows over and site A took them all");
@@ -416,8 +427,22 @@ fn malformed_packets_from_clients_do_not_disturb_service() {
         let mut served = 0;
         for round in 0..200u16 {
             for bad in bad_packets(vip, round) {
-                let dst = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(vip).to_be() }, sin_zero: [0; 8] };
-                let rc = unsafe { libc::sendto(fd, bad.as_ptr().cast(), bad.len(), 0, (&dst as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) };
+                let dst = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr { s_addr: u32::from(vip).to_be() },
+                    sin_zero: [0; 8],
+                };
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        bad.as_ptr().cast(),
+                        bad.len(),
+                        0,
+                        (&dst as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
                 assert!(rc > 0, "sendto: {}", std::io::Error::last_os_error());
             }
             if round % 10 == 0 && get(round as usize).is_some() {
@@ -482,4 +507,3 @@ fn a_site_short_of_capacity_is_prepended_and_peers_prefer_the_other() {
     let served = answers(&net, 20);
     assert!(served.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site B"))), "{served:?}");
 }
-

@@ -125,7 +125,6 @@ fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
 }
 
-
 #[test]
 fn lb_keeps_forwarding_while_bird_is_down_and_catches_up_when_it_returns() {
     require_root!();

@@ -63,7 +63,8 @@ fn outer_ipv4_headers_verify_for_random_flows() {
     for _ in 0..CASES {
         let (src, sport, dport) = (v4(&mut rng), rng.u16(..), rng.u16(..));
         let vip = if rng.bool() { "10.0.0.1" } else { "10.0.0.2" };
-        let mut frame = if rng.bool() && vip == "10.0.0.1" { Frame::udp(&src, sport, vip, dport) } else { Frame::tcp(&src, sport, vip, dport) };
+        let mut frame =
+            if rng.bool() && vip == "10.0.0.1" { Frame::udp(&src, sport, vip, dport) } else { Frame::tcp(&src, sport, vip, dport) };
         frame.payload = payload(&mut rng);
         frame.ttl = rng.u8(1..);
         let mut input = frame.build();

@@ -27,7 +27,11 @@ fn config(backends: usize) -> String {
 
 /// Which backend answered.
 fn who(answer: &str) -> usize {
-    answer.strip_prefix("backend ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("odd answer {answer:?}"))
+    answer
+        .strip_prefix("backend ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("odd answer {answer:?}"))
 }
 
 /// `n` short requests from the client; the backend of each.
@@ -191,11 +195,19 @@ fn vips_added_and_removed_at_run_time_survive_a_restart() {
     let _servers = net.servers();
     let mut d = LbDaemon::start(&net.lb, &config(2));
     let file = d.dir.join("api-vip.toml");
-    std::fs::write(&file, format!("[[vip]]\nname = \"api\"\naddress = \"10.99.0.2\"\nport = 8080\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"{}\"\n", backend_addr(1))).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[[vip]]\nname = \"api\"\naddress = \"10.99.0.2\"\nport = 8080\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"{}\"\n",
+            backend_addr(1)
+        ),
+    )
+    .unwrap();
     let out = d.cli(&["vip", "add", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let api: std::net::SocketAddr = "10.99.0.2:8080".parse().unwrap();
-    let ask_api = |n: usize| net.client.run(|| (0..n).map(|i| who(&ask(api, &format!("a{i}")).expect("api answered").text)).collect::<Vec<_>>());
+    let ask_api =
+        |n: usize| net.client.run(|| (0..n).map(|i| who(&ask(api, &format!("a{i}")).expect("api answered").text)).collect::<Vec<_>>());
     assert!(ask_api(10).iter().all(|&b| b == 1), "the added VIP goes to its one real");
     assert!(!d.cli(&["vip", "add", file.to_str().unwrap()]).status.success(), "adding it twice is refused");
 

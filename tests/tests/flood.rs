@@ -78,8 +78,8 @@ fn a_collision_in_the_syn_table_costs_a_handoff_round_trip_not_the_connection() 
         .expect("a colliding flow");
     lb.run(&a.clone().syn().build());
     lb.run(&b.clone().syn().build()); // overwrites a's slot
-    // a's ACK no longer finds its SYN: it goes to the peer, which does not know it either and
-    // returns it; then a is balanced here, by the same ring, to the same real.
+                                      // a's ACK no longer finds its SYN: it goes to the peer, which does not know it either and
+                                      // returns it; then a is balanced here, by the same ring, to the same real.
     let asked = parse_encapsulated(&lb.run(&a.build()).data);
     assert_eq!(asked.outer.dst(), ip(PEER), "handed off");
     let returned = lb_tests::packet::tunnel(&a, PEER, NODE, lb_common::HANDOFF_RETURN);
@@ -142,7 +142,7 @@ fn a_flow_a_peer_keeps_is_handed_off_beyond_the_limit_until_it_comes_back() {
     require_root!();
     let (mut lb, vip) = balancer(true);
     lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
-    // An open connection of a drained site: every packet goes to the peer, one token in all.
+                                                                               // An open connection of a drained site: every packet goes to the peer, one token in all.
     let moved = Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80);
     for _ in 0..50 {
         assert_eq!(parse_encapsulated(&lb.run(&moved.build()).data).outer.dst(), ip(PEER));

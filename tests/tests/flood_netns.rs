@@ -141,7 +141,8 @@ impl Phase {
 /// Floods with `frames` from the router while, `RING_CHANGE_AFTER` into it, `change` runs.
 fn flood(site: &mut Site, frames: &[Vec<u8>], change: impl FnOnce(&mut Site)) -> Phase {
     let router = format!("/run/netns/{}", site.net.router.name);
-    let received = |site: &Site| site.net.lb.exec(&["cat", "/sys/class/net/lb1/statistics/rx_packets"]).trim().parse::<u64>().expect("rx_packets");
+    let received =
+        |site: &Site| site.net.lb.exec(&["cat", "/sys/class/net/lb1/statistics/rx_packets"]).trim().parse::<u64>().expect("rx_packets");
     let received_before = received(site);
     let out = thread::scope(|s| {
         let generator = s.spawn(|| {
@@ -152,7 +153,13 @@ fn flood(site: &mut Site, frames: &[Vec<u8>], change: impl FnOnce(&mut Site)) ->
         change(site);
         generator.join().expect("generator")
     });
-    Phase { sent: out.sent, refused: out.refused, received: received(site) - received_before, took: out.took, entries_after: site.balancer.dp.conn_entries().unwrap() }
+    Phase {
+        sent: out.sent,
+        refused: out.refused,
+        received: received(site) - received_before,
+        took: out.took,
+        entries_after: site.balancer.dp.conn_entries().unwrap(),
+    }
 }
 
 fn counters(site: &Site) -> [u64; 3] {
@@ -254,13 +261,20 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
             other => broken.push(format!("connection {i} ({who}) at the end: {other:?}")),
         }
     }
-    let per_backend = |conns: &[(LineConn, String)]| (0..3).map(|b| conns.iter().filter(|(_, w)| *w == format!("backend {b}")).count()).collect::<Vec<_>>();
+    let per_backend = |conns: &[(LineConn, String)]| {
+        (0..3).map(|b| conns.iter().filter(|(_, w)| *w == format!("backend {b}")).count()).collect::<Vec<_>>()
+    };
     let [handoffs, suppressed, unrecorded] = ack_counters;
     println!("connection table: {entries_before} entries before the flood (65536 slots)");
     println!("SYN phase: {}", syn_phase.show("SYNs"));
     println!("ACK phase: {}", ack_phase.show("ACKs"));
     println!("  handoffs sent {handoffs}, suppressed {suppressed}; flows unrecorded {unrecorded}");
-    println!("long-lived per backend {:?}; opened during the flood {} per backend {:?}", per_backend(&long), opened.len(), per_backend(&opened));
+    println!(
+        "long-lived per backend {:?}; opened during the flood {} per backend {:?}",
+        per_backend(&long),
+        opened.len(),
+        per_backend(&opened)
+    );
     println!("broken: {}", broken.len());
 
     assert!(broken.is_empty(), "broken connections: {broken:#?}");

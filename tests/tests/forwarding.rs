@@ -2,9 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lb_common::{
-    stats::Counter, DEFAULT_RING_SIZE, VIP_F_SOURCE_AFFINITY,
-};
+use lb_common::{stats::Counter, DEFAULT_RING_SIZE, VIP_F_SOURCE_AFFINITY};
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
     fixture::{Balancer, MTU, TEST_RING_SIZE},

@@ -68,44 +68,228 @@ fn cases() -> Vec<Case> {
     let (pass, drop, tx) = ("XDP_PASS", "XDP_DROP", "XDP_TX");
     vec![
         case("Ethernet header only", tcp4()[..14].to_vec(), pass, PassTruncated),
-        case("802.1Q tag cut short", { let mut f = tcp4()[..16].to_vec(); set16(&mut f, 12, 0x8100); f }, pass, PassTruncated),
+        case(
+            "802.1Q tag cut short",
+            {
+                let mut f = tcp4()[..16].to_vec();
+                set16(&mut f, 12, 0x8100);
+                f
+            },
+            pass,
+            PassTruncated,
+        ),
         case("IPv4 header cut before the destination", tcp4()[..IP4 + 10].to_vec(), pass, PassTruncated),
         case("IPv6 header cut before the destination", tcp6()[..IP4 + 30].to_vec(), pass, PassTruncated),
-        case("IPv4 IHL below 5", { let mut f = tcp4(); f[IP4] = 0x44; f }, drop, DropBadIpHeader),
-        case("IPv4 IHL beyond the packet", { let mut f = tcp4(); f[IP4] = 0x4f; f.truncate(IP4 + 40); set16(&mut f, IP4 + 2, 40); f }, drop, DropBadIpHeader),
-        case("IPv4 version 6 in an IPv4 frame", { let mut f = tcp4(); f[IP4] = 0x65; f }, drop, DropBadIpHeader),
-        case("IPv4 total length beyond the frame", { let mut f = tcp4(); let t = ip4_total(&f); set16(&mut f, IP4 + 2, t + 1); f }, drop, DropBadIpHeader),
-        case("IPv4 total length below the header", { let mut f = tcp4(); set16(&mut f, IP4 + 2, 19); f }, drop, DropBadIpHeader),
-        case("IPv4 first fragment (MF)", { let mut f = tcp4(); set16(&mut f, IP4 + 6, 0x2000); f }, drop, DropFragment),
-        case("IPv4 later fragment (offset)", { let mut f = tcp4(); set16(&mut f, IP4 + 6, 0x0010); f }, drop, DropFragment),
+        case(
+            "IPv4 IHL below 5",
+            {
+                let mut f = tcp4();
+                f[IP4] = 0x44;
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv4 IHL beyond the packet",
+            {
+                let mut f = tcp4();
+                f[IP4] = 0x4f;
+                f.truncate(IP4 + 40);
+                set16(&mut f, IP4 + 2, 40);
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv4 version 6 in an IPv4 frame",
+            {
+                let mut f = tcp4();
+                f[IP4] = 0x65;
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv4 total length beyond the frame",
+            {
+                let mut f = tcp4();
+                let t = ip4_total(&f);
+                set16(&mut f, IP4 + 2, t + 1);
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv4 total length below the header",
+            {
+                let mut f = tcp4();
+                set16(&mut f, IP4 + 2, 19);
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv4 first fragment (MF)",
+            {
+                let mut f = tcp4();
+                set16(&mut f, IP4 + 6, 0x2000);
+                f
+            },
+            drop,
+            DropFragment,
+        ),
+        case(
+            "IPv4 later fragment (offset)",
+            {
+                let mut f = tcp4();
+                set16(&mut f, IP4 + 6, 0x0010);
+                f
+            },
+            drop,
+            DropFragment,
+        ),
         case("TCP header cut short", cut_transport4(tcp4(), L4_4 + 10), drop, DropBadL4Header),
-        case("TCP data offset below 5", { let mut f = tcp4(); f[L4_4 + 12] = 0x40; f }, drop, DropBadL4Header),
-        case("TCP data offset beyond the packet", { let mut f = tcp4(); f[L4_4 + 12] = 0xf0; f }, drop, DropBadL4Header),
+        case(
+            "TCP data offset below 5",
+            {
+                let mut f = tcp4();
+                f[L4_4 + 12] = 0x40;
+                f
+            },
+            drop,
+            DropBadL4Header,
+        ),
+        case(
+            "TCP data offset beyond the packet",
+            {
+                let mut f = tcp4();
+                f[L4_4 + 12] = 0xf0;
+                f
+            },
+            drop,
+            DropBadL4Header,
+        ),
         case("UDP header cut short", cut_transport4(udp4(), L4_4 + 4), drop, DropBadL4Header),
-        case("UDP length beyond the packet", { let mut f = udp4(); let t = ip4_total(&f); set16(&mut f, L4_4 + 4, t); f }, drop, DropBadL4Header),
-        case("UDP length below 8", { let mut f = udp4(); set16(&mut f, L4_4 + 4, 7); f }, drop, DropBadL4Header),
-        case("IPv6 payload length beyond the frame", { let mut f = tcp6(); set16(&mut f, IP4 + 4, 2000); f }, drop, DropBadIpHeader),
-        case("IPv6 version 4 in an IPv6 frame", { let mut f = tcp6(); f[IP4] = 0x40; f }, drop, DropBadIpHeader),
+        case(
+            "UDP length beyond the packet",
+            {
+                let mut f = udp4();
+                let t = ip4_total(&f);
+                set16(&mut f, L4_4 + 4, t);
+                f
+            },
+            drop,
+            DropBadL4Header,
+        ),
+        case(
+            "UDP length below 8",
+            {
+                let mut f = udp4();
+                set16(&mut f, L4_4 + 4, 7);
+                f
+            },
+            drop,
+            DropBadL4Header,
+        ),
+        case(
+            "IPv6 payload length beyond the frame",
+            {
+                let mut f = tcp6();
+                set16(&mut f, IP4 + 4, 2000);
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
+        case(
+            "IPv6 version 4 in an IPv6 frame",
+            {
+                let mut f = tcp6();
+                f[IP4] = 0x40;
+                f
+            },
+            drop,
+            DropBadIpHeader,
+        ),
         case("IPv6 hop-by-hop options", with_ext6(0), drop, DropIpv6ExtHeader),
         case("IPv6 routing header", with_ext6(43), drop, DropIpv6ExtHeader),
         case("IPv6 fragment header", with_ext6(44), drop, DropIpv6ExtHeader),
         case("IPv6 destination options", with_ext6(60), drop, DropIpv6ExtHeader),
         case("TCP over IPv6 cut short", cut_transport6(tcp6(), L4_6 + 12), drop, DropBadL4Header),
-        case("ICMP echo cut short", { let f = Frame::echo("192.0.2.1", "10.0.0.1").build(); cut_transport4(f, L4_4 + 4) }, drop, DropBadIcmp),
-        case("oversize after encapsulation, no DF", Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(1500 - 40).fragmentable().build(), drop, DropMtuExceeded),
-        case("IPv4 fragment to another address", { let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build(); set16(&mut f, IP4 + 6, 0x2000); f }, pass, Pass),
-        case("garbage to another address", { let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build(); f[IP4] = 0x41; f }, pass, Pass),
-        case("unknown protocol to a VIP address", { let mut f = tcp4(); f[IP4 + 9] = 47; f }, pass, Pass),
-        case("IPv4 with options (IHL 6) is fine", {
-            let mut f = tcp4();
-            f.splice(L4_4..L4_4, [1, 1, 1, 0]); // NOP, NOP, NOP, end of options
-            f[IP4] = 0x46;
-            let t = ip4_total(&f);
-            set16(&mut f, IP4 + 2, t + 4);
-            f
-        }, tx, Tx),
+        case(
+            "ICMP echo cut short",
+            {
+                let f = Frame::echo("192.0.2.1", "10.0.0.1").build();
+                cut_transport4(f, L4_4 + 4)
+            },
+            drop,
+            DropBadIcmp,
+        ),
+        case(
+            "oversize after encapsulation, no DF",
+            Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(1500 - 40).fragmentable().build(),
+            drop,
+            DropMtuExceeded,
+        ),
+        case(
+            "IPv4 fragment to another address",
+            {
+                let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build();
+                set16(&mut f, IP4 + 6, 0x2000);
+                f
+            },
+            pass,
+            Pass,
+        ),
+        case(
+            "garbage to another address",
+            {
+                let mut f = Frame::tcp("192.0.2.1", 1, "10.9.9.9", 80).build();
+                f[IP4] = 0x41;
+                f
+            },
+            pass,
+            Pass,
+        ),
+        case(
+            "unknown protocol to a VIP address",
+            {
+                let mut f = tcp4();
+                f[IP4 + 9] = 47;
+                f
+            },
+            pass,
+            Pass,
+        ),
+        case(
+            "IPv4 with options (IHL 6) is fine",
+            {
+                let mut f = tcp4();
+                f.splice(L4_4..L4_4, [1, 1, 1, 0]); // NOP, NOP, NOP, end of options
+                f[IP4] = 0x46;
+                let t = ip4_total(&f);
+                set16(&mut f, IP4 + 2, t + 4);
+                f
+            },
+            tx,
+            Tx,
+        ),
         case("TTL 1 to a VIP is delivered", Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).ttl(1).build(), tx, Tx),
-        case("Ethernet padding after a short IPv4 packet", { let mut f = tcp4(); f.extend([0; 16]); f }, tx, Tx),
+        case(
+            "Ethernet padding after a short IPv4 packet",
+            {
+                let mut f = tcp4();
+                f.extend([0; 16]);
+                f
+            },
+            tx,
+            Tx,
+        ),
     ]
 }
 

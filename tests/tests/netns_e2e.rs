@@ -15,9 +15,8 @@ const CONNECTIONS: usize = 40;
 /// Maglev predicts (its own answer names it) and not through the LB node; checks the counters.
 fn connections_reach_the_maglev_backend(site: &Site, client: &str) {
     let service = site.service();
-    let answers = site.with_servers(|| {
-        (0..CONNECTIONS).map(|i| ask(service, &format!("request {i}")).expect("answered")).collect::<Vec<_>>()
-    });
+    let answers =
+        site.with_servers(|| (0..CONNECTIONS).map(|i| ask(service, &format!("request {i}")).expect("answered")).collect::<Vec<_>>());
     let mut per_backend = [0usize; 2];
     for (i, a) in answers.iter().enumerate() {
         let expected = expected_backend(site, client, a.local_port);
@@ -82,10 +81,13 @@ fn a_megabyte_upload_completes(site: &Site, client: &str, path_mtu: u32) {
     let (answered, dropped) = (count(Counter::IcmpTooBigSent), count(Counter::DropMtuExceeded));
     let route = site.net.client.ip(&["route", "get", &service.ip().to_string()]);
     let nstat = site.net.client.exec(&["nstat", "-az", "IcmpInDestUnreachs", "Icmp6InPktTooBigs", "TcpRetransSegs", "TcpExtTCPTimeouts"]);
-    let client: Vec<(&str, u64)> = nstat.lines().filter_map(|l| {
-        let mut f = l.split_whitespace();
-        Some((f.next()?, f.next()?.parse().ok()?))
-    }).collect();
+    let client: Vec<(&str, u64)> = nstat
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?.parse().ok()?))
+        })
+        .collect();
     println!("{service}: {} bytes in {took:?}; balancer: too-big answers {answered}, dropped {dropped}", request.len() + 1);
     println!("  client: {client:?}; route: {}", route.split_whitespace().collect::<Vec<_>>().join(" "));
     let received: u64 = client.iter().filter(|(n, _)| n.starts_with("Icmp")).map(|(_, v)| v).sum();

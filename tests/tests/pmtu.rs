@@ -31,7 +31,11 @@ fn frag_needed(out: &lb_userspace::test_run::TestRun, input: &[u8], l2: usize, v
     assert_eq!((eth.destination, eth.source), (CLIENT_MAC, LB_MAC), "MACs swapped");
     assert_eq!(out.data[..l2][12..], input[..l2][12..], "EtherType (and VLAN tag) kept");
     let (h, icmp) = Ipv4Header::from_slice(&out.data[l2..]).unwrap();
-    assert_eq!((h.source, h.destination), (addr16(ip(vip))[12..].try_into().unwrap(), input[l2 + 12..l2 + 16].try_into().unwrap()), "from the VIP to the client");
+    assert_eq!(
+        (h.source, h.destination),
+        (addr16(ip(vip))[12..].try_into().unwrap(), input[l2 + 12..l2 + 16].try_into().unwrap()),
+        "from the VIP to the client"
+    );
     assert_eq!((h.protocol.0, h.total_len, h.time_to_live), (1, 576, 64));
     assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
     assert_eq!((icmp[0], icmp[1]), (3, 4), "destination unreachable, fragmentation needed");

@@ -24,7 +24,10 @@ fn four_thousand_and_ninety_six_vips_are_programmed_announced_and_reloaded_one_r
     let _serial = lb_tests::serial();
     let site = ScaleSite::new();
     let (d, startup) = site.start(&vip_sections(VIPS, REALS, RING, 1), VIPS);
-    println!("{VIPS} VIPs x {REALS} reals (ring {RING}): programmed in {:.2?}, all announced {:.2?}, all routed at the router {:.2?}", startup.programmed, startup.announced, startup.routed);
+    println!(
+        "{VIPS} VIPs x {REALS} reals (ring {RING}): programmed in {:.2?}, all announced {:.2?}, all routed at the router {:.2?}",
+        startup.programmed, startup.announced, startup.routed
+    );
 
     let status = d.status();
     assert_eq!(status.len(), VIPS);

@@ -74,7 +74,8 @@ fn is_root() -> bool {
 }
 
 fn bpffs_mounted() -> bool {
-    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+    std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
 }
 
 /// Debian packages by a command each provides.
@@ -197,7 +198,9 @@ fn test(args: &[String]) -> Result<()> {
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
-                result.split(';').find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)?.trim().parse::<u64>().ok())
+                result.split(';').find_map(|part| {
+                    part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)?.trim().parse::<u64>().ok()
+                })
             };
             passed += count("passed").unwrap_or(0);
             failed += count("failed").unwrap_or(0);

@@ -105,7 +105,8 @@ fn balancer(layout: Layout, entries: u32, pins: &PinDir) -> Result<Balancer> {
     std::fs::create_dir_all(&maps_dir)?;
     let flags = if layout == Layout::PerCpuLists { BPF_F_NO_COMMON_LRU } else { 0 };
     create_conns(&maps_dir.join(maps::CONNS), entries, flags)?;
-    let dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: entries, ring_slots: 2 * lb_common::DEFAULT_RING_SIZE }, &pins.0).context("load onto the table")?;
+    let dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: entries, ring_slots: 2 * lb_common::DEFAULT_RING_SIZE }, &pins.0)
+        .context("load onto the table")?;
     let mut lb = Balancer::with_dataplane(dp, programs::BALANCER);
     let reals: Vec<String> = (1..=16).map(|i| format!("10.1.0.{i}")).collect();
     let weighted: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();

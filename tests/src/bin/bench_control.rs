@@ -23,9 +23,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn reals(n: u32) -> Vec<MaglevReal> {
-    (0..n)
-        .map(|i| MaglevReal { identity: lb_common::ipv4_mapped((0x0a00_0000 + i).to_be_bytes()), id: i + 1, weight: 1 + i % 3 })
-        .collect()
+    (0..n).map(|i| MaglevReal { identity: lb_common::ipv4_mapped((0x0a00_0000 + i).to_be_bytes()), id: i + 1, weight: 1 + i % 3 }).collect()
 }
 
 fn rebuilds() {
@@ -33,10 +31,26 @@ fn rebuilds() {
     println!("|---:|---:|---:|---:|");
     for n in [10u32, 100, 1000] {
         let all = reals(n);
-        let build = median((0..RUNS).map(|_| { let t = Instant::now(); std::hint::black_box(build_table(&all, M)); t.elapsed() }).collect());
+        let build = median(
+            (0..RUNS)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(build_table(&all, M));
+                    t.elapsed()
+                })
+                .collect(),
+        );
         let before = build_table(&all, M);
         let after = build_table(&all[1..], M);
-        let d = median((0..RUNS).map(|_| { let t = Instant::now(); std::hint::black_box(diff(&before, &after)); t.elapsed() }).collect());
+        let d = median(
+            (0..RUNS)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(diff(&before, &after));
+                    t.elapsed()
+                })
+                .collect(),
+        );
         println!("| {n} | {:.2} ms | {:.2} ms | {} |", build.as_secs_f64() * 1e3, d.as_secs_f64() * 1e3, diff(&before, &after).len());
     }
 }
@@ -59,7 +73,8 @@ fn scale_run(vips: usize) -> ScaleRun {
     let site = ScaleSite::new();
     let (d, startup) = site.start(&vip_sections(vips, SCALE_REALS, SCALE_RING, 1), vips);
     let memory = ScaleSite::map_memory(&d);
-    std::fs::write(&d.config, format!("instance = \"{}\"\n{}", d.instance, site.config(&vip_sections(vips, SCALE_REALS, SCALE_RING, 3)))).unwrap();
+    std::fs::write(&d.config, format!("instance = \"{}\"\n{}", d.instance, site.config(&vip_sections(vips, SCALE_REALS, SCALE_RING, 3))))
+        .unwrap();
     let t = Instant::now();
     assert!(d.cli(&["reload"]).status.success(), "reload:\n{}", d.log());
     let reload = t.elapsed();
@@ -85,7 +100,17 @@ fn scale() {
         let total: u64 = memory.iter().map(|(_, b)| b).sum();
         let maglev = memory.iter().find(|(n, _)| n == maps::MAGLEV).map_or(0, |(_, b)| *b);
         let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
-        println!("| {vips} | {} | {} | {} | {} | {} | {} | {} | {} |", column(0), column(1), column(2), column(3), column(4), column(5), mb(total), mb(maglev));
+        println!(
+            "| {vips} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            column(0),
+            column(1),
+            column(2),
+            column(3),
+            column(4),
+            column(5),
+            mb(total),
+            mb(maglev)
+        );
     }
     let (_, memory) = scale_run(64);
     let each: Vec<String> = memory.iter().map(|(n, b)| format!("{n} {:.2} MB", *b as f64 / 1e6)).collect();
@@ -130,6 +155,11 @@ fn main() {
     for (interval, fall) in [(100u64, 2u64), (50, 3)] {
         let runs: Vec<Duration> = (0..5).map(|_| failover(interval, fall)).collect();
         let each: Vec<String> = runs.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1e3)).collect();
-        println!("| {interval} ms | {fall} | {} ms | {:.0} ms | {} ms |", each.join(", "), median(runs).as_secs_f64() * 1e3, fall * interval + 50);
+        println!(
+            "| {interval} ms | {fall} | {} ms | {:.0} ms | {} ms |",
+            each.join(", "),
+            median(runs).as_secs_f64() * 1e3,
+            fall * interval + 50
+        );
     }
 }

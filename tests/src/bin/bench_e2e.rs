@@ -124,7 +124,9 @@ fn main() {
         std::process::exit(1);
     }
     println!("1. packets/s through one LB node ({PACKETS} UDP frames per run, {FLOWS} flows, AF_PACKET sendmmsg x{BATCH} from a neighbouring namespace, native XDP on veth; returned frames counted and dropped by XDP on the generator's side; {RATE_ROUNDS} rounds, the order alternating)");
-    println!("| round | program | offered pps | returned pps | frames sent | sink counted | balancer tx |\n|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| round | program | offered pps | returned pps | frames sent | sink counted | balancer tx |\n|---|---|---:|---:|---:|---:|---:|"
+    );
     let (mut ratios, mut balancer_pps, mut bounce_pps) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..RATE_ROUNDS {
         let order = if round % 2 == 0 { [programs::BALANCER, programs::BOUNCE] } else { [programs::BOUNCE, programs::BALANCER] };

@@ -167,7 +167,11 @@ fn weighted(reals: &[String]) -> Vec<(&str, u32)> {
 
 /// Address of the `i`th VIP beside the two measured ones: 10.100.0.0/16, 2001:db8:100::/48.
 fn other_vip(i: usize) -> String {
-    if i.is_multiple_of(2) { format!("10.100.{}.{}", i / 2 / 250, i / 2 % 250 + 1) } else { format!("2001:db8:100::{:x}", i / 2 + 1) }
+    if i.is_multiple_of(2) {
+        format!("10.100.{}.{}", i / 2 / 250, i / 2 % 250 + 1)
+    } else {
+        format!("2001:db8:100::{:x}", i / 2 + 1)
+    }
 }
 
 /// The balancer with a TCP VIP per family, 16 reals each on full-size rings, `others` more VIPs
@@ -194,9 +198,16 @@ fn balancer(others: usize, handoff: Option<(&str, [&str; 2])>) -> Result<Balance
 /// 4,096 destinations that are no VIP (198.18.0.0/15, 2001:db8:ffff::/48), and how many of them
 /// share a pre-filter bit with a VIP address, so take the hash lookup as well.
 fn non_vip_destinations(ipv6: bool, vips: &[String]) -> (Vec<Vec<u8>>, usize) {
-    let bits: std::collections::HashSet<u32> = vips.iter().map(|v| lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(v)))).collect();
+    let bits: std::collections::HashSet<u32> =
+        vips.iter().map(|v| lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(v)))).collect();
     let dsts: Vec<String> = (0..4096u32)
-        .map(|i| if ipv6 { format!("2001:db8:ffff::{:x}:{:x}", i, i * 7919 % 65_536 + 1) } else { std::net::Ipv4Addr::from(0xc612_0000 + i * 37 + 1).to_string() })
+        .map(|i| {
+            if ipv6 {
+                format!("2001:db8:ffff::{:x}:{:x}", i, i * 7919 % 65_536 + 1)
+            } else {
+                std::net::Ipv4Addr::from(0xc612_0000 + i * 37 + 1).to_string()
+            }
+        })
         .collect();
     let shared = dsts.iter().filter(|d| bits.contains(&lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(d))))).count();
     let src = if ipv6 { "2001:db8:c::1" } else { "192.0.2.1" };
@@ -224,7 +235,10 @@ fn main() -> Result<()> {
     let vip_addrs: Vec<String> = [VIP4.to_owned(), VIP6.to_owned()].into_iter().chain((0..others).map(other_vip)).collect();
     let (spread4, shared4) = non_vip_destinations(false, &vip_addrs);
     let (spread6, shared6) = non_vip_destinations(true, &vip_addrs);
-    println!("of 4096 non-VIP destinations, {shared4} (IPv4) and {shared6} (IPv6) share a pre-filter bit with one of the {} VIP addresses", vip_addrs.len());
+    println!(
+        "of 4096 non-VIP destinations, {shared4} (IPv4) and {shared6} (IPv6) share a pre-filter bit with one of the {} VIP addresses",
+        vip_addrs.len()
+    );
     let (vip4_index, vip6_index) = (0, 1);
     let floor_fd = lbs[0].dp.program_fd(programs::PASS)?;
     let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp.program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;

@@ -93,7 +93,9 @@ fn main() {
     let started = Instant::now();
     let a = net.sites[0].servers();
     let _b = net.sites[1].servers();
-    println!("      every LB node runs BIRD and `lb` (XDP balancer, health checks every 100 ms, fall 2), serving {VIP}:8080 and [{VIP6}]:8080");
+    println!(
+        "      every LB node runs BIRD and `lb` (XDP balancer, health checks every 100 ms, fall 2), serving {VIP}:8080 and [{VIP6}]:8080"
+    );
     let learned = until_routes(&net, started, "via site A", |hops| hops.len() == 2);
     println!(
         "[2/7] router learned {VIP}/32 and {VIP6}/128 over BGP (one IPv4 session per node carries both) after {:?} / {:?}: next hops {:?} and {:?} (ECMP across site A)",
@@ -122,7 +124,10 @@ fn main() {
     let site_down = Instant::now();
     let withdrawn = until_routes(&net, site_down, "to site B", |hops| hops == [node_addr(3)] || hops == [node_addr6(3)]);
     let first_b: Vec<Duration> = families().iter().map(|f| until_answered_by(&net, f, site_down, "site B")).collect();
-    println!("      router moved to site B after {:?} (IPv4) / {:?} (IPv6); first answer from site B after {:?} / {:?}", withdrawn[0], withdrawn[1], first_b[0], first_b[1]);
+    println!(
+        "      router moved to site B after {:?} (IPv4) / {:?} (IPv6); first answer from site B after {:?} / {:?}",
+        withdrawn[0], withdrawn[1], first_b[0], first_b[1]
+    );
     both(&net, "60 requests", 60);
 
     println!("[6/7] site A's backends come back: the VIPs return to site A");
@@ -163,7 +168,9 @@ fn main() {
         }
         show(&format!("requests during the drain ({})", f.name), &(who, failed));
     }
-    let kept = net.client.run(|| open.iter_mut().map(|(c, who)| c.exchange("still there?").is_ok_and(|a| a.starts_with(who.as_str()))).filter(|&ok| ok).count());
+    let kept = net.client.run(|| {
+        open.iter_mut().map(|(c, who)| c.exchange("still there?").is_ok_and(|a| a.starts_with(who.as_str()))).filter(|&ok| ok).count()
+    });
     let handoffs = |node: &lb_tests::anycast::Node, what: &str| {
         let text = node.lb.metrics();
         let line = format!("lb_xdp_handoffs_total{{what=\"{what}\"}} ");
