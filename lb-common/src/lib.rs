@@ -450,17 +450,30 @@ pub mod stats {
 
 #[cfg(feature = "user")]
 mod pod {
+    //! Every map value and key is `#[repr(C)]` plain data with explicit padding fields and no
+    //! invalid bit patterns (integers and byte arrays only), which is what `Pod` asks.
     use super::*;
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for VipKey {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for VipMeta {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for Real {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for ConnEntry {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for LbConfig {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for VipStats {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for RealStats {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for Handoff {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for RateLimit {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for LimitState {}
 }
 

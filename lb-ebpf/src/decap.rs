@@ -18,6 +18,7 @@ use crate::{
 
 #[inline(always)]
 fn is_local(addr: &[u8; 16]) -> bool {
+    // SAFETY: only the presence of the value is used, not the reference.
     unsafe { DECAP_ADDRS.get(addr) }.is_some()
 }
 

@@ -26,10 +26,13 @@ use crate::{
 #[inline(always)]
 pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipMeta> {
     let mut key = VipKey { addr: *addr, port_be: u16::from_ne_bytes(port_be), proto, _pad: 0 };
+    // SAFETY: VIPS values are replaced whole by the control plane (a map update), never
+    // written in place, so the reference reads one consistent value.
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(meta);
     }
     key.port_be = 0;
+    // SAFETY: as above.
     unsafe { VIPS.get(&key) }
 }
 
@@ -48,6 +51,7 @@ pub struct Chosen {
 /// same generation and its real is not down.
 #[inline(always)]
 pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
+    // SAFETY: the entry is copied out at once.
     let entry = *unsafe { CONNS.get(flow) }?;
     if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
         return None;

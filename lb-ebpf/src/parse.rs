@@ -65,6 +65,7 @@ pub fn l2(ctx: &aya_ebpf::programs::XdpContext) -> Result<(usize, u16), Counter>
 /// Exact: `addr` carries a VIP (a hash lookup).
 #[inline(always)]
 pub fn is_vip_addr(addr: &[u8; 16]) -> bool {
+    // SAFETY: only the presence of the value is used, not the reference.
     unsafe { VIP_ADDRS.get(addr) }.is_some()
 }
 

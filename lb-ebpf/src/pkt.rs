@@ -141,5 +141,6 @@ unsafe fn store<const WIDTH: usize>(p: *mut u8, v: u64) {
 /// stale: callers take new ones through `ptr_at`, which reloads `data` / `data_end`.
 #[inline(always)]
 pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper takes the program's own context; it checks the delta itself.
     (unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } == 0).then_some(())
 }

@@ -8,6 +8,8 @@ use crate::maps::{REAL_STATS, STATS, VIP_STATS};
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(p) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU map, valid for the program's run; nothing else
+        // on this CPU runs meanwhile.
         unsafe { *p += 1 };
     }
 }
@@ -26,6 +28,7 @@ pub fn count_decap(c: lb_common::stats::DecapCounter) {
 #[inline(always)]
 pub fn count_vip(vip_index: u32, bytes: u64, hit: bool, new_flow: bool) {
     if let Some(s) = VIP_STATS.get_ptr_mut(vip_index) {
+        // SAFETY: this CPU's entry of a per-CPU map, valid and unshared for the program's run.
         let s: &mut VipStats = unsafe { &mut *s };
         s.packets += 1;
         s.bytes += bytes;
@@ -43,6 +46,7 @@ pub fn count_vip(vip_index: u32, bytes: u64, hit: bool, new_flow: bool) {
 #[inline(always)]
 pub fn count_real(real_id: u32, bytes: u64) {
     if let Some(s) = REAL_STATS.get_ptr_mut(real_id) {
+        // SAFETY: this CPU's entry of a per-CPU map, valid and unshared for the program's run.
         let s = unsafe { &mut *s };
         s.packets += 1;
         s.bytes += bytes;

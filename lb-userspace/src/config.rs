@@ -442,6 +442,7 @@ fn parse_prefix(s: &str) -> Option<(IpAddr, u32)> {
 
 pub fn interface_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: a NUL-terminated name that lives through the call.
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 

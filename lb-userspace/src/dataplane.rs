@@ -126,8 +126,9 @@ struct RingMemory {
 }
 
 // SAFETY: the mapping is owned by this value and written only through `&mut self` (so through
-// `&mut Dataplane`); a shared reference gives no access to it.
+// `&mut Dataplane`); through a shared reference it is only read, with atomic loads.
 unsafe impl Send for RingMemory {}
+// SAFETY: as for Send.
 unsafe impl Sync for RingMemory {}
 
 impl RingMemory {

@@ -16,6 +16,7 @@ pub mod topology;
 /// `CI=true` or `LB_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test`): then it fails, so a run
 /// can never pass by skipping.
 pub fn have_root(test: &str) -> bool {
+    // SAFETY: no arguments, no memory.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }

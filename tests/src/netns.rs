@@ -99,6 +99,7 @@ impl NetNs {
 /// Moves the calling thread into the namespace at `path` (/run/netns/NAME).
 pub fn enter_path(path: &str) {
     let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: an open namespace fd; setns changes only this thread's namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }

@@ -422,6 +422,7 @@ fn malformed_packets_from_clients_do_not_disturb_service() {
     // real requests.
     let vip: std::net::Ipv4Addr = lb_tests::topology::VIP.parse().unwrap();
     let served = net.client.run(|| {
+        // SAFETY: plain socket call; the fd is closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         let mut served = 0;
@@ -433,6 +434,7 @@ fn malformed_packets_from_clients_do_not_disturb_service() {
                     sin_addr: libc::in_addr { s_addr: u32::from(vip).to_be() },
                     sin_zero: [0; 8],
                 };
+                // SAFETY: the buffer and the sockaddr_in live through the call, with their sizes.
                 let rc = unsafe {
                     libc::sendto(
                         fd,
@@ -449,6 +451,7 @@ fn malformed_packets_from_clients_do_not_disturb_service() {
                 served += 1;
             }
         }
+        // SAFETY: our fd, closed once.
         unsafe { libc::close(fd) };
         served
     });

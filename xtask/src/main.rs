@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | lint | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo`.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +21,9 @@ enum Task {
     Setup,
     /// Build the eBPF object (the same build `lb-userspace` runs to embed it).
     BuildEbpf,
+    /// Formatting and clippy (warnings are errors): the host crates, and the eBPF crate with
+    /// the nightly toolchain for its target.
+    Lint,
     /// Run every test, privileged ones included (they fail rather than skip here).
     Test {
         /// Passed on to `cargo test`.
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
+        Task::Lint => lint(),
         Task::BenchXdp => cargo_run_root("bench_xdp"),
         Task::BenchConns => cargo_run_root("bench_conns"),
         Task::BenchControl => cargo_run_with_lb("bench_control"),
@@ -99,7 +103,8 @@ fn setup() -> Result<()> {
         println!("setup: installing the nightly toolchain");
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))?;
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     install_bpf_linker()?;
     println!("setup: done");
     Ok(())
@@ -173,6 +178,14 @@ fn check_privileged_prerequisites() -> Result<()> {
         ensure!(have(cmd), "`{cmd}` is missing (Debian package {pkg}): run `cargo xtask setup`");
     }
     Ok(())
+}
+
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo")
+        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir("lb-ebpf"))
 }
 
 /// Runs `cargo test` (privileged tests required) and closes with one total line,

@@ -119,6 +119,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // SAFETY: no arguments, no memory.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("bench-e2e needs root");
         std::process::exit(1);

@@ -84,6 +84,7 @@ fn until_routes(net: &Anycast, since: Instant, what: &str, done: impl Fn(&[Strin
 }
 
 fn main() {
+    // SAFETY: no arguments, no memory.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the demo needs root (network namespaces, XDP, BIRD): run it as root");
         std::process::exit(1);
