@@ -1,7 +1,7 @@
 //! The admin API (HTTP/JSON, loopback by default) and the metrics endpoint. Handlers only pass
 //! commands to the loop that owns the state and return its answer.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use axum::{
@@ -10,12 +10,11 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    admin::{AdminError, Command, HandoffStatus, RealRequest, Reply, VipName},
     config::RawVip,
-    daemon::{Command, HandoffStatus},
     reconcile::VipStatus,
 };
 
@@ -24,25 +23,18 @@ type Commands = mpsc::Sender<Command>;
 /// Sends a command built around a reply channel and waits for the answer.
 async fn ask<T>(cmds: &Commands, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, (StatusCode, String)> {
     let (tx, rx) = oneshot::channel();
-    let gone = || (StatusCode::SERVICE_UNAVAILABLE, "lb is shutting down".to_owned());
+    let gone = || (StatusCode::SERVICE_UNAVAILABLE, "lb is shutting down\n".to_owned());
     cmds.send(make(tx)).await.map_err(|_| gone())?;
     rx.await.map_err(|_| gone())
 }
 
-fn outcome(r: Result<(), String>) -> (StatusCode, String) {
-    match r {
-        Ok(()) => (StatusCode::OK, "ok\n".into()),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+/// Runs a command that changes state: "ok", or the error with its status code.
+async fn change(cmds: &Commands, make: impl FnOnce(Reply<()>) -> Command) -> (StatusCode, String) {
+    match ask(cmds, make).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(e)) => (AdminError::status(&e), format!("{e}\n")),
+        Err(gone) => gone,
     }
-}
-
-/// Body of the real commands.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RealRequest {
-    pub vip: String,
-    pub real: IpAddr,
-    /// For set-weight.
-    pub weight: Option<u32>,
 }
 
 async fn status(State(cmds): State<Commands>) -> Result<Json<Vec<VipStatus>>, (StatusCode, String)> {
@@ -54,29 +46,23 @@ async fn handoff(State(cmds): State<Commands>) -> Result<Json<HandoffStatus>, (S
 }
 
 async fn reload(State(cmds): State<Commands>) -> (StatusCode, String) {
-    ask(&cmds, Command::Reload).await.map_or_else(|e| e, outcome)
+    change(&cmds, Command::Reload).await
 }
 
 async fn set_weight(cmds: Commands, req: RealRequest, weight: Option<u32>) -> (StatusCode, String) {
-    ask(&cmds, |reply| Command::SetWeight { vip: req.vip, real: req.real, weight, reply }).await.map_or_else(|e| e, outcome)
-}
-
-/// Body of `/vip/remove`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct VipName {
-    pub name: String,
+    change(&cmds, |reply| Command::SetWeight { vip: req.vip, real: req.real, weight, reply }).await
 }
 
 async fn add_vip(State(cmds): State<Commands>, Json(vip): Json<RawVip>) -> (StatusCode, String) {
-    ask(&cmds, |reply| Command::AddVip { vip: Box::new(vip), reply }).await.map_or_else(|e| e, outcome)
+    change(&cmds, |reply| Command::AddVip { vip: Box::new(vip), reply }).await
 }
 
 async fn remove_vip(State(cmds): State<Commands>, Json(v): Json<VipName>) -> (StatusCode, String) {
-    ask(&cmds, |reply| Command::RemoveVip { name: v.name, reply }).await.map_or_else(|e| e, outcome)
+    change(&cmds, |reply| Command::RemoveVip { name: v.name, reply }).await
 }
 
 async fn site(cmds: Commands, drained: bool) -> (StatusCode, String) {
-    ask(&cmds, |reply| Command::SiteDrain { drained, reply }).await.map_or_else(|e| e, outcome)
+    change(&cmds, |reply| Command::SiteDrain { drained, reply }).await
 }
 
 async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, String)> {

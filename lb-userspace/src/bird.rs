@@ -5,31 +5,21 @@
 //! code followed by '-' (more lines follow) or ' ' (last line); a line starting with a space
 //! continues the previous one. 0xxx is success, 8xxx a runtime error, 9xxx a parse error.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::IpAddr,
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
 };
 
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ok {
-        code: u16,
-        text: String,
-    },
+    Ok { code: u16, text: String },
     /// 8xxx: the command ran and failed (e.g. 8002 configuration file error).
-    RuntimeError {
-        code: u16,
-        text: String,
-    },
+    RuntimeError { code: u16, text: String },
     /// 9xxx: the command was not understood.
-    ParseError {
-        code: u16,
-        text: String,
-    },
+    ParseError { code: u16, text: String },
 }
 
 impl Reply {
@@ -48,6 +38,8 @@ pub enum BirdError {
         #[source]
         source: std::io::Error,
     },
+    #[error("BIRD control socket {path}: no answer within {after:?} ({step})")]
+    Timeout { path: String, step: &'static str, after: Duration },
     #[error("BIRD said {code}: {text}")]
     Refused { code: u16, text: String },
     #[error("unexpected reply line from BIRD: {0:?}")]
@@ -60,45 +52,76 @@ pub enum BirdError {
     },
 }
 
+/// One line of a reply.
+#[derive(Debug, PartialEq, Eq)]
+enum Line<'a> {
+    /// "CODE-text": more lines follow; "CODE text": the last line.
+    Coded { code: u16, last: bool, text: &'a str },
+    /// " text": continues the previous line.
+    Continued(&'a str),
+}
+
+/// Classifies one line; anything else is `Garbled` (never a panic, whatever the bytes).
+fn parse_line(line: &str) -> Result<Line<'_>, BirdError> {
+    if let Some(rest) = line.strip_prefix(' ') {
+        return Ok(Line::Continued(rest));
+    }
+    let bytes = line.as_bytes();
+    let garbled = || BirdError::Garbled(line.to_owned());
+    if bytes.len() < 5 || !bytes[..4].iter().all(u8::is_ascii_digit) {
+        return Err(garbled());
+    }
+    let last = match bytes[4] {
+        b' ' => true,
+        b'-' => false,
+        _ => return Err(garbled()),
+    };
+    // Bytes 0..5 are ASCII, so 4 and 5 are character boundaries.
+    let code = line[..4].parse().map_err(|_| garbled())?;
+    Ok(Line::Coded { code, last, text: &line[5..] })
+}
+
 /// Reads lines until the last line of a reply and classifies it.
-pub fn read_reply(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Result<Reply, BirdError> {
+pub async fn read_reply(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, BirdError> {
     let mut text = Vec::new();
+    let mut buf = Vec::new();
     loop {
-        let line = lines
-            .next()
-            .ok_or_else(|| BirdError::Garbled("connection closed".into()))?
-            .map_err(|source| BirdError::Socket { path: "(reading)".into(), source })?;
-        if let Some(rest) = line.strip_prefix(' ') {
-            text.push(rest.to_owned()); // continuation of the previous line
-            continue;
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).await.map_err(|source| BirdError::Socket { path: "(reading)".into(), source })?;
+        if n == 0 {
+            return Err(BirdError::Garbled("connection closed".into()));
         }
-        let (Some(code), Some(sep)) = (line.get(..4).and_then(|c| c.parse::<u16>().ok()), line.as_bytes().get(4)) else {
-            return Err(BirdError::Garbled(line));
-        };
-        text.push(line[5..].to_owned());
-        if *sep == b' ' {
-            let text = text.join("\n");
-            return Ok(match code {
-                0..=7999 => Reply::Ok { code, text },
-                8000..=8999 => Reply::RuntimeError { code, text },
-                _ => Reply::ParseError { code, text },
-            });
-        }
-        if *sep != b'-' {
-            return Err(BirdError::Garbled(line));
+        let line = std::str::from_utf8(&buf).map_err(|_| BirdError::Garbled(String::from_utf8_lossy(&buf).into_owned()))?;
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        match parse_line(line)? {
+            Line::Continued(rest) => text.push(rest.to_owned()),
+            Line::Coded { code, last, text: t } => {
+                text.push(t.to_owned());
+                if last {
+                    let text = text.join("\n");
+                    return Ok(match code {
+                        0..=7999 => Reply::Ok { code, text },
+                        8000..=8999 => Reply::RuntimeError { code, text },
+                        _ => Reply::ParseError { code, text },
+                    });
+                }
+            }
         }
     }
 }
 
-/// Sends one command and returns its reply.
-pub fn command(socket: &Path, cmd: &str) -> Result<Reply, BirdError> {
-    let err = |source| BirdError::Socket { path: socket.display().to_string(), source };
-    let stream = UnixStream::connect(socket).map_err(err)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(err)?;
-    let mut lines = BufReader::new(stream.try_clone().map_err(err)?).lines();
-    read_reply(&mut lines)?; // 0001 greeting
-    (&stream).write_all(format!("{cmd}\n").as_bytes()).map_err(err)?;
-    read_reply(&mut lines)
+/// Sends one command and returns its reply; connecting, each write and each reply are bounded
+/// by `limit` (a frozen BIRD costs this task `limit`, never the daemon's state loop).
+pub async fn command(socket: &Path, cmd: &str, limit: Duration) -> Result<Reply, BirdError> {
+    let path = socket.display().to_string();
+    let bounded = |step: &'static str| BirdError::Timeout { path: path.clone(), step, after: limit };
+    let err = |source| BirdError::Socket { path: path.clone(), source };
+    let stream = tokio::time::timeout(limit, UnixStream::connect(socket)).await.map_err(|_| bounded("connect"))?.map_err(err)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    tokio::time::timeout(limit, read_reply(&mut reader)).await.map_err(|_| bounded("greeting"))??; // 0001
+    tokio::time::timeout(limit, write.write_all(format!("{cmd}\n").as_bytes())).await.map_err(|_| bounded("write"))?.map_err(err)?;
+    tokio::time::timeout(limit, read_reply(&mut reader)).await.map_err(|_| bounded("reply"))?
 }
 
 /// What BIRD should announce for one VIP.
@@ -140,17 +163,18 @@ pub fn render(announce: &[Announcement]) -> String {
     )
 }
 
-/// Writes the include file atomically (temp + rename), then `configure check` and `configure`.
-pub fn apply(include: &Path, socket: &Path, content: &str) -> Result<(), BirdError> {
+/// Writes the include file atomically (temp + rename), then `configure check` and `configure`,
+/// each bounded by `limit`.
+pub async fn apply(include: &Path, socket: &Path, content: &str, limit: Duration) -> Result<(), BirdError> {
     let werr = |source| BirdError::Write { path: include.display().to_string(), source };
     if let Some(dir) = include.parent() {
-        std::fs::create_dir_all(dir).map_err(werr)?;
+        tokio::fs::create_dir_all(dir).await.map_err(werr)?;
     }
     let tmp = include.with_extension("tmp");
-    std::fs::write(&tmp, content).map_err(werr)?;
-    std::fs::rename(&tmp, include).map_err(werr)?;
+    tokio::fs::write(&tmp, content).await.map_err(werr)?;
+    tokio::fs::rename(&tmp, include).await.map_err(werr)?;
     for cmd in ["configure check", "configure"] {
-        match command(socket, cmd)? {
+        match command(socket, cmd, limit).await? {
             Reply::Ok { .. } => {}
             Reply::RuntimeError { code, text } | Reply::ParseError { code, text } => return Err(BirdError::Refused { code, text }),
         }
@@ -163,27 +187,82 @@ mod tests {
     use super::*;
 
     fn reply(text: &str) -> Result<Reply, BirdError> {
-        read_reply(&mut text.lines().map(|l| Ok(l.to_owned())))
+        reply_bytes(text.as_bytes())
+    }
+
+    fn reply_bytes(bytes: &[u8]) -> Result<Reply, BirdError> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(read_reply(&mut BufReader::new(bytes)))
     }
 
     #[test]
     fn replies_are_classified_by_code() {
-        assert_eq!(reply("0003 Reconfigured").unwrap(), Reply::Ok { code: 3, text: "Reconfigured".into() });
-        assert_eq!(reply("0020 Configuration OK").unwrap().code(), 20);
-        assert!(matches!(reply("8002 /etc/bird.conf:3:1 syntax error").unwrap(), Reply::RuntimeError { code: 8002, .. }));
-        assert!(matches!(reply("9001 syntax error, unexpected CF_SYM_UNDEFINED").unwrap(), Reply::ParseError { code: 9001, .. }));
+        assert_eq!(reply("0003 Reconfigured\n").unwrap(), Reply::Ok { code: 3, text: "Reconfigured".into() });
+        assert_eq!(reply("0020 Configuration OK\n").unwrap().code(), 20);
+        assert!(matches!(reply("8002 /etc/bird.conf:3:1 syntax error\n").unwrap(), Reply::RuntimeError { code: 8002, .. }));
+        assert!(matches!(reply("9001 syntax error, unexpected CF_SYM_UNDEFINED\n").unwrap(), Reply::ParseError { code: 9001, .. }));
     }
 
     #[test]
     fn multi_line_replies_end_at_the_space_line() {
-        let r = reply("0002-Reading configuration from /etc/bird.conf\n continued\n0003 Reconfigured\n0001 next").unwrap();
+        let r = reply("0002-Reading configuration from /etc/bird.conf\n continued\n0003 Reconfigured\n0001 next\n").unwrap();
         assert_eq!(r, Reply::Ok { code: 3, text: "Reading configuration from /etc/bird.conf\ncontinued\nReconfigured".into() });
     }
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(matches!(reply("hello"), Err(BirdError::Garbled(_))));
-        assert!(matches!(reply("0002-only a first line"), Err(BirdError::Garbled(_))));
+        assert!(matches!(reply("hello\n"), Err(BirdError::Garbled(_))));
+        assert!(matches!(reply("0002-only a first line\n"), Err(BirdError::Garbled(_))));
+        // The fifth byte starts a multi-byte character: this panicked (slicing at byte 5).
+        assert!(matches!(reply("0001\u{e9}t\u{e9}\n"), Err(BirdError::Garbled(_))));
+        assert!(matches!(reply("12\n"), Err(BirdError::Garbled(_))));
+        assert!(matches!(reply_bytes(b"0001 \xff\xfe\n"), Err(BirdError::Garbled(_))));
+    }
+
+    /// Arbitrary bytes from the socket give a reply or an error, never a panic: 20,000 random
+    /// strings, most built from the protocol's own pieces so that they get past the first line.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut x: u64 = 0x5eed_b12d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 10] = [b"0001", b"8002", b"9999", b" ", b"-", b"\n", "\u{e9}".as_bytes(), b"\xff", b"x", "\u{1f600}".as_bytes()];
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..20_000 {
+            let len = next() % 24;
+            let bytes: Vec<u8> = (0..len)
+                .flat_map(|_| {
+                    let r = next();
+                    if r % 4 == 0 { vec![(r >> 8) as u8] } else { pieces[(r >> 8) as usize % pieces.len()].to_vec() }
+                })
+                .collect();
+            match reply_bytes(&bytes) {
+                Ok(_) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+        assert!(ok > 100 && err > 100, "both outcomes exercised: {ok} replies, {err} errors");
+    }
+
+    #[test]
+    fn a_silent_socket_times_out() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = std::env::temp_dir().join(format!("lb-bird-silent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("bird.ctl");
+        let _ = std::fs::remove_file(&socket);
+        // Accepts and never says a word, like a frozen BIRD.
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let started = std::time::Instant::now();
+        let result = rt.block_on(command(&socket, "configure", Duration::from_millis(200)));
+        assert!(matches!(result, Err(BirdError::Timeout { step: "greeting", .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{api::RealRequest, daemon::HandoffStatus, reconcile::VipStatus};
+use crate::{
+    admin::{HandoffStatus, RealRequest, VipName},
+    reconcile::VipStatus,
+};
 
 #[derive(Parser)]
 #[command(name = "lb", about = "anycast-lb: XDP Maglev load balancer")]
@@ -202,7 +205,7 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Vip { action: VipAction::Remove { name }, api } => {
-            let body = serde_json::to_string(&crate::api::VipName { name })?;
+            let body = serde_json::to_string(&VipName { name })?;
             print!("{}", expect_ok(http(api, "POST", "/vip/remove", Some(body))?)?);
             Ok(())
         }

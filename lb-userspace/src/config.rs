@@ -19,7 +19,7 @@ use crate::{dataplane::AttachMode, maglev::is_prime};
 pub const MAX_WEIGHT: u32 = 1000;
 
 /// The config file as written. Field defaults are noted on each field.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Name of this balancer; programs and maps are pinned under /sys/fs/bpf/<instance>.
@@ -55,7 +55,7 @@ pub struct RawConfig {
     pub vips: Vec<RawVip>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFlood {
     /// Connection-table inserts per CPU per second (default 50000; 0: record nothing).
@@ -77,7 +77,7 @@ pub struct Flood {
 pub const DEFAULT_INSERTS_PER_SEC: u32 = 50_000;
 pub const DEFAULT_HANDOFFS_PER_SEC: u32 = 10_000;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInterface {
     pub name: String,
@@ -86,7 +86,7 @@ pub struct RawInterface {
     pub mode: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawForwarding {
     /// MAC of the next-hop router ("02:00:00:00:00:01"); or give `next_hop_ip` to find it in the
@@ -104,7 +104,7 @@ pub struct RawForwarding {
     pub too_big_per_sec: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBgp {
     /// BIRD's control socket (default /run/bird/bird.ctl).
@@ -118,7 +118,7 @@ pub struct RawBgp {
     pub withdraw_on_exit: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandoff {
     /// This node's address on the balanced interface: peers tunnel to it, and it is the outer
@@ -133,7 +133,7 @@ pub struct RawHandoff {
     pub health: RawHealth,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub listen: Option<String>,
@@ -181,7 +181,7 @@ impl RawHealth {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVip {
     pub name: String,
@@ -201,7 +201,7 @@ pub struct RawVip {
     pub reals: Vec<RawReal>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReal {
     pub address: String,
@@ -424,6 +424,11 @@ pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
         ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.display().to_string(), message },
         other => other,
     })
+}
+
+/// `02:00:00:00:00:01`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -1,5 +1,7 @@
-//! `lb run`: load and attach (pinned), program the maps from the config, run health checks, and
-//! apply flips, reloads and admin commands from one loop that owns all state.
+//! `lb run`: load and attach (pinned), program the maps from the config, and run one loop that
+//! owns all state. Health probers, the admin API, signals, the router task, the next-hop watcher
+//! and reload preparation send it events; it answers from memory and writes only to the data
+//! plane (through the reconciler). Everything slow (BIRD, netlink, files) runs in other tasks.
 //!
 //! Exiting leaves the programs attached and the maps pinned under /sys/fs/bpf/<instance>: traffic
 //! keeps flowing on the last state, and the next `lb run` (same or newer binary) picks it up,
@@ -14,20 +16,24 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use lb_common::programs;
-use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tracing::{info, warn};
 
 use crate::{
-    bird,
-    config::{self, Config, HealthCheck, InterfaceCheck, NextHop, RawConfig, RawVip, VipId},
+    admin::{AdminError, Command, HandoffStatus, Reply},
+    bird::Announcement,
+    config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig, VipId},
     dataplane::{Dataplane, LoadOptions},
-    health::{self, HealthEvent, Target},
+    health::{HealthEvent, Probers, Target},
+    journal::{self, Journal},
     metrics::{self, HealthSample},
-    reconcile::{Reconciler, VipStatus},
+    next_hop::{self, NextHopChanged},
+    reconcile::{DataplaneOps, Handoff, ReconcileError, Reconciler, VipStatus},
+    router::{self, BirdRouter, RouterEvent},
 };
 
 /// Where an instance's programs and maps are pinned.
@@ -35,225 +41,171 @@ pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf").join(format!("anycast-lb-{instance}"))
 }
 
-/// Changes made at run time (admin API / CLI), kept across reloads and restarts. They apply on
-/// top of the config file; a VIP the file itself defines or removes by name wins over them.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct Journal {
-    /// (VIP name, real address, weight)
-    #[serde(default)]
-    pub weights: Vec<(String, IpAddr, u32)>,
-    /// VIPs added with `lb vip add`.
-    #[serde(default)]
-    pub added_vips: Vec<RawVip>,
-    /// Names of file VIPs removed with `lb vip remove`.
-    #[serde(default)]
-    pub removed_vips: Vec<String>,
-    /// `lb site drain`: every VIP withdrawn, forwarding kept.
-    #[serde(default)]
-    pub site_drained: bool,
+/// How long one BIRD step (connect, write, reply) may take.
+const BIRD_LIMIT: Duration = Duration::from_secs(2);
+/// How long `lb` waits at exit for BIRD to withdraw the VIPs.
+const EXIT_WITHDRAW_LIMIT: Duration = Duration::from_millis(1500);
+
+/// What the daemon reads from its data plane besides what it writes: the counters, as metrics.
+pub trait Scrape {
+    fn scrape(&self, snapshot: &metrics::Snapshot) -> String;
 }
 
-impl Journal {
-    /// The file's config with the run-time VIP changes applied.
-    fn over(&self, file: &RawConfig) -> RawConfig {
-        let mut raw = file.clone();
-        raw.vips.retain(|v| !self.removed_vips.contains(&v.name));
-        let file_names: Vec<&str> = file.vips.iter().map(|v| v.name.as_str()).collect();
-        raw.vips.extend(self.added_vips.iter().filter(|v| !file_names.contains(&v.name.as_str())).cloned());
-        raw
+impl Scrape for Dataplane {
+    fn scrape(&self, snapshot: &metrics::Snapshot) -> String {
+        metrics::render(self, snapshot)
     }
 }
 
-/// Where runtime changes are journaled: /var/lib/anycast-lb/<instance>.json (override with
-/// LB_STATE_DIR).
-pub fn journal_path(instance: &str) -> PathBuf {
-    let dir = std::env::var_os("LB_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/anycast-lb"));
-    dir.join(format!("{instance}.json"))
+/// Where the daemon's decisions go: each is taken up by a task that does the slow part.
+pub struct Outputs {
+    /// The announcements this site wants now; the router task follows it.
+    pub announce: watch::Sender<Vec<Announcement>>,
+    /// Journals to write, with the admin command waiting to hear it was.
+    pub journal: mpsc::UnboundedSender<journal::Save>,
+    /// Health events, for the probers the daemon starts.
+    pub health: mpsc::Sender<HealthEvent>,
+    /// MAC changes of the next hop, for the watcher the daemon starts.
+    pub next_hop: mpsc::Sender<NextHopChanged>,
+    /// Reloads prepared off the loop, for `Daemon::reload`.
+    pub reload: mpsc::Sender<PreparedReload>,
 }
 
-fn load_journal(path: &Path) -> Journal {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            warn!(path = %path.display(), error = %e, "ignoring unreadable journal");
-            Journal::default()
-        }),
-        Err(_) => Journal::default(),
-    }
+/// A prepared reload, and who asked for it (None: SIGHUP).
+pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
+
+/// A reload read and resolved off the loop: the config file, and the MAC of its next hop.
+#[derive(Debug)]
+pub struct Prepared {
+    pub file: RawConfig,
+    pub mac: [u8; 6],
 }
 
-/// Writes the journal atomically (temp file + rename).
-fn save_journal(path: &Path, journal: &Journal) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(journal)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-/// The next hop's MAC: given, or found in the neighbour table.
-pub fn resolve_next_hop(next_hop: &NextHop) -> Result<[u8; 6]> {
-    let ip = match next_hop {
-        NextHop::Mac(mac) => return Ok(*mac),
-        NextHop::Ip(ip) => *ip,
-    };
-    let out = std::process::Command::new("ip").args(["neigh", "show", &ip.to_string()]).output().context("running ip neigh")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).and_then(|m| {
-        let v: Vec<u8> = m.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-        v.try_into().ok()
-    });
-    match mac {
-        Some(mac) => Ok(mac),
-        None => bail!("no neighbour entry with a MAC for next hop {ip} (ping it once, or give next_hop_mac)"),
-    }
-}
-
-/// Admin commands, answered by the loop that owns the state.
-pub enum Command {
-    Status(oneshot::Sender<Vec<VipStatus>>),
-    Handoff(oneshot::Sender<HandoffStatus>),
-    Metrics(oneshot::Sender<String>),
-    Reload(oneshot::Sender<Result<(), String>>),
-    /// Set (Some) or clear (None) a real's runtime weight.
-    SetWeight {
-        vip: String,
-        real: IpAddr,
-        weight: Option<u32>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    AddVip {
-        vip: Box<RawVip>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Withdraw (true) or announce again (false) every VIP of this site.
-    SiteDrain {
-        drained: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    RemoveVip {
-        name: String,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-/// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
-/// config or changes.
-#[derive(Default)]
-struct Probers {
-    running: HashMap<Target, (HealthCheck, watch::Sender<bool>)>,
-}
-
-impl Probers {
-    fn sync(&mut self, config: &Config, rec: &Reconciler<Dataplane>, events: &mpsc::Sender<HealthEvent>) {
-        let mut wanted = HashMap::new();
-        for vip in &config.vips {
-            for real in &vip.reals {
-                wanted.insert(Target::Real(vip.id, real.addr), real.health.clone());
-            }
-        }
-        if let Some(h) = &config.handoff {
-            for &peer in &h.peers {
-                wanted.insert(Target::Peer(peer), h.health.clone());
-            }
-        }
-        self.running.retain(|key, (check, stop)| {
-            let keep = wanted.get(key) == Some(check);
-            if !keep {
-                let _ = stop.send(true);
-            }
-            keep
-        });
-        for (key, check) in wanted {
-            if self.running.contains_key(&key) || check.kind == config::CheckKind::None {
-                continue;
-            }
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let start_up = match key {
-                Target::Real(vip, real) => rec.starts_up(&vip, real),
-                Target::Peer(_) => true,
-            };
-            tokio::spawn(health::run_prober(key, check.clone(), start_up, events.clone(), stop_rx));
-            self.running.insert(key, (check, stop_tx));
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for (_, (_, stop)) in self.running.drain() {
-            let _ = stop.send(true);
-        }
-    }
-}
-
-struct Daemon {
+/// The state machine `lb run` drives: config, journal, health, handoff and announcements, over a
+/// data plane `D` (the kernel's maps, or a fake in tests).
+pub struct Daemon<D> {
     config_path: PathBuf,
     config: Config,
-    rec: Reconciler<Dataplane>,
+    /// The config file as last read: run-time VIP changes apply over it without reading it.
+    file: RawConfig,
+    interfaces: InterfaceCheck,
+    rec: Reconciler<D>,
+    journal: Journal,
     probers: Probers,
-    health_tx: mpsc::Sender<HealthEvent>,
     samples: HashMap<(VipId, IpAddr), HealthSample>,
     reloads_ok: u64,
     reloads_failed: u64,
-    journal_path: PathBuf,
-    journal: Journal,
-    /// What BIRD was last told successfully (None: nothing yet).
-    announced: Option<Vec<bird::Announcement>>,
+    /// What the router last confirmed it announces (None: nothing yet).
+    announced: Option<Vec<Announcement>>,
     bird_errors: u64,
     /// Handoff peers whose checks failed (`false`) or passed after a failure (`true`).
     peers_up: HashMap<IpAddr, bool>,
-    /// What the handoff maps were last set to.
-    handoff_programmed: Option<HandoffState>,
+    /// The next hop being followed in the neighbour table, and its watcher.
+    next_hop_watch: Option<(IpAddr, JoinHandle<()>)>,
     /// Set on the way out: the site withdraws but keeps forwarding.
     exiting: bool,
-}
-
-/// Cross-site handoff as `GET /handoff` and `lb status` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HandoffStatus {
-    /// This node's handoff address (`None`: no `[handoff]`).
-    pub node: Option<IpAddr>,
-    /// Peers in config order, with whether they pass their checks.
-    pub peers: Vec<(IpAddr, bool)>,
-    /// Unknown handed-off flows are taken here (the site withdrew by choice).
-    pub adopt: bool,
-}
-
-/// What the data plane's handoff maps say.
-#[derive(Debug, Clone, PartialEq)]
-struct HandoffState {
-    node: Option<IpAddr>,
-    peers: Vec<IpAddr>,
-    adopt: bool,
+    out: Outputs,
 }
 
 /// The config to run: the file with the journal's VIP changes; if those no longer fit the file
 /// (say the file now has a conflicting VIP), the file alone, with a warning.
-fn effective_config(path: &Path, journal: &Journal) -> Result<Config> {
-    let file = config::load_raw(path)?;
-    match journal.over(&file).validate(InterfaceCheck::OnThisHost) {
+pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+    match journal.over(file).validate(interfaces) {
         Ok(config) => Ok(config),
         Err(e) if !journal.added_vips.is_empty() || !journal.removed_vips.is_empty() => {
             warn!(error = %e, "run-time VIP changes do not fit the config file; using the file alone");
-            Ok(file.validate(InterfaceCheck::OnThisHost)?)
+            file.validate(interfaces)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
-impl Daemon {
-    /// The VIPs this site should announce now: servable ones, unless the site is drained.
-    fn wanted_announcements(&self) -> Vec<bird::Announcement> {
+/// Reads the config file and resolves its next hop: the slow half of a reload, run in a task.
+pub async fn prepare_reload(path: PathBuf, interfaces: InterfaceCheck) -> Result<Prepared, AdminError> {
+    let text = tokio::fs::read_to_string(&path).await.map_err(|e| AdminError::BadRequest(format!("reading {}: {e}", path.display())))?;
+    let file = config::parse_raw(&text).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
+    let checked = file.validate(interfaces).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
+    let mac = next_hop::resolve(&checked.forwarding.next_hop).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
+    Ok(Prepared { file, mac })
+}
+
+fn reconcile_error(e: ReconcileError) -> AdminError {
+    match e {
+        ReconcileError::NoVip(_) | ReconcileError::NoReal { .. } => AdminError::NotFound(e.to_string()),
+        ReconcileError::Full { .. } | ReconcileError::PoolTooSmall { .. } | ReconcileError::PoolFragmented { .. } => {
+            AdminError::Conflict(e.to_string())
+        }
+        ReconcileError::Dataplane(_) | ReconcileError::NoConfig => {
+            AdminError::Internal(format!("{:#} (the data plane is as it was before the command)", anyhow::Error::from(e)))
+        }
+    }
+}
+
+impl<D: DataplaneOps + Scrape> Daemon<D> {
+    /// A daemon over `rec`, which already holds `config` (applied with `mac`). Publishes the
+    /// first announcements and starts the probers and the next-hop watcher.
+    pub fn start(
+        rec: Reconciler<D>,
+        config_path: PathBuf,
+        file: RawConfig,
+        config: Config,
+        journal: Journal,
+        interfaces: InterfaceCheck,
+        out: Outputs,
+    ) -> Self {
+        let mut d = Self {
+            config_path,
+            config,
+            file,
+            interfaces,
+            rec,
+            journal,
+            probers: Probers::default(),
+            samples: HashMap::new(),
+            reloads_ok: 0,
+            reloads_failed: 0,
+            announced: None,
+            bird_errors: 0,
+            peers_up: HashMap::new(),
+            next_hop_watch: None,
+            exiting: false,
+            out,
+        };
+        d.reapply_journal();
+        d.sync_handoff();
+        d.sync_probers();
+        d.follow_next_hop();
+        // Announce only once the rings are programmed; reals start up, so a first health round is
+        // not needed before announcing.
+        d.publish_announcements();
+        d
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn reconciler(&self) -> &Reconciler<D> {
+        &self.rec
+    }
+
+    /// The VIPs this site should announce now: servable ones, unless the site is drained or
+    /// `lb` is exiting.
+    fn wanted_announcements(&self) -> Vec<Announcement> {
         let Some(bgp) = &self.config.bgp else { return Vec::new() };
-        if self.journal.site_drained {
+        if self.journal.site_drained || self.exiting {
             return Vec::new();
         }
-        let mut list: Vec<bird::Announcement> = self
+        let mut list: Vec<Announcement> = self
             .rec
             .status()
             .iter()
             .filter(|v| v.servable())
-            .map(|v| bird::Announcement { prefix: v.vip.addr, prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t) })
+            .map(|v| Announcement { prefix: v.vip.addr, prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t) })
             .collect();
         list.sort();
         list.dedup_by(|a, b| {
@@ -265,24 +217,27 @@ impl Daemon {
         list
     }
 
-    /// Tells BIRD what to announce if that changed (or the last attempt failed). Errors are
-    /// logged and counted; forwarding goes on, and the retry tick tries again.
-    fn sync_bgp(&mut self) {
-        let Some(bgp) = self.config.bgp.clone() else { return };
+    /// Hands the wanted announcements to the router task (which skips a list it already applied).
+    fn publish_announcements(&mut self) {
         let wanted = self.wanted_announcements();
-        if self.announced.as_ref() == Some(&wanted) {
-            return;
-        }
-        match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&wanted)) {
-            Ok(()) => {
-                let list: Vec<String> =
-                    wanted.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
-                info!(announced = %list.join(", "), drained = self.journal.site_drained, "BGP announcements updated");
-                self.announced = Some(wanted);
+        self.out.announce.send_if_modified(|current| {
+            let changed = *current != wanted;
+            *current = wanted;
+            changed
+        });
+    }
+
+    /// The router task's report.
+    pub fn router_event(&mut self, event: RouterEvent) {
+        match event {
+            RouterEvent::Applied(list) => {
+                let shown: Vec<String> = list.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
+                info!(announced = %shown.join(", "), drained = self.journal.site_drained, "BGP announcements updated");
+                self.announced = Some(list);
             }
-            Err(e) => {
+            RouterEvent::Failed { error, retry_in } => {
                 self.bird_errors += 1;
-                warn!(error = %e, "BIRD did not take the announcements; forwarding continues, retrying");
+                warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "BIRD did not take the announcements; forwarding continues");
             }
         }
     }
@@ -297,21 +252,52 @@ impl Daemon {
     /// handed-off flows we do not know, which holds while the site withdrew by choice (drained,
     /// or `lb` exiting) and still forwards: such flows are ours, moved away by the withdrawal.
     fn sync_handoff(&mut self) {
-        let wanted = HandoffState {
+        let wanted = Handoff {
             node: self.config.handoff.as_ref().map(|h| h.address),
             peers: self.handoff_peers().into_iter().filter(|&(_, up)| up).map(|(p, _)| p).collect(),
             adopt: self.journal.site_drained || self.exiting,
         };
-        if self.handoff_programmed.as_ref() == Some(&wanted) {
-            return;
-        }
-        match self.rec.dataplane_mut().set_handoff(wanted.node, &wanted.peers, wanted.adopt) {
-            Ok(()) => {
+        match self.rec.set_handoff(&wanted) {
+            Ok(false) => {}
+            Ok(true) => {
                 let peers: Vec<String> = wanted.peers.iter().map(|p| p.to_string()).collect();
                 info!(node = ?wanted.node, peers_up = %peers.join(", "), adopt = wanted.adopt, "handoff programmed");
-                self.handoff_programmed = Some(wanted);
             }
-            Err(e) => warn!(error = %e, "programming handoff failed"),
+            Err(e) => warn!(error = %e, "programming handoff failed; the previous handoff settings stay"),
+        }
+    }
+
+    fn sync_probers(&mut self) {
+        let rec = &self.rec;
+        self.probers.sync(&self.config, |vip, real| rec.starts_up(vip, real), &self.out.health);
+    }
+
+    /// Follows the next hop's neighbour entry when the config names it by address.
+    fn follow_next_hop(&mut self) {
+        let wanted = match self.config.forwarding.next_hop {
+            NextHop::Ip(ip) => Some(ip),
+            NextHop::Mac(_) => None,
+        };
+        if self.next_hop_watch.as_ref().map(|(ip, _)| *ip) == wanted {
+            return;
+        }
+        if let Some((_, task)) = self.next_hop_watch.take() {
+            task.abort();
+        }
+        if let Some(ip) = wanted {
+            self.next_hop_watch = Some((ip, tokio::spawn(next_hop::watch(ip, self.out.next_hop.clone()))));
+        }
+    }
+
+    /// The next hop's neighbour entry changed.
+    pub fn next_hop_changed(&mut self, change: NextHopChanged) {
+        if self.config.forwarding.next_hop != NextHop::Ip(change.ip) {
+            return; // from a watcher of an earlier config
+        }
+        match self.rec.set_next_hop(change.mac) {
+            Ok(true) => info!(next_hop = %change.ip, mac = %config::format_mac(&change.mac), "next hop's MAC changed; forwarding follows"),
+            Ok(false) => {}
+            Err(e) => warn!(next_hop = %change.ip, error = %e, "writing the next hop's new MAC failed; keeping the old one"),
         }
     }
 
@@ -326,52 +312,87 @@ impl Daemon {
     }
 
     /// Applies `config` (already validated) if its restart-only fields are unchanged.
-    fn install(&mut self, config: Config) -> Result<()> {
+    fn install(&mut self, config: Config, mac: [u8; 6]) -> Result<(), AdminError> {
+        let bgp_socket = |c: &Config| c.bgp.as_ref().map(|b| (b.bird_socket.clone(), b.include_file.clone()));
         if config.instance != self.config.instance
             || config.interfaces != self.config.interfaces
             || config.conn_table_size != self.config.conn_table_size
+            || bgp_socket(&config) != bgp_socket(&self.config)
         {
-            bail!("instance, interfaces and conn_table_size change only with a restart");
+            return Err(AdminError::Conflict(
+                "instance, interfaces, conn_table_size and the [bgp] section's presence, socket and include file change only with a restart"
+                    .into(),
+            ));
         }
-        let mac = resolve_next_hop(&config.forwarding.next_hop)?;
-        self.rec.apply(&config, mac)?;
+        self.rec.apply(&config, mac).map_err(reconcile_error)?;
         self.config = config;
         self.reapply_journal();
-        self.probers.sync(&self.config, &self.rec, &self.health_tx);
+        self.sync_probers();
+        self.follow_next_hop();
         let configured: Vec<IpAddr> = self.config.handoff.iter().flat_map(|h| h.peers.clone()).collect();
         self.peers_up.retain(|p, _| configured.contains(p));
         self.sync_handoff();
-        self.sync_bgp();
+        self.publish_announcements();
         Ok(())
     }
 
-    /// Tries a journal change: applied and saved if the resulting config is valid, else undone.
-    fn change_vips(&mut self, change: impl FnOnce(&mut Journal) -> Result<(), String>) -> Result<(), String> {
-        let mut journal = self.journal.clone();
-        change(&mut journal)?;
-        let result = (|| -> Result<()> {
-            let file = config::load_raw(&self.config_path)?;
-            let config = journal.over(&file).validate(InterfaceCheck::OnThisHost)?;
-            self.install(config)
-        })();
-        result.map_err(|e| format!("{e:#}"))?;
-        self.journal = journal;
-        save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
+    /// Sends the journal to the writer, which answers `reply` once it is on disk.
+    fn save_journal(&self, reply: Option<Reply<()>>) {
+        if let Err(mpsc::error::SendError((_, Some(reply)))) = self.out.journal.send((self.journal.clone(), reply)) {
+            let _ = reply.send(Err(AdminError::Internal("the journal writer is gone; the change is not saved".into())));
+        }
     }
 
-    fn reload(&mut self) -> Result<(), String> {
-        let result = effective_config(&self.config_path, &self.journal).and_then(|config| self.install(config));
+    /// Tries a journal change: applied (and saved) if the resulting config is valid, else undone.
+    fn change_vips(&mut self, change: impl FnOnce(&mut Journal) -> Result<(), AdminError>, reply: Reply<()>) {
+        let mut journal = self.journal.clone();
+        let result = change(&mut journal).and_then(|()| {
+            let config = journal.over(&self.file).validate(self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            let mac = self.rec.next_hop().ok_or_else(|| AdminError::Internal("no next hop written yet".into()))?;
+            self.install(config, mac)
+        });
+        match result {
+            Ok(()) => {
+                self.journal = journal;
+                self.save_journal(Some(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Starts a reload: the file is read and the next hop resolved in a task, which hands the
+    /// result to `reload`.
+    pub fn start_reload(&self, reply: Option<Reply<()>>) {
+        let (path, interfaces, done) = (self.config_path.clone(), self.interfaces, self.out.reload.clone());
+        tokio::spawn(async move {
+            let prepared = prepare_reload(path, interfaces).await;
+            let _ = done.send((prepared, reply)).await;
+        });
+    }
+
+    /// Installs a reload prepared off the loop. A rejected reload keeps the running state.
+    pub fn reload(&mut self, prepared: Result<Prepared, AdminError>, reply: Option<Reply<()>>) {
+        let result = prepared.and_then(|p| {
+            let config = effective_config(&p.file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            self.install(config, p.mac)?;
+            self.file = p.file;
+            Ok(())
+        });
         match &result {
             Ok(()) => {
                 self.reloads_ok += 1;
-                info!(path = %self.config_path.display(), vips = self.config.vips.len(), "config reloaded");
+                info!(vips = self.config.vips.len(), "config reloaded");
             }
             Err(e) => {
                 self.reloads_failed += 1;
-                warn!(path = %self.config_path.display(), error = %format!("{e:#}"), "config reload rejected; running state kept");
+                warn!(error = %e, "config reload rejected; running state kept");
             }
         }
-        result.map_err(|e| format!("{e:#}"))
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
     }
 
     fn reapply_journal(&mut self) {
@@ -382,91 +403,98 @@ impl Daemon {
         }
     }
 
-    fn set_weight(&mut self, vip: &str, real: IpAddr, weight: Option<u32>) -> Result<(), String> {
+    fn set_weight(&mut self, vip: &str, real: IpAddr, weight: Option<u32>, reply: Reply<()>) {
         if weight.is_some_and(|w| w > config::MAX_WEIGHT) {
-            return Err(format!("weight out of range 0 ..= {}", config::MAX_WEIGHT));
+            let _ = reply.send(Err(AdminError::BadRequest(format!("weight out of range 0 ..= {}", config::MAX_WEIGHT))));
+            return;
         }
-        self.rec.set_weight(vip, real, weight).map_err(|e| e.to_string())?;
+        if let Err(e) = self.rec.set_weight(vip, real, weight) {
+            let _ = reply.send(Err(reconcile_error(e)));
+            return;
+        }
         info!(%vip, %real, weight = ?weight, "real weight set at run time");
         self.journal.weights = self.rec.weight_overrides();
-        save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
+        self.publish_announcements(); // capacity, and so prepending, may have changed
+        self.save_journal(Some(reply));
     }
 
-    fn handle(&mut self, cmd: Command) {
+    fn site_drain(&mut self, drained: bool, reply: Reply<()>) {
+        if self.config.bgp.is_none() {
+            let _ = reply.send(Err(AdminError::Conflict("no [bgp] section: this site announces nothing".into())));
+            return;
+        }
+        self.journal.site_drained = drained;
+        info!(drained, "site drain changed");
+        self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
+        self.publish_announcements();
+        self.save_journal(Some(reply));
+    }
+
+    pub fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
             Command::Handoff(reply) => {
-                let adopt = self.handoff_programmed.as_ref().is_some_and(|h| h.adopt);
+                let adopt = self.rec.handoff().is_some_and(|h| h.adopt);
                 let _ =
                     reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
             }
             Command::Metrics(reply) => {
-                let bgp =
-                    metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained };
                 let status = self.status();
                 let peers = self.handoff_peers();
-                let text = metrics::render(&self.rec, &status, &self.samples, self.reloads_ok, self.reloads_failed, &bgp, &peers);
-                let _ = reply.send(text);
-            }
-            Command::SiteDrain { drained, reply } => {
-                let result = if self.config.bgp.is_none() {
-                    Err("no [bgp] section: this site announces nothing".to_owned())
-                } else {
-                    self.journal.site_drained = drained;
-                    info!(drained, "site drain changed");
-                    self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
-                    self.sync_bgp();
-                    save_journal(&self.journal_path, &self.journal).map_err(|e| format!("{e:#}"))
+                let snapshot = metrics::Snapshot {
+                    status: &status,
+                    samples: &self.samples,
+                    reloads_ok: self.reloads_ok,
+                    reloads_failed: self.reloads_failed,
+                    bgp: metrics::BgpState { enabled: self.config.bgp.is_some(), errors: self.bird_errors, drained: self.journal.site_drained },
+                    handoff_peers: &peers,
+                    rebuilds: self.rec.rebuilds(),
                 };
-                let _ = reply.send(result);
+                let _ = reply.send(self.rec.dataplane().scrape(&snapshot));
             }
-            Command::Reload(reply) => {
-                let _ = reply.send(self.reload());
-            }
-            Command::SetWeight { vip, real, weight, reply } => {
-                let _ = reply.send(self.set_weight(&vip, real, weight));
-            }
+            Command::SiteDrain { drained, reply } => self.site_drain(drained, reply),
+            Command::Reload(reply) => self.start_reload(Some(reply)),
+            Command::SetWeight { vip, real, weight, reply } => self.set_weight(&vip, real, weight, reply),
             Command::AddVip { vip, reply } => {
                 let name = vip.name.clone();
                 let exists = self.config.vips.iter().any(|v| v.name == name);
-                let result = self.change_vips(|j| {
-                    if exists {
-                        return Err(format!("VIP {name:?} exists"));
-                    }
-                    j.removed_vips.retain(|n| n != &name);
-                    j.added_vips.push(*vip);
-                    Ok(())
-                });
-                if result.is_ok() {
-                    info!(vip = %name, "VIP added at run time");
-                }
-                let _ = reply.send(result);
+                info!(vip = %name, "adding a VIP at run time");
+                self.change_vips(
+                    |j| {
+                        if exists {
+                            return Err(AdminError::Conflict(format!("VIP {name:?} exists")));
+                        }
+                        j.removed_vips.retain(|n| n != &name);
+                        j.added_vips.push(*vip);
+                        Ok(())
+                    },
+                    reply,
+                );
             }
             Command::RemoveVip { name, reply } => {
-                let known = self.config.vips.iter().any(|v| v.name == name);
-                let result = if !known {
-                    Err(format!("no VIP {name:?}"))
-                } else {
-                    self.change_vips(|j| {
+                if !self.config.vips.iter().any(|v| v.name == name) {
+                    let _ = reply.send(Err(AdminError::NotFound(format!("no VIP {name:?}"))));
+                    return;
+                }
+                info!(vip = %name, "removing a VIP at run time");
+                self.change_vips(
+                    |j| {
                         let before = j.added_vips.len();
                         j.added_vips.retain(|v| v.name != name);
                         if j.added_vips.len() == before {
                             j.removed_vips.push(name.clone());
                         }
                         Ok(())
-                    })
-                };
-                if result.is_ok() {
-                    info!(vip = %name, "VIP removed at run time");
-                }
-                let _ = reply.send(result);
+                    },
+                    reply,
+                );
             }
         }
     }
 
-    fn health(&mut self, event: HealthEvent) {
+    pub fn health(&mut self, event: HealthEvent) {
         match event {
             HealthEvent::Flip { target: Target::Peer(peer), up, reason } => {
                 info!(%peer, state = if up { "up" } else { "down" }, %reason, "handoff peer health changed");
@@ -477,10 +505,11 @@ impl Daemon {
             HealthEvent::Flip { target: Target::Real(vip, real), up, reason } => {
                 info!(%vip, %real, state = if up { "up" } else { "down" }, %reason, "real health changed");
                 match self.rec.set_health(&vip, real, up) {
-                    Ok(_) => info!(%vip, rebuild_ms = self.rec.rebuilds.last.as_secs_f64() * 1e3, "table rebuilt"),
-                    Err(e) => warn!(%vip, %real, error = %e, "applying a health change failed"),
+                    Ok(true) => info!(%vip, rebuild_ms = self.rec.rebuilds().last.as_secs_f64() * 1e3, "table rebuilt"),
+                    Ok(false) => {}
+                    Err(e) => warn!(%vip, %real, error = %e, "applying a health change failed; the maps are as before it"),
                 }
-                self.sync_bgp();
+                self.publish_announcements();
             }
             HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
                 self.samples
@@ -488,13 +517,33 @@ impl Daemon {
             }
         }
     }
+
+    /// On the way out: probers stop; if the config says so, handoff adopts (we keep forwarding:
+    /// flows handed back to us after the withdrawal are ours) and the VIPs are withdrawn. Returns
+    /// whether there is a withdrawal to wait for.
+    pub fn begin_exit(&mut self) -> bool {
+        self.probers.stop_all();
+        if let Some((_, task)) = self.next_hop_watch.take() {
+            task.abort();
+        }
+        if !self.config.bgp.as_ref().is_some_and(|b| b.withdraw_on_exit) {
+            return false;
+        }
+        self.exiting = true;
+        self.sync_handoff();
+        self.publish_announcements();
+        true
+    }
 }
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let file = config::load(&config_path, InterfaceCheck::OnThisHost)?; // the file alone must be valid
-    let journal_file = journal_path(&file.instance);
-    let journal = load_journal(&journal_file);
-    let config = effective_config(&config_path, &journal)?;
+    let interfaces = InterfaceCheck::OnThisHost;
+    let file_config = config::load(&config_path, interfaces)?; // the file alone must be valid
+    let journal_path = journal::path(&file_config.instance);
+    let journal = journal::load(&journal_path)?;
+    let file = config::load_raw(&config_path)?;
+    let config = effective_config(&file, &journal, interfaces)?;
+    let mac = next_hop::resolve(&config.forwarding.next_hop).await?;
     let pins = pin_dir(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size, ring_slots: config.ring_slots }, &pins)?;
     for iface in &config.interfaces {
@@ -508,63 +557,56 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         info!(vips = programmed.vips.len(), reals = programmed.reals.len(), "picked up the running data plane");
     }
     let mut rec = Reconciler::recover(dp, &programmed);
-    rec.apply(&config, resolve_next_hop(&config.forwarding.next_hop)?)?;
+    rec.apply(&config, mac)?;
 
     let (health_tx, mut health_rx) = mpsc::channel(1024);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
-    let metrics_listen = config.metrics_listen;
-    let api_listen = config.api_listen;
-    let mut daemon = Daemon {
-        journal_path: journal_file,
-        journal,
-        config_path,
-        config,
-        rec,
-        probers: Probers::default(),
-        health_tx,
-        samples: HashMap::new(),
-        reloads_ok: 0,
-        reloads_failed: 0,
-        announced: None,
-        bird_errors: 0,
-        peers_up: HashMap::new(),
-        handoff_programmed: None,
-        exiting: false,
-    };
-    daemon.reapply_journal();
-    daemon.sync_handoff();
-    daemon.probers.sync(&daemon.config, &daemon.rec, &daemon.health_tx);
-    // Announce only once the rings are programmed; reals start up, so a first health round is
-    // not needed before announcing.
-    daemon.sync_bgp();
+    let (router_tx, mut router_rx) = mpsc::channel(16);
+    let (next_hop_tx, mut next_hop_rx) = mpsc::channel(16);
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let (journal_tx, journal_rx) = mpsc::unbounded_channel();
+    let (announce_tx, announce_rx) = watch::channel(Vec::new());
+    tokio::spawn(journal::run_writer(journal_path, journal_rx));
+    let (metrics_listen, api_listen, bgp) = (config.metrics_listen, config.api_listen, config.bgp.clone());
+    let out = Outputs { announce: announce_tx, journal: journal_tx, health: health_tx, next_hop: next_hop_tx, reload: reload_tx };
+    let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
+    if let Some(bgp) = bgp {
+        let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
+        tokio::spawn(router::run_router(bird, announce_rx, router_tx, router::Backoff::DEFAULT));
+    }
     crate::api::serve(api_listen, metrics_listen, cmd_tx).await?;
-    info!(vips = daemon.config.vips.len(), api = %api_listen, metrics = %metrics_listen, "running");
+    info!(vips = daemon.config().vips.len(), api = %api_listen, metrics = %metrics_listen, "running");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = retry.tick() => daemon.sync_bgp(),
             Some(event) = health_rx.recv() => daemon.health(event),
-            Some(cmd) = cmd_rx.recv() => daemon.handle(cmd),
-            _ = hangup.recv() => { let _ = daemon.reload(); }
+            Some(cmd) = cmd_rx.recv() => daemon.command(cmd),
+            Some(event) = router_rx.recv() => daemon.router_event(event),
+            Some(change) = next_hop_rx.recv() => daemon.next_hop_changed(change),
+            Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
+            _ = hangup.recv() => daemon.start_reload(None),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
-    daemon.probers.stop_all();
-    if let Some(bgp) = daemon.config.bgp.clone().filter(|b| b.withdraw_on_exit) {
-        daemon.exiting = true;
-        daemon.sync_handoff(); // we keep forwarding: flows handed back to us after the withdrawal are ours
-        match bird::apply(&bgp.include_file, &bgp.bird_socket, &bird::render(&[])) {
-            Ok(()) => info!("every VIP withdrawn before exit"),
-            Err(e) => warn!(error = %e, "could not withdraw the VIPs before exit"),
+    if daemon.begin_exit() {
+        let withdrawn = tokio::time::timeout(EXIT_WITHDRAW_LIMIT, async {
+            while let Some(event) = router_rx.recv().await {
+                if event == RouterEvent::Applied(Vec::new()) {
+                    return true;
+                }
+            }
+            false
+        });
+        match withdrawn.await {
+            Ok(true) => info!("every VIP withdrawn before exit"),
+            _ => warn!(waited_ms = EXIT_WITHDRAW_LIMIT.as_millis() as u64, "BIRD did not confirm the withdrawal before exit"),
         }
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    info!(instance = %daemon.config.instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
+    info!(instance = %daemon.config().instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
     Ok(())
 }
 

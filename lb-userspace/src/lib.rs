@@ -1,5 +1,6 @@
 //! anycast-lb control plane library: Maglev, the data-plane loader and map access.
 
+pub mod admin;
 pub mod api;
 pub mod bird;
 pub mod cli;
@@ -7,10 +8,13 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod journal;
 pub mod maglev;
 pub mod metrics;
+pub mod next_hop;
 pub mod reconcile;
 pub mod ring_pool;
+pub mod router;
 pub mod test_run;
 
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.

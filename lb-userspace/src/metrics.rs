@@ -13,7 +13,7 @@ use prometheus_client::{
 use crate::{
     config::VipId,
     dataplane::Dataplane,
-    reconcile::{RealStatus, Reconciler, VipStatus},
+    reconcile::{RealStatus, RebuildStats, VipStatus},
 };
 
 /// The daemon's BGP state, for metrics.
@@ -44,17 +44,20 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
-/// `status` is the reconciler's status as the daemon has it (announcements filled in).
-pub fn render(
-    rec: &Reconciler<Dataplane>,
-    status: &[VipStatus],
-    samples: &HashMap<(VipId, IpAddr), HealthSample>,
-    reloads_ok: u64,
-    reloads_failed: u64,
-    bgp: &BgpState,
-    handoff_peers: &[(IpAddr, bool)],
-) -> String {
-    let dp = rec.dataplane();
+/// The control plane's side of a scrape.
+pub struct Snapshot<'a> {
+    /// The reconciler's status as the daemon has it (announcements filled in).
+    pub status: &'a [VipStatus],
+    pub samples: &'a HashMap<(VipId, IpAddr), HealthSample>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub bgp: BgpState,
+    pub handoff_peers: &'a [(IpAddr, bool)],
+    pub rebuilds: RebuildStats,
+}
+
+pub fn render(dp: &Dataplane, snapshot: &Snapshot) -> String {
+    let Snapshot { status, samples, reloads_ok, reloads_failed, ref bgp, handoff_peers, rebuilds: rebuild_stats } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
@@ -86,10 +89,10 @@ pub fn render(
     flood.get_or_create(&vec![]).set(if active { 1.0 } else { 0.0 });
 
     let rebuilds: Counter = Counter::default();
-    rebuilds.inc_by(rec.rebuilds.count);
+    rebuilds.inc_by(rebuild_stats.count);
     r.register("ring_rebuilds", "Maglev table rebuilds", rebuilds);
     let rebuild_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    rebuild_seconds.set(rec.rebuilds.last.as_secs_f64());
+    rebuild_seconds.set(rebuild_stats.last.as_secs_f64());
     r.register("ring_rebuild_last_seconds", "Duration of the last rebuild (table + map writes)", rebuild_seconds);
     let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
     reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);

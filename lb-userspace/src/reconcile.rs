@@ -7,10 +7,16 @@
 //! moves its established flows (their connection entries stop counting). Weight 0 drains: the
 //! real leaves the ring but stays up, so its flows stay. Real ids belong to one VIP each and are
 //! recovered from the pinned maps after a restart, so connection entries keep their meaning.
+//!
+//! Every change is a transaction: it is first planned on a copy of the state (VIP indexes, real
+//! ids, ring regions and tables, and the ordered list of map writes, each with what it replaces),
+//! so running out of anything fails before a single write. Then the writes run in order; if one
+//! fails, the ones before it are undone in reverse and the state stays as it was.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +24,7 @@ use lb_common::{limits, LbConfig, RateLimit, Real, VipKey, VipMeta, MAX_REALS, M
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, Forwarding, Proto, Vip, VipId},
+    config::{Config, Forwarding, Proto, RealConfig, Vip, VipId},
     dataplane::{addr16, Dataplane, DataplaneError, Programmed},
     maglev::{build_table, diff, MaglevReal},
     ring_pool::{Region, RingPool},
@@ -33,6 +39,7 @@ pub trait DataplaneOps {
     /// Writes `(slot, real id)` pairs of the ring at pool slot `base`.
     fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError>;
+    fn set_handoff(&mut self, handoff: &Handoff) -> Result<(), DataplaneError>;
     /// Slots in the ring pool.
     fn ring_slots(&self) -> u32;
 }
@@ -56,6 +63,9 @@ impl DataplaneOps for Dataplane {
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError> {
         Dataplane::set_rate_limit(self, limit, rate)
     }
+    fn set_handoff(&mut self, h: &Handoff) -> Result<(), DataplaneError> {
+        Dataplane::set_handoff(self, h.node, &h.peers, h.adopt)
+    }
     fn ring_slots(&self) -> u32 {
         Dataplane::ring_slots(self)
     }
@@ -75,6 +85,8 @@ pub enum ReconcileError {
     NoVip(String),
     #[error("VIP {vip} has no real {real}")]
     NoReal { vip: String, real: IpAddr },
+    #[error("no forwarding settings written yet")]
+    NoConfig,
 }
 
 pub fn vip_key(id: &VipId) -> VipKey {
@@ -92,6 +104,15 @@ fn vip_id(key: &VipKey) -> Option<VipId> {
     Some(VipId { addr, port: u16::from_be(key.port_be), proto })
 }
 
+fn real_addr(real: &Real) -> IpAddr {
+    let addr = std::net::Ipv6Addr::from(real.addr);
+    if real.flags & REAL_F_IPV6 != 0 {
+        IpAddr::V6(addr)
+    } else {
+        addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr))
+    }
+}
+
 /// The data plane's view of forwarding settings.
 pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6]) -> LbConfig {
     LbConfig {
@@ -105,13 +126,60 @@ pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6]) -> LbConfig {
     }
 }
 
-/// One of a VIP's rings: where it lives in the pool, and what it holds when known (after a
-/// restart it is not: the first write is whole).
-struct Ring {
-    region: Region,
-    table: Option<Vec<u32>>,
+/// Cross-site handoff as the data plane holds it: this node's address, the peers that are up,
+/// and whether unknown handed-off flows are adopted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handoff {
+    pub node: Option<IpAddr>,
+    pub peers: Vec<IpAddr>,
+    pub adopt: bool,
 }
 
+/// One map write.
+#[derive(Debug, Clone, PartialEq)]
+enum Write {
+    Config(LbConfig),
+    RateLimit(u32, RateLimit),
+    Real(u32, Real),
+    Vip(VipKey, VipMeta),
+    RemoveVip(VipKey),
+    RingSlots { base: u32, slots: Vec<(u32, u32)> },
+    Handoff(Handoff),
+}
+
+impl Write {
+    fn run(&self, dp: &mut impl DataplaneOps) -> Result<(), DataplaneError> {
+        match self {
+            Write::Config(c) => dp.set_config(c),
+            Write::RateLimit(limit, rate) => dp.set_rate_limit(*limit, rate),
+            Write::Real(id, real) => dp.set_real(*id, real),
+            Write::Vip(key, meta) => dp.set_vip(key, meta),
+            Write::RemoveVip(key) => dp.remove_vip(key),
+            Write::RingSlots { base, slots } => dp.write_ring_slots(*base, slots),
+            Write::Handoff(h) => dp.set_handoff(h),
+        }
+    }
+}
+
+/// What the reconciler last wrote to each entry it owns: the "before" of every planned write.
+#[derive(Clone, Default)]
+struct Written {
+    config: Option<LbConfig>,
+    limits: HashMap<u32, RateLimit>,
+    reals: HashMap<u32, Real>,
+    vips: HashMap<VipKey, VipMeta>,
+    handoff: Option<Handoff>,
+}
+
+/// One of a VIP's rings: where it lives in the pool, and what it holds when known (after a
+/// restart it is not: the first write is whole).
+#[derive(Clone)]
+struct Ring {
+    region: Region,
+    table: Option<Arc<Vec<u32>>>,
+}
+
+#[derive(Clone)]
 struct VipState {
     config: Vip,
     index: u32,
@@ -137,7 +205,7 @@ impl VipState {
     fn is_up(&self, real: IpAddr) -> bool {
         self.up.get(&real).copied().unwrap_or(true)
     }
-    fn weight(&self, real: &crate::config::RealConfig) -> u32 {
+    fn weight(&self, real: &RealConfig) -> u32 {
         self.weights.get(&real.addr).copied().unwrap_or(real.weight)
     }
 }
@@ -197,9 +265,11 @@ impl VipStatus {
     }
 }
 
-pub struct Reconciler<D> {
-    dp: D,
-    vips: BTreeMap<VipId, VipState>,
+/// Everything the reconciler knows. A transaction plans on a copy: VIP states and ring tables are
+/// shared until changed, so a copy costs the id tables, not the rings.
+#[derive(Clone)]
+struct State {
+    vips: BTreeMap<VipId, Arc<VipState>>,
     /// (VIP index, real address) -> real id.
     real_ids: HashMap<(u32, IpAddr), u32>,
     /// Ids that held a real once and were given up: reused only when no fresh id is left, so a
@@ -213,17 +283,26 @@ pub struct Reconciler<D> {
     /// Where the rings live in `MAGLEV`.
     pool: RingPool,
     recovered_down: HashSet<(u32, IpAddr)>,
-    /// What each `REALS` entry holds, so a rebuild writes only the reals that changed.
-    written: HashMap<u32, Real>,
-    pub rebuilds: RebuildStats,
+    written: Written,
+    rebuilds: RebuildStats,
+    /// The planned writes in order, each with the write that undoes it (None: nothing a packet
+    /// could see changes, e.g. slots of a ring no VIP uses).
+    plan: Vec<(Write, Option<Write>)>,
+    /// Rings freed by this transaction with their content, so a write that reuses them can be
+    /// undone. A ring whose content is unknown is freed only once the plan is complete.
+    freed: Vec<(Region, Arc<Vec<u32>>)>,
+    deferred_frees: Vec<Region>,
+}
+
+pub struct Reconciler<D> {
+    dp: D,
+    state: State,
 }
 
 impl<D: DataplaneOps> Reconciler<D> {
     pub fn new(dp: D) -> Self {
-        let pool = RingPool::new(dp.ring_slots());
-        Self {
-            dp,
-            pool,
+        let state = State {
+            pool: RingPool::new(dp.ring_slots()),
             vips: BTreeMap::new(),
             real_ids: HashMap::new(),
             retired_ids: Vec::new(),
@@ -231,44 +310,75 @@ impl<D: DataplaneOps> Reconciler<D> {
             next_fresh_id: 1,
             recovered: HashMap::new(),
             recovered_down: HashSet::new(),
-            written: HashMap::new(),
+            written: Written::default(),
             rebuilds: RebuildStats::default(),
-        }
+            plan: Vec::new(),
+            freed: Vec::new(),
+            deferred_frees: Vec::new(),
+        };
+        Self { dp, state }
     }
 
     /// Starts from what an earlier `lb` left in the pinned maps: VIP indexes and live rings,
     /// real ids and which reals were down.
     pub fn recover(dp: D, programmed: &Programmed) -> Self {
         let mut r = Self::new(dp);
+        let s = &mut r.state;
         for (key, meta) in &programmed.vips {
+            s.written.vips.insert(*key, *meta);
             let Some(id) = vip_id(key) else { continue };
             let live = Region { base: meta.ring_base, len: meta.ring_size };
-            if r.pool.reserve(live) {
-                r.recovered.insert(id, (meta.vip_index, live));
+            if s.pool.reserve(live) {
+                s.recovered.insert(id, (meta.vip_index, live));
             } else {
                 // Not where a ring can be (an inconsistent pin): rebuilt whole, elsewhere.
                 tracing::warn!(vip = %id, base = live.base, len = live.len, "a VIP's live ring is outside the ring pool or overlaps another");
-                r.recovered.insert(id, (meta.vip_index, Region { base: 0, len: 0 }));
+                s.recovered.insert(id, (meta.vip_index, Region { base: 0, len: 0 }));
             }
         }
         for (id, real) in &programmed.reals {
-            let addr = std::net::Ipv6Addr::from(real.addr);
-            let addr = if real.flags & REAL_F_IPV6 != 0 {
-                IpAddr::V6(addr)
-            } else {
-                addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr))
-            };
-            r.real_ids.insert((real.vip_index, addr), *id);
-            r.ids_taken.insert(*id);
-            r.written.insert(*id, *real);
+            let addr = real_addr(real);
+            s.real_ids.insert((real.vip_index, addr), *id);
+            s.ids_taken.insert(*id);
+            s.written.reals.insert(*id, *real);
             if real.flags & REAL_F_DOWN != 0 {
-                r.recovered_down.insert((real.vip_index, addr));
+                s.recovered_down.insert((real.vip_index, addr));
             }
         }
         r
     }
 
-    /// For maps the reconciler does not own (handoff).
+    /// Plans `change` on a copy of the state, then runs its writes; a failed write undoes the
+    /// ones before it and keeps the state as it was.
+    fn transact<T>(&mut self, change: impl FnOnce(&mut State) -> Result<T, ReconcileError>) -> Result<T, ReconcileError> {
+        let mut next = self.state.clone();
+        let value = change(&mut next)?;
+        for region in std::mem::take(&mut next.deferred_frees) {
+            next.pool.free(region);
+        }
+        next.freed.clear();
+        let plan = std::mem::take(&mut next.plan);
+        for (done, (write, _)) in plan.iter().enumerate() {
+            if let Err(e) = write.run(&mut self.dp) {
+                self.undo(&plan[..done]);
+                return Err(e.into());
+            }
+        }
+        self.state = next;
+        Ok(value)
+    }
+
+    fn undo(&mut self, done: &[(Write, Option<Write>)]) {
+        for undo in done.iter().rev().filter_map(|(_, u)| u.as_ref()) {
+            if let Err(e) = undo.run(&mut self.dp) {
+                tracing::error!(error = %e, "undoing a failed change failed too; the next change rewrites every entry whole");
+                self.state.forget_written();
+                return;
+            }
+        }
+    }
+
+    /// For what the reconciler does not write: attaching, counters, the connection table.
     pub fn dataplane_mut(&mut self) -> &mut D {
         &mut self.dp
     }
@@ -277,9 +387,190 @@ impl<D: DataplaneOps> Reconciler<D> {
         &self.dp
     }
 
+    /// Makes the maps match `config` (VIPs added, changed, removed) with current health.
+    pub fn apply(&mut self, config: &Config, next_hop_mac: [u8; 6]) -> Result<(), ReconcileError> {
+        self.transact(|s| s.apply(config, next_hop_mac))
+    }
+
+    /// A health flip; returns whether a ring was rebuilt (the real's state is kept either way).
+    pub fn set_health(&mut self, vip: &VipId, real: IpAddr, up: bool) -> Result<bool, ReconcileError> {
+        self.transact(|s| {
+            let Some(state) = s.vips.get_mut(vip) else { return Ok(false) };
+            if !state.config.reals.iter().any(|r| r.addr == real) || state.is_up(real) == up {
+                return Ok(false);
+            }
+            Arc::make_mut(state).up.insert(real, up);
+            s.rebuild(vip)
+        })
+    }
+
+    /// Sets a real's weight at run time (`None`: back to the config's). 0 drains.
+    pub fn set_weight(&mut self, vip: &str, real: IpAddr, weight: Option<u32>) -> Result<(), ReconcileError> {
+        self.transact(|s| {
+            let id = s.find(vip)?;
+            let state = Arc::make_mut(s.vips.get_mut(&id).expect("found"));
+            if !state.config.reals.iter().any(|r| r.addr == real) {
+                return Err(ReconcileError::NoReal { vip: vip.to_owned(), real });
+            }
+            match weight {
+                Some(w) => state.weights.insert(real, w),
+                None => state.weights.remove(&real),
+            };
+            s.rebuild(&id).map(|_| ())
+        })
+    }
+
+    /// Programs cross-site handoff; returns whether anything was written.
+    pub fn set_handoff(&mut self, handoff: &Handoff) -> Result<bool, ReconcileError> {
+        self.transact(|s| Ok(s.write(Write::Handoff(handoff.clone()))))
+    }
+
+    /// What handoff was last programmed to.
+    pub fn handoff(&self) -> Option<&Handoff> {
+        self.state.written.handoff.as_ref()
+    }
+
+    /// A new MAC for the next hop (its neighbour entry changed); the rest of the forwarding
+    /// settings stay. Returns whether anything was written.
+    pub fn set_next_hop(&mut self, mac: [u8; 6]) -> Result<bool, ReconcileError> {
+        self.transact(|s| {
+            let config = s.written.config.ok_or(ReconcileError::NoConfig)?;
+            Ok(s.write(Write::Config(LbConfig { next_hop_mac: mac, ..config })))
+        })
+    }
+
+    /// The next hop's MAC as last written.
+    pub fn next_hop(&self) -> Option<[u8; 6]> {
+        self.state.written.config.map(|c| c.next_hop_mac)
+    }
+
     /// Whether `real` of `vip` was down when the maps were last written (health starts there).
     pub fn starts_up(&self, vip: &VipId, real: IpAddr) -> bool {
-        self.vips.get(vip).is_none_or(|v| v.is_up(real))
+        self.state.vips.get(vip).is_none_or(|v| v.is_up(real))
+    }
+
+    /// Runtime weights, to keep across reloads and restarts: (VIP name, real, weight).
+    pub fn weight_overrides(&self) -> Vec<(String, IpAddr, u32)> {
+        self.state.vips.values().flat_map(|s| s.weights.iter().map(|(a, w)| (s.config.name.clone(), *a, *w))).collect()
+    }
+
+    pub fn rebuilds(&self) -> RebuildStats {
+        self.state.rebuilds
+    }
+
+    /// The table in `vip`'s live ring, when known.
+    pub fn live_table(&self, vip: &VipId) -> Option<&[u32]> {
+        let s = self.state.vips.get(vip)?;
+        s.rings[s.active].as_ref()?.table.as_deref().map(Vec::as_slice)
+    }
+
+    /// `vip`'s entry in `VIPS` as written.
+    pub fn vip_meta(&self, vip: &VipId) -> Option<VipMeta> {
+        self.state.written.vips.get(&vip_key(vip)).copied()
+    }
+
+    /// The id of `real` of `vip`.
+    pub fn real_id(&self, vip: &VipId, real: IpAddr) -> Option<u32> {
+        let index = self.state.vips.get(vip)?.index;
+        self.state.real_ids.get(&(index, real)).copied()
+    }
+
+    /// The address `REALS` holds for `id`.
+    pub fn real_address(&self, id: u32) -> Option<IpAddr> {
+        self.state.written.reals.get(&id).map(real_addr)
+    }
+
+    pub fn status(&self) -> Vec<VipStatus> {
+        let s = &self.state;
+        s.vips
+            .iter()
+            .map(|(id, v)| {
+                let reals = v
+                    .config
+                    .reals
+                    .iter()
+                    .map(|r| {
+                        let rid = s.real_ids.get(&(v.index, r.addr)).copied().unwrap_or(0);
+                        RealStatus {
+                            address: r.addr,
+                            id: rid,
+                            up: v.is_up(r.addr),
+                            config_weight: r.weight,
+                            weight: v.weight(r),
+                            slots: v.slots.get(&rid).copied().unwrap_or(0),
+                        }
+                    })
+                    .collect();
+                VipStatus {
+                    name: v.config.name.clone(),
+                    vip: *id,
+                    index: v.index,
+                    ring_size: v.config.ring_size,
+                    min_healthy: v.config.min_healthy,
+                    reals,
+                    announced: false,
+                }
+            })
+            .collect()
+    }
+}
+
+impl State {
+    /// Plans `write` unless the entry already holds exactly that; returns whether it did.
+    fn write(&mut self, write: Write) -> bool {
+        let w = &mut self.written;
+        let undo = match &write {
+            Write::Config(c) => match w.config.replace(*c) {
+                Some(old) if old == *c => return false,
+                old => old.map(Write::Config),
+            },
+            Write::RateLimit(limit, rate) => match w.limits.insert(*limit, *rate) {
+                Some(old) if old == *rate => return false,
+                old => old.map(|old| Write::RateLimit(*limit, old)),
+            },
+            Write::Real(id, real) => match w.reals.insert(*id, *real) {
+                Some(old) if old == *real => return false,
+                // An entry never written holds zeroes (an array map).
+                old => Some(Write::Real(*id, old.unwrap_or_default())),
+            },
+            Write::Vip(key, meta) => match w.vips.insert(*key, *meta) {
+                Some(old) if old == *meta => return false,
+                Some(old) => Some(Write::Vip(*key, old)),
+                None => Some(Write::RemoveVip(*key)),
+            },
+            Write::RemoveVip(key) => w.vips.remove(key).map(|old| Write::Vip(*key, old)),
+            Write::Handoff(h) => match w.handoff.replace(h.clone()) {
+                Some(old) if old == *h => return false,
+                old => old.map(Write::Handoff),
+            },
+            Write::RingSlots { .. } => unreachable!("ring writes are planned by `rebuild`, which knows the old slots"),
+        };
+        self.plan.push((write, undo));
+        true
+    }
+
+    /// After an undo failed: nothing written is known, so the next change writes everything.
+    fn forget_written(&mut self) {
+        self.written = Written::default();
+        for v in self.vips.values_mut() {
+            let v = Arc::make_mut(v);
+            v.built_from = None;
+            for ring in v.rings.iter_mut().flatten() {
+                ring.table = None;
+            }
+        }
+    }
+
+    /// Frees a ring: at once if its content is known (a write reusing it can be undone), else
+    /// once the plan is complete.
+    fn free_ring(&mut self, ring: &Ring) {
+        match &ring.table {
+            Some(table) => {
+                self.pool.free(ring.region);
+                self.freed.push((ring.region, table.clone()));
+            }
+            None => self.deferred_frees.push(ring.region),
+        }
     }
 
     /// The lowest VIP index not in `used`, which then holds it too.
@@ -311,17 +602,17 @@ impl<D: DataplaneOps> Reconciler<D> {
         Ok(id)
     }
 
-    /// Makes the maps match `config` (VIPs added, changed, removed) with current health.
-    pub fn apply(&mut self, config: &Config, next_hop_mac: [u8; 6]) -> Result<(), ReconcileError> {
-        self.dp.set_config(&lb_config(&config.forwarding, next_hop_mac))?;
-        self.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(config.forwarding.too_big_per_sec))?;
-        self.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(config.flood.inserts_per_sec))?;
-        self.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(config.flood.handoffs_per_sec))?;
+    fn apply(&mut self, config: &Config, next_hop_mac: [u8; 6]) -> Result<(), ReconcileError> {
         let needed = crate::config::ring_slots_needed(&config.vips);
         if needed > self.pool.size() as u64 {
             return Err(ReconcileError::PoolTooSmall { needed, pool: self.pool.size() });
         }
+        self.write(Write::Config(lb_config(&config.forwarding, next_hop_mac)));
+        self.write(Write::RateLimit(limits::TOO_BIG, RateLimit::per_sec(config.forwarding.too_big_per_sec)));
+        self.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
+        self.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
+        // Indexes of VIPs going away stay taken in this change: no new VIP shares one with them.
         let mut indexes: BTreeSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
         let gone: Vec<VipId> = self.vips.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {
@@ -330,6 +621,7 @@ impl<D: DataplaneOps> Reconciler<D> {
         for vip in &config.vips {
             match self.vips.get_mut(&vip.id) {
                 Some(state) => {
+                    let state = Arc::make_mut(state);
                     let addrs: HashSet<IpAddr> = vip.reals.iter().map(|r| r.addr).collect();
                     state.up.retain(|a, _| addrs.contains(a));
                     state.weights.retain(|a, _| addrs.contains(a));
@@ -337,7 +629,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                     state.config = vip.clone();
                     let index = state.index;
                     for addr in dropped {
-                        self.retire_real(index, addr)?;
+                        self.retire_real(index, addr);
                     }
                 }
                 None => {
@@ -346,16 +638,16 @@ impl<D: DataplaneOps> Reconciler<D> {
                         None => (Self::free_index(&mut indexes)?, None),
                     };
                     let up = vip.reals.iter().filter(|r| self.recovered_down.contains(&(index, r.addr))).map(|r| (r.addr, false)).collect();
-                    self.vips.insert(vip.id, VipState::new(vip.clone(), index, live, up));
+                    self.vips.insert(vip.id, Arc::new(VipState::new(vip.clone(), index, live, up)));
                 }
             }
             self.rebuild(&vip.id)?;
         }
         // VIPs an earlier run left that the config no longer has.
         for (id, (_, live)) in std::mem::take(&mut self.recovered) {
-            self.dp.remove_vip(&vip_key(&id))?;
+            self.write(Write::RemoveVip(vip_key(&id)));
             if live.len > 0 {
-                self.pool.free(live);
+                self.deferred_frees.push(live);
             }
         }
         Ok(())
@@ -363,36 +655,35 @@ impl<D: DataplaneOps> Reconciler<D> {
 
     fn remove(&mut self, id: &VipId) -> Result<(), ReconcileError> {
         let Some(state) = self.vips.remove(id) else { return Ok(()) };
-        self.dp.remove_vip(&vip_key(id))?;
+        self.write(Write::RemoveVip(vip_key(id)));
         for ring in state.rings.iter().flatten() {
-            self.pool.free(ring.region);
+            self.free_ring(ring);
         }
         for real in &state.config.reals {
-            self.retire_real(state.index, real.addr)?;
-        }
-        Ok(())
-    }
-
-    /// Writes a `REALS` entry unless it already holds exactly that.
-    fn write_real(&mut self, id: u32, real: Real) -> Result<(), ReconcileError> {
-        if self.written.get(&id) != Some(&real) {
-            self.dp.set_real(id, &real)?;
-            self.written.insert(id, real);
+            self.retire_real(state.index, real.addr);
         }
         Ok(())
     }
 
     /// Marks the real down in the maps (its flows move on) and frees its id.
-    fn retire_real(&mut self, vip_index: u32, addr: IpAddr) -> Result<(), ReconcileError> {
+    fn retire_real(&mut self, vip_index: u32, addr: IpAddr) {
         if let Some(id) = self.real_ids.remove(&(vip_index, addr)) {
-            self.write_real(id, Real { addr: addr16(addr), flags: real_flags(addr, false), vip_index })?;
+            self.write(Write::Real(id, Real { addr: addr16(addr), flags: real_flags(addr, false), vip_index }));
             self.retired_ids.push(id);
         }
-        Ok(())
     }
 
-    /// Rebuilds one VIP's table into its spare ring and switches to it.
-    fn rebuild(&mut self, id: &VipId) -> Result<(), ReconcileError> {
+    fn find(&self, vip: &str) -> Result<VipId, ReconcileError> {
+        self.vips
+            .iter()
+            .find(|(id, s)| s.config.name == vip || id.to_string() == vip)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| ReconcileError::NoVip(vip.to_owned()))
+    }
+
+    /// Plans one VIP's table into its spare ring and the switch to it; returns whether it
+    /// switched.
+    fn rebuild(&mut self, id: &VipId) -> Result<bool, ReconcileError> {
         let started = Instant::now();
         let state = self.vips.get(id).ok_or_else(|| ReconcileError::NoVip(id.to_string()))?;
         let index = state.index;
@@ -406,131 +697,88 @@ impl<D: DataplaneOps> Reconciler<D> {
                 maglev.push(MaglevReal { identity: addr16(addr), id: real_id, weight });
             }
         }
-        // Up before the switch: the new ring may send flows there.
-        for (&(addr, up, _), &real_id) in reals.iter().zip(&ids) {
-            if up {
-                self.write_real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, true), vip_index: index })?;
-            }
-        }
-        let state = self.vips.get_mut(id).expect("checked above");
-        let ring_size = state.config.ring_size;
-        let input = (ring_size, maglev);
-        if state.built_from.as_ref() != Some(&input) {
-            let table = build_table(&input.1, ring_size);
-            let live = state.rings[state.active].as_ref().and_then(|r| r.table.as_ref());
-            if live != Some(&table) {
-                let spare = 1 - state.active;
-                // The spare ring must have this ring size (a VIP's ring_size may have changed).
-                let mut ring = match state.rings[spare].take() {
-                    Some(ring) if ring.region.len == ring_size => ring,
-                    other => {
-                        if let Some(old) = other {
-                            self.pool.free(old.region);
-                        }
-                        let (free, pool) = (self.pool.free_slots(), self.pool.size());
-                        let region = self.pool.alloc(ring_size).ok_or(ReconcileError::PoolFragmented { len: ring_size, free, pool })?;
-                        Ring { region, table: None }
-                    }
-                };
-                let slots = match &ring.table {
-                    Some(old) => diff(old, &table),
-                    None => table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)).collect(),
-                };
-                self.dp.write_ring_slots(ring.region.base, &slots)?;
-                let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
-                let meta = VipMeta { flags, vip_index: index, ring_base: ring.region.base, ring_size, generation: 0 };
-                self.dp.set_vip(&vip_key(id), &meta)?;
-                state.slots.clear();
-                for &real in &table {
-                    *state.slots.entry(real).or_default() += 1;
+        let set_reals = |s: &mut Self, up: bool| {
+            for (&(addr, real_up, _), &real_id) in reals.iter().zip(&ids) {
+                if real_up == up {
+                    s.write(Write::Real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, up), vip_index: index }));
                 }
-                ring.table = Some(table);
-                state.rings[spare] = Some(ring);
-                state.active = spare;
-                self.rebuilds.count += 1;
-                self.rebuilds.last = started.elapsed();
-                self.rebuilds.total += self.rebuilds.last;
             }
-            state.built_from = Some(input);
+        };
+        // Up before the switch: the new ring may send flows there.
+        set_reals(self, true);
+        let switch = self.plan_ring(id, maglev)?;
+        let switched = switch.is_some();
+        if let Some(meta) = switch {
+            self.write(Write::Vip(vip_key(id), meta));
+            self.rebuilds.count += 1;
+            self.rebuilds.last = started.elapsed();
+            self.rebuilds.total += self.rebuilds.last;
         }
         // Down after the switch: the ring no longer holds it; its flows move on.
-        for (&(addr, up, _), &real_id) in reals.iter().zip(&ids) {
-            if !up {
-                self.write_real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, false), vip_index: index })?;
-            }
+        set_reals(self, false);
+        Ok(switched)
+    }
+
+    /// Builds the table of `maglev` and, if the live ring does not hold it, plans writing it into
+    /// the spare ring; returns the `VIPS` entry that switches to it.
+    fn plan_ring(&mut self, id: &VipId, maglev: Vec<MaglevReal>) -> Result<Option<VipMeta>, ReconcileError> {
+        let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
+        let ring_size = state.config.ring_size;
+        let input = (ring_size, maglev);
+        if state.built_from.as_ref() == Some(&input) {
+            return Ok(None);
         }
-        Ok(())
-    }
-
-    /// A health flip; returns whether anything changed.
-    pub fn set_health(&mut self, vip: &VipId, real: IpAddr, up: bool) -> Result<bool, ReconcileError> {
-        let Some(state) = self.vips.get_mut(vip) else { return Ok(false) };
-        if !state.config.reals.iter().any(|r| r.addr == real) || state.is_up(real) == up {
-            return Ok(false);
+        let table = build_table(&input.1, ring_size);
+        state.built_from = Some(input);
+        let live = state.rings[state.active].as_ref().and_then(|r| r.table.as_deref());
+        if live == Some(&table) {
+            return Ok(None);
         }
-        state.up.insert(real, up);
-        self.rebuild(vip)?;
-        Ok(true)
-    }
-
-    fn find(&mut self, vip: &str) -> Result<VipId, ReconcileError> {
-        self.vips
-            .iter()
-            .find(|(id, s)| s.config.name == vip || id.to_string() == vip)
-            .map(|(id, _)| *id)
-            .ok_or_else(|| ReconcileError::NoVip(vip.to_owned()))
-    }
-
-    /// Sets a real's weight at run time (`None`: back to the config's). 0 drains.
-    pub fn set_weight(&mut self, vip: &str, real: IpAddr, weight: Option<u32>) -> Result<(), ReconcileError> {
-        let id = self.find(vip)?;
-        let state = self.vips.get_mut(&id).expect("found");
-        if !state.config.reals.iter().any(|r| r.addr == real) {
-            return Err(ReconcileError::NoReal { vip: vip.to_owned(), real });
-        }
-        match weight {
-            Some(w) => state.weights.insert(real, w),
-            None => state.weights.remove(&real),
-        };
-        self.rebuild(&id)
-    }
-
-    /// Runtime weights, to keep across reloads and restarts: (VIP name, real, weight).
-    pub fn weight_overrides(&self) -> Vec<(String, IpAddr, u32)> {
-        self.vips.values().flat_map(|s| s.weights.iter().map(|(a, w)| (s.config.name.clone(), *a, *w))).collect()
-    }
-
-    pub fn status(&self) -> Vec<VipStatus> {
-        self.vips
-            .iter()
-            .map(|(id, s)| {
-                let reals = s
-                    .config
-                    .reals
-                    .iter()
-                    .map(|r| {
-                        let rid = self.real_ids.get(&(s.index, r.addr)).copied().unwrap_or(0);
-                        RealStatus {
-                            address: r.addr,
-                            id: rid,
-                            up: s.is_up(r.addr),
-                            config_weight: r.weight,
-                            weight: s.weight(r),
-                            slots: s.slots.get(&rid).copied().unwrap_or(0),
+        let spare = 1 - state.active;
+        // The spare ring must have this ring size (a VIP's ring_size may have changed).
+        let ring = match state.rings[spare].take() {
+            Some(ring) if ring.region.len == ring_size => ring,
+            other => {
+                if let Some(old) = other {
+                    match &old.table {
+                        Some(t) => {
+                            self.pool.free(old.region);
+                            self.freed.push((old.region, t.clone()));
                         }
-                    })
-                    .collect();
-                VipStatus {
-                    name: s.config.name.clone(),
-                    vip: *id,
-                    index: s.index,
-                    ring_size: s.config.ring_size,
-                    min_healthy: s.config.min_healthy,
-                    reals,
-                    announced: false,
+                        None => self.deferred_frees.push(old.region),
+                    }
                 }
-            })
-            .collect()
+                let (free, pool) = (self.pool.free_slots(), self.pool.size());
+                let region = self.pool.alloc(ring_size).ok_or(ReconcileError::PoolFragmented { len: ring_size, free, pool })?;
+                Ring { region, table: None }
+            }
+        };
+        let base = ring.region.base;
+        let slots = match &ring.table {
+            Some(old) => diff(old, &table),
+            None => table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)).collect(),
+        };
+        // What those slots held, where known: this ring's old table, or a ring freed earlier in
+        // this change (whose VIP an undo brings back).
+        let old_at = |slot: u32| -> Option<u32> {
+            if let Some(old) = &ring.table {
+                return Some(old[slot as usize]);
+            }
+            let at = base + slot;
+            self.freed.iter().find(|(r, _)| (r.base..r.base + r.len).contains(&at)).map(|(r, t)| t[(at - r.base) as usize])
+        };
+        let undo: Vec<(u32, u32)> = slots.iter().filter_map(|&(slot, _)| old_at(slot).map(|old| (slot, old))).collect();
+        let undo = (!undo.is_empty()).then_some(Write::RingSlots { base, slots: undo });
+        self.plan.push((Write::RingSlots { base, slots }, undo));
+        let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
+        let meta = VipMeta { flags, vip_index: state.index, ring_base: base, ring_size, generation: 0 };
+        state.slots.clear();
+        for &real in &table {
+            *state.slots.entry(real).or_default() += 1;
+        }
+        state.rings[spare] = Some(Ring { region: ring.region, table: Some(Arc::new(table)) });
+        state.active = spare;
+        Ok(Some(meta))
     }
 }
 
@@ -543,40 +791,114 @@ mod tests {
     use super::*;
     use crate::config::{parse, InterfaceCheck};
 
-    /// Records what the reconciler writes, and the ring contents as the kernel would hold them.
+    /// Records what the reconciler writes, and the maps as the kernel would hold them; fails
+    /// the write numbered `fail_at` (counting from 1) when set.
     #[derive(Default)]
-    struct Fake {
-        reals: HashMap<u32, Real>,
-        vips: HashMap<VipKey, VipMeta>,
+    pub(crate) struct Fake {
+        pub reals: HashMap<u32, Real>,
+        pub vips: HashMap<VipKey, VipMeta>,
         /// The ring pool's slots.
-        pool: Vec<u32>,
-        slot_writes: usize,
+        pub pool: Vec<u32>,
+        pub config: Option<LbConfig>,
+        pub limits: HashMap<u32, RateLimit>,
+        pub handoff: Option<Handoff>,
+        pub slot_writes: usize,
+        /// Writes attempted so far, and the one to fail.
+        pub writes: usize,
+        pub fail_at: Option<usize>,
         /// Order of operations, for the up-before / down-after rule.
-        log: Vec<String>,
+        pub log: Vec<String>,
+    }
+
+    /// What packets can see: forwarding settings, limits, handoff, VIPs, reals, and each VIP's
+    /// live ring.
+    #[derive(Debug, PartialEq)]
+    pub(crate) struct View {
+        config: Option<LbConfig>,
+        limits: BTreeMap<u32, RateLimit>,
+        handoff: Option<Handoff>,
+        vips: BTreeMap<([u8; 16], u16, u8), (VipMeta, Vec<u32>)>,
+        reals: BTreeMap<u32, Real>,
+    }
+
+    impl Fake {
+        fn attempt(&mut self, what: String) -> Result<(), DataplaneError> {
+            self.writes += 1;
+            if self.fail_at == Some(self.writes) {
+                return Err(DataplaneError::Batch { name: "fake", source: std::io::Error::other(what) });
+            }
+            self.log.push(what);
+            Ok(())
+        }
+
+        /// The live ring of the only VIP.
+        fn live(&self) -> &[u32] {
+            let meta = self.vips.values().next().expect("a VIP");
+            &self.pool[meta.ring_base as usize..(meta.ring_base + meta.ring_size) as usize]
+        }
+
+        /// A pool with room for `slots`.
+        pub(crate) fn with_pool(slots: usize) -> Self {
+            Self { pool: vec![0; slots], ..Self::default() }
+        }
+
+        pub(crate) fn view(&self) -> View {
+            let vips = self
+                .vips
+                .iter()
+                .map(|(k, m)| {
+                    let ring = self.pool[m.ring_base as usize..(m.ring_base + m.ring_size) as usize].to_vec();
+                    ((k.addr, k.port_be, k.proto), (*m, ring))
+                })
+                .collect();
+            View {
+                config: self.config,
+                limits: self.limits.iter().map(|(k, v)| (*k, *v)).collect(),
+                handoff: self.handoff.clone(),
+                vips,
+                reals: self.reals.iter().map(|(k, v)| (*k, *v)).collect(),
+            }
+        }
     }
 
     impl DataplaneOps for Fake {
-        fn set_config(&mut self, _: &LbConfig) -> Result<(), DataplaneError> {
+        fn set_config(&mut self, c: &LbConfig) -> Result<(), DataplaneError> {
+            self.attempt("config".into())?;
+            self.config = Some(*c);
             Ok(())
         }
         fn set_real(&mut self, id: u32, real: &Real) -> Result<(), DataplaneError> {
-            self.log.push(format!("real {id} {}", if real.flags & REAL_F_DOWN != 0 { "down" } else { "up" }));
-            self.reals.insert(id, *real);
+            self.attempt(format!("real {id} {}", if real.flags & REAL_F_DOWN != 0 { "down" } else { "up" }))?;
+            // An array map: zeroes are what an entry never written holds.
+            if *real == Real::default() {
+                self.reals.remove(&id);
+            } else {
+                self.reals.insert(id, *real);
+            }
             Ok(())
         }
         fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
-            self.log.push(format!("switch to ring at {}", meta.ring_base));
+            self.attempt(format!("switch to ring at {}", meta.ring_base))?;
             self.vips.insert(*key, *meta);
             Ok(())
         }
         fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+            self.attempt("remove vip".into())?;
             self.vips.remove(key);
             Ok(())
         }
-        fn set_rate_limit(&mut self, _: u32, _: &RateLimit) -> Result<(), DataplaneError> {
+        fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError> {
+            self.attempt(format!("limit {limit}"))?;
+            self.limits.insert(limit, *rate);
+            Ok(())
+        }
+        fn set_handoff(&mut self, h: &Handoff) -> Result<(), DataplaneError> {
+            self.attempt(format!("handoff adopt={}", h.adopt))?;
+            self.handoff = Some(h.clone());
             Ok(())
         }
         fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+            self.attempt(format!("ring at {base}"))?;
             for &(s, id) in slots {
                 self.pool[(base + s) as usize] = id;
             }
@@ -585,19 +907,6 @@ mod tests {
         }
         fn ring_slots(&self) -> u32 {
             self.pool.len() as u32
-        }
-    }
-
-    impl Fake {
-        /// The live ring of the only VIP.
-        fn live(&self) -> &[u32] {
-            let meta = self.vips.values().next().expect("a VIP");
-            &self.pool[meta.ring_base as usize..(meta.ring_base + meta.ring_size) as usize]
-        }
-
-        /// A pool with room for `slots`.
-        fn with_pool(slots: usize) -> Self {
-            Self { pool: vec![0; slots], ..Self::default() }
         }
     }
 
@@ -632,10 +941,10 @@ mod tests {
         r.dp.log.clear();
         assert!(r.set_health(&vip, ip("10.1.0.2"), false).unwrap());
         assert!(r.dataplane().live().iter().all(|&id| id == 1));
-        assert_eq!(r.dp.log, ["switch to ring at 13", "real 2 down"], "down after the switch; unchanged reals not rewritten");
+        assert_eq!(r.dp.log, ["ring at 13", "switch to ring at 13", "real 2 down"], "down after the switch; unchanged reals not rewritten");
         r.dp.log.clear();
         assert!(r.set_health(&vip, ip("10.1.0.2"), true).unwrap());
-        assert_eq!(r.dp.log, ["real 2 up", "switch to ring at 0"], "up before the switch");
+        assert_eq!(r.dp.log, ["real 2 up", "ring at 0", "switch to ring at 0"], "up before the switch");
         assert!(!r.set_health(&vip, ip("10.1.0.2"), true).unwrap(), "no flip, no rebuild");
     }
 
@@ -757,15 +1066,15 @@ mod tests {
         let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
         let mut r = Reconciler::new(Fake::with_pool(100 * 26));
         r.apply(&vips(100, &reals), [0; 6]).unwrap();
-        let (rebuilds, writes) = (r.rebuilds.count, r.dp.slot_writes);
+        let (rebuilds, writes) = (r.rebuilds().count, r.dp.slot_writes);
         r.dp.log.clear();
         r.apply(&vips(100, &reals), [0; 6]).unwrap();
-        assert_eq!((r.rebuilds.count, r.dp.slot_writes), (rebuilds, writes), "the same config builds nothing");
+        assert_eq!((r.rebuilds().count, r.dp.slot_writes), (rebuilds, writes), "the same config builds nothing");
         assert!(r.dp.log.is_empty(), "and writes nothing: {:?}", r.dp.log);
         let mut c = vips(100, &reals);
         c.vips[7].reals[1].weight = 3;
         r.apply(&c, [0; 6]).unwrap();
-        assert_eq!(r.rebuilds.count, rebuilds + 1, "one ring rebuilt");
+        assert_eq!(r.rebuilds().count, rebuilds + 1, "one ring rebuilt");
         assert!(r.dp.slot_writes - writes <= 13, "one ring's slots written");
         assert_eq!(r.dp.log.iter().filter(|l| l.starts_with("switch")).count(), 1, "{:?}", r.dp.log);
     }
@@ -802,5 +1111,88 @@ mod tests {
         let base_of = |port: u16| second.dp.vips.iter().find(|(k, _)| k.port_be == port.to_be()).unwrap().1.ring_base;
         assert_ne!(base_of(1000), 13);
         assert_ne!(base_of(81), base_of(1000));
+    }
+
+    /// A change that removes a VIP (its rings reused by a new one), adds VIPs, drops a real,
+    /// changes weights and a ring size, run against a data plane that fails its Nth write, for
+    /// every N: the maps and the status are as before, and the same change then goes through.
+    #[test]
+    fn a_failed_write_leaves_the_maps_as_they_were() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)];
+        let before = || {
+            let mut r = Reconciler::new(Fake::with_pool(6 * 13 + 17));
+            r.apply(&vips(3, &reals), [1; 6]).unwrap();
+            let v0 = r.status()[0].vip;
+            r.set_health(&v0, ip("10.1.0.3"), false).unwrap();
+            r.set_handoff(&Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.2")], adopt: false }).unwrap();
+            r
+        };
+        let mut after = vips(4, &reals);
+        after.vips.remove(1); // v1 goes; its ring at 13 is the first free one
+        after.vips[0].reals[0].weight = 3;
+        after.vips[1].reals.pop();
+        after.vips[1].ring_size = 17;
+        after.vips[2].name = "new".into();
+        after.vips[2].id.port = 1000;
+        after.forwarding.mtu = 1400;
+
+        let mut clean = before();
+        let start = clean.dp.writes;
+        clean.apply(&after, [2; 6]).unwrap();
+        let writes = clean.dp.writes - start;
+        assert!(clean.dp.log.contains(&"ring at 13".to_owned()), "the new VIP reuses v1's ring: {:?}", clean.dp.log);
+        assert!(writes > 10, "{writes} writes");
+        for n in 1..=writes {
+            let mut r = before();
+            let (view, status) = (r.dp.view(), serde_json::to_string(&r.status()).unwrap());
+            r.dp.fail_at = Some(r.dp.writes + n);
+            assert!(r.apply(&after, [2; 6]).is_err(), "write {n} failed");
+            assert_eq!(r.dp.view(), view, "maps after write {n} of {writes} failed");
+            assert_eq!(serde_json::to_string(&r.status()).unwrap(), status);
+            r.dp.fail_at = None;
+            r.apply(&after, [2; 6]).unwrap();
+            assert_eq!(r.dp.view(), clean.dp.view(), "the change after a failure at write {n}");
+        }
+    }
+
+    #[test]
+    fn running_out_of_anything_fails_before_the_first_write() {
+        let reals = [("10.1.0.1", 1), ("10.1.0.2", 1)];
+        let mut r = Reconciler::new(Fake::with_pool(4 * 13));
+        r.apply(&vips(2, &reals), [0; 6]).unwrap();
+        let writes = r.dp.writes;
+        let mut c = vips(2, &reals);
+        c.vips[1].ring_size = 17; // 13 + 13 + 17 + 13 fit in 52 only if the pool were not fragmented
+        let err = r.apply(&c, [0; 6]).unwrap_err();
+        assert!(matches!(err, ReconcileError::PoolTooSmall { .. } | ReconcileError::PoolFragmented { .. }), "{err}");
+        assert_eq!(r.dp.writes, writes, "nothing written");
+    }
+
+    #[test]
+    fn a_flip_that_changes_no_slot_is_not_a_rebuild() {
+        let mut r = Reconciler::new(Fake::with_pool(100));
+        r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
+        r.set_weight("web", ip("10.1.0.2"), Some(0)).unwrap();
+        let (vip, rebuilds) = (r.status()[0].vip, r.rebuilds().count);
+        assert!(!r.set_health(&vip, ip("10.1.0.2"), false).unwrap(), "a drained real going down changes no slot");
+        assert_eq!(r.rebuilds().count, rebuilds);
+        assert!(!r.status()[0].reals[1].up, "but its health is kept");
+        assert_ne!(r.dp.reals[&2].flags & REAL_F_DOWN, 0, "and written");
+    }
+
+    #[test]
+    fn handoff_and_next_hop_are_written_once_and_kept_on_failure() {
+        let mut r = Reconciler::new(Fake::with_pool(100));
+        r.apply(&config(&[("10.1.0.1", 1)]), [1; 6]).unwrap();
+        let h = Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.2")], adopt: true };
+        assert!(r.set_handoff(&h).unwrap());
+        assert!(!r.set_handoff(&h).unwrap(), "unchanged: not written again");
+        r.dp.fail_at = Some(r.dp.writes + 1);
+        assert!(r.set_handoff(&Handoff::default()).is_err());
+        assert_eq!((r.handoff(), r.dp.handoff.as_ref()), (Some(&h), Some(&h)));
+        r.dp.fail_at = None;
+        assert!(r.set_next_hop([7; 6]).unwrap());
+        assert_eq!(r.dp.config.unwrap().next_hop_mac, [7; 6]);
+        assert_eq!(r.dp.config.unwrap().mtu, 1500, "the other settings stay");
     }
 }

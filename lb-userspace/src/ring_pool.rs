@@ -11,7 +11,7 @@ pub struct Region {
     pub len: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RingPool {
     size: u32,
     /// Free ranges: start -> length, never adjacent (merged on free).

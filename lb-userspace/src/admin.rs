@@ -1,0 +1,82 @@
+//! The admin protocol: what the API and the CLI can ask of the loop that owns the state, the
+//! request and reply types, and typed errors that map to HTTP status codes.
+
+use std::net::IpAddr;
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{config::RawVip, reconcile::VipStatus};
+
+/// Why a command was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The request itself is wrong (a bad value, a config that does not validate): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// It names a VIP or real that does not exist: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// It conflicts with the current state (a VIP that exists, no room left, no BGP): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The daemon could not carry it out (a map write, the journal): 500. The state before the
+    /// command is kept unless the message says otherwise.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, AdminError>>;
+
+/// Admin commands, answered by the loop that owns the state.
+#[derive(Debug)]
+pub enum Command {
+    Status(oneshot::Sender<Vec<VipStatus>>),
+    Handoff(oneshot::Sender<HandoffStatus>),
+    Metrics(oneshot::Sender<String>),
+    Reload(Reply<()>),
+    /// Set (Some) or clear (None) a real's runtime weight.
+    SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: Reply<()> },
+    AddVip { vip: Box<RawVip>, reply: Reply<()> },
+    /// Withdraw (true) or announce again (false) every VIP of this site.
+    SiteDrain { drained: bool, reply: Reply<()> },
+    RemoveVip { name: String, reply: Reply<()> },
+}
+
+/// Body of the real commands.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RealRequest {
+    pub vip: String,
+    pub real: IpAddr,
+    /// For set-weight.
+    pub weight: Option<u32>,
+}
+
+/// Body of `/vip/remove`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VipName {
+    pub name: String,
+}
+
+/// Cross-site handoff as `GET /handoff` and `lb status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffStatus {
+    /// This node's handoff address (`None`: no `[handoff]`).
+    pub node: Option<IpAddr>,
+    /// Peers in config order, with whether they pass their checks.
+    pub peers: Vec<(IpAddr, bool)>,
+    /// Unknown handed-off flows are taken here (the site withdrew by choice).
+    pub adopt: bool,
+}
