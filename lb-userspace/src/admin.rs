@@ -48,11 +48,25 @@ pub enum Command {
     Metrics(oneshot::Sender<String>),
     Reload(Reply<()>),
     /// Set (Some) or clear (None) a real's runtime weight.
-    SetWeight { vip: String, real: IpAddr, weight: Option<u32>, reply: Reply<()> },
-    AddVip { vip: Box<RawVip>, reply: Reply<()> },
+    SetWeight {
+        vip: String,
+        real: IpAddr,
+        weight: Option<u32>,
+        reply: Reply<()>,
+    },
+    AddVip {
+        vip: Box<RawVip>,
+        reply: Reply<()>,
+    },
     /// Withdraw (true) or announce again (false) every VIP of this site.
-    SiteDrain { drained: bool, reply: Reply<()> },
-    RemoveVip { name: String, reply: Reply<()> },
+    SiteDrain {
+        drained: bool,
+        reply: Reply<()>,
+    },
+    RemoveVip {
+        name: String,
+        reply: Reply<()>,
+    },
 }
 
 /// Body of the real commands.

@@ -15,11 +15,20 @@ use tokio::{
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ok { code: u16, text: String },
+    Ok {
+        code: u16,
+        text: String,
+    },
     /// 8xxx: the command ran and failed (e.g. 8002 configuration file error).
-    RuntimeError { code: u16, text: String },
+    RuntimeError {
+        code: u16,
+        text: String,
+    },
     /// 9xxx: the command was not understood.
-    ParseError { code: u16, text: String },
+    ParseError {
+        code: u16,
+        text: String,
+    },
 }
 
 impl Reply {
@@ -230,14 +239,19 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let pieces: [&[u8]; 10] = [b"0001", b"8002", b"9999", b" ", b"-", b"\n", "\u{e9}".as_bytes(), b"\xff", b"x", "\u{1f600}".as_bytes()];
+        let pieces: [&[u8]; 10] =
+            [b"0001", b"8002", b"9999", b" ", b"-", b"\n", "\u{e9}".as_bytes(), b"\xff", b"x", "\u{1f600}".as_bytes()];
         let (mut ok, mut err) = (0, 0);
         for _ in 0..20_000 {
             let len = next() % 24;
             let bytes: Vec<u8> = (0..len)
                 .flat_map(|_| {
                     let r = next();
-                    if r % 4 == 0 { vec![(r >> 8) as u8] } else { pieces[(r >> 8) as usize % pieces.len()].to_vec() }
+                    if r % 4 == 0 {
+                        vec![(r >> 8) as u8]
+                    } else {
+                        pieces[(r >> 8) as usize % pieces.len()].to_vec()
+                    }
                 })
                 .collect();
             match reply_bytes(&bytes) {

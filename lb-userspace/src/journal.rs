@@ -48,7 +48,9 @@ impl Journal {
 pub enum JournalError {
     #[error("cannot read the journal {path} ({source}); lb will not start over it: fix its permissions or move it away (it holds run-time changes)")]
     Unreadable { path: PathBuf, source: std::io::Error },
-    #[error("the journal {path} is not valid ({source}); lb will not start over it: repair it or move it away (it holds run-time changes)")]
+    #[error(
+        "the journal {path} is not valid ({source}); lb will not start over it: repair it or move it away (it holds run-time changes)"
+    )]
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
@@ -132,7 +134,9 @@ mod tests {
     #[test]
     fn the_file_wins_over_the_journal() {
         let vip = |name: &str, addr: &str| {
-            format!("[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"10.1.0.1\"\n")
+            format!(
+                "[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\n[[vip.real]]\naddress = \"10.1.0.1\"\n"
+            )
         };
         let forwarding = "[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n";
         let file = parse_raw(&format!("{forwarding}{}{}", vip("a", "10.0.0.1"), vip("b", "10.0.0.2"))).unwrap();

@@ -5,11 +5,11 @@
 use std::{net::IpAddr, time::Duration};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use netlink_sys::AsyncSocket as _;
 use netlink_packet_route::{
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     RouteNetlinkMessage,
 };
+use netlink_sys::AsyncSocket as _;
 use tokio::sync::mpsc;
 
 use crate::config::NextHop;

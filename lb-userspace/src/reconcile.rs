@@ -787,7 +787,7 @@ fn real_flags(addr: IpAddr, up: bool) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{parse, InterfaceCheck};
 
@@ -808,7 +808,13 @@ mod tests {
         pub fail_at: Option<usize>,
         /// Order of operations, for the up-before / down-after rule.
         pub log: Vec<String>,
+        /// Called on every handoff write (to see what else held at that moment).
+        pub on_handoff: Option<HandoffHook>,
     }
+
+    pub(crate) type HandoffHook = Box<dyn FnMut(&Handoff)>;
+    /// A VIP's key fields, its entry and its live ring.
+    type VipView = BTreeMap<([u8; 16], u16, u8), (VipMeta, Vec<u32>)>;
 
     /// What packets can see: forwarding settings, limits, handoff, VIPs, reals, and each VIP's
     /// live ring.
@@ -817,7 +823,7 @@ mod tests {
         config: Option<LbConfig>,
         limits: BTreeMap<u32, RateLimit>,
         handoff: Option<Handoff>,
-        vips: BTreeMap<([u8; 16], u16, u8), (VipMeta, Vec<u32>)>,
+        vips: VipView,
         reals: BTreeMap<u32, Real>,
     }
 
@@ -832,7 +838,7 @@ mod tests {
         }
 
         /// The live ring of the only VIP.
-        fn live(&self) -> &[u32] {
+        pub(crate) fn live(&self) -> &[u32] {
             let meta = self.vips.values().next().expect("a VIP");
             &self.pool[meta.ring_base as usize..(meta.ring_base + meta.ring_size) as usize]
         }
@@ -894,6 +900,9 @@ mod tests {
         }
         fn set_handoff(&mut self, h: &Handoff) -> Result<(), DataplaneError> {
             self.attempt(format!("handoff adopt={}", h.adopt))?;
+            if let Some(hook) = &mut self.on_handoff {
+                hook(h);
+            }
             self.handoff = Some(h.clone());
             Ok(())
         }
@@ -920,7 +929,7 @@ mod tests {
         parse(&text, InterfaceCheck::Skip).unwrap()
     }
 
-    fn ip(s: &str) -> IpAddr {
+    pub(crate) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 

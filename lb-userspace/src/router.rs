@@ -54,7 +54,12 @@ impl Backoff {
 
 /// Brings the router to the latest wanted list, for as long as the daemon holds the sender.
 /// Ends when the sender is dropped (after bringing the router to the last list it was sent).
-pub async fn run_router(mut router: impl Router, mut wanted: watch::Receiver<Vec<Announcement>>, events: mpsc::Sender<RouterEvent>, backoff: Backoff) {
+pub async fn run_router(
+    mut router: impl Router,
+    mut wanted: watch::Receiver<Vec<Announcement>>,
+    events: mpsc::Sender<RouterEvent>,
+    backoff: Backoff,
+) {
     let mut failures = 0;
     let mut applied: Option<Vec<Announcement>> = None;
     loop {
@@ -87,16 +92,16 @@ pub async fn run_router(mut router: impl Router, mut wanted: watch::Receiver<Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
     /// Records every list it is asked to announce; fails while `failing` is above zero.
     #[derive(Clone, Default)]
-    struct FakeRouter {
-        calls: Arc<Mutex<Vec<Vec<Announcement>>>>,
-        failing: Arc<Mutex<u32>>,
+    pub(crate) struct FakeRouter {
+        pub calls: Arc<Mutex<Vec<Vec<Announcement>>>>,
+        pub failing: Arc<Mutex<u32>>,
     }
 
     impl Router for FakeRouter {
@@ -115,7 +120,7 @@ mod tests {
         Announcement { prefix: s.parse().unwrap(), prepend: false }
     }
 
-    const FAST: Backoff = Backoff { first: Duration::from_millis(10), max: Duration::from_millis(40) };
+    pub(crate) const FAST: Backoff = Backoff { first: Duration::from_millis(10), max: Duration::from_millis(40) };
 
     #[tokio::test]
     async fn failures_are_reported_and_retried_until_the_router_takes_the_list() {
