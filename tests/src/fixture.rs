@@ -1,16 +1,17 @@
-//! A balancer loaded in the kernel and programmed through the daemon's `Dataplane`, run on test
-//! frames with BPF_PROG_TEST_RUN. Each VIP gets two rings of the pool, side by side; rings are
-//! rebuilt into the VIP's spare ring and switched by one `VIPS` update, as the control plane does.
+//! A balancer loaded in the kernel and programmed through the daemon's own `Reconciler` (the code
+//! `lb run` runs: real ids, ring pool, spare rings and switches), run on test frames with
+//! BPF_PROG_TEST_RUN.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    programs, FlowKey, LbConfig, Real, VipKey, VipMeta, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY,
+    programs, FlowKey, LbConfig, VipKey, VipMeta, VIP_F_SOURCE_AFFINITY,
 };
 use lb_userspace::{
-    dataplane::{addr16, Dataplane, LoadOptions},
-    maglev::{build_table, MaglevReal},
+    config::{self, CheckKind, Config, Forwarding, HealthCheck, InterfaceCheck, NextHop, Proto, RealConfig, VipId},
+    dataplane::{Dataplane, LoadOptions},
+    reconcile::{lb_config, Handoff, Reconciler},
     test_run::{self, TestRun},
 };
 
@@ -24,39 +25,38 @@ pub const TEST_RING_SIZE: u32 = 257;
 /// The fixture's ring pool: room for four VIPs of the full default size.
 pub const TEST_RING_SLOTS: u32 = 8 * lb_common::DEFAULT_RING_SIZE;
 
-/// Outer sources: 10.255.0.0/16 and fd00:ffff::/96, low bits from the flow hash.
-pub fn test_config() -> LbConfig {
-    let mut src_v6 = [0u8; 16];
-    src_v6[..4].copy_from_slice(&[0xfd, 0x00, 0xff, 0xff]);
-    LbConfig {
-        next_hop_mac: ROUTER_MAC,
-        _pad: [0; 2],
+/// Forwarding as the fixture programs it: outer sources 10.255.0.0/16 and fd00:ffff::/96, low
+/// bits from the flow hash.
+pub fn forwarding() -> Forwarding {
+    Forwarding {
+        next_hop: NextHop::Mac(ROUTER_MAC),
         mtu: MTU,
-        src_v4: [10, 255, 0, 0],
-        src_v4_host_bits: 16,
-        src_v6,
-        src_v6_host_bits: 32,
+        source_v4: ("10.255.0.0".parse().unwrap(), 16),
+        source_v6: ("fd00:ffff::".parse().unwrap(), 32),
+        too_big_per_sec: TOO_BIG_PER_SEC,
     }
 }
 
-/// A VIP the fixture programmed.
+/// The `CONFIG` entry the fixture writes.
+pub fn test_config() -> LbConfig {
+    lb_config(&forwarding(), ROUTER_MAC)
+}
+
+/// A VIP the fixture programmed, as the maps hold it after the last change.
 #[derive(Clone, Debug)]
 pub struct Vip {
+    pub id: VipId,
     pub key: VipKey,
     pub meta: VipMeta,
+    /// The live ring.
     pub table: Vec<u32>,
-    /// Pool slots of its two rings; `meta.ring_base` is one of them.
-    pub rings: [u32; 2],
 }
 
 pub struct Balancer {
-    pub dp: Dataplane,
+    rec: Reconciler<Dataplane>,
     prog: i32,
-    real_ids: HashMap<IpAddr, u32>,
-    reals: HashMap<u32, IpAddr>,
-    vips: u32,
-    /// The ring pool's first slot not given to a VIP yet.
-    next_slot: u32,
+    /// What the fixture asked for so far; every change applies the whole of it, as a reload does.
+    config: Config,
 }
 
 impl Balancer {
@@ -76,13 +76,22 @@ impl Balancer {
     /// Readies program `name` of an object loaded by the caller (e.g. onto maps it made).
     pub fn with_dataplane(mut dp: Dataplane, name: &str) -> Self {
         let prog = dp.program_fd(name).unwrap_or_else(|e| panic!("load {name}: {e:?}"));
-        dp.set_config(&test_config()).expect("config");
-        dp.set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(TOO_BIG_PER_SEC)).expect("rate limit");
+        let mut config = config::parse("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n", InterfaceCheck::Skip).expect("base config");
+        config.forwarding = forwarding();
         // No flood limits unless a test sets them: tests and benches make flows fast.
-        for limit in [lb_common::limits::INSERTS, lb_common::limits::HANDOFFS] {
-            dp.set_rate_limit(limit, &lb_common::RateLimit::UNLIMITED).expect("rate limit");
-        }
-        Self { dp, prog, real_ids: HashMap::new(), reals: HashMap::new(), vips: 0, next_slot: 0 }
+        config.flood = config::Flood { inserts_per_sec: u32::MAX, handoffs_per_sec: u32::MAX };
+        let mut rec = Reconciler::new(dp);
+        rec.apply(&config, ROUTER_MAC).expect("forwarding settings");
+        Self { rec, prog, config }
+    }
+
+    pub fn dp(&self) -> &Dataplane {
+        self.rec.dataplane()
+    }
+
+    /// For what the reconciler does not write (attaching, test-only pokes at the maps).
+    pub fn dp_mut(&mut self) -> &mut Dataplane {
+        self.rec.dataplane_mut()
     }
 
     /// The fd of the program `run` runs.
@@ -94,64 +103,82 @@ impl Balancer {
         test_run::run(self.prog, frame, 1).expect("BPF_PROG_TEST_RUN")
     }
 
-    fn real_id(&mut self, addr: IpAddr) -> u32 {
-        if let Some(&id) = self.real_ids.get(&addr) {
-            return id;
-        }
-        let id = self.real_ids.len() as u32 + 1;
-        let flags = if addr.is_ipv6() { REAL_F_IPV6 } else { 0 };
-        self.dp.set_real(id, &Real { addr: addr16(addr), flags, vip_index: 0 }).expect("set real");
-        self.real_ids.insert(addr, id);
-        self.reals.insert(id, addr);
-        id
+    fn apply(&mut self) {
+        self.rec.apply(&self.config, ROUTER_MAC).expect("reconcile");
+    }
+
+    /// The VIP as the reconciler programmed it.
+    fn programmed(&self, id: VipId) -> Vip {
+        let meta = self.rec.vip_meta(&id).expect("programmed");
+        let table = self.rec.live_table(&id).expect("built").to_vec();
+        Vip { id, key: lb_userspace::reconcile::vip_key(&id), meta, table }
     }
 
     /// Programs a VIP `addr:port/proto` (port 0: any port) with `reals` as (address, weight).
     pub fn add_vip(&mut self, addr: &str, port: u16, proto: u8, flags: u32, ring_size: u32, reals: &[(&str, u32)]) -> Vip {
-        let key = VipKey { addr: addr16(ip(addr)), port_be: port.to_be(), proto, _pad: 0 };
-        let index = self.vips;
-        self.vips += 1;
-        let rings = [self.next_slot, self.next_slot + ring_size];
-        self.next_slot += 2 * ring_size;
-        assert!(self.next_slot <= self.dp.ring_slots(), "the ring pool is full");
-        let meta = VipMeta { flags, vip_index: index, ring_base: rings[1], ring_size, generation: 0 };
-        let mut vip = Vip { key, meta, table: Vec::new(), rings };
-        self.set_reals(&mut vip, reals);
-        vip
+        let proto = match proto {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            other => panic!("protocol {other}"),
+        };
+        let id = VipId { addr: ip(addr), port, proto };
+        let vip = config::Vip {
+            name: format!("vip{}", self.config.vips.len()),
+            id,
+            source_affinity: flags & VIP_F_SOURCE_AFFINITY != 0,
+            ring_size,
+            min_healthy: 1,
+            reals: Vec::new(),
+        };
+        self.config.vips.push(vip);
+        self.set_reals_of(id, reals);
+        self.programmed(id)
     }
 
-    /// Rebuilds the VIP's table into its spare ring and switches to it.
+    fn set_reals_of(&mut self, id: VipId, reals: &[(&str, u32)]) {
+        let no_check =
+            HealthCheck { kind: CheckKind::None, port: 0, interval: Default::default(), timeout: Default::default(), rise: 1, fall: 1 };
+        let vip = self.config.vips.iter_mut().find(|v| v.id == id).expect("added");
+        vip.reals = reals.iter().map(|&(a, weight)| RealConfig { addr: ip(a), weight, health: no_check.clone() }).collect();
+        self.apply();
+    }
+
+    /// Gives the VIP these reals (as a reload would): a new table into its spare ring, then the
+    /// switch.
     pub fn set_reals(&mut self, vip: &mut Vip, reals: &[(&str, u32)]) {
-        let maglev: Vec<MaglevReal> = reals
-            .iter()
-            .map(|&(a, weight)| {
-                let addr = ip(a);
-                MaglevReal { identity: addr16(addr), id: self.real_id(addr), weight }
-            })
-            .collect();
-        vip.table = build_table(&maglev, vip.meta.ring_size);
-        let spare = if vip.meta.ring_base == vip.rings[0] { vip.rings[1] } else { vip.rings[0] };
-        self.dp.write_ring(spare, &vip.table).expect("write ring");
-        vip.meta.ring_base = spare;
-        self.dp.set_vip(&vip.key, &vip.meta).expect("set vip");
+        self.set_reals_of(vip.id, reals);
+        *vip = self.programmed(vip.id);
     }
 
+    /// A failed health check of `addr` on every VIP that has it: it leaves their rings and its
+    /// established flows move on.
     pub fn mark_down(&mut self, addr: &str) {
-        let addr = ip(addr);
-        let id = self.real_id(addr);
-        let flags = REAL_F_DOWN | if addr.is_ipv6() { REAL_F_IPV6 } else { 0 };
-        self.dp.set_real(id, &Real { addr: addr16(addr), flags, vip_index: 0 }).expect("set real");
+        let ids: Vec<VipId> = self.config.vips.iter().filter(|v| v.reals.iter().any(|r| r.addr == ip(addr))).map(|v| v.id).collect();
+        for id in ids {
+            self.rec.set_health(&id, ip(addr), false).expect("health flip");
+        }
     }
 
-    /// Id of the real at `addr` (registering it if new).
+    /// Programs handoff through the reconciler.
+    pub fn set_handoff(
+        &mut self,
+        node: Option<IpAddr>,
+        peers: &[IpAddr],
+        adopt: bool,
+    ) -> Result<bool, lb_userspace::reconcile::ReconcileError> {
+        self.rec.set_handoff(&Handoff { node, peers: peers.to_vec(), adopt })
+    }
+
+    /// Id of the real at `addr` in the first VIP that has it.
     pub fn real_id_of(&mut self, addr: &str) -> u32 {
-        self.real_id(ip(addr))
+        let vip = self.config.vips.iter().find(|v| v.reals.iter().any(|r| r.addr == ip(addr))).expect("a VIP with that real");
+        self.rec.real_id(&vip.id, ip(addr)).expect("programmed")
     }
 
     /// The real the connection table holds for `frame`'s flow.
     pub fn dp_conn_real(&self, frame: &Frame) -> Option<IpAddr> {
-        let id = self.dp.conn_real(&flow_of(frame)).expect("read CONNS")?;
-        Some(self.reals[&id])
+        let id = self.dp().conn_real(&flow_of(frame)).expect("read CONNS")?;
+        Some(self.rec.real_address(id).expect("a programmed real"))
     }
 
     /// The real Maglev gives a new flow of `frame` on `vip`.
@@ -159,7 +186,7 @@ impl Balancer {
         let flow = flow_of(frame);
         let hash = if vip.meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { flow_hash(&flow) };
         let id = vip.table[(hash % vip.meta.ring_size) as usize];
-        self.reals[&id]
+        self.rec.real_address(id).expect("a programmed real")
     }
 }
 
@@ -177,8 +204,8 @@ pub fn flow_of(frame: &Frame) -> FlowKey {
         L4::EchoRequest { .. } => panic!("echo has no flow"),
     };
     FlowKey {
-        src: addr16(frame.src),
-        dst: addr16(frame.dst),
+        src: lb_userspace::dataplane::addr16(frame.src),
+        dst: lb_userspace::dataplane::addr16(frame.dst),
         src_port_be: src_port.to_be(),
         dst_port_be: dst_port.to_be(),
         proto,

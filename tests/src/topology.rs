@@ -140,7 +140,7 @@ impl Site {
             let mut b = Balancer::new();
             let weights: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
             let vip = b.add_vip(vip, PORT, 6, 0, TEST_RING_SIZE, &weights);
-            b.dp.attach(programs::BALANCER, "lb0", AttachMode::Native).expect("attach balancer");
+            b.dp_mut().attach(programs::BALANCER, "lb0", AttachMode::Native).expect("attach balancer");
             (b, vip)
         });
         Self { net, balancer, vip: vip_meta, vip_ip: ip(vip) }

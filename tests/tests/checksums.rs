@@ -82,7 +82,7 @@ fn handoff_outer_ipv4_headers_verify_for_random_flows() {
     let mut rng = Rng::with_seed(SEED + 1);
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 0, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
-    lb.dp.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2"), ip("255.255.255.255")], false).unwrap();
+    lb.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2"), ip("255.255.255.255")], false).unwrap();
     for _ in 0..CASES {
         // A mid-flow packet of a flow this node does not know: tunnelled to a peer.
         let mut frame = Frame::tcp(&v4(&mut rng), rng.u16(..), "10.0.0.1", rng.u16(..));
@@ -95,7 +95,7 @@ fn handoff_outer_ipv4_headers_verify_for_random_flows() {
         assert!(matches!(e.outer, Outer::V4(_)) && e.outer.src() == ip("10.20.9.2"), "a handoff: {:?}", e.outer);
         assert!(ipv4_header_ok(&out.data[14..34]), "handoff outer IPv4 checksum of {frame:?}");
     }
-    assert_eq!(lb.dp.counter(lb_common::stats::Counter::HandoffSent).unwrap(), CASES as u64);
+    assert_eq!(lb.dp().counter(lb_common::stats::Counter::HandoffSent).unwrap(), CASES as u64);
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn echo_replies_verify_for_random_requests_of_both_families() {
         assert_eq!(icmp[0], 129, "an echo reply");
         assert!(icmpv6_checksum_ok(h.source, h.destination, icmp), "ICMPv6 checksum of the reply to {frame:?}: {icmp:02x?}");
     }
-    assert_eq!(lb.dp.counter(lb_common::stats::Counter::IcmpEchoReplied).unwrap(), 2 * CASES as u64);
+    assert_eq!(lb.dp().counter(lb_common::stats::Counter::IcmpEchoReplied).unwrap(), 2 * CASES as u64);
     println!("{all_zero} of {CASES} IPv4 echo requests had an all-zero message");
     assert!(all_zero > 50, "the inputs hit the all-zero edge {all_zero} times");
 }
@@ -148,7 +148,7 @@ fn too_big_answers_verify_for_random_packets_of_both_families() {
     lb.add_vip("10.0.0.1", 0, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
     lb.add_vip("2001:db8::10", 0, TCP, 0, TEST_RING_SIZE, &[("fd00:1::1", 1)]);
     // No rate limit in the way.
-    lb.dp.set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(1_000_000)).unwrap();
+    lb.dp_mut().set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(1_000_000)).unwrap();
     for _ in 0..CASES {
         // IPv4 with DF, 1481 ..= 1500 bytes: over 1500 once in IPIP.
         let len = rng.usize(1481..=1500);
@@ -172,7 +172,7 @@ fn too_big_answers_verify_for_random_packets_of_both_families() {
         let (h, icmp) = Ipv6Header::from_slice(&out.data[14..]).unwrap();
         assert!(icmpv6_checksum_ok(h.source, h.destination, icmp), "ICMPv6 checksum of the answer to {frame:?}");
     }
-    assert_eq!(lb.dp.counter(lb_common::stats::Counter::IcmpTooBigSent).unwrap(), 2 * CASES as u64);
+    assert_eq!(lb.dp().counter(lb_common::stats::Counter::IcmpTooBigSent).unwrap(), 2 * CASES as u64);
 }
 
 /// `len` payload bytes: random, all zero or all ones.

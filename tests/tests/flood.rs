@@ -25,7 +25,7 @@ fn balancer(handoff: bool) -> (Balancer, Vip) {
     let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     lb.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
     if handoff {
-        lb.dp.set_handoff(Some(ip(NODE)), &[ip(PEER)], false).unwrap();
+        lb.set_handoff(Some(ip(NODE)), &[ip(PEER)], false).unwrap();
     }
     (lb, vip)
 }
@@ -43,10 +43,10 @@ fn spoofed_syns_are_forwarded_and_make_no_entries() {
         let syn = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80).syn();
         encapsulated_to(&lb.run(&syn.build()), &syn.build(), 14, lb.expected_real(&vip, &syn));
     }
-    assert_eq!(lb.dp.conn_entries().unwrap(), 0, "no entries");
-    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    assert_eq!(lb.dp().conn_entries().unwrap(), 0, "no entries");
+    let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.packets, stats.new_flows), (2000, 0));
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 0, "a SYN is never handed off");
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 0, "a SYN is never handed off");
 }
 
 #[test]
@@ -61,8 +61,8 @@ fn the_handshake_ack_is_recorded_and_a_foreign_ack_is_handed_off() {
     let foreign = Frame::tcp("192.0.2.2", 40_000, "10.0.0.1", 80);
     let e = parse_encapsulated(&lb.run(&foreign.build()).data);
     assert_eq!(e.outer.dst(), ip(PEER), "handed off");
-    assert_eq!(lb.dp.conn_real(&flow_of(&foreign)).unwrap(), Some(REAL_ID_PEER), "and marked as the peer's");
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 1);
+    assert_eq!(lb.dp().conn_real(&flow_of(&foreign)).unwrap(), Some(REAL_ID_PEER), "and marked as the peer's");
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 1);
 }
 
 #[test]
@@ -97,29 +97,29 @@ fn inserts_over_the_limit_are_forwarded_unrecorded() {
     require_root!();
     let (mut lb, vip) = balancer(false);
     // 100 a second in bursts of 10.
-    lb.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(100)).unwrap();
+    lb.dp_mut().set_rate_limit(limits::INSERTS, &RateLimit::per_sec(100)).unwrap();
     for n in 0..50 {
         let udp = Frame::udp(&source(n), 5353, "10.0.0.1", 53);
         assert_eq!(action_name(lb.run(&udp.build()).action), "XDP_TX", "forwarded all the same");
     }
-    assert_eq!(lb.dp.conn_entries().unwrap(), 10, "a burst's worth recorded");
-    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 40);
-    assert!(lb.dp.limit_refused_within(limits::INSERTS, Duration::from_secs(1)).unwrap(), "a flood is being held back");
-    assert!(!lb.dp.limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
+    assert_eq!(lb.dp().conn_entries().unwrap(), 10, "a burst's worth recorded");
+    assert_eq!(lb.dp().counter(Counter::FlowUnrecorded).unwrap(), 40);
+    assert!(lb.dp().limit_refused_within(limits::INSERTS, Duration::from_secs(1)).unwrap(), "a flood is being held back");
+    assert!(!lb.dp().limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
     // TCP handshakes too.
     for n in 100..110 {
         let f = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
         lb.run(&f.clone().syn().build());
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, lb.expected_real(&vip, &f));
     }
-    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 50, "no room left in this second");
+    assert_eq!(lb.dp().counter(Counter::FlowUnrecorded).unwrap(), 50, "no room left in this second");
 }
 
 #[test]
 fn handoffs_over_the_limit_are_forwarded_unrecorded() {
     require_root!();
     let (mut lb, vip) = balancer(true);
-    lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap();
+    lb.dp_mut().set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap();
     let mut to_peer = 0;
     for n in 0..50 {
         let ack = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
@@ -131,24 +131,24 @@ fn handoffs_over_the_limit_are_forwarded_unrecorded() {
         }
     }
     assert_eq!(to_peer, 10, "a burst's worth handed off");
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 10);
-    assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 40);
-    assert_eq!(lb.dp.conn_entries().unwrap(), 10, "the others went by the ring, unrecorded (the 10 are marked as the peer's)");
-    assert!(lb.dp.limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 10);
+    assert_eq!(lb.dp().counter(Counter::HandoffSuppressed).unwrap(), 40);
+    assert_eq!(lb.dp().conn_entries().unwrap(), 10, "the others went by the ring, unrecorded (the 10 are marked as the peer's)");
+    assert!(lb.dp().limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap());
 }
 
 #[test]
 fn a_flow_a_peer_keeps_is_handed_off_beyond_the_limit_until_it_comes_back() {
     require_root!();
     let (mut lb, vip) = balancer(true);
-    lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
-                                                                               // An open connection of a drained site: every packet goes to the peer, one token in all.
+    lb.dp_mut().set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
+                                                                                     // An open connection of a drained site: every packet goes to the peer, one token in all.
     let moved = Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80);
     for _ in 0..50 {
         assert_eq!(parse_encapsulated(&lb.run(&moved.build()).data).outer.dst(), ip(PEER));
     }
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 50);
-    assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 0);
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 50);
+    assert_eq!(lb.dp().counter(Counter::HandoffSuppressed).unwrap(), 0);
     // The peer gives one back (it forgot the flow): balanced and recorded here from then on.
     let returned = lb_tests::packet::tunnel(&moved, PEER, NODE, lb_common::HANDOFF_RETURN);
     let real = lb.expected_real(&vip, &moved);
@@ -161,20 +161,20 @@ fn a_flow_a_peer_keeps_is_handed_off_beyond_the_limit_until_it_comes_back() {
 fn without_peers_a_flood_of_spoofed_acks_leaves_the_insert_budget_to_handshakes() {
     require_root!();
     let (mut lb, vip) = balancer(false);
-    lb.dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(50)).unwrap(); // bursts of 5
-    lb.dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
+    lb.dp_mut().set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(50)).unwrap(); // bursts of 5
+    lb.dp_mut().set_rate_limit(limits::INSERTS, &RateLimit::per_sec(100)).unwrap(); // bursts of 10
     for n in 0..50 {
         let ack = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
         encapsulated_to(&lb.run(&ack.build()), &ack.build(), 14, lb.expected_real(&vip, &ack));
     }
-    assert_eq!(lb.dp.conn_entries().unwrap(), 5, "mid-flow packets of unknown connections: recorded within the handoff limit");
-    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 45);
-    assert_eq!(lb.dp.counter(Counter::HandoffSuppressed).unwrap(), 0, "no peers, so nothing to hand off");
+    assert_eq!(lb.dp().conn_entries().unwrap(), 5, "mid-flow packets of unknown connections: recorded within the handoff limit");
+    assert_eq!(lb.dp().counter(Counter::FlowUnrecorded).unwrap(), 45);
+    assert_eq!(lb.dp().counter(Counter::HandoffSuppressed).unwrap(), 0, "no peers, so nothing to hand off");
     for n in 100..105 {
         let f = Frame::tcp(&source(n), 40_000, "10.0.0.1", 80);
         lb.run(&f.clone().syn().build());
         lb.run(&f.build());
         assert_eq!(lb.dp_conn_real(&f), Some(lb.expected_real(&vip, &f)), "a handshake is recorded");
     }
-    assert_eq!(lb.dp.counter(Counter::FlowUnrecorded).unwrap(), 45);
+    assert_eq!(lb.dp().counter(Counter::FlowUnrecorded).unwrap(), 45);
 }

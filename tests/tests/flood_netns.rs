@@ -62,8 +62,8 @@ impl Peer {
         let balancer = ns.run(|| {
             let mut b = Balancer::new();
             b.add_vip(VIP, PORT, 6, 0, TEST_RING_SIZE, &[(&backend_addr(0), 1)]);
-            b.dp.set_handoff(Some(ip(PEER)), &[ip(NODE)], false).expect("peer handoff");
-            b.dp.attach(programs::BALANCER, "p0", AttachMode::Native).expect("attach peer");
+            b.set_handoff(Some(ip(PEER)), &[ip(NODE)], false).expect("peer handoff");
+            b.dp_mut().attach(programs::BALANCER, "p0", AttachMode::Native).expect("attach peer");
             b
         });
         Self { _ns: ns, _balancer: balancer }
@@ -82,7 +82,7 @@ fn flood_link(site: &mut Site) {
     );
     let router_xdp = &mut site.net.router_xdp;
     site.net.router.run(|| router_xdp.attach(programs::PASS, "r-flood", AttachMode::Native).expect("pass stub"));
-    let dp = &mut site.balancer.dp;
+    let dp = site.balancer.dp_mut();
     site.net.lb.run(|| dp.attach(programs::BALANCER, "lb1", AttachMode::Native).expect("attach on lb1"));
 }
 
@@ -158,12 +158,12 @@ fn flood(site: &mut Site, frames: &[Vec<u8>], change: impl FnOnce(&mut Site)) ->
         refused: out.refused,
         received: received(site) - received_before,
         took: out.took,
-        entries_after: site.balancer.dp.conn_entries().unwrap(),
+        entries_after: site.balancer.dp().conn_entries().unwrap(),
     }
 }
 
 fn counters(site: &Site) -> [u64; 3] {
-    [Counter::HandoffSent, Counter::HandoffSuppressed, Counter::FlowUnrecorded].map(|c| site.balancer.dp.counter(c).unwrap())
+    [Counter::HandoffSent, Counter::HandoffSuppressed, Counter::FlowUnrecorded].map(|c| site.balancer.dp().counter(c).unwrap())
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
     let mut site = Site::new(3);
     let _peer = Peer::new(&mut site);
     flood_link(&mut site);
-    let dp = &mut site.balancer.dp;
+    let dp = site.balancer.dp_mut();
     dp.set_handoff(Some(ip(NODE)), &[ip(PEER)], false).unwrap();
     dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(INSERTS_PER_SEC)).unwrap();
     dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(HANDOFFS_PER_SEC)).unwrap();
@@ -190,7 +190,7 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
             })
             .collect()
     });
-    let entries_before = site.balancer.dp.conn_entries().unwrap();
+    let entries_before = site.balancer.dp().conn_entries().unwrap();
     let long = Mutex::new(long);
     let opened: Mutex<Vec<(LineConn, String)>> = Mutex::default();
     let broken: Mutex<Vec<String>> = Mutex::default();
@@ -238,7 +238,7 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
         // connections it has stay with it).
         let before = counters(&site);
         let ack_phase = flood(&mut site, &acks, |site| {
-            let held_back = site.balancer.dp.limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap();
+            let held_back = site.balancer.dp().limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap();
             assert!(held_back, "the ACK flood is over the handoff limit (lb_xdp_flood_active)");
             let reals = [(backend_addr(0), 1), (backend_addr(2), 0)];
             let reals: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();

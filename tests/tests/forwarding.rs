@@ -37,9 +37,9 @@ fn ipv4_tcp_to_vip_is_encapsulated_to_the_maglev_real() {
     let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     let per_real = check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.1", p, "10.0.0.1", 80), 60);
     assert_eq!(per_real.len(), 3, "every real gets flows: {per_real:?}");
-    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.packets, stats.new_flows, stats.conn_misses, stats.conn_hits), (60, 60, 60, 0));
-    assert_eq!(lb.dp.counter(Counter::Tx).unwrap(), 60);
+    assert_eq!(lb.dp().counter(Counter::Tx).unwrap(), 60);
 }
 
 #[test]
@@ -80,8 +80,8 @@ fn any_port_vip_takes_every_port_and_a_port_vip_wins() {
     }
     let f = Frame::tcp("192.0.2.1", 5555, "10.0.0.2", 443);
     encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.9"));
-    assert_eq!(lb.dp.vip_stats(any.meta.vip_index).unwrap().packets, 5);
-    assert_eq!(lb.dp.vip_stats(https.meta.vip_index).unwrap().packets, 1);
+    assert_eq!(lb.dp().vip_stats(any.meta.vip_index).unwrap().packets, 5);
+    assert_eq!(lb.dp().vip_stats(https.meta.vip_index).unwrap().packets, 1);
     // The any-port VIP is TCP only: UDP to the same address is not ours.
     let udp = Frame::udp("192.0.2.1", 5555, "10.0.0.2", 53).build();
     passed_untouched(&lb.run(&udp), &udp);
@@ -106,7 +106,7 @@ fn traffic_not_for_a_vip_passes_untouched() {
     for frame in frames.iter().chain([&arp]) {
         passed_untouched(&lb.run(frame), frame);
     }
-    assert_eq!(lb.dp.counter(Counter::Pass).unwrap(), 6);
+    assert_eq!(lb.dp().counter(Counter::Pass).unwrap(), 6);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_flow_keeps_its_real_when_the_ring_changes() {
     for f in &flows {
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
     }
-    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.conn_misses, stats.conn_hits, stats.new_flows), (40, 40, 40));
     // New flows follow the new ring.
     check_flows(&lb, &vip, |p| Frame::tcp("192.0.2.8", p, "10.0.0.1", 80), 30);
@@ -162,7 +162,7 @@ fn a_flow_is_recorded_on_its_handshake_ack_and_a_syn_overrides_an_earlier_entry(
         encapsulated_to(&lb.run(&f.build()), &f.build(), 14, now);
         assert_eq!(lb.dp_conn_real(f), Some(now), "its ACK recorded the new real");
     }
-    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     let moved = moved.len() as u64;
     assert_eq!(stats.new_flows, 40 + moved, "one entry per handshake");
     assert_eq!(stats.conn_hits, moved, "only the old connections' packets after the ring change hit");
@@ -232,8 +232,8 @@ fn vip_without_reals_drops_and_counts() {
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &[]);
     let out = lb.run(&Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).build());
     assert_eq!(action_name(out.action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropNoReal).unwrap(), 1);
-    assert_eq!(lb.dp.counter(Counter::Drop).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::DropNoReal).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::Drop).unwrap(), 1);
 }
 
 #[test]
@@ -264,13 +264,13 @@ fn packets_that_would_exceed_the_mtu_are_answered_or_dropped() {
     // Without DF there is nothing to tell the client, and we do not fragment: dropped.
     let too_big = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).fragmentable().build();
     assert_eq!(action_name(lb.run(&too_big).action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropMtuExceeded).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::DropMtuExceeded).unwrap(), 1);
     // With DF, and always for IPv6: answered (tests/tests/pmtu.rs has the details).
     let too_big_df = Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).payload(MTU as usize - 20 - tcp4_overhead + 1).build();
     assert_eq!(lb.run(&too_big_df).data.len(), 14 + 576, "an ICMP answer");
     let too_big6 = Frame::tcp("2001:db8::1", 1, "2001:db8::10", 80).payload(MTU as usize - 40 - 60 + 1).build();
     assert_eq!(lb.run(&too_big6).data.len(), 14 + 1280, "an ICMPv6 answer");
-    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 2);
+    assert_eq!(lb.dp().counter(Counter::IcmpTooBigSent).unwrap(), 2);
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn full_size_ring_balances_like_userspace_maglev() {
         assert!(*n > 60, "{real} got {n} of 300 flows");
     }
     let id = lb.real_id_of("10.1.0.1");
-    assert_eq!(lb.dp.real_stats(id).unwrap().packets, per_real[&ip("10.1.0.1")] as u64);
+    assert_eq!(lb.dp().real_stats(id).unwrap().packets, per_real[&ip("10.1.0.1")] as u64);
 }
 
 #[test]
@@ -312,17 +312,17 @@ fn without_config_packets_to_a_vip_are_dropped() {
     require_root!();
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
-    lb.dp.set_config(&lb_common::LbConfig::default()).unwrap();
+    lb.dp_mut().set_config(&lb_common::LbConfig::default()).unwrap();
     let out = lb.run(&Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).build());
     assert_eq!(action_name(out.action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropNoConfig).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::DropNoConfig).unwrap(), 1);
 }
 
 #[test]
 fn object_has_every_map_by_name() {
     require_root!();
     let lb = Balancer::new();
-    let names = lb.dp.map_names();
+    let names = lb.dp().map_names();
     for name in lb_common::maps::ALL {
         assert!(names.iter().any(|n| n == name), "map {name} missing from {names:?}");
         assert!(name.len() <= 15, "{name} fits bpftool's column");
@@ -337,12 +337,12 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
     let f = Frame::tcp("192.0.2.1", 4000, "10.0.0.1", 80);
     encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
     assert!(lb.dp_conn_real(&f).is_some());
-    lb.dp.remove_vip(&vip.key).unwrap();
+    lb.dp_mut().remove_vip(&vip.key).unwrap();
     let input = f.build();
     passed_untouched(&lb.run(&input), &input); // the entry is still in the table, but retired
     lb.set_reals(&mut vip, &REALS4[1..2]); // the VIP comes back with another real
     encapsulated_to(&lb.run(&input), &input, 14, ip("10.1.0.2"));
-    let stats = lb.dp.vip_stats(vip.meta.vip_index).unwrap();
+    let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.new_flows, stats.conn_hits), (2, 0), "the flow started afresh");
 }
 
@@ -392,7 +392,7 @@ fn the_pre_filter_is_counted_again_from_the_pinned_maps_after_a_restart() {
     let mut first = Balancer::with_dataplane(Dataplane::load_pinned(&opts, &pins.0).unwrap(), lb_common::programs::BALANCER);
     let web = first.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     first.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
-    first.dp.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2")], false).unwrap();
+    first.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2")], false).unwrap();
     drop(first);
     let mut second = Dataplane::load_pinned(&opts, &pins.0).unwrap();
     for addr in ["10.0.0.1", "10.20.9.2"] {

@@ -21,7 +21,7 @@ fn balancer(adopt: bool) -> (Balancer, Vip) {
     let mut lb = Balancer::new();
     let vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     lb.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
-    lb.dp.set_handoff(Some(ip(NODE)), &PEERS.map(ip), adopt).expect("set handoff");
+    lb.set_handoff(Some(ip(NODE)), &PEERS.map(ip), adopt).expect("set handoff");
     (lb, vip)
 }
 
@@ -51,11 +51,11 @@ fn mid_flow_packet_of_an_unknown_flow_goes_to_a_peer_and_opening_packets_stay() 
         let ack = Frame::tcp("192.0.2.1", 20_000 + port, "10.0.0.1", 80);
         let e = tunnelled_to(&lb.run(&ack.build()), &ack, NODE, &peer_of(&ack), HANDOFF_REQUEST);
         peers_used.insert(e.outer.dst());
-        let entry = lb.dp.conn_real(&flow_of(&ack)).unwrap();
+        let entry = lb.dp().conn_real(&flow_of(&ack)).unwrap();
         assert_eq!(entry, Some(REAL_ID_PEER), "a handoff's entry names no real, only the peer's claim");
     }
     assert_eq!(peers_used.len(), 2, "flows spread over both peers");
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 40);
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 40);
 
     // A SYN opens the flow here; its later packets follow the connection table, not a peer.
     let syn = Frame::tcp("192.0.2.1", 30_000, "10.0.0.1", 80).syn();
@@ -71,18 +71,18 @@ fn mid_flow_packet_of_an_unknown_flow_goes_to_a_peer_and_opening_packets_stay() 
     let input = udp.build();
     let real = lb.expected_real(&vip, &udp);
     encapsulated_to(&lb.run(&input), &input, 14, real);
-    assert_eq!(lb.dp.counter(Counter::HandoffSent).unwrap(), 40, "nothing else was handed off");
+    assert_eq!(lb.dp().counter(Counter::HandoffSent).unwrap(), 40, "nothing else was handed off");
 
     // One peer left (the other failed its checks): every handoff goes to it.
     let mut lb = lb;
-    lb.dp.set_handoff(Some(ip(NODE)), &[ip(PEERS[1])], false).unwrap();
+    lb.set_handoff(Some(ip(NODE)), &[ip(PEERS[1])], false).unwrap();
     for port in 0..10 {
         let ack = Frame::tcp("192.0.2.1", 21_000 + port, "10.0.0.1", 80);
         tunnelled_to(&lb.run(&ack.build()), &ack, NODE, PEERS[1], HANDOFF_REQUEST);
     }
 
     // No peers up: mid-flow packets are balanced here like before.
-    lb.dp.set_handoff(Some(ip(NODE)), &[], false).unwrap();
+    lb.set_handoff(Some(ip(NODE)), &[], false).unwrap();
     let ack = Frame::tcp("192.0.2.1", 30_001, "10.0.0.1", 80);
     let input = ack.build();
     encapsulated_to(&lb.run(&input), &input, 14, lb.expected_real(&vip, &ack));
@@ -111,8 +111,8 @@ fn a_peers_handoff_is_forwarded_when_known_and_returned_when_not() {
     let out = lb.run(&tunnel(&other, PEERS[1], NODE, HANDOFF_REQUEST));
     tunnelled_to(&out, &other, NODE, PEERS[1], HANDOFF_RETURN);
     assert_eq!(lb.dp_conn_real(&other), None, "a returned flow leaves no entry here");
-    assert_eq!(lb.dp.counter(Counter::HandoffReceived).unwrap(), 2);
-    assert_eq!(lb.dp.counter(Counter::HandoffReturned).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::HandoffReceived).unwrap(), 2);
+    assert_eq!(lb.dp().counter(Counter::HandoffReturned).unwrap(), 1);
 }
 
 #[test]
@@ -128,8 +128,8 @@ fn a_withdrawn_node_adopts_unknown_handoffs_and_a_returned_handoff_is_balanced_h
     let real = lb.expected_real(&vip, &came_back);
     encapsulated_to(&lb.run(&tunnel(&came_back, PEERS[1], NODE, HANDOFF_RETURN)), &came_back.build(), 14, real);
     assert_eq!(lb.dp_conn_real(&came_back), Some(real), "nobody else knows it: ours");
-    assert_eq!(lb.dp.counter(Counter::HandoffCameBack).unwrap(), 1);
-    assert_eq!(lb.dp.counter(Counter::HandoffReturned).unwrap(), 0);
+    assert_eq!(lb.dp().counter(Counter::HandoffCameBack).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::HandoffReturned).unwrap(), 0);
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn bad_handoffs_are_dropped_and_other_traffic_to_the_node_passes() {
     cut[16..18].copy_from_slice(&total.to_be_bytes());
     let out = lb.run(&cut);
     assert_eq!(action_name(out.action), "XDP_DROP", "a malformed inner packet");
-    assert_eq!(lb.dp.counter(Counter::DropBadHandoff).unwrap(), 2);
+    assert_eq!(lb.dp().counter(Counter::DropBadHandoff).unwrap(), 2);
 
     // A tunnel to the node without a handoff marker, and BGP to the node: the kernel's.
     let other = tunnel(&Frame::tcp("192.0.2.9", 42_002, "10.0.0.1", 80), PEERS[0], NODE, 0);
@@ -158,7 +158,7 @@ fn bad_handoffs_are_dropped_and_other_traffic_to_the_node_passes() {
 }
 
 fn lb_off(mut lb: Balancer, frame: &[u8]) {
-    lb.dp.set_handoff(None, &[], false).unwrap();
+    lb.set_handoff(None, &[], false).unwrap();
     passed_untouched(&lb.run(frame), frame);
 }
 
@@ -167,7 +167,7 @@ fn ipv6_handoff_uses_the_flow_label_as_marker() {
     require_root!();
     let mut lb = Balancer::new();
     let vip = lb.add_vip("2001:db8::10", 443, TCP, 0, TEST_RING_SIZE, &[("fd00:1::1", 1), ("fd00:1::2", 1)]);
-    lb.dp.set_handoff(Some(ip("fd00:20::9")), &[ip("fd00:20::1")], false).unwrap();
+    lb.set_handoff(Some(ip("fd00:20::9")), &[ip("fd00:20::1")], false).unwrap();
     let ack = Frame::tcp("2001:db8:c::1", 5000, "2001:db8::10", 443);
     let e = tunnelled_to(&lb.run(&ack.build()), &ack, "fd00:20::9", "fd00:20::1", HANDOFF_REQUEST);
     assert_eq!(e.outer.proto().0, 41, "IPv6-in-IPv6");
@@ -177,7 +177,7 @@ fn ipv6_handoff_uses_the_flow_label_as_marker() {
     encapsulated_to(&out, &ack.build(), 14, lb.expected_real(&vip, &ack));
 
     // An IPv4 node cannot carry IPv6 flows: they stay here.
-    lb.dp.set_handoff(Some(ip(NODE)), &PEERS.map(ip), false).unwrap();
+    lb.set_handoff(Some(ip(NODE)), &PEERS.map(ip), false).unwrap();
     let other = Frame::tcp("2001:db8:c::1", 5001, "2001:db8::10", 443);
     encapsulated_to(&lb.run(&other.build()), &other.build(), 14, lb.expected_real(&vip, &other));
 }

@@ -31,7 +31,7 @@ fn echo_request_to_an_ipv4_vip_is_answered() {
     assert_eq!(icmp[0], 0, "echo reply");
     assert!(icmpv4_checksum_ok(icmp), "ICMP checksum");
     assert_eq!(&icmp[4..], &Frame::echo("192.0.2.1", "10.0.0.1").build()[14 + 20 + 4..], "id, seq, data kept");
-    assert_eq!(lb.dp.counter(Counter::IcmpEchoReplied).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::IcmpEchoReplied).unwrap(), 1);
 }
 
 /// The input where an incremental update (RFC 1624 equation 3) writes 0x0000: an all-zero echo
@@ -84,8 +84,8 @@ fn frag_needed_with_a_short_quote_reaches_the_real_of_the_flow() {
     let f = Frame::tcp("192.0.2.2", 555, "10.0.0.1", 80);
     let err = icmp_too_big("198.51.100.1", "10.0.0.1", ("10.0.0.1", 80), ("192.0.2.2", 555), 8);
     encapsulated_to(&lb.run(&err), &err, 14, lb.expected_real(&vip, &f));
-    assert_eq!(lb.dp.counter(Counter::IcmpToReal).unwrap(), 31);
-    assert_eq!(lb.dp.conn_real(&lb_tests::fixture::flow_of(&f)).unwrap(), None, "an error makes no entry");
+    assert_eq!(lb.dp().counter(Counter::IcmpToReal).unwrap(), 31);
+    assert_eq!(lb.dp().conn_real(&lb_tests::fixture::flow_of(&f)).unwrap(), None, "an error makes no entry");
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn icmp_error_quoting_too_little_is_dropped() {
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     let err = icmp_too_big("198.51.100.1", "10.0.0.1", ("10.0.0.1", 80), ("192.0.2.1", 1), 3);
     assert_eq!(action_name(lb.run(&err).action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropBadIcmp).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::DropBadIcmp).unwrap(), 1);
 }
 
 #[test]

@@ -304,13 +304,13 @@ fn malformed_frames_get_their_documented_action() {
     let drops = cases.iter().filter(|c| c.action == "XDP_DROP").count();
     assert!(drops >= 20, "{drops} malformed variants");
     for c in &cases {
-        let before = lb.dp.counter(c.reason).unwrap();
+        let before = lb.dp().counter(c.reason).unwrap();
         let out = lb.run(&c.frame);
         assert_eq!(action_name(out.action), c.action, "{}", c.what);
-        assert_eq!(lb.dp.counter(c.reason).unwrap(), before + 1, "{}: counted as {}", c.what, c.reason.name());
+        assert_eq!(lb.dp().counter(c.reason).unwrap(), before + 1, "{}: counted as {}", c.what, c.reason.name());
         if c.action == "XDP_PASS" {
             assert_eq!(out.data, c.frame, "{}: passed untouched", c.what);
         }
     }
-    println!("{} cases, {drops} drops, counters: {:?}", cases.len(), lb.dp.counters().unwrap());
+    println!("{} cases, {drops} drops, counters: {:?}", cases.len(), lb.dp().counters().unwrap());
 }

@@ -27,7 +27,7 @@ fn connections_reach_the_maglev_backend(site: &Site, client: &str) {
     println!("{service}: answers per backend: {per_backend:?}");
     assert!(per_backend.iter().all(|&n| n > 0), "both backends served: {per_backend:?}");
 
-    let stats = site.balancer.dp.vip_stats(site.vip.meta.vip_index).unwrap();
+    let stats = site.balancer.dp().vip_stats(site.vip.meta.vip_index).unwrap();
     println!("VIP stats after {CONNECTIONS} connections: {stats:?}");
     // One new flow per connection, and one more for each SYN the client had to send again (a
     // SYN remakes its flow's entry).
@@ -42,7 +42,7 @@ fn connections_reach_the_maglev_backend(site: &Site, client: &str) {
     assert_eq!(decapsulated, stats.packets, "every tunnelled packet was stripped by a backend");
     // DSR: the backends' answers (three or more packets a connection) do not pass the LB node,
     // whose program would count them as passed; what it passes is neighbour discovery.
-    let passed = site.balancer.dp.counter(Counter::Pass).unwrap();
+    let passed = site.balancer.dp().counter(Counter::Pass).unwrap();
     assert!(passed < CONNECTIONS as u64, "the LB node passed {passed} frames: answers went through it");
 }
 
@@ -77,7 +77,7 @@ fn a_megabyte_upload_completes(site: &Site, client: &str, path_mtu: u32) {
         (conn.exchange(&request).expect("the upload is answered"), start.elapsed())
     });
     assert_eq!(answer, format!("backend 0 received {} bytes from {client}\n", request.len() + 1), "all of it arrived");
-    let count = |c| site.balancer.dp.counter(c).unwrap();
+    let count = |c| site.balancer.dp().counter(c).unwrap();
     let (answered, dropped) = (count(Counter::IcmpTooBigSent), count(Counter::DropMtuExceeded));
     let route = site.net.client.ip(&["route", "get", &service.ip().to_string()]);
     let nstat = site.net.client.exec(&["nstat", "-az", "IcmpInDestUnreachs", "Icmp6InPktTooBigs", "TcpRetransSegs", "TcpExtTCPTimeouts"]);

@@ -52,8 +52,8 @@ fn an_ipv4_packet_with_df_over_the_mtu_is_answered_with_fragmentation_needed() {
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     let input = full_size("192.0.2.1", "10.0.0.1").build();
     frag_needed(&lb.run(&input), &input, 14, "10.0.0.1", 1480);
-    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 1);
-    assert_eq!(lb.dp.vip_stats(0).unwrap().packets, 0, "nothing forwarded");
+    assert_eq!(lb.dp().counter(Counter::IcmpTooBigSent).unwrap(), 1);
+    assert_eq!(lb.dp().vip_stats(0).unwrap().packets, 0, "nothing forwarded");
     // One byte less fits: forwarded as it is.
     let fits = Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80).payload(1480 - 40).build();
     assert_eq!(lb.run(&fits).data.len(), fits.len() + 20, "1480 bytes go through IPIP");
@@ -95,7 +95,7 @@ fn an_ipv6_packet_over_the_mtu_is_answered_with_packet_too_big() {
     assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1460, "MTU: 1500 less IPv6-in-IPv6");
     assert!(icmpv6_checksum_ok(h.source, h.destination, icmp), "ICMPv6 checksum");
     assert_eq!(icmp[8..], input[14..14 + 1232], "quotes the packet's first 1232 bytes");
-    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::IcmpTooBigSent).unwrap(), 1);
 }
 
 #[test]
@@ -105,8 +105,8 @@ fn an_ipv4_packet_without_df_over_the_mtu_is_dropped_and_counted() {
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     let frame = full_size("192.0.2.1", "10.0.0.1").fragmentable();
     assert_eq!(action_name(lb.run(&frame.build()).action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropMtuExceeded).unwrap(), 1);
-    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 0);
+    assert_eq!(lb.dp().counter(Counter::DropMtuExceeded).unwrap(), 1);
+    assert_eq!(lb.dp().counter(Counter::IcmpTooBigSent).unwrap(), 0);
 }
 
 #[test]
@@ -115,15 +115,15 @@ fn answers_are_rate_limited_per_cpu() {
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
     // 100 a second in bursts of 10: 30 packets at once get 10 answers.
-    lb.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(100)).unwrap();
+    lb.dp_mut().set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(100)).unwrap();
     let input = full_size("192.0.2.1", "10.0.0.1").build();
     let sent = (0..30).filter(|_| lb.run(&input).action == 3).count();
     assert_eq!(sent, 10, "a burst's worth answered");
-    assert_eq!(lb.dp.counter(Counter::IcmpTooBigSent).unwrap(), 10);
-    assert_eq!(lb.dp.counter(Counter::DropTooBigSuppressed).unwrap(), 20, "the rest dropped and counted");
+    assert_eq!(lb.dp().counter(Counter::IcmpTooBigSent).unwrap(), 10);
+    assert_eq!(lb.dp().counter(Counter::DropTooBigSuppressed).unwrap(), 20, "the rest dropped and counted");
     // 0: never answer.
-    lb.dp.set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(0)).unwrap();
+    lb.dp_mut().set_rate_limit(limits::TOO_BIG, &RateLimit::per_sec(0)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(action_name(lb.run(&input).action), "XDP_DROP");
-    assert_eq!(lb.dp.counter(Counter::DropTooBigSuppressed).unwrap(), 21);
+    assert_eq!(lb.dp().counter(Counter::DropTooBigSuppressed).unwrap(), 21);
 }

@@ -164,7 +164,7 @@ fn run_on_cpus(fd: i32, frames: Vec<Vec<Vec<u8>>>) -> Result<f64> {
 }
 
 fn stats(lb: &Balancer) -> Result<VipStats> {
-    Ok(lb.dp.vip_stats(0)?)
+    Ok(lb.dp().vip_stats(0)?)
 }
 
 /// One row's figures for a layout: hit, insert with room, insert evicting; each with 1 and 2 CPUs.

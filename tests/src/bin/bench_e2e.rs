@@ -95,7 +95,7 @@ fn packet_rate(which: &str) -> Rate {
     let balancer = lb.run(|| {
         let mut b = Balancer::new();
         b.add_vip("10.99.0.1", 9000, 17, 0, TEST_RING_SIZE, &[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
-        b.dp.attach(which, "lb0", AttachMode::Native).expect("attach");
+        b.dp_mut().attach(which, "lb0", AttachMode::Native).expect("attach");
         b
     });
     let (sent, elapsed) = gen.run(|| generate("g0"));
@@ -104,8 +104,8 @@ fn packet_rate(which: &str) -> Rate {
     let lb_tx = (which == programs::BALANCER).then(|| {
         // The balancer's path: every VIP frame it saw went back out encapsulated, none was
         // dropped. (The kernel's own IPv6 neighbour discovery on the link passes.)
-        let [tx, drop] = [Counter::Tx, Counter::Drop].map(|c| balancer.dp.counter(c).expect("balancer counter"));
-        let vip_packets = balancer.dp.vip_stats(0).expect("vip stats").packets;
+        let [tx, drop] = [Counter::Tx, Counter::Drop].map(|c| balancer.dp().counter(c).expect("balancer counter"));
+        let vip_packets = balancer.dp().vip_stats(0).expect("vip stats").packets;
         assert_eq!((drop, vip_packets), (0, tx), "the balancer dropped frames, or sent others than the VIP's");
         tx
     });

@@ -109,7 +109,7 @@ struct Case {
 impl Case {
     /// One round: `CALLS` calls, each checked, then the counters.
     fn round(&mut self, lbs: &[Balancer]) -> Result<()> {
-        let dp = &lbs[self.lb].dp;
+        let dp = lbs[self.lb].dp();
         let before = self.proof.read(dp)?;
         let mut total = 0u64;
         for _ in 0..*CALLS {
@@ -190,7 +190,7 @@ fn balancer(others: usize, handoff: Option<(&str, [&str; 2])>) -> Result<Balance
         lb.add_vip(&vip, 80, 6, 0, small, &weighted(if i % 2 == 0 { &reals4 } else { &reals6 }));
     }
     if let Some((node, peers)) = handoff {
-        lb.dp.set_handoff(Some(ip(node)), &peers.map(ip), false)?;
+        lb.set_handoff(Some(ip(node)), &peers.map(ip), false)?;
     }
     Ok(lb)
 }
@@ -240,8 +240,8 @@ fn main() -> Result<()> {
         vip_addrs.len()
     );
     let (vip4_index, vip6_index) = (0, 1);
-    let floor_fd = lbs[0].dp.program_fd(programs::PASS)?;
-    let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp.program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;
+    let floor_fd = lbs[0].dp_mut().program_fd(programs::PASS)?;
+    let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp_mut().program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;
 
     let hit4 = Frame::tcp("192.0.2.1", 40_000, VIP4, 80);
     let hit6 = Frame::tcp("2001:db8:c::1", 40_000, VIP6, 80);
@@ -251,7 +251,7 @@ fn main() -> Result<()> {
             let out = lbs[0].run(&packet.build());
             ensure!(out.action == XDP_TX, "{family} handshake not forwarded: {}", action_name(out.action));
         }
-        ensure!(lbs[0].dp.conn_real(&flow_of(frame))?.is_some(), "{family} handshake made no entry");
+        ensure!(lbs[0].dp().conn_real(&flow_of(frame))?.is_some(), "{family} handshake made no entry");
     }
     let handoff4 = Frame::tcp("192.0.2.1", 40_001, VIP4, 80);
     let handoff6 = Frame::tcp("2001:db8:c::1", 40_001, VIP6, 80);
@@ -307,11 +307,11 @@ fn main() -> Result<()> {
     for c in &cases {
         if let Input::NewFlow(make) = c.input {
             let first: FlowKey = flow_of(&make(0));
-            ensure!(lbs[c.lb].dp.conn_real(&first)?.is_some(), "{}: the connection table evicted the first flow", c.name);
+            ensure!(lbs[c.lb].dp().conn_real(&first)?.is_some(), "{}: the connection table evicted the first flow", c.name);
             new_flows.push(format!("{} {}", c.calls, c.name));
         }
     }
-    ensure!(lbs[0].dp.counter(Counter::ConnInsertFailed)? == 0, "the connection table refused inserts");
+    ensure!(lbs[0].dp().counter(Counter::ConnInsertFailed)? == 0, "the connection table refused inserts");
 
     let floor = sorted(cases[0].rounds.clone())[*ROUNDS / 2];
     // A new flow is two packets, so two calls: its floor is two empty-program calls.
