@@ -78,6 +78,11 @@ impl Bird {
         crate::netns::sh(&["kill", "-STOP", &self.child.id().to_string()]);
     }
 
+    /// Lets a frozen BIRD run again (SIGCONT).
+    pub fn thaw(&self) {
+        crate::netns::sh(&["kill", "-CONT", &self.child.id().to_string()]);
+    }
+
     /// `birdc` output for a command.
     pub fn birdc(&self, cmd: &str) -> String {
         let out = Command::new("birdc").arg("-s").arg(&self.socket).args(cmd.split_whitespace()).output().expect("birdc");

@@ -510,3 +510,60 @@ fn a_site_short_of_capacity_is_prepended_and_peers_prefer_the_other() {
     let served = answers(&net, 20);
     assert!(served.iter().all(|a| a.as_deref().is_some_and(|t| t.starts_with("site B"))), "{served:?}");
 }
+
+/// BIRD frozen (SIGSTOP) on the node: lb's loop never waits for it. A killed backend leaves the
+/// ring within fall x interval + 100 ms, `lb status` answers within 100 ms, a drain is taken at
+/// once and reaches BIRD after SIGCONT (with no restart of lb), and SIGTERM with BIRD frozen
+/// again exits within 2 s.
+#[test]
+fn a_frozen_bird_stalls_nothing_and_is_caught_up_after_it_thaws() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let mut net = Anycast::new(&[1], &[3]);
+    let servers = net.sites[0].servers();
+    wait_for(Duration::from_secs(30), "the VIP route", || !net.next_hops().is_empty());
+    let node = &net.sites[0].nodes[0];
+    let vip_routes = || node.bird.birdc("show route protocol lb_vips4");
+    assert!(vip_routes().contains(lb_tests::topology::VIP), "{}", vip_routes());
+    let backend1 = node.lb.status()[0].reals[1].address;
+    node.bird.freeze();
+
+    servers.stop(1);
+    let out_of_ring = wait_for(Duration::from_secs(5), "backend 1 out of the ring", || {
+        node.lb.status()[0].reals.iter().any(|r| r.address == backend1 && !r.up && r.slots == 0)
+    });
+    let bound = Duration::from_millis(2 * 100 + 100); // fall x interval + 100 ms
+    let mut status_times = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        node.lb.status();
+        status_times.push(t.elapsed());
+    }
+    let slowest_status = *status_times.iter().max().unwrap();
+    let t = Instant::now();
+    assert!(node.lb.cli(&["site", "drain"]).status.success(), "{}", node.lb.log());
+    let drain_took = t.elapsed();
+    let first_error = wait_for(Duration::from_secs(10), "a BIRD timeout", || metric(&node.lb.metrics(), "lb_bird_errors_total") >= 1.0);
+    println!(
+        "BIRD frozen: backend out of the ring {out_of_ring:?} after the kill (bound {bound:?}), slowest of 10 `lb status` {slowest_status:?}, `lb site drain` {drain_took:?}, first BIRD timeout {first_error:?} after the drain"
+    );
+    assert!(out_of_ring <= bound, "{out_of_ring:?}");
+    assert!(slowest_status < Duration::from_millis(100), "{status_times:?}");
+    assert!(drain_took < Duration::from_millis(100), "{drain_took:?}");
+
+    node.bird.thaw();
+    let caught_up = wait_for(Duration::from_secs(15), "the drain to reach BIRD", || !vip_routes().contains(lb_tests::topology::VIP));
+    assert!(node.lb.log().contains("BGP announcements updated announced= drained=true"), "{}", node.lb.log());
+    assert!(node.lb.cli(&["site", "undrain"]).status.success());
+    let back = wait_for(Duration::from_secs(15), "the VIP back in BIRD", || vip_routes().contains(lb_tests::topology::VIP));
+    println!("BIRD thawed: drain applied after {caught_up:?}, undrain after {back:?}, lb not restarted");
+
+    node.bird.freeze();
+    let t = Instant::now();
+    net.sites[0].nodes[0].lb.terminate();
+    let exit_took = t.elapsed();
+    net.sites[0].nodes[0].bird.thaw();
+    println!("SIGTERM with BIRD frozen: lb exited after {exit_took:?}");
+    assert!(exit_took < Duration::from_secs(2), "{exit_took:?}");
+    assert!(net.sites[0].nodes[0].lb.log().contains("BIRD did not confirm the withdrawal before exit"));
+}
