@@ -861,4 +861,21 @@ mod tests {
         assert_eq!(h.d.status().iter().map(|v| v.announced).collect::<Vec<_>>(), [true, false]);
         assert_eq!(router.calls.lock().unwrap().len(), 4, "3 tries of the first list, 1 of the second");
     }
+
+    #[tokio::test]
+    async fn a_new_mac_of_the_next_hop_is_written_and_other_addresses_are_ignored() {
+        let text =
+            config::parse_raw(&format!("[forwarding]\nnext_hop_ip = \"10.255.255.254\"\n[health]\nkind = \"none\"\n{VIPS}")).unwrap();
+        let h = &mut start(text, Journal::default());
+        let mac = |h: &Harness| h.d.rec.dataplane().config.unwrap().next_hop_mac;
+        assert_eq!(mac(h), [1; 6]);
+        h.d.next_hop_changed(NextHopChanged { ip: ip("10.255.255.254"), mac: [9; 6] });
+        assert_eq!(mac(h), [9; 6]);
+        assert_eq!(h.d.rec.dataplane().config.unwrap().mtu, 1500, "the rest stays");
+        h.d.next_hop_changed(NextHopChanged { ip: ip("10.0.0.1"), mac: [7; 6] });
+        assert_eq!(mac(h), [9; 6], "a watcher of an earlier next hop is ignored");
+        // A change made at run time keeps the followed MAC.
+        change(h, |reply| Command::RemoveVip { name: "dns".into(), reply }).unwrap();
+        assert_eq!(mac(h), [9; 6]);
+    }
 }

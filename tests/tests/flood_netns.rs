@@ -234,13 +234,13 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
             let reals: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();
             site.balancer.set_reals(&mut site.vip, &reals);
         });
-        // ACK flood; backend 1 leaves the ring meanwhile (its REALS entry stays, so the
+        // ACK flood; backend 1 is drained too meanwhile (weight 0: it leaves the ring, and the
         // connections it has stay with it).
         let before = counters(&site);
         let ack_phase = flood(&mut site, &acks, |site| {
             let held_back = site.balancer.dp().limit_refused_within(limits::HANDOFFS, Duration::from_secs(1)).unwrap();
             assert!(held_back, "the ACK flood is over the handoff limit (lb_xdp_flood_active)");
-            let reals = [(backend_addr(0), 1), (backend_addr(2), 0)];
+            let reals = [(backend_addr(0), 1), (backend_addr(1), 0), (backend_addr(2), 0)];
             let reals: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();
             site.balancer.set_reals(&mut site.vip, &reals);
         });
