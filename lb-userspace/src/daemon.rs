@@ -74,11 +74,12 @@ pub struct Outputs {
 /// A prepared reload, and who asked for it (None: SIGHUP).
 pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
 
-/// A reload read and resolved off the loop: the config file, and the MAC of its next hop.
+/// A reload read off the loop: the config file, and the MAC of its next hop when the file names
+/// it by address (validation is left to the loop, which validates the file with the journal).
 #[derive(Debug)]
 pub struct Prepared {
     pub file: RawConfig,
-    pub mac: [u8; 6],
+    pub resolved: Option<(IpAddr, [u8; 6])>,
 }
 
 /// The state machine `lb run` drives: config, journal, health, handoff and announcements, over a
@@ -121,12 +122,14 @@ pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: Interfa
 }
 
 /// Reads the config file and resolves its next hop: the slow half of a reload, run in a task.
-pub async fn prepare_reload(path: PathBuf, interfaces: InterfaceCheck) -> Result<Prepared, AdminError> {
+pub async fn prepare_reload(path: PathBuf) -> Result<Prepared, AdminError> {
     let text = tokio::fs::read_to_string(&path).await.map_err(|e| AdminError::BadRequest(format!("reading {}: {e}", path.display())))?;
     let file = config::parse_raw(&text).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
-    let checked = file.validate(interfaces).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
-    let mac = next_hop::resolve(&checked.forwarding.next_hop).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
-    Ok(Prepared { file, mac })
+    let resolved = match file.forwarding.next_hop_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        Some(ip) => Some((ip, next_hop::resolve(&NextHop::Ip(ip)).await.map_err(|e| AdminError::Conflict(e.to_string()))?)),
+        None => None,
+    };
+    Ok(Prepared { file, resolved })
 }
 
 fn reconcile_error(e: ReconcileError) -> AdminError {
@@ -366,9 +369,9 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
     /// Starts a reload: the file is read and the next hop resolved in a task, which hands the
     /// result to `reload`.
     pub fn start_reload(&self, reply: Option<Reply<()>>) {
-        let (path, interfaces, done) = (self.config_path.clone(), self.interfaces, self.out.reload.clone());
+        let (path, done) = (self.config_path.clone(), self.out.reload.clone());
         tokio::spawn(async move {
-            let prepared = prepare_reload(path, interfaces).await;
+            let prepared = prepare_reload(path).await;
             let _ = done.send((prepared, reply)).await;
         });
     }
@@ -377,7 +380,12 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
     pub fn reload(&mut self, prepared: Result<Prepared, AdminError>, reply: Option<Reply<()>>) {
         let result = prepared.and_then(|p| {
             let config = effective_config(&p.file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
-            self.install(config, p.mac)?;
+            let mac = match (config.forwarding.next_hop, p.resolved) {
+                (NextHop::Mac(mac), _) => mac,
+                (NextHop::Ip(ip), Some((resolved, mac))) if ip == resolved => mac,
+                (NextHop::Ip(ip), _) => return Err(AdminError::Conflict(format!("next hop {ip} was not resolved"))),
+            };
+            self.install(config, mac)?;
             self.file = p.file;
             Ok(())
         });
@@ -759,23 +767,23 @@ mod tests {
         // A restart-only change.
         let mut other = file("");
         other.conn_table_size = 1024;
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: other, mac: [1; 6] })), Err(AdminError::Conflict(_))));
+        assert!(matches!(reload(&mut h, Ok(Prepared { file: other, resolved: None })), Err(AdminError::Conflict(_))));
         // A config that does not validate.
         let mut bad = file("");
         bad.vips[0].reals[0].address = "not an address".into();
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: bad, mac: [1; 6] })), Err(AdminError::BadRequest(_))));
+        assert!(matches!(reload(&mut h, Ok(Prepared { file: bad, resolved: None })), Err(AdminError::BadRequest(_))));
         // A failed map write half-way through.
         let mut changed = file("");
         changed.vips[0].reals.pop();
         changed.vips[1].ring_size = Some(17);
         h.d.rec.dataplane_mut().fail_at = Some(writes + 3);
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: changed.clone(), mac: [1; 6] })), Err(AdminError::Internal(_))));
+        assert!(matches!(reload(&mut h, Ok(Prepared { file: changed.clone(), resolved: None })), Err(AdminError::Internal(_))));
         // The file could not be read or resolved.
         assert!(reload(&mut h, Err(AdminError::BadRequest("reading".into()))).is_err());
         assert_eq!((h.d.rec.dataplane().view(), serde_json::to_string(&h.d.status()).unwrap()), before);
         assert_eq!((h.d.reloads_ok, h.d.reloads_failed), (0, 4));
         h.d.rec.dataplane_mut().fail_at = None;
-        reload(&mut h, Ok(Prepared { file: changed, mac: [1; 6] })).unwrap();
+        reload(&mut h, Ok(Prepared { file: changed, resolved: None })).unwrap();
         assert_eq!(h.d.status()[0].reals.len(), 1);
         assert_eq!(h.d.reloads_ok, 1);
     }

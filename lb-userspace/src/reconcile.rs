@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, Forwarding, Proto, RealConfig, Vip, VipId},
     dataplane::{addr16, Dataplane, DataplaneError, Programmed},
-    maglev::{build_table, diff, MaglevReal},
+    maglev::{build_table, MaglevReal},
     ring_pool::{Region, RingPool},
 };
 
@@ -37,7 +37,7 @@ pub trait DataplaneOps {
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// Writes `(slot, real id)` pairs of the ring at pool slot `base`.
-    fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+    fn write_ring_slots(&mut self, base: u32, slots: impl Iterator<Item = (u32, u32)>) -> Result<(), DataplaneError>;
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError>;
     fn set_handoff(&mut self, handoff: &Handoff) -> Result<(), DataplaneError>;
     /// Slots in the ring pool.
@@ -57,8 +57,8 @@ impl DataplaneOps for Dataplane {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, key)
     }
-    fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        Dataplane::write_ring_slots(self, base, slots.iter().copied())
+    fn write_ring_slots(&mut self, base: u32, slots: impl Iterator<Item = (u32, u32)>) -> Result<(), DataplaneError> {
+        Dataplane::write_ring_slots(self, base, slots)
     }
     fn set_rate_limit(&mut self, limit: u32, rate: &RateLimit) -> Result<(), DataplaneError> {
         Dataplane::set_rate_limit(self, limit, rate)
@@ -143,7 +143,12 @@ enum Write {
     Real(u32, Real),
     Vip(VipKey, VipMeta),
     RemoveVip(VipKey),
-    RingSlots { base: u32, slots: Vec<(u32, u32)> },
+    /// Slots of the ring at pool slot `base` from `table`: every slot, or the `changed` ones
+    /// (the table is the ring state's own, not a copy).
+    RingSlots { base: u32, table: Arc<Vec<u32>>, changed: Option<Arc<Vec<u32>>> },
+    /// `(slot, real id)` pairs of the ring at `base` (undoing writes into a ring freed earlier in
+    /// the same change).
+    RingPairs { base: u32, pairs: Vec<(u32, u32)> },
     Handoff(Handoff),
 }
 
@@ -155,7 +160,13 @@ impl Write {
             Write::Real(id, real) => dp.set_real(*id, real),
             Write::Vip(key, meta) => dp.set_vip(key, meta),
             Write::RemoveVip(key) => dp.remove_vip(key),
-            Write::RingSlots { base, slots } => dp.write_ring_slots(*base, slots),
+            Write::RingSlots { base, table, changed: None } => {
+                dp.write_ring_slots(*base, table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)))
+            }
+            Write::RingSlots { base, table, changed: Some(slots) } => {
+                dp.write_ring_slots(*base, slots.iter().map(|&slot| (slot, table[slot as usize])))
+            }
+            Write::RingPairs { base, pairs } => dp.write_ring_slots(*base, pairs.iter().copied()),
             Write::Handoff(h) => dp.set_handoff(h),
         }
     }
@@ -544,7 +555,9 @@ impl State {
                 Some(old) if old == *h => return false,
                 old => old.map(Write::Handoff),
             },
-            Write::RingSlots { .. } => unreachable!("ring writes are planned by `rebuild`, which knows the old slots"),
+            Write::RingSlots { .. } | Write::RingPairs { .. } => {
+                unreachable!("ring writes are planned by `plan_ring`, which knows the old slots")
+            }
         };
         self.plan.push((write, undo));
         true
@@ -730,10 +743,10 @@ impl State {
         if state.built_from.as_ref() == Some(&input) {
             return Ok(None);
         }
-        let table = build_table(&input.1, ring_size);
+        let table = Arc::new(build_table(&input.1, ring_size));
         state.built_from = Some(input);
         let live = state.rings[state.active].as_ref().and_then(|r| r.table.as_deref());
-        if live == Some(&table) {
+        if live == Some(&*table) {
             return Ok(None);
         }
         let spare = 1 - state.active;
@@ -756,29 +769,36 @@ impl State {
             }
         };
         let base = ring.region.base;
-        let slots = match &ring.table {
-            Some(old) => diff(old, &table),
-            None => table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)).collect(),
-        };
-        // What those slots held, where known: this ring's old table, or a ring freed earlier in
-        // this change (whose VIP an undo brings back).
-        let old_at = |slot: u32| -> Option<u32> {
-            if let Some(old) = &ring.table {
-                return Some(old[slot as usize]);
+        // The write, and what undoes it: the same slots from the old table when this ring's is
+        // known; else the content of a ring freed earlier in this change (whose VIP an undo
+        // brings back), where the new ring overlaps it; else nothing a packet could see.
+        let (write, undo) = match &ring.table {
+            Some(old) => {
+                let changed: Arc<Vec<u32>> =
+                    Arc::new(old.iter().zip(table.iter()).enumerate().filter(|(_, (a, b))| a != b).map(|(slot, _)| slot as u32).collect());
+                let undo = Write::RingSlots { base, table: old.clone(), changed: Some(changed.clone()) };
+                (Write::RingSlots { base, table: table.clone(), changed: Some(changed) }, Some(undo))
             }
-            let at = base + slot;
-            self.freed.iter().find(|(r, _)| (r.base..r.base + r.len).contains(&at)).map(|(r, t)| t[(at - r.base) as usize])
+            None => {
+                let old_at = |at: u32| {
+                    self.freed.iter().find(|(r, _)| (r.base..r.base + r.len).contains(&at)).map(|(r, t)| t[(at - r.base) as usize])
+                };
+                let pairs: Vec<(u32, u32)> = if self.freed.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..ring_size).filter_map(|slot| old_at(base + slot).map(|old| (slot, old))).collect()
+                };
+                (Write::RingSlots { base, table: table.clone(), changed: None }, (!pairs.is_empty()).then_some(Write::RingPairs { base, pairs }))
+            }
         };
-        let undo: Vec<(u32, u32)> = slots.iter().filter_map(|&(slot, _)| old_at(slot).map(|old| (slot, old))).collect();
-        let undo = (!undo.is_empty()).then_some(Write::RingSlots { base, slots: undo });
-        self.plan.push((Write::RingSlots { base, slots }, undo));
+        self.plan.push((write, undo));
         let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
         let meta = VipMeta { flags, vip_index: state.index, ring_base: base, ring_size, generation: 0 };
         state.slots.clear();
-        for &real in &table {
+        for &real in table.iter() {
             *state.slots.entry(real).or_default() += 1;
         }
-        state.rings[spare] = Some(Ring { region: ring.region, table: Some(Arc::new(table)) });
+        state.rings[spare] = Some(Ring { region: ring.region, table: Some(table) });
         state.active = spare;
         Ok(Some(meta))
     }
@@ -910,12 +930,12 @@ pub(crate) mod tests {
             self.handoff = Some(h.clone());
             Ok(())
         }
-        fn write_ring_slots(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        fn write_ring_slots(&mut self, base: u32, slots: impl Iterator<Item = (u32, u32)>) -> Result<(), DataplaneError> {
             self.attempt(format!("ring at {base}"))?;
-            for &(s, id) in slots {
+            for (s, id) in slots {
                 self.pool[(base + s) as usize] = id;
+                self.slot_writes += 1;
             }
-            self.slot_writes += slots.len();
             Ok(())
         }
         fn ring_slots(&self) -> u32 {
