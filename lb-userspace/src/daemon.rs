@@ -80,6 +80,8 @@ pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
 pub struct Prepared {
     pub file: RawConfig,
     pub resolved: Option<(IpAddr, [u8; 6])>,
+    /// How long reading, parsing and resolving took.
+    pub took: Duration,
 }
 
 /// The state machine `lb run` drives: config, journal, health, handoff and announcements, over a
@@ -123,13 +125,14 @@ pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: Interfa
 
 /// Reads the config file and resolves its next hop: the slow half of a reload, run in a task.
 pub async fn prepare_reload(path: PathBuf) -> Result<Prepared, AdminError> {
+    let started = std::time::Instant::now();
     let text = tokio::fs::read_to_string(&path).await.map_err(|e| AdminError::BadRequest(format!("reading {}: {e}", path.display())))?;
     let file = config::parse_raw(&text).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
     let resolved = match file.forwarding.next_hop_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
         Some(ip) => Some((ip, next_hop::resolve(&NextHop::Ip(ip)).await.map_err(|e| AdminError::Conflict(e.to_string()))?)),
         None => None,
     };
-    Ok(Prepared { file, resolved })
+    Ok(Prepared { file, resolved, took: started.elapsed() })
 }
 
 fn reconcile_error(e: ReconcileError) -> AdminError {
@@ -378,6 +381,8 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
 
     /// Installs a reload prepared off the loop. A rejected reload keeps the running state.
     pub fn reload(&mut self, prepared: Result<Prepared, AdminError>, reply: Option<Reply<()>>) {
+        let started = std::time::Instant::now();
+        let read = prepared.as_ref().map_or(Duration::ZERO, |p| p.took);
         let result = prepared.and_then(|p| {
             let config = effective_config(&p.file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
             let mac = match (config.forwarding.next_hop, p.resolved) {
@@ -392,7 +397,13 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
         match &result {
             Ok(()) => {
                 self.reloads_ok += 1;
-                info!(vips = self.config.vips.len(), "config reloaded");
+                let applied = started.elapsed();
+                info!(
+                    vips = self.config.vips.len(),
+                    read_ms = read.as_millis() as u64,
+                    apply_ms = applied.as_millis() as u64,
+                    "config reloaded"
+                );
             }
             Err(e) => {
                 self.reloads_failed += 1;
@@ -767,23 +778,26 @@ mod tests {
         // A restart-only change.
         let mut other = file("");
         other.conn_table_size = 1024;
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: other, resolved: None })), Err(AdminError::Conflict(_))));
+        assert!(matches!(reload(&mut h, Ok(Prepared { file: other, resolved: None, took: Duration::ZERO })), Err(AdminError::Conflict(_))));
         // A config that does not validate.
         let mut bad = file("");
         bad.vips[0].reals[0].address = "not an address".into();
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: bad, resolved: None })), Err(AdminError::BadRequest(_))));
+        assert!(matches!(reload(&mut h, Ok(Prepared { file: bad, resolved: None, took: Duration::ZERO })), Err(AdminError::BadRequest(_))));
         // A failed map write half-way through.
         let mut changed = file("");
         changed.vips[0].reals.pop();
         changed.vips[1].ring_size = Some(17);
         h.d.rec.dataplane_mut().fail_at = Some(writes + 3);
-        assert!(matches!(reload(&mut h, Ok(Prepared { file: changed.clone(), resolved: None })), Err(AdminError::Internal(_))));
+        assert!(matches!(
+            reload(&mut h, Ok(Prepared { file: changed.clone(), resolved: None, took: Duration::ZERO })),
+            Err(AdminError::Internal(_))
+        ));
         // The file could not be read or resolved.
         assert!(reload(&mut h, Err(AdminError::BadRequest("reading".into()))).is_err());
         assert_eq!((h.d.rec.dataplane().view(), serde_json::to_string(&h.d.status()).unwrap()), before);
         assert_eq!((h.d.reloads_ok, h.d.reloads_failed), (0, 4));
         h.d.rec.dataplane_mut().fail_at = None;
-        reload(&mut h, Ok(Prepared { file: changed, resolved: None })).unwrap();
+        reload(&mut h, Ok(Prepared { file: changed, resolved: None, took: Duration::ZERO })).unwrap();
         assert_eq!(h.d.status()[0].reals.len(), 1);
         assert_eq!(h.d.reloads_ok, 1);
     }

@@ -93,7 +93,7 @@ pub fn render(dp: &Dataplane, snapshot: &Snapshot) -> String {
     r.register("ring_rebuilds", "Maglev table rebuilds", rebuilds);
     let rebuild_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     rebuild_seconds.set(rebuild_stats.last.as_secs_f64());
-    r.register("ring_rebuild_last_seconds", "Duration of the last rebuild (table + map writes)", rebuild_seconds);
+    r.register("ring_rebuild_last_seconds", "Time to build the last Maglev table and plan its writes", rebuild_seconds);
     let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
     reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);
     reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);

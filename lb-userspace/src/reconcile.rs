@@ -145,10 +145,17 @@ enum Write {
     RemoveVip(VipKey),
     /// Slots of the ring at pool slot `base` from `table`: every slot, or the `changed` ones
     /// (the table is the ring state's own, not a copy).
-    RingSlots { base: u32, table: Arc<Vec<u32>>, changed: Option<Arc<Vec<u32>>> },
+    RingSlots {
+        base: u32,
+        table: Arc<Vec<u32>>,
+        changed: Option<Arc<Vec<u32>>>,
+    },
     /// `(slot, real id)` pairs of the ring at `base` (undoing writes into a ring freed earlier in
     /// the same change).
-    RingPairs { base: u32, pairs: Vec<(u32, u32)> },
+    RingPairs {
+        base: u32,
+        pairs: Vec<(u32, u32)>,
+    },
     Handoff(Handoff),
 }
 
@@ -202,6 +209,9 @@ struct VipState {
     built_from: Option<(u32, Vec<MaglevReal>)>,
     /// Slots of each real id in the live ring, counted when it was built.
     slots: HashMap<u32, u32>,
+    /// The id of each of its reals (also in `State::real_ids`; kept here so that a rebuild or a
+    /// status of this VIP looks up nothing shared).
+    ids: HashMap<IpAddr, u32>,
     /// Health per real address (absent: up).
     up: HashMap<IpAddr, bool>,
     /// Weights set at run time, over the config's.
@@ -211,7 +221,7 @@ struct VipState {
 impl VipState {
     fn new(config: Vip, index: u32, live: Option<Region>, up: HashMap<IpAddr, bool>) -> Self {
         let rings = [live.map(|region| Ring { region, table: None }), None];
-        Self { config, index, active: 0, rings, built_from: None, slots: HashMap::new(), up, weights: HashMap::new() }
+        Self { config, index, active: 0, rings, built_from: None, slots: HashMap::new(), ids: HashMap::new(), up, weights: HashMap::new() }
     }
     fn is_up(&self, real: IpAddr) -> bool {
         self.up.get(&real).copied().unwrap_or(true)
@@ -502,7 +512,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                     .reals
                     .iter()
                     .map(|r| {
-                        let rid = s.real_ids.get(&(v.index, r.addr)).copied().unwrap_or(0);
+                        let rid = v.ids.get(&r.addr).copied().unwrap_or(0);
                         RealStatus {
                             address: r.addr,
                             id: rid,
@@ -540,15 +550,22 @@ impl State {
                 Some(old) if old == *rate => return false,
                 old => old.map(|old| Write::RateLimit(*limit, old)),
             },
-            Write::Real(id, real) => match w.reals.insert(*id, *real) {
+            // Looked up before the insert: an insert into a persistent map copies a path even
+            // when the value is the same.
+            Write::Real(id, real) => match w.reals.get(id).copied() {
                 Some(old) if old == *real => return false,
                 // An entry never written holds zeroes (an array map).
-                old => Some(Write::Real(*id, old.unwrap_or_default())),
+                old => {
+                    w.reals.insert(*id, *real);
+                    Some(Write::Real(*id, old.unwrap_or_default()))
+                }
             },
-            Write::Vip(key, meta) => match w.vips.insert(*key, *meta) {
+            Write::Vip(key, meta) => match w.vips.get(key).copied() {
                 Some(old) if old == *meta => return false,
-                Some(old) => Some(Write::Vip(*key, old)),
-                None => Some(Write::RemoveVip(*key)),
+                old => {
+                    w.vips.insert(*key, *meta);
+                    Some(old.map_or(Write::RemoveVip(*key), |old| Write::Vip(*key, old)))
+                }
             },
             Write::RemoveVip(key) => w.vips.remove(key).map(|old| Write::Vip(*key, old)),
             Write::Handoff(h) => match w.handoff.replace(h.clone()) {
@@ -635,12 +652,14 @@ impl State {
         }
         for vip in &config.vips {
             match self.vips.get_mut(&vip.id) {
+                Some(state) if state.config == *vip => {}
                 Some(state) => {
                     let state = Arc::make_mut(state);
                     let addrs: HashSet<IpAddr> = vip.reals.iter().map(|r| r.addr).collect();
                     state.up.retain(|a, _| addrs.contains(a));
                     state.weights.retain(|a, _| addrs.contains(a));
                     let dropped: Vec<IpAddr> = state.config.reals.iter().map(|r| r.addr).filter(|a| !addrs.contains(a)).collect();
+                    state.ids.retain(|a, _| addrs.contains(a));
                     state.config = vip.clone();
                     let index = state.index;
                     for addr in dropped {
@@ -702,18 +721,30 @@ impl State {
         let started = Instant::now();
         let state = self.vips.get(id).ok_or_else(|| ReconcileError::NoVip(id.to_string()))?;
         let index = state.index;
-        let reals: Vec<(IpAddr, bool, u32)> = state.config.reals.iter().map(|r| (r.addr, state.is_up(r.addr), state.weight(r))).collect();
+        let reals: Vec<(IpAddr, bool, u32, Option<u32>)> =
+            state.config.reals.iter().map(|r| (r.addr, state.is_up(r.addr), state.weight(r), state.ids.get(&r.addr).copied())).collect();
         let mut maglev = Vec::with_capacity(reals.len());
         let mut ids = Vec::with_capacity(reals.len());
-        for &(addr, up, weight) in &reals {
-            let real_id = self.real_id(index, addr)?;
+        let mut new_ids = Vec::new();
+        for &(addr, up, weight, known) in &reals {
+            let real_id = match known {
+                Some(real_id) => real_id,
+                None => {
+                    let real_id = self.real_id(index, addr)?;
+                    new_ids.push((addr, real_id));
+                    real_id
+                }
+            };
             ids.push(real_id);
             if up {
                 maglev.push(MaglevReal { identity: addr16(addr), id: real_id, weight });
             }
         }
+        if !new_ids.is_empty() {
+            Arc::make_mut(self.vips.get_mut(id).expect("checked above")).ids.extend(new_ids);
+        }
         let set_reals = |s: &mut Self, up: bool| {
-            for (&(addr, real_up, _), &real_id) in reals.iter().zip(&ids) {
+            for (&(addr, real_up, _, _), &real_id) in reals.iter().zip(&ids) {
                 if real_up == up {
                     s.write(Write::Real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, up), vip_index: index }));
                 }
@@ -737,12 +768,12 @@ impl State {
     /// Builds the table of `maglev` and, if the live ring does not hold it, plans writing it into
     /// the spare ring; returns the `VIPS` entry that switches to it.
     fn plan_ring(&mut self, id: &VipId, maglev: Vec<MaglevReal>) -> Result<Option<VipMeta>, ReconcileError> {
-        let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
-        let ring_size = state.config.ring_size;
+        let ring_size = self.vips.get(id).expect("planned by the caller").config.ring_size;
         let input = (ring_size, maglev);
-        if state.built_from.as_ref() == Some(&input) {
+        if self.vips.get(id).and_then(|s| s.built_from.as_ref()) == Some(&input) {
             return Ok(None);
         }
+        let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
         let table = Arc::new(build_table(&input.1, ring_size));
         state.built_from = Some(input);
         let live = state.rings[state.active].as_ref().and_then(|r| r.table.as_deref());
@@ -788,7 +819,10 @@ impl State {
                 } else {
                     (0..ring_size).filter_map(|slot| old_at(base + slot).map(|old| (slot, old))).collect()
                 };
-                (Write::RingSlots { base, table: table.clone(), changed: None }, (!pairs.is_empty()).then_some(Write::RingPairs { base, pairs }))
+                (
+                    Write::RingSlots { base, table: table.clone(), changed: None },
+                    (!pairs.is_empty()).then_some(Write::RingPairs { base, pairs }),
+                )
             }
         };
         self.plan.push((write, undo));
