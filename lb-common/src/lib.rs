@@ -53,6 +53,7 @@ pub mod maps {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const HANDOFF: &str = "HANDOFF";
     pub const PEERS: &str = "PEERS";
+    pub const PEER_SOURCES: &str = "PEER_SOURCES";
     pub const RATE_LIMITS: &str = "RATE_LIMITS";
     pub const LIMIT_STATE: &str = "LIMIT_STATE";
     pub const SYN_SEEN: &str = "SYN_SEEN";
@@ -72,6 +73,7 @@ pub mod maps {
         DECAP_STATS,
         HANDOFF,
         PEERS,
+        PEER_SOURCES,
         RATE_LIMITS,
         LIMIT_STATE,
         SYN_SEEN,
@@ -360,12 +362,14 @@ pub mod stats {
         /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their
         /// rate limit.
         HandoffSuppressed,
+        /// A tunnel to our handoff address from a source that is not a configured peer.
+        DropHandoffNotPeer,
         /// Never counted (not in `ALL`): the balancer's signal that an unknown flow goes to a peer.
         HandoffWanted,
     }
 
     impl Counter {
-        pub const ALL: [Counter; 27] = [
+        pub const ALL: [Counter; 28] = [
             Counter::Pass,
             Counter::Tx,
             Counter::Drop,
@@ -393,6 +397,7 @@ pub mod stats {
             Counter::DropTooBigSuppressed,
             Counter::FlowUnrecorded,
             Counter::HandoffSuppressed,
+            Counter::DropHandoffNotPeer,
         ];
         pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -426,6 +431,7 @@ pub mod stats {
                 Counter::DropTooBigSuppressed => "drop_too_big_suppressed",
                 Counter::FlowUnrecorded => "flow_unrecorded",
                 Counter::HandoffSuppressed => "handoff_suppressed",
+                Counter::DropHandoffNotPeer => "drop_handoff_not_peer",
                 Counter::HandoffWanted => "handoff_wanted",
             }
         }

@@ -15,7 +15,7 @@ use crate::{
     balancer::{Arrival, ClientPacket, Scratch},
     decap,
     encap::Outer,
-    maps::{HANDOFF, PEERS},
+    maps::{HANDOFF, PEERS, PEER_SOURCES},
     parse::{self, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
     pkt, stats,
     step::Step,
@@ -25,6 +25,13 @@ use crate::{
 #[inline(always)]
 pub fn is_node_addr(addr: &[u8; 16]) -> bool {
     HANDOFF.get(0).is_some_and(|h| h.node_addr == *addr)
+}
+
+/// `addr` is a configured peer (up or down: a peer we think is down may still return a flow).
+#[inline(always)]
+pub fn is_peer(addr: &[u8; 16]) -> bool {
+    // SAFETY: the value is only tested for presence, never read through.
+    unsafe { PEER_SOURCES.get(addr) }.is_some()
 }
 
 /// For a flow the connection table does not know: `arrival` calls for a handoff.
@@ -80,15 +87,16 @@ pub unsafe fn receive(ctx: &XdpContext, l3: &mut MaybeUninit<L3>) -> Step {
     // SAFETY: the caller's promise. The fields are copied out before the slot is rewritten.
     let outer = unsafe { l3.assume_init_ref() };
     let (ipv6, l2_len, outer_len, inner_ipv4) = (outer.ipv6, outer.l2_len, outer.l4_off - outer.l2_len, outer.proto == IPPROTO_IPIP);
-    Step::of(try_receive(ctx, ipv6, l2_len, outer_len, inner_ipv4).and_then(|id| {
+    let from = outer.src;
+    Step::of(try_receive(ctx, ipv6, l2_len, outer_len, inner_ipv4, &from).and_then(|id| {
         parse::l3(ctx, l3).map_err(|_| Counter::DropBadHandoff)?;
         Ok(id)
     }))
 }
 
-/// Reads the tunnel's marker and strips its outer header.
+/// Reads the tunnel's marker and, for a handoff from a configured peer, strips its outer header.
 #[inline(always)]
-fn try_receive(ctx: &XdpContext, ipv6: bool, l2_len: usize, outer_len: usize, inner_ipv4: bool) -> Result<u32, Counter> {
+fn try_receive(ctx: &XdpContext, ipv6: bool, l2_len: usize, outer_len: usize, inner_ipv4: bool, from: &[u8; 16]) -> Result<u32, Counter> {
     let id = if ipv6 {
         let head: [u8; 4] = pkt::read(ctx, l2_len).ok_or(Counter::DropBadHandoff)?;
         u32::from_be_bytes(head) & 0x000f_ffff
@@ -101,6 +109,11 @@ fn try_receive(ctx: &XdpContext, ipv6: bool, l2_len: usize, outer_len: usize, in
         RETURN => Counter::HandoffCameBack,
         _ => return Err(Counter::Pass), // some other tunnel to this address: the kernel's
     };
+    // Only from a configured peer: else anyone could have us forward a packet to a real, or
+    // send one back to a spoofed source.
+    if !is_peer(from) {
+        return Err(Counter::DropHandoffNotPeer);
+    }
     stats::count(counter);
     let inner_type = if inner_ipv4 { ETH_P_IP } else { ETH_P_IPV6 };
     decap::strip(ctx, l2_len, outer_len, inner_type).ok_or(Counter::DropBadHandoff)?;

@@ -77,6 +77,11 @@ pub static HANDOFF: Array<Handoff> = Array::with_max_entries(1, 0);
 #[map]
 pub static PEERS: Array<[u8; 16]> = Array::with_max_entries(MAX_PEERS, 0);
 
+/// Every configured peer (up or down): the only sources a tunnel to our handoff address is taken
+/// from. Values unused.
+#[map]
+pub static PEER_SOURCES: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_PEERS, 0);
+
 /// Each rate limit of the data plane (`lb_common::limits`), written by the control plane.
 #[map]
 pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(limits::COUNT, 0);

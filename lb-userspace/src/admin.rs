@@ -71,6 +71,7 @@ pub enum Command {
 
 /// Body of the real commands.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RealRequest {
     pub vip: String,
     pub real: IpAddr,
@@ -80,6 +81,7 @@ pub struct RealRequest {
 
 /// Body of `/vip/remove`.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VipName {
     pub name: String,
 }

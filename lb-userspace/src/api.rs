@@ -1,12 +1,15 @@
-//! The admin API (HTTP/JSON, loopback by default) and the metrics endpoint. Handlers only pass
+//! The admin API (HTTP/JSON on a Unix socket; over TCP only when configured, with a token) and
+//! the metrics endpoint. Handlers only pass
 //! commands to the loop that owns the state and return its answer.
 
-use std::net::SocketAddr;
+use std::{future::IntoFuture as _, net::SocketAddr, path::Path, sync::Arc};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use axum::{
-    extract::State,
-    http::StatusCode,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{header, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse as _, Response},
     routing::{get, post},
     Json, Router,
 };
@@ -14,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     admin::{AdminError, Command, HandoffStatus, RealRequest, Reply, VipName},
-    config::RawVip,
+    config::{Api, RawVip},
     reconcile::VipStatus,
 };
 
@@ -69,9 +72,11 @@ async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, St
     ask(&cmds, Command::Metrics).await
 }
 
-/// Binds both listeners (so a bad address fails `lb run` at once) and serves in the background.
-pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) -> Result<()> {
-    let api_router = Router::new()
+/// Request bodies larger than this are refused (413) before they are read.
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn admin_router(cmds: Commands) -> Router {
+    Router::new()
         .route("/status", get(status))
         .route("/handoff", get(handoff))
         .route("/reload", post(reload))
@@ -90,12 +95,109 @@ pub async fn serve(api: SocketAddr, metrics_addr: SocketAddr, cmds: Commands) ->
                 }
             }),
         )
-        .with_state(cmds.clone());
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(cmds)
+}
+
+/// Who may use the API over TCP: token holders; without a token, reading from loopback.
+#[derive(Clone)]
+struct TcpGuard {
+    token: Option<Arc<str>>,
+    loopback: bool,
+}
+
+async fn guard(State(g): State<TcpGuard>, req: Request, next: Next) -> Response {
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let holds_token = match (&g.token, presented) {
+        (Some(token), Some(presented)) => same_secret(token.as_bytes(), presented.trim().as_bytes()),
+        _ => false,
+    };
+    let reading = req.method() == Method::GET;
+    if holds_token || (reading && g.loopback) {
+        return next.run(req).await;
+    }
+    let why = if g.token.is_none() {
+        "changes over TCP need [api] token_file; or use the admin socket\n"
+    } else {
+        "missing or wrong bearer token\n"
+    };
+    (StatusCode::UNAUTHORIZED, why).into_response()
+}
+
+/// Compares without stopping at the first difference (no timing hint of a prefix).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token in `file`, which only its owner may read.
+fn read_token(file: &Path) -> Result<Arc<str>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(file).with_context(|| format!("reading the API token file {}", file.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!("the API token file {} is readable by others (mode {:o}): chmod 600 it", file.display(), mode & 0o777);
+    }
+    let token = std::fs::read_to_string(file).with_context(|| format!("reading the API token file {}", file.display()))?;
+    let token = token.trim();
+    if token.len() < 16 {
+        bail!("the API token in {} is shorter than 16 characters", file.display());
+    }
+    Ok(token.into())
+}
+
+/// Binds the admin socket: mode 0600, or 0660 for `group`. A socket file left by an `lb` that
+/// is gone is replaced; one that answers belongs to a running `lb`, and is left alone.
+fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another lb answers on the admin socket {}: is this instance running already?", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    // Created with the process umask (0022 leaves no write permission, so no one else can
+    // connect), then narrowed.
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding the admin socket {}", path.display()))?;
+    let mode = match group {
+        Some(name) => {
+            std::os::unix::fs::chown(path, None, Some(group_id(name)?)).with_context(|| format!("chown {}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name).context("a group name with a NUL byte")?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; the result is null or points to
+    // libc's static entry, read at once (at start, before anything else looks groups up).
+    let entry = unsafe { libc::getgrnam(c.as_ptr()) };
+    if entry.is_null() {
+        bail!("no group {name:?} ([api] group)");
+    }
+    // SAFETY: not null, so a valid `group` entry.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+/// Binds every listener (so a bad address fails `lb run` at once) and serves in the background.
+pub async fn serve(api: &Api, metrics_addr: SocketAddr, cmds: Commands) -> Result<()> {
+    let router = admin_router(cmds.clone());
+    let socket = bind_socket(&api.socket, api.group.as_deref())?;
+    tokio::spawn(axum::serve(socket, router.clone()).into_future());
+    if let Some(addr) = api.listen {
+        let token = api.token_file.as_deref().map(read_token).transpose()?;
+        let guarded = router.layer(middleware::from_fn_with_state(TcpGuard { token, loopback: addr.ip().is_loopback() }, guard));
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
+        tokio::spawn(axum::serve(listener, guarded).into_future());
+    }
     let metrics_router = Router::new().route("/metrics", get(metrics)).with_state(cmds);
-    let api_listener = tokio::net::TcpListener::bind(api).await.with_context(|| format!("binding the admin API on {api}"))?;
     let metrics_listener =
         tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
-    tokio::spawn(async move { axum::serve(api_listener, api_router).await });
-    tokio::spawn(async move { axum::serve(metrics_listener, metrics_router).await });
+    tokio::spawn(axum::serve(metrics_listener, metrics_router).into_future());
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Command line of `lb`: the daemon, config checking, and admin commands over the API.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
     path::PathBuf,
     time::Duration,
 };
@@ -20,6 +20,25 @@ use crate::{
 pub struct Opt {
     #[command(subcommand)]
     pub command: Cmd,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Which `lb run` the admin commands talk to, and how.
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// The instance (its admin socket is /run/anycast-lb/<instance>.sock; `stop` removes it).
+    #[arg(long, global = true, default_value = "default")]
+    pub instance: String,
+    /// The admin socket, when the config names another one.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Talk to the API over TCP at this address instead (the config's `[api] listen`).
+    #[arg(long, global = true)]
+    pub api: Option<SocketAddr>,
+    /// File holding the bearer token for `--api` (needed for changes).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -31,15 +50,10 @@ pub enum Cmd {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
-    /// Detach the programs and remove the pinned maps of an instance.
-    Stop {
-        #[arg(long)]
-        instance: String,
-    },
+    /// Detach the programs and remove the pinned maps of an instance (`--instance`).
+    Stop,
     /// VIPs, reals, health, weights and traffic shares; handoff peers.
     Status {
-        #[arg(long, default_value = "127.0.0.1:9101")]
-        api: SocketAddr,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -48,29 +62,20 @@ pub enum Cmd {
     Real {
         #[command(subcommand)]
         action: RealAction,
-        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
-        api: SocketAddr,
     },
     /// Add or remove a VIP at run time (kept across reloads and restarts).
     Vip {
         #[command(subcommand)]
         action: VipAction,
-        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
-        api: SocketAddr,
     },
     /// Withdraw every VIP of this site over BGP while forwarding continues (maintenance), or
     /// announce again.
     Site {
         #[command(subcommand)]
         action: SiteAction,
-        #[arg(long, default_value = "127.0.0.1:9101", global = true)]
-        api: SocketAddr,
     },
     /// Re-read the config file of the running `lb` (like SIGHUP).
-    Reload {
-        #[arg(long, default_value = "127.0.0.1:9101")]
-        api: SocketAddr,
-    },
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -109,21 +114,44 @@ pub enum RealAction {
     },
 }
 
-/// A small HTTP/1.0 client for the local admin API.
-fn http(api: SocketAddr, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| format!("connecting to lb's API at {api}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+/// A small HTTP/1.0 client for the admin API: over the admin socket, or over TCP with a token.
+fn http(target: &Target, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
     let body = body.unwrap_or_default();
-    write!(
-        conn,
-        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply)?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let reply = match target.api {
+        Some(api) => {
+            if let Some(file) = &target.token_file {
+                let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                head += &format!("Authorization: Bearer {}\r\n", token.trim());
+            }
+            let conn =
+                TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| format!("connecting to lb's API at {api}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+            exchange(conn, &head, &body)?
+        }
+        None => {
+            let socket = target.socket.clone().unwrap_or_else(|| crate::config::default_api_socket(&target.instance));
+            let conn = UnixStream::connect(&socket).with_context(|| {
+                format!(
+                    "connecting to lb's admin socket {} (is `lb run` of instance {:?} running, and may this user use it?)",
+                    socket.display(),
+                    target.instance
+                )
+            })?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+            exchange(conn, &head, &body)?
+        }
+    };
     let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status in the reply")?;
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+fn exchange(mut conn: impl std::io::Read + std::io::Write, head: &str, body: &str) -> Result<String> {
+    write!(conn, "{head}\r\n{body}")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply)
 }
 
 fn expect_ok((status, body): (u16, String)) -> Result<String> {
@@ -159,7 +187,8 @@ pub fn print_handoff(h: &HandoffStatus) {
 }
 
 /// Runs the admin commands (everything but `run`, which main starts on a runtime).
-pub fn admin(cmd: Cmd) -> Result<()> {
+pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
+    let api = target;
     match cmd {
         Cmd::Run { .. } => unreachable!("main runs the daemon"),
         Cmd::CheckConfig { file } => {
@@ -168,8 +197,8 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
             Ok(())
         }
-        Cmd::Stop { instance } => crate::daemon::stop(&instance),
-        Cmd::Status { api, json } => {
+        Cmd::Stop => crate::daemon::stop(&target.instance),
+        Cmd::Status { json } => {
             let body = expect_ok(http(api, "GET", "/status", None)?)?;
             if json {
                 println!("{body}");
@@ -180,7 +209,7 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Real { action, api } => {
+        Cmd::Real { action } => {
             let (path, req) = match action {
                 RealAction::Drain { vip, real } => ("/real/drain", RealRequest { vip, real, weight: None }),
                 RealAction::Enable { vip, real } => ("/real/enable", RealRequest { vip, real, weight: None }),
@@ -189,7 +218,7 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             print!("{}", expect_ok(http(api, "POST", path, Some(serde_json::to_string(&req)?))?)?);
             Ok(())
         }
-        Cmd::Vip { action: VipAction::Add { file }, api } => {
+        Cmd::Vip { action: VipAction::Add { file } } => {
             #[derive(serde::Deserialize)]
             struct VipFile {
                 vip: Vec<crate::config::RawVip>,
@@ -204,12 +233,12 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Vip { action: VipAction::Remove { name }, api } => {
+        Cmd::Vip { action: VipAction::Remove { name } } => {
             let body = serde_json::to_string(&VipName { name })?;
             print!("{}", expect_ok(http(api, "POST", "/vip/remove", Some(body))?)?);
             Ok(())
         }
-        Cmd::Site { action, api } => {
+        Cmd::Site { action } => {
             let path = match action {
                 SiteAction::Drain => "/site/drain",
                 SiteAction::Undrain => "/site/undrain",
@@ -217,7 +246,7 @@ pub fn admin(cmd: Cmd) -> Result<()> {
             print!("{}", expect_ok(http(api, "POST", path, None)?)?);
             Ok(())
         }
-        Cmd::Reload { api } => {
+        Cmd::Reload => {
             print!("{}", expect_ok(http(api, "POST", "/reload", None)?)?);
             Ok(())
         }

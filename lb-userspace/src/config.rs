@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -38,9 +38,10 @@ pub struct RawConfig {
     /// Prometheus endpoint (default 127.0.0.1:9100).
     #[serde(default)]
     pub metrics: RawListen,
-    /// Admin API (default 127.0.0.1:9101).
+    /// Admin API: a Unix socket (default /run/anycast-lb/<instance>.sock), and TCP only when
+    /// asked for.
     #[serde(default)]
-    pub api: RawListen,
+    pub api: RawApi,
     /// Health-check defaults for every real.
     #[serde(default)]
     pub health: RawHealth,
@@ -131,6 +132,20 @@ pub struct RawHandoff {
     /// endpoint, every second; its `[metrics] listen` must be reachable from here).
     #[serde(default)]
     pub health: RawHealth,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// The admin socket (default /run/anycast-lb/<instance>.sock), mode 0600: only lb's user.
+    pub socket: Option<String>,
+    /// A group whose members may use the socket too (mode 0660).
+    pub group: Option<String>,
+    /// Also serve the API over TCP at this address (default: not at all). Reading (status)
+    /// needs the token unless the address is loopback; changes always need it.
+    pub listen: Option<String>,
+    /// File (mode 0600) holding the bearer token TCP clients send as `Authorization: Bearer`.
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -250,6 +265,20 @@ pub struct Handoff {
     pub health: HealthCheck,
 }
 
+/// Where the admin API listens and who may use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Api {
+    pub socket: PathBuf,
+    pub group: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin socket of an instance when the config names none.
+pub fn default_api_socket(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/anycast-lb/{instance}.sock"))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub bgp: Option<Bgp>,
@@ -262,7 +291,7 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     pub forwarding: Forwarding,
     pub metrics_listen: SocketAddr,
-    pub api_listen: SocketAddr,
+    pub api: Api,
     pub vips: Vec<Vip>,
 }
 
@@ -497,7 +526,26 @@ impl RawConfig {
         };
         let default_metrics = format!("127.0.0.1:{DEFAULT_METRICS_PORT}");
         let metrics_listen = listen("metrics.listen", self.metrics.listen.as_deref().unwrap_or(&default_metrics));
-        let api_listen = listen("api.listen", self.api.listen.as_deref().unwrap_or("127.0.0.1:9101"));
+        let api_tcp = self.api.listen.as_deref().and_then(|l| listen("api.listen", l));
+        if let Some(addr) = api_tcp {
+            if self.api.token_file.is_none() && !addr.ip().is_loopback() {
+                p.add(
+                    "api.token_file",
+                    format!(
+                        "api.listen {addr} is not loopback: name a token_file (mode 0600) so that only holders of the token can use it"
+                    ),
+                );
+            }
+        }
+        if self.api.token_file.is_some() && self.api.listen.is_none() {
+            p.add("api.token_file", "a token is for TCP clients: set api.listen too, or remove it (the socket needs none)".to_owned());
+        }
+        let api = Api {
+            socket: self.api.socket.as_deref().map_or_else(|| default_api_socket(&self.instance), PathBuf::from),
+            group: self.api.group.clone(),
+            listen: api_tcp,
+            token_file: self.api.token_file.as_deref().map(PathBuf::from),
+        };
 
         let vips = self.validate_vips(&mut p);
         let bgp = self.bgp.as_ref().map(|b| {
@@ -547,7 +595,7 @@ impl RawConfig {
             interfaces: ifaces,
             forwarding: forwarding.expect("no problems"),
             metrics_listen: metrics_listen.expect("no problems"),
-            api_listen: api_listen.expect("no problems"),
+            api,
             vips,
         })
     }

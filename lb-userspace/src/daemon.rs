@@ -262,6 +262,7 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
         let wanted = Handoff {
             node: self.config.handoff.as_ref().map(|h| h.address),
             peers: self.handoff_peers().into_iter().filter(|&(_, up)| up).map(|(p, _)| p).collect(),
+            sources: self.config.handoff.iter().flat_map(|h| h.peers.clone()).collect(),
             adopt: self.journal.site_drained || self.exiting,
         };
         match self.rec.set_handoff(&wanted) {
@@ -591,15 +592,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (journal_tx, journal_rx) = mpsc::unbounded_channel();
     let (announce_tx, announce_rx) = watch::channel(Vec::new());
     tokio::spawn(journal::run_writer(journal_path, journal_rx));
-    let (metrics_listen, api_listen, bgp) = (config.metrics_listen, config.api_listen, config.bgp.clone());
+    let (metrics_listen, api, bgp) = (config.metrics_listen, config.api.clone(), config.bgp.clone());
     let out = Outputs { announce: announce_tx, journal: journal_tx, health: health_tx, next_hop: next_hop_tx, reload: reload_tx };
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
     if let Some(bgp) = bgp {
         let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
         tokio::spawn(router::run_router(bird, announce_rx, router_tx, router::Backoff::DEFAULT));
     }
-    crate::api::serve(api_listen, metrics_listen, cmd_tx).await?;
-    info!(vips = daemon.config().vips.len(), api = %api_listen, metrics = %metrics_listen, "running");
+    crate::api::serve(&api, metrics_listen, cmd_tx).await?;
+    let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -630,6 +632,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             _ => warn!(waited_ms = EXIT_WITHDRAW_LIMIT.as_millis() as u64, "BIRD did not confirm the withdrawal before exit"),
         }
     }
+    let _ = std::fs::remove_file(&api.socket);
     info!(instance = %daemon.config().instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
     Ok(())
 }
@@ -847,7 +850,9 @@ mod tests {
         let programmed = |h: &Harness| h.d.rec.dataplane().handoff.clone().unwrap();
         assert_eq!(programmed(&h).peers, [ip("10.20.0.2"), ip("10.20.0.3")]);
         h.d.health(HealthEvent::Flip { target: Target::Peer(ip("10.20.0.2")), up: false, reason: "test".into() });
-        assert_eq!(programmed(&h), Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.3")], adopt: false });
+        let configured = vec![ip("10.20.0.2"), ip("10.20.0.3")];
+        let expected = Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.3")], sources: configured, adopt: false };
+        assert_eq!(programmed(&h), expected, "a peer that is down is not handed to, but still taken from");
         h.d.health(HealthEvent::Flip { target: Target::Peer(ip("10.20.0.2")), up: true, reason: "test".into() });
         assert_eq!(programmed(&h).peers, [ip("10.20.0.2"), ip("10.20.0.3")]);
         assert!(h.d.begin_exit(), "withdraw_on_exit is the default");

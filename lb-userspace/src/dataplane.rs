@@ -569,9 +569,11 @@ impl Dataplane {
     }
 
     /// Programs cross-site handoff (`lb_common::Handoff`): this node's address (`None`: off), the
-    /// peers to hand to (at most `MAX_PEERS`), and whether to adopt unknown handed-off flows.
-    /// The node address is counted in `VIP_FILTER`, so tunnels to it reach the full parse.
-    pub fn set_handoff(&mut self, node: Option<IpAddr>, peers: &[IpAddr], adopt: bool) -> Result<()> {
+    /// peers to hand to (at most `MAX_PEERS`), every configured peer (the sources handoffs are
+    /// taken from), and whether to adopt unknown handed-off flows. The node address is counted
+    /// in `VIP_FILTER`, so tunnels to it reach the full parse.
+    pub fn set_handoff(&mut self, node: Option<IpAddr>, peers: &[IpAddr], sources: &[IpAddr], adopt: bool) -> Result<()> {
+        self.set_peer_sources(sources)?;
         let old = self.handoff()?;
         let node_addr = node.map(addr16).unwrap_or_default();
         if old.node_addr != node_addr {
@@ -600,6 +602,20 @@ impl Dataplane {
         }
         let mut handoff = self.array::<Handoff>(maps::HANDOFF)?;
         handoff.set(0, Handoff { node_addr, flags, peers: count }, 0).map_err(map_err(maps::HANDOFF))
+    }
+
+    /// `PEER_SOURCES` to exactly `sources`: new ones first, then the ones that left.
+    fn set_peer_sources(&mut self, sources: &[IpAddr]) -> Result<()> {
+        let wanted: Vec<[u8; 16]> = sources.iter().take(MAX_PEERS as usize).map(|&a| addr16(a)).collect();
+        let mut map = self.hash::<[u8; 16], u8>(maps::PEER_SOURCES)?;
+        let present: Vec<[u8; 16]> = map.keys().collect::<Result<_, _>>().map_err(map_err(maps::PEER_SOURCES))?;
+        for addr in wanted.iter().filter(|a| !present.contains(a)) {
+            map.insert(addr, 1, 0).map_err(map_err(maps::PEER_SOURCES))?;
+        }
+        for addr in present.iter().filter(|a| !wanted.contains(a)) {
+            map.remove(addr).map_err(map_err(maps::PEER_SOURCES))?;
+        }
+        Ok(())
     }
 
     pub fn handoff(&self) -> Result<Handoff> {

@@ -12,11 +12,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())) // plain text in files and journald
         .with_writer(std::io::stderr)
         .init();
-    let result = match Opt::parse().command {
+    let opt = Opt::parse();
+    let result = match opt.command {
         Cmd::Run { config } => {
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(lb_userspace::daemon::run(config)))
         }
-        other => admin(other),
+        other => admin(other, &opt.target),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

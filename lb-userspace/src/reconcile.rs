@@ -64,7 +64,7 @@ impl DataplaneOps for Dataplane {
         Dataplane::set_rate_limit(self, limit, rate)
     }
     fn set_handoff(&mut self, h: &Handoff) -> Result<(), DataplaneError> {
-        Dataplane::set_handoff(self, h.node, &h.peers, h.adopt)
+        Dataplane::set_handoff(self, h.node, &h.peers, &h.sources, h.adopt)
     }
     fn ring_slots(&self) -> u32 {
         Dataplane::ring_slots(self)
@@ -126,12 +126,14 @@ pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6]) -> LbConfig {
     }
 }
 
-/// Cross-site handoff as the data plane holds it: this node's address, the peers that are up,
-/// and whether unknown handed-off flows are adopted.
+/// Cross-site handoff as the data plane holds it: this node's address, the peers that are up
+/// (handed to), every configured peer (handoffs taken from), and whether unknown handed-off
+/// flows are adopted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Handoff {
     pub node: Option<IpAddr>,
     pub peers: Vec<IpAddr>,
+    pub sources: Vec<IpAddr>,
     pub adopt: bool,
 }
 
@@ -1191,7 +1193,8 @@ pub(crate) mod tests {
             r.apply(&vips(3, &reals), [1; 6]).unwrap();
             let v0 = r.status()[0].vip;
             r.set_health(&v0, ip("10.1.0.3"), false).unwrap();
-            r.set_handoff(&Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.2")], adopt: false }).unwrap();
+            let peers = vec![ip("10.20.0.2")];
+            r.set_handoff(&Handoff { node: Some(ip("10.20.0.1")), peers: peers.clone(), sources: peers, adopt: false }).unwrap();
             r
         };
         let mut after = vips(4, &reals);
@@ -1251,7 +1254,7 @@ pub(crate) mod tests {
     fn handoff_and_next_hop_are_written_once_and_kept_on_failure() {
         let mut r = Reconciler::new(Fake::with_pool(100));
         r.apply(&config(&[("10.1.0.1", 1)]), [1; 6]).unwrap();
-        let h = Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.2")], adopt: true };
+        let h = Handoff { node: Some(ip("10.20.0.1")), peers: vec![ip("10.20.0.2")], sources: vec![ip("10.20.0.2")], adopt: true };
         assert!(r.set_handoff(&h).unwrap());
         assert!(!r.set_handoff(&h).unwrap(), "unchanged: not written again");
         r.dp.fail_at = Some(r.dp.writes + 1);

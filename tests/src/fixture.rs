@@ -11,7 +11,7 @@ use lb_common::{
 use lb_userspace::{
     config::{self, CheckKind, Config, Forwarding, HealthCheck, InterfaceCheck, NextHop, Proto, RealConfig, VipId},
     dataplane::{Dataplane, LoadOptions},
-    reconcile::{lb_config, Handoff, Reconciler},
+    reconcile::{lb_config, Handoff, ReconcileError, Reconciler},
     test_run::{self, TestRun},
 };
 
@@ -159,14 +159,21 @@ impl Balancer {
         }
     }
 
-    /// Programs handoff through the reconciler.
-    pub fn set_handoff(
+    /// Programs handoff through the reconciler: `peers` are up and configured.
+    pub fn set_handoff(&mut self, node: Option<IpAddr>, peers: &[IpAddr], adopt: bool) -> Result<bool, ReconcileError> {
+        self.set_handoff_with_sources(node, peers, peers, adopt)
+    }
+
+    /// Programs handoff: hands to `peers` (those up), takes handoffs from `sources` (every
+    /// configured peer).
+    pub fn set_handoff_with_sources(
         &mut self,
         node: Option<IpAddr>,
         peers: &[IpAddr],
+        sources: &[IpAddr],
         adopt: bool,
-    ) -> Result<bool, lb_userspace::reconcile::ReconcileError> {
-        self.rec.set_handoff(&Handoff { node, peers: peers.to_vec(), adopt })
+    ) -> Result<bool, ReconcileError> {
+        self.rec.set_handoff(&Handoff { node, peers: peers.to_vec(), sources: sources.to_vec(), adopt })
     }
 
     /// Id of the real at `addr` in the first VIP that has it.

@@ -84,9 +84,14 @@ impl LbDaemon {
         std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
     }
 
-    /// Runs `lb ARGS` (the CLI) in the namespace.
+    /// Runs `lb ARGS` (the CLI) in the namespace, against this instance's admin socket.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        in_netns(&self.ns).arg(lb_bin()).args(args).output().expect("run lb cli")
+        in_netns(&self.ns).arg(lb_bin()).args(args).args(["--instance", &self.instance]).output().expect("run lb cli")
+    }
+
+    /// This instance's admin socket.
+    pub fn socket(&self) -> PathBuf {
+        lb_userspace::config::default_api_socket(&self.instance)
     }
 
     fn try_status(&self) -> Option<Vec<VipStatus>> {

@@ -178,7 +178,7 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
     assert_eq!(status[0].reals[1].weight, 4, "the run-time weight came back from the journal");
     let metrics = d.metrics();
     assert!(metrics.contains("lb_vip_new_flows_total{vip=\"web\"}"), "{metrics}");
-    let out = d.cli(&["stop", "--instance", &d.instance]);
+    let out = d.cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!lb_userspace::daemon::pin_dir(&d.instance).exists());
 }

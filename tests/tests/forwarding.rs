@@ -404,7 +404,7 @@ fn the_pre_filter_is_counted_again_from_the_pinned_maps_after_a_restart() {
     let dns = lb_common::VipKey { port_be: 53u16.to_be(), proto: UDP, ..web.key };
     second.remove_vip(&dns).unwrap();
     assert!(!second.vip_filter_bit(ip("10.0.0.1")).unwrap(), "the address's bit is clear with its last VIP");
-    second.set_handoff(None, &[], false).unwrap();
+    second.set_handoff(None, &[], &[], false).unwrap();
     assert!(!second.vip_filter_bit(ip("10.20.9.2")).unwrap(), "and the handoff address's without handoff");
 }
 

@@ -75,7 +75,7 @@ fn mid_flow_packet_of_an_unknown_flow_goes_to_a_peer_and_opening_packets_stay() 
 
     // One peer left (the other failed its checks): every handoff goes to it.
     let mut lb = lb;
-    lb.set_handoff(Some(ip(NODE)), &[ip(PEERS[1])], false).unwrap();
+    lb.set_handoff_with_sources(Some(ip(NODE)), &[ip(PEERS[1])], &PEERS.map(ip), false).unwrap();
     for port in 0..10 {
         let ack = Frame::tcp("192.0.2.1", 21_000 + port, "10.0.0.1", 80);
         tunnelled_to(&lb.run(&ack.build()), &ack, NODE, PEERS[1], HANDOFF_REQUEST);
@@ -180,4 +180,37 @@ fn ipv6_handoff_uses_the_flow_label_as_marker() {
     lb.set_handoff(Some(ip(NODE)), &PEERS.map(ip), false).unwrap();
     let other = Frame::tcp("2001:db8:c::1", 5001, "2001:db8::10", 443);
     encapsulated_to(&lb.run(&other.build()), &other.build(), 14, lb.expected_real(&vip, &other));
+}
+
+/// Handoffs (requests and returns) are taken only from configured peers; a peer whose checks
+/// fail is not handed to, but its handoffs still arrive.
+#[test]
+fn handoffs_are_taken_only_from_configured_peers() {
+    require_root!();
+    let (mut lb, vip) = balancer(false);
+    let stranger = "10.66.6.6";
+    let ack = Frame::tcp("192.0.2.10", 43_000, "10.0.0.1", 80);
+    for id in [HANDOFF_REQUEST, HANDOFF_RETURN] {
+        let out = lb.run(&tunnel(&ack, stranger, NODE, id));
+        assert_eq!(action_name(out.action), "XDP_DROP", "marker {id:#x} from a stranger");
+    }
+    assert_eq!(lb.dp().counter(Counter::DropHandoffNotPeer).unwrap(), 2);
+    assert_eq!(lb.dp().counter(Counter::HandoffReceived).unwrap() + lb.dp().counter(Counter::HandoffCameBack).unwrap(), 0);
+    assert_eq!(lb.dp_conn_real(&ack), None, "nothing recorded");
+    // A stranger's tunnel without a marker is still the kernel's.
+    let other = tunnel(&ack, stranger, NODE, 0);
+    passed_untouched(&lb.run(&other), &other);
+
+    // PEERS[0] fails its checks: no handoffs go to it, but its requests and returns arrive.
+    lb.set_handoff_with_sources(Some(ip(NODE)), &[ip(PEERS[1])], &PEERS.map(ip), false).unwrap();
+    let out = lb.run(&tunnel(&ack, PEERS[0], NODE, HANDOFF_REQUEST));
+    tunnelled_to(&out, &ack, NODE, PEERS[0], HANDOFF_RETURN);
+    let came_back = Frame::tcp("192.0.2.10", 43_001, "10.0.0.1", 80);
+    let out = lb.run(&tunnel(&came_back, PEERS[0], NODE, HANDOFF_RETURN));
+    encapsulated_to(&out, &came_back.build(), 14, lb.expected_real(&vip, &came_back));
+    // A peer removed from the config: its handoffs are a stranger's.
+    lb.set_handoff(Some(ip(NODE)), &[ip(PEERS[1])], false).unwrap();
+    let out = lb.run(&tunnel(&ack, PEERS[0], NODE, HANDOFF_REQUEST));
+    assert_eq!(action_name(out.action), "XDP_DROP");
+    assert_eq!(lb.dp().counter(Counter::DropHandoffNotPeer).unwrap(), 3);
 }
