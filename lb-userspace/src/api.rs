@@ -52,15 +52,35 @@ async fn reload(State(cmds): State<Commands>) -> (StatusCode, String) {
     change(&cmds, Command::Reload).await
 }
 
+/// A JSON body, or 400 naming where it is wrong ("real: invalid IP address syntax", "unknown
+/// field `x`"). The size limit is `MAX_BODY` (413 above it).
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = (StatusCode, String);
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| (e.status(), format!("{}\n", e.body_text())))?;
+        let mut json = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let at = e.path().to_string();
+            let at = if at == "." { String::new() } else { format!("{at}: ") };
+            (StatusCode::BAD_REQUEST, format!("bad request body: {at}{}\n", e.inner()))
+        })?;
+        json.end().map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}\n")))?;
+        Ok(Body(value))
+    }
+}
+
 async fn set_weight(cmds: Commands, req: RealRequest, weight: Option<u32>) -> (StatusCode, String) {
     change(&cmds, |reply| Command::SetWeight { vip: req.vip, real: req.real, weight, reply }).await
 }
 
-async fn add_vip(State(cmds): State<Commands>, Json(vip): Json<RawVip>) -> (StatusCode, String) {
+async fn add_vip(State(cmds): State<Commands>, Body(vip): Body<RawVip>) -> (StatusCode, String) {
     change(&cmds, |reply| Command::AddVip { vip: Box::new(vip), reply }).await
 }
 
-async fn remove_vip(State(cmds): State<Commands>, Json(v): Json<VipName>) -> (StatusCode, String) {
+async fn remove_vip(State(cmds): State<Commands>, Body(v): Body<VipName>) -> (StatusCode, String) {
     change(&cmds, |reply| Command::RemoveVip { name: v.name, reply }).await
 }
 
@@ -84,11 +104,11 @@ fn admin_router(cmds: Commands) -> Router {
         .route("/site/drain", post(|State(c): State<Commands>| site(c, true)))
         .route("/site/undrain", post(|State(c): State<Commands>| site(c, false)))
         .route("/vip/remove", post(remove_vip))
-        .route("/real/drain", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, Some(0))))
-        .route("/real/enable", post(|State(c): State<Commands>, Json(r): Json<RealRequest>| set_weight(c, r, None)))
+        .route("/real/drain", post(|State(c): State<Commands>, Body(r): Body<RealRequest>| set_weight(c, r, Some(0))))
+        .route("/real/enable", post(|State(c): State<Commands>, Body(r): Body<RealRequest>| set_weight(c, r, None)))
         .route(
             "/real/set-weight",
-            post(|State(c): State<Commands>, Json(r): Json<RealRequest>| async move {
+            post(|State(c): State<Commands>, Body(r): Body<RealRequest>| async move {
                 match r.weight {
                     Some(w) => set_weight(c, r, Some(w)).await,
                     None => (StatusCode::BAD_REQUEST, "weight missing\n".into()),

@@ -937,6 +937,23 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_is_a_socket_unless_tcp_is_asked_for_and_tcp_beyond_loopback_needs_a_token() {
+        let c = parse(GOOD, InterfaceCheck::Skip).unwrap();
+        assert_eq!(c.api, Api { socket: "/run/anycast-lb/edge1.sock".into(), group: None, listen: None, token_file: None });
+        let with = |api: &str| format!("{GOOD}\n[api]\n{api}");
+        let tcp = parse(&with("listen = \"127.0.0.1:9101\""), InterfaceCheck::Skip).unwrap();
+        assert_eq!(tcp.api.listen, Some("127.0.0.1:9101".parse().unwrap()), "loopback without a token: reading only");
+        let open = parse(&with("listen = \"0.0.0.0:9101\""), InterfaceCheck::Skip).unwrap_err();
+        assert!(open.problems().iter().any(|p| p.field == "api.token_file" && p.reason.contains("not loopback")), "{open}");
+        let ok = parse(&with("listen = \"0.0.0.0:9101\"\ntoken_file = \"/etc/anycast-lb/token\""), InterfaceCheck::Skip).unwrap();
+        assert_eq!(ok.api.token_file, Some("/etc/anycast-lb/token".into()));
+        let stray = parse(&with("token_file = \"/etc/anycast-lb/token\""), InterfaceCheck::Skip).unwrap_err();
+        assert!(stray.problems().iter().any(|p| p.field == "api.token_file"), "{stray}");
+        let unknown = parse_raw(&with("token = \"secret\"")).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `token`"), "the token itself never goes in the config: {unknown}");
+    }
+
+    #[test]
     fn ring_size_must_be_prime() {
         assert_problem("ring_size = 251", "ring_size = 250", "vip[1] \"dns6\".ring_size", "must be a prime");
         assert_problem("ring_size = 251", "ring_size = 131071", "vip[1] \"dns6\".ring_size", "no larger than 65537");

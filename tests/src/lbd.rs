@@ -2,7 +2,7 @@
 //! and removes its pinned state afterwards, also when a test fails.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{Read, Write},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -94,6 +94,28 @@ impl LbDaemon {
         lb_userspace::config::default_api_socket(&self.instance)
     }
 
+    /// Sends raw `request` bytes over the admin socket; the reply's status (0: none) and body.
+    pub fn over_socket(&self, request: &[u8]) -> (u16, String) {
+        let conn = std::os::unix::net::UnixStream::connect(self.socket()).expect("admin socket");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        exchange(conn, request)
+    }
+
+    /// Sends raw `request` bytes to `addr` over TCP from inside the namespace.
+    pub fn over_tcp(&self, addr: &str, request: &[u8]) -> (u16, String) {
+        let (path, addr, request) = (format!("/run/netns/{}", self.ns), addr.to_owned(), request.to_vec());
+        std::thread::spawn(move || {
+            crate::netns::enter_path(&path);
+            let conn = std::net::TcpStream::connect(&addr).expect("admin TCP");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            exchange(conn, &request)
+        })
+        .join()
+        .expect("TCP thread")
+    }
+
     fn try_status(&self) -> Option<Vec<VipStatus>> {
         let out = self.cli(&["status", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
@@ -143,6 +165,56 @@ impl Drop for LbDaemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs `lb run` with `config_body` in `ns` for a start that is expected to fail; kills it if it
+/// is still running after 20 s. Its output.
+pub fn run_once(ns: &NetNs, config_body: &str) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("lbd-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, format!("instance = \"once{}\"\n{config_body}", std::process::id())).expect("config");
+    let mut child = in_netns(&ns.name)
+        .arg(lb_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("LB_STATE_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lb");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// An HTTP/1.0 request with a JSON body and extra header lines ("Name: value").
+pub fn http_request(method: &str, path: &str, headers: &[String], body: &str) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for h in headers {
+        r += h;
+        r += "\r\n";
+    }
+    r += "\r\n";
+    r += body;
+    r.into_bytes()
+}
+
+/// Writes `request` (as much as the peer takes) and reads the reply: its status (0 when there is
+/// none) and body.
+fn exchange(mut conn: impl Read + Write, request: &[u8]) -> (u16, String) {
+    let _ = conn.write_all(request); // a refused body may be cut off: the reply still comes
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 /// The value of the sample `name` (with its labels, e.g. `lb_xdp_handoffs_total{what="sent"}`)
