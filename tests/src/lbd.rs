@@ -38,6 +38,8 @@ fn in_netns(ns: &str) -> Command {
 /// One `lb run`, in the namespace `ns`, with its own instance name, config file and state dir.
 pub struct LbDaemon {
     child: Option<Child>,
+    /// Runs `lb run` under this command (e.g. `setpriv` with a capability set).
+    wrapper: Vec<String>,
     pub ns: String,
     pub instance: String,
     pub config: PathBuf,
@@ -48,12 +50,17 @@ impl LbDaemon {
     /// Writes `config` (its `instance` line is set here) and starts `lb run`; returns once the
     /// admin API answers.
     pub fn start(ns: &NetNs, config_body: &str) -> Self {
+        Self::start_wrapped(ns, config_body, &[])
+    }
+
+    /// As `start`, with `lb run` run under `wrapper` inside the namespace.
+    pub fn start_wrapped(ns: &NetNs, config_body: &str, wrapper: &[String]) -> Self {
         let instance = format!("t{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"));
         let dir = std::env::temp_dir().join(format!("lbd-{instance}"));
         std::fs::create_dir_all(&dir).expect("state dir");
         let config = dir.join("lb.toml");
         std::fs::write(&config, format!("instance = \"{instance}\"\n{config_body}")).expect("write config");
-        let mut d = Self { child: None, ns: ns.name.clone(), instance, config, dir };
+        let mut d = Self { child: None, wrapper: wrapper.to_vec(), ns: ns.name.clone(), instance, config, dir };
         d.spawn();
         d
     }
@@ -61,6 +68,7 @@ impl LbDaemon {
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("lb.log")).expect("log file");
         let child = in_netns(&self.ns)
+            .args(&self.wrapper)
             .arg(lb_bin())
             .args(["run", "--config"])
             .arg(&self.config)
@@ -138,6 +146,11 @@ impl LbDaemon {
         })
         .join()
         .expect("scrape thread")
+    }
+
+    /// The running `lb`'s pid (nsenter and the wrapper exec it, so the child's pid is lb's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn signal(&self, sig: &str) {

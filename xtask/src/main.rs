@@ -83,7 +83,15 @@ fn bpffs_mounted() -> bool {
 }
 
 /// Debian packages by a command each provides.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool"), ("bird", "bird2"), ("tcpdump", "tcpdump")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("bird", "bird2"),
+    ("tcpdump", "tcpdump"),
+    ("setpriv", "util-linux"),
+    ("capsh", "libcap2-bin"),
+    ("systemd-analyze", "systemd"),
+];
 
 fn setup() -> Result<()> {
     ensure!(is_root(), "setup installs packages and mounts bpffs: run it as root");
@@ -185,7 +193,26 @@ fn lint() -> Result<()> {
     run(Command::new("cargo").args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
     run(Command::new("cargo")
         .args(["+nightly", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
-        .current_dir("lb-ebpf"))
+        .current_dir("lb-ebpf"))?;
+    verify_unit()
+}
+
+/// `systemd-analyze verify` on deploy/anycast-lb.service, failing on anything it prints (it
+/// exits 0 on an unknown key). The unit's `lb` path is swapped for a binary that exists here.
+fn verify_unit() -> Result<()> {
+    let unit = std::fs::read_to_string("deploy/anycast-lb.service").context("reading deploy/anycast-lb.service")?;
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("lb-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("anycast-lb.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/lb", exe.to_str().context("utf-8 path")?))?;
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(&copy).output().context("running systemd-analyze (Debian package systemd)")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify deploy/anycast-lb.service:\n{said}");
+    println!("systemd-analyze verify deploy/anycast-lb.service: no findings");
+    Ok(())
 }
 
 /// Runs `cargo test` (privileged tests required) and closes with one total line,
