@@ -54,7 +54,10 @@ fn only_the_owner_uses_the_socket_and_tcp_changes_need_the_token() {
         .output()
         .expect("setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("Permission denied"), "nobody was let in: {stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("connecting to lb's admin socket") && stderr.contains("Permission denied"),
+        "nobody (uid 65534) was let in: {stderr}"
+    );
     assert_eq!(weight(&d), 1);
 
     // TCP: no token, a wrong one, a wrong scheme: 401 and nothing changes.
