@@ -27,9 +27,10 @@ pub struct Opt {
 /// Which `lb run` the admin commands talk to, and how.
 #[derive(clap::Args, Clone)]
 pub struct Target {
-    /// The instance (its admin socket is /run/anycast-lb/<instance>.sock; `stop` removes it).
-    #[arg(long, global = true, default_value = "default")]
-    pub instance: String,
+    /// The instance (its admin socket is /run/anycast-lb/<instance>.sock; default "default").
+    /// `stop` needs it named.
+    #[arg(long, global = true)]
+    pub instance: Option<String>,
     /// The admin socket, when the config names another one.
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
@@ -130,12 +131,12 @@ fn http(target: &Target, method: &str, path: &str, body: Option<String>) -> Resu
             exchange(conn, &head, &body)?
         }
         None => {
-            let socket = target.socket.clone().unwrap_or_else(|| crate::config::default_api_socket(&target.instance));
+            let instance = target.instance.as_deref().unwrap_or("default");
+            let socket = target.socket.clone().unwrap_or_else(|| crate::config::default_api_socket(instance));
             let conn = UnixStream::connect(&socket).with_context(|| {
                 format!(
-                    "connecting to lb's admin socket {} (is `lb run` of instance {:?} running, and may this user use it?)",
-                    socket.display(),
-                    target.instance
+                    "connecting to lb's admin socket {} (is `lb run` of instance {instance:?} running, and may this user use it?)",
+                    socket.display()
                 )
             })?;
             conn.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -197,7 +198,9 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
             println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
             Ok(())
         }
-        Cmd::Stop => crate::daemon::stop(&target.instance),
+        Cmd::Stop => crate::daemon::stop(
+            target.instance.as_deref().context("`lb stop` detaches an instance's data plane: name it with --instance NAME")?,
+        ),
         Cmd::Status { json } => {
             let body = expect_ok(http(api, "GET", "/status", None)?)?;
             if json {
