@@ -448,9 +448,35 @@ pub mod stats {
         /// Tunnelled to a local address but the inner packet is cut short.
         DropMalformed,
         DropAdjustFailed,
+        /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
+        Ipip,
+        Ip6ip6,
+        Ip4in6,
     }
     impl DecapCounter {
-        pub const COUNT: u32 = 4;
+        pub const ALL: [DecapCounter; 7] = [
+            DecapCounter::Decapsulated,
+            DecapCounter::Pass,
+            DecapCounter::DropMalformed,
+            DecapCounter::DropAdjustFailed,
+            DecapCounter::Ipip,
+            DecapCounter::Ip6ip6,
+            DecapCounter::Ip4in6,
+        ];
+        pub const COUNT: u32 = Self::ALL.len() as u32;
+
+        /// Stable snake_case name for metrics and the CLI.
+        pub const fn name(self) -> &'static str {
+            match self {
+                DecapCounter::Decapsulated => "decapsulated",
+                DecapCounter::Pass => "pass",
+                DecapCounter::DropMalformed => "drop_malformed",
+                DecapCounter::DropAdjustFailed => "drop_adjust_failed",
+                DecapCounter::Ipip => "ipip",
+                DecapCounter::Ip6ip6 => "ip6ip6",
+                DecapCounter::Ip4in6 => "ip4in6",
+            }
+        }
     }
 }
 

@@ -22,31 +22,31 @@ fn is_local(addr: &[u8; 16]) -> bool {
     unsafe { DECAP_ADDRS.get(addr) }.is_some()
 }
 
-/// `Ok(true)`: stripped. `Ok(false)`: not a tunnel to us.
+/// `Ok(Some(tunnel))`: stripped, and which kind of tunnel it was. `Ok(None)`: not a tunnel to us.
 #[inline(always)]
-pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
-    let Ok((l2_len, ether_type)) = parse::l2(ctx) else { return Ok(false) };
-    let (outer_len, inner_type) = match ether_type {
+pub fn try_decap(ctx: &XdpContext) -> Result<Option<DecapCounter>, DecapCounter> {
+    let Ok((l2_len, ether_type)) = parse::l2(ctx) else { return Ok(None) };
+    let (outer_len, inner_type, tunnel) = match ether_type {
         ETH_P_IP => {
-            let Some(ip) = pkt::read::<Ipv4Hdr>(ctx, l2_len) else { return Ok(false) };
+            let Some(ip) = pkt::read::<Ipv4Hdr>(ctx, l2_len) else { return Ok(None) };
             if ip.proto != IPPROTO_IPIP || !is_local(&lb_common::ipv4_mapped(ip.dst_addr)) {
-                return Ok(false);
+                return Ok(None);
             }
-            (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP)
+            (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP, DecapCounter::Ipip)
         }
         ETH_P_IPV6 => {
-            let Some(ip) = pkt::read::<Ipv6Hdr>(ctx, l2_len) else { return Ok(false) };
-            let inner_type = match ip.next_hdr {
-                IPPROTO_IPV6 => ETH_P_IPV6,
-                IPPROTO_IPIP => ETH_P_IP,
-                _ => return Ok(false),
+            let Some(ip) = pkt::read::<Ipv6Hdr>(ctx, l2_len) else { return Ok(None) };
+            let (inner_type, tunnel) = match ip.next_hdr {
+                IPPROTO_IPV6 => (ETH_P_IPV6, DecapCounter::Ip6ip6),
+                IPPROTO_IPIP => (ETH_P_IP, DecapCounter::Ip4in6),
+                _ => return Ok(None),
             };
             if !is_local(&ip.dst_addr) {
-                return Ok(false);
+                return Ok(None);
             }
-            (Ipv6Hdr::LEN, inner_type)
+            (Ipv6Hdr::LEN, inner_type, tunnel)
         }
-        _ => return Ok(false),
+        _ => return Ok(None),
     };
     // The inner packet's fixed header must be there, or the stack gets garbage.
     let inner_min = if inner_type == ETH_P_IP { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
@@ -55,7 +55,7 @@ pub fn try_decap(ctx: &XdpContext) -> Result<bool, DecapCounter> {
     }
 
     strip(ctx, l2_len, outer_len, inner_type).ok_or(DecapCounter::DropAdjustFailed)?;
-    Ok(true)
+    Ok(Some(tunnel))
 }
 
 /// Removes the `outer_len`-byte outer IP header behind the L2 header; the L2 header (VLAN tag

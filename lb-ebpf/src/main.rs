@@ -33,8 +33,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     stats::count_decap(match decap::try_decap(&ctx) {
-        Ok(true) => DecapCounter::Decapsulated,
-        Ok(false) => DecapCounter::Pass,
+        Ok(Some(tunnel)) => {
+            stats::count_decap(tunnel);
+            DecapCounter::Decapsulated
+        }
+        Ok(None) => DecapCounter::Pass,
         Err(reason) => {
             stats::count_decap(reason);
             return xdp_action::XDP_DROP;

@@ -49,8 +49,17 @@ pub enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a config file without touching the kernel.
+    /// Validate a config file (the balancer's, or a backend's with `[backend]`) without touching
+    /// the kernel.
     CheckConfig { file: PathBuf },
+    /// The real host's side: decapsulate the balancer's tunnels, hold the VIPs, report health.
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+        /// The backend's config file.
+        #[arg(long, global = true, default_value = "/etc/anycast-lb/backend.toml")]
+        config: PathBuf,
+    },
     /// Detach the programs and remove the pinned maps of an instance (`--instance`).
     Stop,
     /// VIPs, reals, health, weights and traffic shares; handoff peers.
@@ -77,6 +86,20 @@ pub enum Cmd {
     },
     /// Re-read the config file of the running `lb` (like SIGHUP).
     Reload,
+}
+
+#[derive(Subcommand)]
+pub enum BackendAction {
+    /// Attach the decapsulator, hold the VIPs, set the sysctls DSR needs, serve /healthz,
+    /// /load and /metrics. Idempotent; the data plane stays after exit.
+    Run,
+    /// Detach it, remove the VIPs `run` added, put the sysctls back.
+    Stop,
+    /// /healthz answers 503 (the balancer takes this backend out) until `undrain`.
+    Drain,
+    Undrain,
+    /// Counters, VIPs and drain state.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -193,10 +216,32 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
     match cmd {
         Cmd::Run { .. } => unreachable!("main runs the daemon"),
         Cmd::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            if crate::backend::is_backend_config(&text) {
+                let config = crate::backend::load(&file, crate::config::InterfaceCheck::OnThisHost)?;
+                println!(
+                    "{}: ok (backend {:?}: {} addresses, {} VIPs)",
+                    file.display(),
+                    config.instance,
+                    config.addresses.len(),
+                    config.vips.len()
+                );
+                return Ok(());
+            }
             let config = crate::config::load(&file, crate::config::InterfaceCheck::OnThisHost)?;
             let reals: usize = config.vips.iter().map(|v| v.reals.len()).sum();
             println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
             Ok(())
+        }
+        Cmd::Backend { action, config } => {
+            let runtime = || tokio::runtime::Runtime::new().context("starting the runtime");
+            match action {
+                BackendAction::Run => runtime()?.block_on(crate::backend::run(&config)),
+                BackendAction::Stop => runtime()?.block_on(crate::backend::stop(&config)),
+                BackendAction::Drain => crate::backend::drain(&config, true),
+                BackendAction::Undrain => crate::backend::drain(&config, false),
+                BackendAction::Status => crate::backend::status(&config),
+            }
         }
         Cmd::Stop => crate::daemon::stop(
             target.instance.as_deref().context("`lb stop` detaches an instance's data plane: name it with --instance NAME")?,

@@ -416,12 +416,47 @@ impl ConfigError {
 
 /// Collects problems while validating.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Problem { field: field.into(), reason: reason.into() });
     }
+
+    /// `value` if nothing was found wrong.
+    pub(crate) fn or<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(ConfigError::Invalid { problems: self.0 })
+        }
+    }
+}
+
+/// The interfaces to attach to, listed under `field` ("interface", "backend.interface").
+pub(crate) fn validate_interfaces(field: &str, raw: &[RawInterface], check: InterfaceCheck, p: &mut Problems) -> Vec<Interface> {
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let field = format!("{field}[{i}]");
+            if !seen.insert(raw.name.clone()) {
+                p.add(format!("{field}.name"), format!("{:?} is listed twice", raw.name));
+            }
+            if check == InterfaceCheck::OnThisHost && !interface_exists(&raw.name) {
+                p.add(format!("{field}.name"), format!("unknown interface {:?}", raw.name));
+            }
+            let mode = match raw.mode.as_str() {
+                "native" => AttachMode::Native,
+                "generic" => AttachMode::Generic,
+                other => {
+                    p.add(format!("{field}.mode"), format!("{other:?} is not \"native\" or \"generic\""));
+                    return None;
+                }
+            };
+            Some(Interface { name: raw.name.clone(), mode })
+        })
+        .collect()
 }
 
 /// Port of the metrics endpoint when the config names none; also what handoff peers check.
@@ -491,30 +526,7 @@ impl RawConfig {
             p.add("conn_table_size", format!("{} is below 1024", self.conn_table_size));
         }
 
-        let mut seen_ifaces = HashSet::new();
-        let ifaces = self
-            .interfaces
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| {
-                let field = format!("interface[{i}]");
-                if !seen_ifaces.insert(raw.name.clone()) {
-                    p.add(format!("{field}.name"), format!("{:?} is listed twice", raw.name));
-                }
-                if interfaces == InterfaceCheck::OnThisHost && !interface_exists(&raw.name) {
-                    p.add(format!("{field}.name"), format!("unknown interface {:?}", raw.name));
-                }
-                let mode = match raw.mode.as_str() {
-                    "native" => AttachMode::Native,
-                    "generic" => AttachMode::Generic,
-                    other => {
-                        p.add(format!("{field}.mode"), format!("{other:?} is not \"native\" or \"generic\""));
-                        return None;
-                    }
-                };
-                Some(Interface { name: raw.name.clone(), mode })
-            })
-            .collect();
+        let ifaces = validate_interfaces("interface", &self.interfaces, interfaces, &mut p);
 
         let forwarding = self.validate_forwarding(&mut p);
         let mut listen = |field: &str, s: &str| match s.parse::<SocketAddr>() {

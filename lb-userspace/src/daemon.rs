@@ -526,7 +526,16 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
                 self.peers_up.insert(peer, up);
                 self.sync_handoff();
             }
-            HealthEvent::Checked { target: Target::Peer(_), .. } => {}
+            HealthEvent::Checked { target: Target::Peer(_), .. } | HealthEvent::Drain { target: Target::Peer(_), .. } => {}
+            HealthEvent::Drain { target: Target::Real(vip, real), draining } => {
+                info!(%vip, %real, draining, "backend drain changed (its health endpoint says so)");
+                match self.rec.set_draining(&vip, real, draining) {
+                    Ok(true) => info!(%vip, rebuild_ms = self.rec.rebuilds().last.as_secs_f64() * 1e3, "table rebuilt"),
+                    Ok(false) => {}
+                    Err(e) => warn!(%vip, %real, error = %e, "applying a backend drain failed; the maps are as before it"),
+                }
+                self.publish_announcements();
+            }
             HealthEvent::Flip { target: Target::Real(vip, real), up, reason } => {
                 info!(%vip, %real, state = if up { "up" } else { "down" }, %reason, "real health changed");
                 match self.rec.set_health(&vip, real, up) {

@@ -604,6 +604,24 @@ impl Dataplane {
         handoff.set(0, Handoff { node_addr, flags, peers: count }, 0).map_err(map_err(maps::HANDOFF))
     }
 
+    /// `DECAP_ADDRS` to exactly `addrs` (at most `MAX_DECAP_ADDRS`); returns the addresses it
+    /// removed (left by an earlier config).
+    pub fn set_decap_addrs(&mut self, addrs: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        let wanted: Vec<[u8; 16]> = addrs.iter().map(|&a| addr16(a)).collect();
+        let mut map = self.hash::<[u8; 16], u32>(maps::DECAP_ADDRS)?;
+        let present: Vec<[u8; 16]> = map.keys().collect::<Result<_, _>>().map_err(map_err(maps::DECAP_ADDRS))?;
+        for addr in wanted.iter().filter(|a| !present.contains(a)) {
+            map.insert(addr, 1, 0).map_err(map_err(maps::DECAP_ADDRS))?;
+        }
+        let mut removed = Vec::new();
+        for addr in present.iter().filter(|a| !wanted.contains(a)) {
+            map.remove(addr).map_err(map_err(maps::DECAP_ADDRS))?;
+            let v6 = std::net::Ipv6Addr::from(*addr);
+            removed.push(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+        }
+        Ok(removed)
+    }
+
     /// `PEER_SOURCES` to exactly `sources`: new ones first, then the ones that left.
     fn set_peer_sources(&mut self, sources: &[IpAddr]) -> Result<()> {
         let wanted: Vec<[u8; 16]> = sources.iter().take(MAX_PEERS as usize).map(|&a| addr16(a)).collect();

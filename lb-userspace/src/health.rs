@@ -56,26 +56,38 @@ impl HealthState {
     }
 }
 
-/// Runs one check against `addr`; `Ok` holds the latency, `Err` says what failed.
-pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Duration, String> {
+/// A passed check: how long it took, and whether the backend said it is draining (`lb backend`
+/// answers 503 with `"draining":true`: alive, but wants no new flows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Passed {
+    pub latency: Duration,
+    pub draining: bool,
+}
+
+/// Runs one check against `addr`; `Err` says what failed.
+pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Passed, String> {
     let started = Instant::now();
     let target = SocketAddr::new(addr, check.port);
     let result = tokio::time::timeout(check.timeout, async {
         match &check.kind {
-            CheckKind::None => Ok(()),
-            CheckKind::Tcp => TcpStream::connect(target).await.map(drop).map_err(|e| format!("connect {target}: {e}")),
+            CheckKind::None => Ok(false),
+            CheckKind::Tcp => TcpStream::connect(target).await.map(|_| false).map_err(|e| format!("connect {target}: {e}")),
             CheckKind::Http { path, expect_status, body_contains } => {
                 http_get(target, path, *expect_status, body_contains.as_deref()).await
             }
-            CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await,
+            CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await.map(|()| false),
         }
     })
     .await
     .unwrap_or_else(|_| Err(format!("no answer from {target} within {:?}", check.timeout)));
-    result.map(|()| started.elapsed())
+    result.map(|draining| Passed { latency: started.elapsed(), draining })
 }
 
-async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_contains: Option<&str>) -> Result<(), String> {
+/// What `lb backend` says in a 503 while it drains.
+pub const DRAINING_MARK: &str = "\"draining\":true";
+
+/// `Ok(true)`: a draining backend (503 with `DRAINING_MARK`).
+async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_contains: Option<&str>) -> Result<bool, String> {
     let mut conn = TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: anycast-lb\r\nConnection: close\r\n\r\n", target.ip());
     conn.write_all(request.as_bytes()).await.map_err(|e| format!("send to {target}: {e}"))?;
@@ -88,6 +100,9 @@ async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_conta
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("{target}{path}: no HTTP status line"))?;
+    if status == 503 && reply.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains(DRAINING_MARK)) {
+        return Ok(true);
+    }
     if status != expect_status {
         return Err(format!("{target}{path}: status {status}, want {expect_status}"));
     }
@@ -95,7 +110,7 @@ async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_conta
         Some(want) if !reply.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains(want)) => {
             Err(format!("{target}{path}: body lacks {want:?}"))
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
@@ -135,6 +150,9 @@ impl Target {
 pub enum HealthEvent {
     /// The target's state flipped; `reason` is the last check's result.
     Flip { target: Target, up: bool, reason: String },
+    /// The backend started (or stopped) saying it drains, as many checks in a row as `fall`
+    /// (or `rise`) asks.
+    Drain { target: Target, draining: bool },
     /// Every check's latency (or failure), for metrics.
     Checked { target: Target, latency: Option<Duration> },
 }
@@ -148,6 +166,8 @@ pub async fn run_prober(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut state = HealthState::starting(start_up, check.rise, check.fall);
+    // "Up" here: not draining.
+    let mut serving = HealthState::new(check.rise, check.fall);
     let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -156,14 +176,19 @@ pub async fn run_prober(
         }
         next += check.interval;
         let result = probe(&check, target.addr()).await;
-        let checked = HealthEvent::Checked { target, latency: result.as_ref().ok().copied() };
+        let checked = HealthEvent::Checked { target, latency: result.as_ref().ok().map(|p| p.latency) };
         if events.send(checked).await.is_err() {
             return;
+        }
+        if let Ok(passed) = &result {
+            if serving.observe(!passed.draining) && events.send(HealthEvent::Drain { target, draining: !serving.is_up() }).await.is_err() {
+                return;
+            }
         }
         let ok = result.is_ok();
         if state.observe(ok) {
             let reason = match result {
-                Ok(latency) => format!("{} checks passed, last in {latency:?}", check.rise),
+                Ok(passed) => format!("{} checks passed, last in {:?}", check.rise, passed.latency),
                 Err(e) => format!("{} checks failed, last: {e}", check.fall),
             };
             if events.send(HealthEvent::Flip { target, up: state.is_up(), reason }).await.is_err() {
@@ -222,11 +247,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
-            for status in ["200 OK", "503 Busy"] {
+            for reply in
+                ["200 OK\r\n\r\nall ok", "503 Busy\r\n\r\nall ok", "503 Service Unavailable\r\n\r\n{\"draining\":true,\"load\":0.1}"]
+            {
                 let (mut c, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 512];
                 let _ = c.read(&mut buf).await;
-                let _ = c.write_all(format!("HTTP/1.0 {status}\r\n\r\nall ok").as_bytes()).await;
+                let _ = c.write_all(format!("HTTP/1.0 {reply}").as_bytes()).await;
             }
         });
         let http = |status| HealthCheck {
@@ -238,9 +265,10 @@ mod tests {
             fall: 1,
         };
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(probe(&http(200), lo).await.is_ok());
+        assert!(!probe(&http(200), lo).await.unwrap().draining);
         let err = probe(&http(200), lo).await.unwrap_err();
         assert!(err.contains("status 503"), "{err}");
+        assert!(probe(&http(200), lo).await.unwrap().draining, "a 503 that says draining: alive, draining");
         let tcp_closed = HealthCheck { kind: CheckKind::Tcp, ..http(200) }; // listener gone
         assert!(probe(&tcp_closed, lo).await.is_err());
 

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backend;
 pub mod bird;
 pub mod cli;
 pub mod config;

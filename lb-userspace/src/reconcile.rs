@@ -218,17 +218,33 @@ struct VipState {
     up: HashMap<IpAddr, bool>,
     /// Weights set at run time, over the config's.
     weights: HashMap<IpAddr, u32>,
+    /// Reals whose backend says it drains (`lb backend drain`): weight 0 while it does.
+    draining: HashSet<IpAddr>,
 }
 
 impl VipState {
     fn new(config: Vip, index: u32, live: Option<Region>, up: HashMap<IpAddr, bool>) -> Self {
         let rings = [live.map(|region| Ring { region, table: None }), None];
-        Self { config, index, active: 0, rings, built_from: None, slots: HashMap::new(), ids: HashMap::new(), up, weights: HashMap::new() }
+        Self {
+            config,
+            index,
+            active: 0,
+            rings,
+            built_from: None,
+            slots: HashMap::new(),
+            ids: HashMap::new(),
+            up,
+            weights: HashMap::new(),
+            draining: HashSet::new(),
+        }
     }
     fn is_up(&self, real: IpAddr) -> bool {
         self.up.get(&real).copied().unwrap_or(true)
     }
     fn weight(&self, real: &RealConfig) -> u32 {
+        if self.draining.contains(&real.addr) {
+            return 0;
+        }
         self.weights.get(&real.addr).copied().unwrap_or(real.weight)
     }
 }
@@ -251,6 +267,9 @@ pub struct RealStatus {
     pub weight: u32,
     /// Slots of the live ring: its share of new flows is slots / ring_size.
     pub slots: u32,
+    /// Its backend says it drains: weight 0, established flows kept.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -444,6 +463,24 @@ impl<D: DataplaneOps> Reconciler<D> {
         })
     }
 
+    /// A backend starts or stops draining (its health endpoint says so): weight 0 while it
+    /// does, over any other weight; returns whether a ring was rebuilt.
+    pub fn set_draining(&mut self, vip: &VipId, real: IpAddr, draining: bool) -> Result<bool, ReconcileError> {
+        self.transact(|s| {
+            let Some(state) = s.vips.get_mut(vip) else { return Ok(false) };
+            if !state.config.reals.iter().any(|r| r.addr == real) || state.draining.contains(&real) == draining {
+                return Ok(false);
+            }
+            let state = Arc::make_mut(state);
+            if draining {
+                state.draining.insert(real);
+            } else {
+                state.draining.remove(&real);
+            }
+            s.rebuild(vip)
+        })
+    }
+
     /// Programs cross-site handoff; returns whether anything was written.
     pub fn set_handoff(&mut self, handoff: &Handoff) -> Result<bool, ReconcileError> {
         self.transact(|s| Ok(s.write(Write::Handoff(handoff.clone()))))
@@ -522,6 +559,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                             config_weight: r.weight,
                             weight: v.weight(r),
                             slots: v.slots.get(&rid).copied().unwrap_or(0),
+                            draining: v.draining.contains(&r.addr),
                         }
                     })
                     .collect();
@@ -660,6 +698,7 @@ impl State {
                     let addrs: HashSet<IpAddr> = vip.reals.iter().map(|r| r.addr).collect();
                     state.up.retain(|a, _| addrs.contains(a));
                     state.weights.retain(|a, _| addrs.contains(a));
+                    state.draining.retain(|a| addrs.contains(a));
                     let dropped: Vec<IpAddr> = state.config.reals.iter().map(|r| r.addr).filter(|a| !addrs.contains(a)).collect();
                     state.ids.retain(|a, _| addrs.contains(a));
                     state.config = vip.clone();
@@ -1236,6 +1275,24 @@ pub(crate) mod tests {
         let err = r.apply(&c, [0; 6]).unwrap_err();
         assert!(matches!(err, ReconcileError::PoolTooSmall { .. } | ReconcileError::PoolFragmented { .. }), "{err}");
         assert_eq!(r.dp.writes, writes, "nothing written");
+    }
+
+    #[test]
+    fn a_draining_backend_leaves_the_ring_but_stays_up_and_returns() {
+        let mut r = Reconciler::new(Fake::with_pool(100));
+        r.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
+        let vip = r.status()[0].vip;
+        assert!(r.set_draining(&vip, ip("10.1.0.2"), true).unwrap());
+        assert!(r.dataplane().live().iter().all(|&id| id == 1));
+        assert_eq!(r.dp.reals[&2].flags & REAL_F_DOWN, 0, "up: its flows stay");
+        let s = &r.status()[0].reals[1];
+        assert_eq!((s.draining, s.weight, s.up), (true, 0, true));
+        assert!(!r.set_draining(&vip, ip("10.1.0.2"), true).unwrap(), "no change, no rebuild");
+        r.set_weight("web", ip("10.1.0.2"), Some(5)).unwrap();
+        assert_eq!(r.status()[0].reals[1].weight, 0, "draining wins over a run-time weight");
+        assert!(r.set_draining(&vip, ip("10.1.0.2"), false).unwrap());
+        assert_eq!(r.status()[0].reals[1].weight, 5);
+        assert!(r.dataplane().live().contains(&2));
     }
 
     #[test]

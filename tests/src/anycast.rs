@@ -19,11 +19,12 @@ use lb_common::programs;
 use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
 
 use crate::{
+    backend::BackendDaemon,
     bird::{edge_config, wait_for, Bird},
     lbd::LbDaemon,
     netns::{add_addr, veth, End, NetNs},
     packet::ip,
-    topology::{decapsulator, default_routes, hold_vips, LineConn, Servers, Site, VIP, VIP6},
+    topology::{default_routes, LineConn, Servers, Site, VIP, VIP6},
 };
 
 /// Extra client source addresses: 10.10.1.100 ..
@@ -59,7 +60,8 @@ pub struct SiteNet {
     pub name: char,
     pub nodes: Vec<Node>,
     pub backends: Vec<NetNs>,
-    pub decaps: Vec<Dataplane>,
+    /// Each backend's `lb backend run`.
+    pub decaps: Vec<BackendDaemon>,
 }
 
 impl SiteNet {
@@ -230,13 +232,12 @@ impl Anycast {
                         End { ns: &ns, dev: "b0", mac: &format!("02:00:00:01:{:02x}:{i:02x}", 0x30 + s), addrs: &[&b4, &b6] },
                     );
                     default_routes(&ns, &format!("{net}.1"), &format!("{net6}:1"));
-                    hold_vips(&ns);
                     ns
                 })
                 .collect();
             let addrs: Vec<String> = (0..nb).map(|i| format!("10.{}.{i}.2", 30 + s)).collect();
             let addrs6: Vec<String> = (0..nb).map(|i| format!("fd00:{}:{i}::2", 30 + s)).collect();
-            let decaps = backend_ns.iter().zip(addrs.iter().zip(&addrs6)).map(|(ns, (a, a6))| ns.run(|| decapsulator(&[a, a6]))).collect();
+            let decaps = backend_ns.iter().zip(addrs.iter().zip(&addrs6)).map(|(ns, (a, a6))| BackendDaemon::start(ns, &[a, a6])).collect();
             let nodes = ns_list
                 .into_iter()
                 .zip(&node_addrs[s])

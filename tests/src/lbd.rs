@@ -29,7 +29,7 @@ pub fn lb_bin() -> PathBuf {
 
 /// A command that runs in network namespace `ns` only. (`ip netns exec` would also give it a
 /// fresh /sys without the host's bpffs, where pins would vanish with the process.)
-fn in_netns(ns: &str) -> Command {
+pub(crate) fn in_netns(ns: &str) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{ns}"));
     cmd
@@ -112,16 +112,7 @@ impl LbDaemon {
 
     /// Sends raw `request` bytes to `addr` over TCP from inside the namespace.
     pub fn over_tcp(&self, addr: &str, request: &[u8]) -> (u16, String) {
-        let (path, addr, request) = (format!("/run/netns/{}", self.ns), addr.to_owned(), request.to_vec());
-        std::thread::spawn(move || {
-            crate::netns::enter_path(&path);
-            let conn = std::net::TcpStream::connect(&addr).expect("admin TCP");
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-            exchange(conn, &request)
-        })
-        .join()
-        .expect("TCP thread")
+        over_tcp_in(&self.ns, addr, request).expect("admin TCP")
     }
 
     fn try_status(&self) -> Option<Vec<VipStatus>> {
@@ -206,6 +197,33 @@ pub fn run_once(ns: &NetNs, config_body: &str) -> std::process::Output {
     out
 }
 
+/// The capabilities a unit in deploy/ grants (`CapabilityBoundingSet=`), as setpriv names them:
+/// "bpf,net_admin,..." (`LB_TEST_CAPS` overrides, to try other sets).
+pub fn unit_capabilities(unit: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(unit);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let line = text.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("CapabilityBoundingSet=");
+    let caps: Vec<String> = line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect();
+    std::env::var("LB_TEST_CAPS").unwrap_or(caps.join(","))
+}
+
+/// A command prefix that runs a program as uid 0 with only `caps` ("bpf,net_admin") and no way
+/// to gain others.
+pub fn with_only(caps: &str) -> Vec<String> {
+    ["setpriv", "--no-new-privs", "--inh-caps=-all", &format!("--bounding-set=-all,+{}", caps.replace(',', ",+"))].map(String::from).into()
+}
+
+/// The capabilities process `pid` holds, sorted ("cap_bpf", ...).
+pub fn effective_capabilities(pid: u32) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let mask = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff").trim().to_owned();
+    let out = Command::new("capsh").arg(format!("--decode={mask}")).output().expect("capsh");
+    let decoded = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut held: Vec<String> = decoded.split_once('=').map_or(Vec::new(), |(_, l)| l.split(',').map(String::from).collect());
+    held.sort();
+    held
+}
+
 /// An HTTP/1.0 request with a JSON body and extra header lines ("Name: value").
 pub fn http_request(method: &str, path: &str, headers: &[String], body: &str) -> Vec<u8> {
     let mut r = format!("{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
@@ -216,6 +234,21 @@ pub fn http_request(method: &str, path: &str, headers: &[String], body: &str) ->
     r += "\r\n";
     r += body;
     r.into_bytes()
+}
+
+/// Sends raw `request` bytes to `addr` over TCP from inside namespace `ns`; None if it cannot
+/// connect.
+pub fn over_tcp_in(ns: &str, addr: &str, request: &[u8]) -> Option<(u16, String)> {
+    let (path, addr, request) = (format!("/run/netns/{ns}"), addr.to_owned(), request.to_vec());
+    std::thread::spawn(move || {
+        crate::netns::enter_path(&path);
+        let conn = std::net::TcpStream::connect(&addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        Some(exchange(conn, &request))
+    })
+    .join()
+    .expect("TCP thread")
 }
 
 /// Writes `request` (as much as the peer takes) and reads the reply: its status (0 when there is

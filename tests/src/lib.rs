@@ -2,6 +2,7 @@
 //! program through BPF_PROG_TEST_RUN, and network-namespace helpers.
 
 pub mod anycast;
+pub mod backend;
 pub mod bird;
 pub mod expect;
 pub mod fixture;

@@ -24,6 +24,7 @@ use lb_common::programs;
 use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
 
 use crate::{
+    backend::BackendDaemon,
     fixture::{Balancer, Vip, TEST_RING_SIZE},
     netns::{veth, End, NetNs},
     packet::ip,
@@ -43,9 +44,9 @@ pub struct Net {
     pub router: NetNs,
     pub lb: NetNs,
     pub backends: Vec<NetNs>,
-    /// Kept alive: the router's pass stub and each backend's decapsulator.
+    /// Kept alive: the router's pass stub and each backend's `lb backend run`.
     pub router_xdp: Dataplane,
-    pub decaps: Vec<Dataplane>,
+    pub decaps: Vec<BackendDaemon>,
 }
 
 /// A `Net` with the test fixture's balancer attached on the LB node, balancing one VIP.
@@ -104,7 +105,6 @@ impl Net {
                     End { ns: &ns, dev: "b0", mac: &bmac, addrs: &[&baddr, &baddr6] },
                 );
                 default_routes(&ns, &format!("10.10.{}.1", 3 + i), &format!("fd00:10:{}::1", 3 + i));
-                hold_vips(&ns);
                 ns
             })
             .collect();
@@ -115,7 +115,8 @@ impl Net {
             dp.attach(programs::PASS, "r-lb", AttachMode::Native).expect("attach pass stub");
             dp
         });
-        let decaps = backend_ns.iter().enumerate().map(|(i, ns)| ns.run(|| decapsulator(&[&backend_addr(i), &backend_addr6(i)]))).collect();
+        let decaps =
+            backend_ns.iter().enumerate().map(|(i, ns)| BackendDaemon::start(ns, &[&backend_addr(i), &backend_addr6(i)])).collect();
         Self { client, router, lb, backends: backend_ns, router_xdp, decaps }
     }
 
@@ -349,20 +350,4 @@ fn answer_lines(conn: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool
 pub fn expected_backend(site: &Site, client: &str, port: u16) -> IpAddr {
     let frame = crate::packet::Frame::tcp(client, port, &site.vip_ip.to_string(), PORT);
     site.balancer.expected_real(&site.vip, &frame)
-}
-
-/// Puts both VIPs on a backend's loopback.
-pub fn hold_vips(ns: &NetNs) {
-    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-    ns.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"]);
-}
-
-/// A backend's decapsulator for tunnels to `addrs`, attached to its b0.
-pub fn decapsulator(addrs: &[&str]) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
-    for a in addrs {
-        dp.add_decap_addr(ip(a)).expect("decap addr");
-    }
-    dp.attach(programs::DECAP, "b0", AttachMode::Native).expect("attach decap");
-    dp
 }

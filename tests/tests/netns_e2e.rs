@@ -38,7 +38,7 @@ fn connections_reach_the_maglev_backend(site: &Site, client: &str) {
         stats.new_flows
     );
     assert!(stats.conn_hits >= 2 * CONNECTIONS as u64, "later packets of a connection hit the table");
-    let decapsulated: u64 = site.net.decaps.iter().map(|d| d.decap_counter(DecapCounter::Decapsulated).unwrap()).sum();
+    let decapsulated: u64 = site.net.decaps.iter().map(|d| d.counter(DecapCounter::Decapsulated.name())).sum();
     assert_eq!(decapsulated, stats.packets, "every tunnelled packet was stripped by a backend");
     // DSR: the backends' answers (three or more packets a connection) do not pass the LB node,
     // whose program would count them as passed; what it passes is neighbour discovery.

@@ -197,21 +197,26 @@ fn lint() -> Result<()> {
     verify_unit()
 }
 
-/// `systemd-analyze verify` on deploy/anycast-lb.service, failing on anything it prints (it
-/// exits 0 on an unknown key). The unit's `lb` path is swapped for a binary that exists here.
+/// `systemd-analyze verify` on the units in deploy/, failing on anything it prints (it exits 0
+/// on an unknown key). A unit's `lb` path is swapped for a binary that exists here.
 fn verify_unit() -> Result<()> {
-    let unit = std::fs::read_to_string("deploy/anycast-lb.service").context("reading deploy/anycast-lb.service")?;
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("lb-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("anycast-lb.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/lb", exe.to_str().context("utf-8 path")?))?;
-    let out =
-        Command::new("systemd-analyze").arg("verify").arg(&copy).output().context("running systemd-analyze (Debian package systemd)")?;
+    for name in ["anycast-lb.service", "anycast-lb-backend.service"] {
+        let unit = std::fs::read_to_string(Path::new("deploy").join(name)).with_context(|| format!("reading deploy/{name}"))?;
+        let copy = dir.join(name);
+        std::fs::write(&copy, unit.replace("/usr/local/bin/lb", exe.to_str().context("utf-8 path")?))?;
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .context("running systemd-analyze (Debian package systemd)")?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify deploy/{name}:\n{said}");
+        println!("systemd-analyze verify deploy/{name}: no findings");
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify deploy/anycast-lb.service:\n{said}");
-    println!("systemd-analyze verify deploy/anycast-lb.service: no findings");
     Ok(())
 }
 

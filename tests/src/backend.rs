@@ -1,0 +1,127 @@
+//! `lb backend run` (the real binary) in a backend's namespace: decapsulates on `b0`, holds the
+//! VIPs on `lo`, serves /healthz, /load and /metrics on port 9180.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    lbd::{http_request, in_netns, lb_bin, metric, over_tcp_in},
+    netns::NetNs,
+    topology::{VIP, VIP6},
+};
+
+/// The backend endpoint, from inside the backend's namespace.
+pub const ENDPOINT: &str = "127.0.0.1:9180";
+
+pub struct BackendDaemon {
+    child: Option<Child>,
+    /// Runs `lb backend run` under this command (e.g. `setpriv` with a capability set).
+    pub wrapper: Vec<String>,
+    pub ns: String,
+    pub instance: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl BackendDaemon {
+    /// Starts `lb backend run` in `ns` for tunnels to `addrs` on `b0`, holding the harness VIPs;
+    /// returns once /healthz answers.
+    pub fn start(ns: &NetNs, addrs: &[&str]) -> Self {
+        let instance = format!("b{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"));
+        let dir = std::env::temp_dir().join(format!("lbb-{instance}"));
+        std::fs::create_dir_all(&dir).expect("backend dir");
+        let config = dir.join("backend.toml");
+        let text = format!(
+            "instance = \"{instance}\"\n[backend]\ninterface = [{{ name = \"b0\" }}]\naddresses = {addrs:?}\nvips = [\"{VIP}\", \"{VIP6}\"]\n\
+             [backend.health]\ndrain_file = \"{}\"\ninterval_ms = 200\n",
+            dir.join("drain").display()
+        );
+        std::fs::write(&config, text).expect("backend config");
+        let mut b = Self { child: None, wrapper: Vec::new(), ns: ns.name.clone(), instance, config, dir };
+        b.spawn();
+        b
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("backend.log")).expect("log");
+        let child = in_netns(&self.ns)
+            .args(&self.wrapper)
+            .arg(lb_bin())
+            .args(["backend", "run", "--config"])
+            .arg(&self.config)
+            .env("LB_STATE_DIR", &self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start lb backend");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.health().is_none() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lb backend exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "lb backend did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("backend.log")).unwrap_or_default()
+    }
+
+    /// `lb backend ARGS --config <this one>` in the namespace.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        in_netns(&self.ns)
+            .arg(lb_bin())
+            .arg("backend")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("LB_STATE_DIR", &self.dir)
+            .output()
+            .expect("lb backend")
+    }
+
+    /// GET /healthz: status and body, or None while nothing listens.
+    pub fn health(&self) -> Option<(u16, String)> {
+        over_tcp_in(&self.ns, ENDPOINT, &http_request("GET", "/healthz", &[], ""))
+    }
+
+    pub fn metrics(&self) -> String {
+        over_tcp_in(&self.ns, ENDPOINT, &http_request("GET", "/metrics", &[], "")).expect("backend metrics").1
+    }
+
+    /// A decapsulator counter by name (`decapsulated`, `ipip`, ...), from /metrics.
+    pub fn counter(&self, name: &str) -> u64 {
+        metric(&self.metrics(), &format!("lb_backend_packets_total{{what=\"{name}\"}}")) as u64
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM and wait; decapsulation stays attached.
+    pub fn terminate(&mut self) {
+        let pid = self.pid();
+        crate::netns::sh(&["kill", "-TERM", &pid.to_string()]);
+        let status = self.child.take().expect("running").wait().expect("wait");
+        assert!(status.success(), "lb backend exited with {status}:\n{}", self.log());
+    }
+}
+
+impl Drop for BackendDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(lb_userspace::backend::pin_dir(&self.instance));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
