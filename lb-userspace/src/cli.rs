@@ -193,11 +193,16 @@ pub fn print_status(vips: &[VipStatus]) {
         for r in &v.reals {
             let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
             let share = 100.0 * r.slots as f64 / v.ring_size as f64;
-            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%", r.address, r.id, if r.up { "up" } else { "down" }, weight, share);
+            let state = match (r.up, r.draining) {
+                (false, _) => "down",
+                (true, true) => "drain",
+                (true, false) => "up",
+            };
+            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%", r.address, r.id, state, weight, share);
         }
     }
     if vips.iter().any(|v| v.reals.iter().any(|r| r.weight != r.config_weight)) {
-        println!("(* weight set at run time)");
+        println!("(* weight set at run time, or 0 while the backend drains)");
     }
 }
 

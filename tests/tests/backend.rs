@@ -165,6 +165,8 @@ fn a_backend_drained_from_itself_leaves_the_ring_and_keeps_its_connections() {
     });
     let bound = Duration::from_millis(2 * 100 + 100);
     println!("lb backend drain: out of the ring after {took:?} (bound {bound:?})");
+    let table = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(table.lines().any(|l| l.contains(&backend_addr(1)) && l.split_whitespace().nth(2) == Some("drain")), "{table}");
     assert!(took <= bound, "{took:?}");
     net.client.run(|| {
         for (b, c) in conns.iter_mut().enumerate() {
