@@ -45,7 +45,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, AdminError>>;
 pub enum Command {
     Status(oneshot::Sender<Vec<VipStatus>>),
     Handoff(oneshot::Sender<HandoffStatus>),
-    Metrics(oneshot::Sender<String>),
+    /// The control plane's side of a scrape (the API reads the counters itself).
+    Metrics(oneshot::Sender<crate::metrics::Snapshot>),
     Reload(Reply<()>),
     /// Set (Some) or clear (None) a real's runtime weight.
     SetWeight {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     admin::{AdminError, Command, HandoffStatus, RealRequest, Reply, VipName},
     config::{Api, RawVip},
+    dataplane::Counters,
     reconcile::VipStatus,
 };
 
@@ -88,8 +89,13 @@ async fn site(cmds: Commands, drained: bool) -> (StatusCode, String) {
     change(&cmds, |reply| Command::SiteDrain { drained, reply }).await
 }
 
-async fn metrics(State(cmds): State<Commands>) -> Result<String, (StatusCode, String)> {
-    ask(&cmds, Command::Metrics).await
+/// A scrape: the loop hands over its state; the counter maps are read and the text written
+/// here, on a blocking thread, so the loop never waits on either.
+async fn metrics(State((cmds, counters)): State<(Commands, Arc<Counters>)>) -> Result<String, (StatusCode, String)> {
+    let snapshot = ask(&cmds, Command::Metrics).await?;
+    tokio::task::spawn_blocking(move || crate::metrics::render(&counters, &snapshot))
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics: {e}\n")))
 }
 
 /// Request bodies larger than this are refused (413) before they are read.
@@ -205,7 +211,7 @@ fn group_id(name: &str) -> Result<u32> {
 }
 
 /// Binds every listener (so a bad address fails `lb run` at once) and serves in the background.
-pub async fn serve(api: &Api, metrics_addr: SocketAddr, cmds: Commands) -> Result<()> {
+pub async fn serve(api: &Api, metrics_addr: SocketAddr, cmds: Commands, counters: Arc<Counters>) -> Result<()> {
     let router = admin_router(cmds.clone());
     let socket = bind_socket(&api.socket, api.group.as_deref())?;
     tokio::spawn(axum::serve(socket, router.clone()).into_future());
@@ -215,7 +221,7 @@ pub async fn serve(api: &Api, metrics_addr: SocketAddr, cmds: Commands) -> Resul
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
         tokio::spawn(axum::serve(listener, guarded).into_future());
     }
-    let metrics_router = Router::new().route("/metrics", get(metrics)).with_state(cmds);
+    let metrics_router = Router::new().route("/metrics", get(metrics)).with_state((cmds, counters));
     let metrics_listener =
         tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
     tokio::spawn(axum::serve(metrics_listener, metrics_router).into_future());

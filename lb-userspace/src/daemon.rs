@@ -11,6 +11,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -27,7 +28,7 @@ use crate::{
     admin::{AdminError, Command, HandoffStatus, Reply},
     bird::Announcement,
     config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig, VipId},
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Counters, Dataplane, LoadOptions},
     health::{HealthEvent, Probers, Target},
     journal::{self, Journal},
     metrics::{self, HealthSample},
@@ -45,17 +46,6 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 const BIRD_LIMIT: Duration = Duration::from_secs(2);
 /// How long `lb` waits at exit for BIRD to withdraw the VIPs.
 const EXIT_WITHDRAW_LIMIT: Duration = Duration::from_millis(1500);
-
-/// What the daemon reads from its data plane besides what it writes: the counters, as metrics.
-pub trait Scrape {
-    fn scrape(&self, snapshot: &metrics::Snapshot) -> String;
-}
-
-impl Scrape for Dataplane {
-    fn scrape(&self, snapshot: &metrics::Snapshot) -> String {
-        metrics::render(self, snapshot)
-    }
-}
 
 /// Where the daemon's decisions go: each is taken up by a task that does the slow part.
 pub struct Outputs {
@@ -147,7 +137,7 @@ fn reconcile_error(e: ReconcileError) -> AdminError {
     }
 }
 
-impl<D: DataplaneOps + Scrape> Daemon<D> {
+impl<D: DataplaneOps> Daemon<D> {
     /// A daemon over `rec`, which already holds `config` (applied with `mac`). Publishes the
     /// first announcements and starts the probers and the next-hop watcher.
     pub fn start(
@@ -462,11 +452,9 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
                     reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
             }
             Command::Metrics(reply) => {
-                let status = self.status();
-                let peers = self.handoff_peers();
                 let snapshot = metrics::Snapshot {
-                    status: &status,
-                    samples: &self.samples,
+                    status: self.status(),
+                    samples: self.samples.clone(),
                     reloads_ok: self.reloads_ok,
                     reloads_failed: self.reloads_failed,
                     bgp: metrics::BgpState {
@@ -474,10 +462,10 @@ impl<D: DataplaneOps + Scrape> Daemon<D> {
                         errors: self.bird_errors,
                         drained: self.journal.site_drained,
                     },
-                    handoff_peers: &peers,
+                    handoff_peers: self.handoff_peers(),
                     rebuilds: self.rec.rebuilds(),
                 };
-                let _ = reply.send(self.rec.dataplane().scrape(&snapshot));
+                let _ = reply.send(snapshot);
             }
             Command::SiteDrain { drained, reply } => self.site_drain(drained, reply),
             Command::Reload(reply) => self.start_reload(Some(reply)),
@@ -608,7 +596,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
         tokio::spawn(router::run_router(bird, announce_rx, router_tx, router::Backoff::DEFAULT));
     }
-    crate::api::serve(&api, metrics_listen, cmd_tx).await?;
+    let counters = Arc::new(Counters::open(&pins)?);
+    crate::api::serve(&api, metrics_listen, cmd_tx, counters).await?;
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 
@@ -668,12 +657,6 @@ mod tests {
         reconcile::tests::{ip, Fake},
         router::tests::{FakeRouter, FAST},
     };
-
-    impl Scrape for Fake {
-        fn scrape(&self, s: &metrics::Snapshot) -> String {
-            format!("bird_errors {}\n", s.bgp.errors)
-        }
-    }
 
     const VIPS: &str = "[[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 13\nmin_healthy = 2\n\
                         [[vip.real]]\naddress = \"10.1.0.1\"\n[[vip.real]]\naddress = \"10.1.0.2\"\n\
@@ -888,7 +871,7 @@ mod tests {
         assert_eq!(h.d.bird_errors, 2);
         let (tx, rx) = oneshot::channel();
         h.d.command(Command::Metrics(tx));
-        assert_eq!(rx.await.unwrap(), "bird_errors 2\n");
+        assert_eq!(rx.await.unwrap().bgp.errors, 2);
         // A withdrawal goes out on the next event.
         flip(&mut h, "dns", "10.1.0.3", false);
         let event = events.recv().await.unwrap();

@@ -12,11 +12,12 @@ use prometheus_client::{
 
 use crate::{
     config::VipId,
-    dataplane::Dataplane,
+    dataplane::Counters,
     reconcile::{RealStatus, RebuildStats, VipStatus},
 };
 
 /// The daemon's BGP state, for metrics.
+#[derive(Debug, Clone, Copy)]
 pub struct BgpState {
     pub enabled: bool,
     pub errors: u64,
@@ -44,20 +45,22 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
-/// The control plane's side of a scrape.
-pub struct Snapshot<'a> {
+/// The control plane's side of a scrape: a copy the loop hands over, so that reading the
+/// counter maps and writing the text happen elsewhere.
+#[derive(Debug)]
+pub struct Snapshot {
     /// The reconciler's status as the daemon has it (announcements filled in).
-    pub status: &'a [VipStatus],
-    pub samples: &'a HashMap<(VipId, IpAddr), HealthSample>,
+    pub status: Vec<VipStatus>,
+    pub samples: HashMap<(VipId, IpAddr), HealthSample>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub bgp: BgpState,
-    pub handoff_peers: &'a [(IpAddr, bool)],
+    pub handoff_peers: Vec<(IpAddr, bool)>,
     pub rebuilds: RebuildStats,
 }
 
-pub fn render(dp: &Dataplane, snapshot: &Snapshot) -> String {
-    let Snapshot { status, samples, reloads_ok, reloads_failed, ref bgp, handoff_peers, rebuilds: rebuild_stats } = *snapshot;
+pub fn render(dp: &Counters, snapshot: &Snapshot) -> String {
+    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
@@ -129,7 +132,7 @@ pub fn render(dp: &Dataplane, snapshot: &Snapshot) -> String {
 /// registry: at 4,096 VIPs of 16 reals they are 330,000 series, for which prometheus-client took
 /// about 400 ms a scrape (measured: 280 ms to fill the families, 110 to encode them), more than
 /// a scrape may take. The counters come from one batch read of each per-CPU map.
-fn per_vip_families(w: &mut String, dp: &Dataplane, status: &[VipStatus], samples: &HashMap<(VipId, IpAddr), HealthSample>, bgp: bool) {
+fn per_vip_families(w: &mut String, dp: &Counters, status: &[VipStatus], samples: &HashMap<(VipId, IpAddr), HealthSample>, bgp: bool) {
     use std::fmt::Write as _;
     let vip_stats = dp.all_vip_stats().unwrap_or_default();
     let real_stats = dp.all_real_stats().unwrap_or_default();
