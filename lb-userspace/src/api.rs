@@ -210,20 +210,39 @@ fn group_id(name: &str) -> Result<u32> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
-/// Binds every listener (so a bad address fails `lb run` at once) and serves in the background.
-pub async fn serve(api: &Api, metrics_addr: SocketAddr, cmds: Commands, counters: Arc<Counters>) -> Result<()> {
-    let router = admin_router(cmds.clone());
+/// The API's listeners, bound and the token read, not serving yet.
+pub struct Bound {
+    socket: tokio::net::UnixListener,
+    tcp: Option<(tokio::net::TcpListener, TcpGuard)>,
+    metrics: tokio::net::TcpListener,
+}
+
+/// Binds every listener and reads the token: run before `lb run` touches the data plane, so a
+/// second `lb` of a running instance, a bad address or a bad token file change nothing.
+pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
     let socket = bind_socket(&api.socket, api.group.as_deref())?;
-    tokio::spawn(axum::serve(socket, router.clone()).into_future());
-    if let Some(addr) = api.listen {
-        let token = api.token_file.as_deref().map(read_token).transpose()?;
-        let guarded = router.layer(middleware::from_fn_with_state(TcpGuard { token, loopback: addr.ip().is_loopback() }, guard));
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
-        tokio::spawn(axum::serve(listener, guarded).into_future());
+    let tcp = match api.listen {
+        Some(addr) => {
+            let token = api.token_file.as_deref().map(read_token).transpose()?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
+            Some((listener, TcpGuard { token, loopback: addr.ip().is_loopback() }))
+        }
+        None => None,
+    };
+    let metrics = tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
+    Ok(Bound { socket, tcp, metrics })
+}
+
+impl Bound {
+    /// Serves in the background.
+    pub fn serve(self, cmds: Commands, counters: Arc<Counters>) {
+        let router = admin_router(cmds.clone());
+        if let Some((listener, guard_state)) = self.tcp {
+            let guarded = router.clone().layer(middleware::from_fn_with_state(guard_state, guard));
+            tokio::spawn(axum::serve(listener, guarded).into_future());
+        }
+        tokio::spawn(axum::serve(self.socket, router).into_future());
+        let metrics_router = Router::new().route("/metrics", get(metrics)).with_state((cmds, counters));
+        tokio::spawn(axum::serve(self.metrics, metrics_router).into_future());
     }
-    let metrics_router = Router::new().route("/metrics", get(metrics)).with_state((cmds, counters));
-    let metrics_listener =
-        tokio::net::TcpListener::bind(metrics_addr).await.with_context(|| format!("binding metrics on {metrics_addr}"))?;
-    tokio::spawn(axum::serve(metrics_listener, metrics_router).into_future());
-    Ok(())
 }

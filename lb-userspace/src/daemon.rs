@@ -566,6 +566,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let file = config::load_raw(&config_path)?;
     let config = effective_config(&file, &journal, interfaces)?;
     let mac = next_hop::resolve(&config.forwarding.next_hop).await?;
+    // Before the data plane is touched: a second `lb` of a running instance stops here.
+    let bound = crate::api::bind(&config.api, config.metrics_listen).await?;
     let pins = pin_dir(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size, ring_slots: config.ring_slots }, &pins)?;
     for iface in &config.interfaces {
@@ -597,7 +599,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         tokio::spawn(router::run_router(bird, announce_rx, router_tx, router::Backoff::DEFAULT));
     }
     let counters = Arc::new(Counters::open(&pins)?);
-    crate::api::serve(&api, metrics_listen, cmd_tx, counters).await?;
+    bound.serve(cmd_tx, counters);
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 

@@ -171,8 +171,8 @@ impl Drop for LbDaemon {
     }
 }
 
-/// Runs `lb run` with `config_body` in `ns` for a start that is expected to fail; kills it if it
-/// is still running after 20 s. Its output.
+/// Runs `lb run` with `config_body` (instance `once<pid>`) in `ns` for a start that is expected
+/// to fail; kills it if it is still running after 20 s. Its output.
 pub fn run_once(ns: &NetNs, config_body: &str) -> std::process::Output {
     let dir = std::env::temp_dir().join(format!("lbd-once-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
