@@ -147,7 +147,8 @@ impl RawBackendFile {
         if !(100..=60_000).contains(&interval_ms) {
             p.add("backend.health.interval_ms", format!("{interval_ms} is outside 100 ..= 60000"));
         }
-        let drain_file = b.health.drain_file.clone().map_or_else(|| state_dir().join(format!("{}.drain", self.instance)), PathBuf::from);
+        let drain_file =
+            b.health.drain_file.clone().map_or_else(|| crate::journal::state_dir().join(format!("{}.drain", self.instance)), PathBuf::from);
         p.or(|| BackendConfig {
             instance: self.instance.clone(),
             interfaces,
@@ -181,10 +182,6 @@ pub fn is_backend_config(text: &str) -> bool {
     toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("backend"))
 }
 
-fn state_dir() -> PathBuf {
-    std::env::var_os("LB_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/anycast-lb"))
-}
-
 /// Where an instance's program and maps are pinned.
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf").join(format!("anycast-lb-backend-{instance}"))
@@ -201,7 +198,7 @@ pub struct HostChanges {
 }
 
 fn changes_path(instance: &str) -> PathBuf {
-    state_dir().join(format!("{instance}.backend.json"))
+    crate::journal::state_dir().join(format!("{instance}.backend.json"))
 }
 
 fn load_changes(instance: &str) -> Result<HostChanges> {

@@ -108,6 +108,12 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The address `addr16` wrote: a v4-mapped one is IPv4.
+pub fn ip_of(addr: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
 /// VIPs and reals found in the maps.
 #[derive(Debug, Default)]
 pub struct Programmed {
@@ -604,33 +610,29 @@ impl Dataplane {
     /// `DECAP_ADDRS` to exactly `addrs` (at most `MAX_DECAP_ADDRS`); returns the addresses it
     /// removed (left by an earlier config).
     pub fn set_decap_addrs(&mut self, addrs: &[IpAddr]) -> Result<Vec<IpAddr>> {
-        let wanted: Vec<[u8; 16]> = addrs.iter().map(|&a| addr16(a)).collect();
-        let mut map = self.hash::<[u8; 16], u32>(maps::DECAP_ADDRS)?;
-        let present: Vec<[u8; 16]> = map.keys().collect::<Result<_, _>>().map_err(map_err(maps::DECAP_ADDRS))?;
-        for addr in wanted.iter().filter(|a| !present.contains(a)) {
-            map.insert(addr, 1, 0).map_err(map_err(maps::DECAP_ADDRS))?;
-        }
-        let mut removed = Vec::new();
-        for addr in present.iter().filter(|a| !wanted.contains(a)) {
-            map.remove(addr).map_err(map_err(maps::DECAP_ADDRS))?;
-            let v6 = std::net::Ipv6Addr::from(*addr);
-            removed.push(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
-        }
-        Ok(removed)
+        let removed = self.set_address_set::<u32>(maps::DECAP_ADDRS, addrs, 1)?;
+        Ok(removed.into_iter().map(ip_of).collect())
     }
 
-    /// `PEER_SOURCES` to exactly `sources`: new ones first, then the ones that left.
+    /// `PEER_SOURCES` to exactly `sources` (at most `MAX_PEERS`).
     fn set_peer_sources(&mut self, sources: &[IpAddr]) -> Result<()> {
-        let wanted: Vec<[u8; 16]> = sources.iter().take(MAX_PEERS as usize).map(|&a| addr16(a)).collect();
-        let mut map = self.hash::<[u8; 16], u8>(maps::PEER_SOURCES)?;
-        let present: Vec<[u8; 16]> = map.keys().collect::<Result<_, _>>().map_err(map_err(maps::PEER_SOURCES))?;
+        self.set_address_set::<u8>(maps::PEER_SOURCES, &sources[..sources.len().min(MAX_PEERS as usize)], 1).map(drop)
+    }
+
+    /// The hash map `name`, keyed by address, to exactly `addrs` (each with `value`): new ones
+    /// first, then the ones that left, which it returns.
+    fn set_address_set<V: aya::Pod>(&mut self, name: &'static str, addrs: &[IpAddr], value: V) -> Result<Vec<[u8; 16]>> {
+        let wanted: Vec<[u8; 16]> = addrs.iter().map(|&a| addr16(a)).collect();
+        let mut map = self.hash::<[u8; 16], V>(name)?;
+        let present: Vec<[u8; 16]> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
         for addr in wanted.iter().filter(|a| !present.contains(a)) {
-            map.insert(addr, 1, 0).map_err(map_err(maps::PEER_SOURCES))?;
+            map.insert(addr, value, 0).map_err(map_err(name))?;
         }
-        for addr in present.iter().filter(|a| !wanted.contains(a)) {
-            map.remove(addr).map_err(map_err(maps::PEER_SOURCES))?;
+        let gone: Vec<[u8; 16]> = present.into_iter().filter(|a| !wanted.contains(a)).collect();
+        for addr in &gone {
+            map.remove(addr).map_err(map_err(name))?;
         }
-        Ok(())
+        Ok(gone)
     }
 
     pub fn handoff(&self) -> Result<Handoff> {

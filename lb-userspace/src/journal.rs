@@ -54,11 +54,14 @@ pub enum JournalError {
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
-/// Where runtime changes are journaled: /var/lib/anycast-lb/<instance>.json (override with
-/// LB_STATE_DIR).
+/// Where lb keeps state on disk: /var/lib/anycast-lb, or LB_STATE_DIR.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("LB_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/anycast-lb"))
+}
+
+/// Where runtime changes are journaled: <state dir>/<instance>.json.
 pub fn path(instance: &str) -> PathBuf {
-    let dir = std::env::var_os("LB_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/anycast-lb"));
-    dir.join(format!("{instance}.json"))
+    state_dir().join(format!("{instance}.json"))
 }
 
 pub fn load(path: &Path) -> Result<Journal, JournalError> {

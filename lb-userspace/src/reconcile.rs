@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Forwarding, Proto, RealConfig, Vip, VipId},
-    dataplane::{addr16, Dataplane, DataplaneError, Programmed},
+    dataplane::{addr16, ip_of, Dataplane, DataplaneError, Programmed},
     maglev::{build_table, MaglevReal},
     ring_pool::{Region, RingPool},
 };
@@ -94,8 +94,7 @@ pub fn vip_key(id: &VipId) -> VipKey {
 }
 
 fn vip_id(key: &VipKey) -> Option<VipId> {
-    let addr = std::net::Ipv6Addr::from(key.addr);
-    let addr = addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr));
+    let addr = ip_of(key.addr);
     let proto = match key.proto {
         6 => Proto::Tcp,
         17 => Proto::Udp,
@@ -105,11 +104,10 @@ fn vip_id(key: &VipKey) -> Option<VipId> {
 }
 
 fn real_addr(real: &Real) -> IpAddr {
-    let addr = std::net::Ipv6Addr::from(real.addr);
     if real.flags & REAL_F_IPV6 != 0 {
-        IpAddr::V6(addr)
+        IpAddr::V6(real.addr.into())
     } else {
-        addr.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(addr))
+        ip_of(real.addr)
     }
 }
 
