@@ -1,14 +1,10 @@
 //! `lb backend run` (the real binary) in a backend's namespace: decapsulates on `b0`, holds the
 //! VIPs on `lo`, serves /healthz, /load and /metrics on port 9180.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Child};
 
 use crate::{
-    lbd::{http_request, in_netns, lb_bin, metric, over_tcp_in},
+    lbd::{http_request, lb_command, metric, over_tcp_in, spawn_until_up, terminate},
     netns::NetNs,
     topology::{VIP, VIP6},
 };
@@ -46,26 +42,10 @@ impl BackendDaemon {
     }
 
     pub fn spawn(&mut self) {
+        // Appended: a restart's log follows the first run's.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("backend.log")).expect("log");
-        let child = in_netns(&self.ns)
-            .args(&self.wrapper)
-            .arg(lb_bin())
-            .args(["backend", "run", "--config"])
-            .arg(&self.config)
-            .env("LB_STATE_DIR", &self.dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start lb backend");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.health().is_none() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lb backend exited with {status}:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "lb backend did not come up:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let cmd = lb_command(&self.ns, &self.wrapper, &["backend", "run"], &self.config, &self.dir);
+        self.child = Some(spawn_until_up(cmd, log, "lb backend", || self.log(), || self.health().is_some()));
     }
 
     pub fn log(&self) -> String {
@@ -74,15 +54,8 @@ impl BackendDaemon {
 
     /// `lb backend ARGS --config <this one>` in the namespace.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        in_netns(&self.ns)
-            .arg(lb_bin())
-            .arg("backend")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env("LB_STATE_DIR", &self.dir)
-            .output()
-            .expect("lb backend")
+        let args: Vec<&str> = ["backend"].into_iter().chain(args.iter().copied()).collect();
+        lb_command(&self.ns, &[], &args, &self.config, &self.dir).output().expect("lb backend")
     }
 
     /// GET /healthz: status and body, or None while nothing listens.
@@ -106,10 +79,7 @@ impl BackendDaemon {
 
     /// SIGTERM and wait; decapsulation stays attached.
     pub fn terminate(&mut self) {
-        let pid = self.pid();
-        crate::netns::sh(&["kill", "-TERM", &pid.to_string()]);
-        let status = self.child.take().expect("running").wait().expect("wait");
-        assert!(status.success(), "lb backend exited with {status}:\n{}", self.log());
+        terminate(self.child.take().expect("running"), "lb backend", &self.log());
     }
 }
 

@@ -67,25 +67,8 @@ impl LbDaemon {
 
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("lb.log")).expect("log file");
-        let child = in_netns(&self.ns)
-            .args(&self.wrapper)
-            .arg(lb_bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("LB_STATE_DIR", &self.dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start lb");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.try_status().is_none() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lb exited with {status}:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "lb's API did not come up:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let cmd = lb_command(&self.ns, &self.wrapper, &["run"], &self.config, &self.dir);
+        self.child = Some(spawn_until_up(cmd, log, "lb", || self.log(), || self.try_status().is_some()));
     }
 
     pub fn log(&self) -> String {
@@ -145,16 +128,12 @@ impl LbDaemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        // nsenter execs lb, so the child's pid is lb's.
-        crate::netns::sh(&["kill", &format!("-{sig}"), &pid.to_string()]);
+        signal(self.child.as_ref().expect("running"), sig);
     }
 
     /// SIGTERM and wait for the exit; the data plane stays attached.
     pub fn terminate(&mut self) {
-        self.signal("TERM");
-        let status = self.child.take().expect("running").wait().expect("wait");
-        assert!(status.success(), "lb exited with {status}:\n{}", self.log());
+        terminate(self.child.take().expect("running"), "lb", &self.log());
     }
 }
 
@@ -169,6 +148,48 @@ impl Drop for LbDaemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `lb ARGS --config CONFIG` in namespace `ns` under `wrapper`, with `state_dir` as its state
+/// directory.
+pub(crate) fn lb_command(ns: &str, wrapper: &[String], args: &[&str], config: &std::path::Path, state_dir: &std::path::Path) -> Command {
+    let mut cmd = in_netns(ns);
+    cmd.args(wrapper).arg(lb_bin()).args(args).arg("--config").arg(config).env("LB_STATE_DIR", state_dir);
+    cmd
+}
+
+/// Starts `cmd` with its output to `log` and returns once `up` holds; panics with the log (from
+/// `read_log`) if it exits first or is not up within 20 s.
+pub(crate) fn spawn_until_up(
+    mut cmd: Command,
+    log: std::fs::File,
+    what: &str,
+    read_log: impl Fn() -> String,
+    mut up: impl FnMut() -> bool,
+) -> Child {
+    let mut child =
+        cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !up() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited with {status}:\n{}", read_log());
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Sends `sig` to `child` (nsenter and any wrapper exec lb, so the child's pid is lb's).
+pub(crate) fn signal(child: &Child, sig: &str) {
+    crate::netns::sh(&["kill", &format!("-{sig}"), &child.id().to_string()]);
+}
+
+/// SIGTERM and wait for a clean exit.
+pub(crate) fn terminate(mut child: Child, what: &str, log: &str) {
+    signal(&child, "TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{what} exited with {status}:\n{log}");
 }
 
 /// Runs `lb run` with `config_body` (instance `once<pid>`) in `ns` for a start that is expected
@@ -211,6 +232,13 @@ pub fn unit_capabilities(unit: &str) -> String {
 /// to gain others.
 pub fn with_only(caps: &str) -> Vec<String> {
     ["setpriv", "--no-new-privs", "--inh-caps=-all", &format!("--bounding-set=-all,+{}", caps.replace(',', ",+"))].map(String::from).into()
+}
+
+/// `caps` as setpriv names them ("bpf,net_admin") in capsh's names, sorted ("cap_bpf", ...).
+pub fn capability_names(caps: &str) -> Vec<String> {
+    let mut names: Vec<String> = caps.split(',').map(|c| format!("cap_{c}")).collect();
+    names.sort();
+    names
 }
 
 /// The capabilities process `pid` holds, sorted ("cap_bpf", ...).

@@ -351,3 +351,30 @@ pub fn expected_backend(site: &Site, client: &str, port: u16) -> IpAddr {
     let frame = crate::packet::Frame::tcp(client, port, &site.vip_ip.to_string(), PORT);
     site.balancer.expected_real(&site.vip, &frame)
 }
+
+/// Which backend answered.
+pub fn who(answer: &str) -> usize {
+    answer
+        .strip_prefix("backend ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("odd answer {answer:?}"))
+}
+
+/// Opens one long-lived connection per backend (retrying until each backend has one).
+pub fn connections_to_every_backend(net: &Net, backends: usize) -> Vec<LineConn> {
+    let mut conns: Vec<Option<LineConn>> = (0..backends).map(|_| None).collect();
+    net.client.run(|| {
+        for _ in 0..200 {
+            let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+            let b = who(&c.exchange("hello").expect("first exchange"));
+            if conns[b].is_none() {
+                conns[b] = Some(c);
+            }
+            if conns.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    });
+    conns.into_iter().map(|c| c.expect("a connection to every backend")).collect()
+}

@@ -8,7 +8,7 @@ use lb_tests::{
     bird::wait_for,
     lbd::LbDaemon,
     require_root,
-    topology::{backend_addr, LineConn, Net, Site, VIP, VIP6},
+    topology::{backend_addr, connections_to_every_backend, LineConn, Net, Site, VIP, VIP6},
 };
 
 /// What `run` touches in a backend's namespace: the DSR sysctls, lo's addresses, b0's XDP.
@@ -140,20 +140,7 @@ fn a_backend_drained_from_itself_leaves_the_ring_and_keeps_its_connections() {
         config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
     }
     let d = LbDaemon::start(&net.lb, &config);
-    // A connection to each backend.
-    let mut conns: Vec<Option<LineConn>> = vec![None, None];
-    net.client.run(|| {
-        for _ in 0..200 {
-            let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
-            let answer = c.exchange("hello").expect("answered");
-            let b: usize = answer.strip_prefix("backend ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect("who");
-            conns[b].get_or_insert(c);
-            if conns.iter().all(Option::is_some) {
-                break;
-            }
-        }
-    });
-    let mut conns: Vec<LineConn> = conns.into_iter().map(|c| c.expect("a connection to each backend")).collect();
+    let mut conns = connections_to_every_backend(&net, 2);
 
     let out = net_backend(&net, 1).cli(&["drain"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -204,9 +191,7 @@ fn lb_backend_runs_with_only_the_capabilities_its_unit_grants() {
     b.wrapper = lb_tests::lbd::with_only(&caps);
     b.spawn();
     let held = lb_tests::lbd::effective_capabilities(b.pid());
-    let mut expected: Vec<String> = caps.split(',').map(|c| format!("cap_{c}")).collect();
-    expected.sort();
-    assert_eq!(held, expected);
+    assert_eq!(held, lb_tests::lbd::capability_names(&caps));
     assert!(b.log().contains("sysctl set") && b.log().contains("VIP added to lo"), "{}", b.log());
     let answer = site.net.client.run(|| lb_tests::topology::ask(Site::vip_addr(), "with three capabilities").expect("answered"));
     println!("lb backend with capabilities {caps}: {}", answer.text.trim());

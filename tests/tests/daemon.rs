@@ -7,7 +7,7 @@ use lb_tests::{
     lbd::LbDaemon,
     packet::ip,
     require_root,
-    topology::{ask, backend_addr, LineConn, Net, Site},
+    topology::{ask, backend_addr, connections_to_every_backend, who, Net, Site},
 };
 
 const INTERVAL_MS: u64 = 100;
@@ -25,15 +25,6 @@ fn config(backends: usize) -> String {
     c
 }
 
-/// Which backend answered.
-fn who(answer: &str) -> usize {
-    answer
-        .strip_prefix("backend ")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("odd answer {answer:?}"))
-}
-
 /// `n` short requests from the client; the backend of each.
 fn spread(net: &Net, n: usize) -> Vec<usize> {
     net.client.run(|| (0..n).map(|i| who(&ask(Site::vip_addr(), &format!("r{i}")).expect("answered").text)).collect())
@@ -41,24 +32,6 @@ fn spread(net: &Net, n: usize) -> Vec<usize> {
 
 fn real_up(d: &LbDaemon, addr: &str) -> bool {
     d.status()[0].reals.iter().find(|r| r.address == ip(addr)).expect("real").up
-}
-
-/// Opens one long-lived connection per backend (retrying until each backend has one).
-fn connections_to_every_backend(net: &Net, backends: usize) -> Vec<LineConn> {
-    let mut conns: Vec<Option<LineConn>> = (0..backends).map(|_| None).collect();
-    net.client.run(|| {
-        for _ in 0..200 {
-            let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
-            let b = who(&c.exchange("hello").expect("first exchange"));
-            if conns[b].is_none() {
-                conns[b] = Some(c);
-            }
-            if conns.iter().all(Option::is_some) {
-                break;
-            }
-        }
-    });
-    conns.into_iter().map(|c| c.expect("a connection to every backend")).collect()
 }
 
 #[test]
