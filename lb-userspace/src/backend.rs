@@ -101,9 +101,7 @@ impl RawBackendFile {
     pub fn validate(&self, check: InterfaceCheck) -> Result<BackendConfig, ConfigError> {
         let mut p = Problems::default();
         let b = &self.backend;
-        if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            p.add("instance", format!("{:?} must be non-empty letters, digits, '-' or '_'", self.instance));
-        }
+        config::validate_instance(&self.instance, &mut p);
         let interfaces = config::validate_interfaces("backend.interface", &b.interfaces, check, &mut p);
         if b.interfaces.is_empty() {
             p.add("backend.interface", "name at least one NIC the tunnels arrive on");

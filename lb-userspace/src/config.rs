@@ -433,6 +433,13 @@ impl Problems {
     }
 }
 
+/// An instance name: it names a bpffs folder and state files.
+pub(crate) fn validate_instance(instance: &str, p: &mut Problems) {
+    if instance.is_empty() || !instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        p.add("instance", format!("{instance:?} must be non-empty letters, digits, '-' or '_' (it names a bpffs folder)"));
+    }
+}
+
 /// The interfaces to attach to, listed under `field` ("interface", "backend.interface").
 pub(crate) fn validate_interfaces(field: &str, raw: &[RawInterface], check: InterfaceCheck, p: &mut Problems) -> Vec<Interface> {
     let mut seen = HashSet::new();
@@ -519,9 +526,7 @@ impl RawConfig {
     pub fn validate(&self, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
 
-        if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            p.add("instance", format!("{:?} must be non-empty letters, digits, '-' or '_' (it names a bpffs folder)", self.instance));
-        }
+        validate_instance(&self.instance, &mut p);
         if self.conn_table_size < 1024 {
             p.add("conn_table_size", format!("{} is below 1024", self.conn_table_size));
         }
