@@ -6,7 +6,7 @@ use std::{future::IntoFuture as _, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{bail, Context as _, Result};
 use axum::{
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, Query, Request, State},
     http::{header, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse as _, Response},
@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     admin::{AdminError, Command, HandoffStatus, RealRequest, Reply, VipName},
     config::{Api, RawVip},
-    dataplane::Counters,
+    dataplane::{Counters, LiveMaps},
+    flow::{self, FlowFilter, FlowList, FlowQuery, FlowReport, Purged},
     reconcile::VipStatus,
 };
 
@@ -98,10 +99,52 @@ async fn metrics(State((cmds, counters)): State<(Commands, Arc<Counters>)>) -> R
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics: {e}\n")))
 }
 
+/// The live maps, shared by the flow handlers (a purge takes them whole while it deletes).
+type Live = Arc<std::sync::Mutex<LiveMaps>>;
+
+/// Runs `work` on the live maps on a blocking thread, with the loop's status for names.
+async fn with_live_maps<T: Send + 'static>(
+    cmds: &Commands,
+    live: &Live,
+    work: impl FnOnce(&mut LiveMaps, &[VipStatus]) -> Result<T, crate::dataplane::DataplaneError> + Send + 'static,
+) -> Result<Json<T>, (StatusCode, String)> {
+    let status = ask(cmds, Command::Status).await?;
+    let live = live.clone();
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    tokio::task::spawn_blocking(move || {
+        let mut maps = live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut maps, &status).map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map(Json)
+}
+
+async fn flow(State((cmds, live)): State<(Commands, Live)>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
+    with_live_maps(&cmds, &live, move |maps, status| flow::explain(maps, status, q)).await
+}
+
+async fn flows(State((cmds, live)): State<(Commands, Live)>, Query(f): Query<FlowFilter>) -> Result<Json<FlowList>, (StatusCode, String)> {
+    with_live_maps(&cmds, &live, move |maps, status| flow::list(maps, status, &f)).await
+}
+
+async fn purge(State((cmds, live)): State<(Commands, Live)>, Body(f): Body<FlowFilter>) -> Result<Json<Purged>, (StatusCode, String)> {
+    if f.real.is_none() {
+        return Err((StatusCode::BAD_REQUEST, "a purge needs the real whose entries go (\"real\")\n".into()));
+    }
+    with_live_maps(&cmds, &live, move |maps, status| flow::purge(maps, status, &f)).await
+}
+
 /// Request bodies larger than this are refused (413) before they are read.
 pub const MAX_BODY: usize = 64 * 1024;
 
-fn admin_router(cmds: Commands) -> Router {
+fn admin_router(cmds: Commands, live: Live) -> Router {
+    let flows = Router::new()
+        .route("/flow", get(flow))
+        .route("/flows", get(flows))
+        .route("/flows/purge", post(purge))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state((cmds.clone(), live));
     Router::new()
         .route("/status", get(status))
         .route("/handoff", get(handoff))
@@ -123,6 +166,7 @@ fn admin_router(cmds: Commands) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cmds)
+        .merge(flows)
 }
 
 /// Who may use the API over TCP: token holders; without a token, reading from loopback.
@@ -235,8 +279,8 @@ pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
 
 impl Bound {
     /// Serves in the background.
-    pub fn serve(self, cmds: Commands, counters: Arc<Counters>) {
-        let router = admin_router(cmds.clone());
+    pub fn serve(self, cmds: Commands, counters: Arc<Counters>, live: LiveMaps) {
+        let router = admin_router(cmds.clone(), Arc::new(std::sync::Mutex::new(live)));
         if let Some((listener, guard_state)) = self.tcp {
             let guarded = router.clone().layer(middleware::from_fn_with_state(guard_state, guard));
             tokio::spawn(axum::serve(listener, guarded).into_future());

@@ -28,7 +28,7 @@ use crate::{
     admin::{AdminError, Command, HandoffStatus, Reply},
     bird::Announcement,
     config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig, VipId},
-    dataplane::{Counters, Dataplane, LoadOptions},
+    dataplane::{Counters, Dataplane, LiveMaps, LoadOptions},
     health::{HealthEvent, Probers, Target},
     journal::{self, Journal},
     metrics::{self, HealthSample},
@@ -599,7 +599,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         tokio::spawn(router::run_router(bird, announce_rx, router_tx, router::Backoff::DEFAULT));
     }
     let counters = Arc::new(Counters::open(&pins)?);
-    bound.serve(cmd_tx, counters);
+    bound.serve(cmd_tx, counters, LiveMaps::open(&pins)?);
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 

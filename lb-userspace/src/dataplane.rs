@@ -846,3 +846,111 @@ fn per_cpu_totals<T: aya::Pod + Default>(maps_of: &impl MapLookup, name: &'stati
     }
     Ok(totals)
 }
+
+/// Handles on the maps that decide where a flow goes, opened from an instance's pins: `lb flow`
+/// reads them and `lb flows` walks (and purges) the connection table, on the API's blocking
+/// threads, never on the loop that owns the data plane.
+pub struct LiveMaps {
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    maglev: Array<MapData, lb_common::SlotPair>,
+    reals: Array<MapData, Real>,
+    vip_gen: Array<MapData, u32>,
+    conns: HashMap<MapData, FlowKey, ConnEntry>,
+    handoff: Array<MapData, Handoff>,
+    peers: Array<MapData, [u8; 16]>,
+}
+
+/// Opens the map pinned as `name` under `pin_dir`, as `variant` says its kind is.
+fn open_pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    pin_dir: &Path,
+    name: &'static str,
+    variant: fn(MapData) -> aya::maps::Map,
+) -> Result<T> {
+    let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(map_err(name))?;
+    T::try_from(variant(data)).map_err(map_err(name))
+}
+
+fn found<V>(name: &'static str, got: Result<V, aya::maps::MapError>) -> Result<Option<V>> {
+    match got {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(DataplaneError::Map { name, source }),
+    }
+}
+
+impl LiveMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        use aya::maps::Map;
+        Ok(Self {
+            vips: open_pinned(pin_dir, maps::VIPS, Map::HashMap)?,
+            maglev: open_pinned(pin_dir, maps::MAGLEV, Map::Array)?,
+            reals: open_pinned(pin_dir, maps::REALS, Map::Array)?,
+            vip_gen: open_pinned(pin_dir, maps::VIP_GEN, Map::Array)?,
+            conns: open_pinned(pin_dir, maps::CONNS, Map::LruHashMap)?,
+            handoff: open_pinned(pin_dir, maps::HANDOFF, Map::Array)?,
+            peers: open_pinned(pin_dir, maps::PEERS, Map::Array)?,
+        })
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>> {
+        found(maps::VIPS, self.vips.get(key, 0))
+    }
+
+    /// The real id in slot `slot` of the slot pool.
+    pub fn ring_slot(&self, slot: u32) -> Result<u32> {
+        Ok(self.maglev.get(&(slot / 2), 0).map_err(map_err(maps::MAGLEV))?[(slot % 2) as usize])
+    }
+
+    pub fn real(&self, id: u32) -> Result<Option<Real>> {
+        found(maps::REALS, self.reals.get(&id, 0))
+    }
+
+    pub fn vip_generation(&self, vip_index: u32) -> Result<Option<u32>> {
+        found(maps::VIP_GEN, self.vip_gen.get(&vip_index, 0))
+    }
+
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<ConnEntry>> {
+        found(maps::CONNS, self.conns.get(flow, 0))
+    }
+
+    pub fn handoff(&self) -> Result<Handoff> {
+        self.handoff.get(&0, 0).map_err(map_err(maps::HANDOFF))
+    }
+
+    pub fn peer(&self, i: u32) -> Result<[u8; 16]> {
+        self.peers.get(&i, 0).map_err(map_err(maps::PEERS))
+    }
+
+    /// Walks the connection table (two syscalls an entry: a key, then its value) until `visit`
+    /// returns false. Entries the data plane adds or evicts meanwhile may be seen or not.
+    pub fn walk_conns(&self, mut visit: impl FnMut(&FlowKey, &ConnEntry) -> bool) -> Result<usize> {
+        let mut seen = 0;
+        for item in self.conns.iter() {
+            let (key, entry) = match item {
+                Ok(kv) => kv,
+                // Evicted between its key and its value.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => return Err(DataplaneError::Map { name: maps::CONNS, source }),
+            };
+            seen += 1;
+            if !visit(&key, &entry) {
+                break;
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Deletes these connection entries; returns how many were still there.
+    pub fn remove_conns(&mut self, keys: &[FlowKey]) -> Result<usize> {
+        let mut removed = 0;
+        for key in keys {
+            match self.conns.remove(key) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(DataplaneError::Map { name: maps::CONNS, source }),
+            }
+        }
+        Ok(removed)
+    }
+}

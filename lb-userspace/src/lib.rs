@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod flow;
 pub mod health;
 pub mod journal;
 pub mod maglev;

@@ -1,0 +1,201 @@
+//! The operator's tools against a real `lb` in the namespaces of `lb_tests::topology`:
+//! `lb flow` (where a flow goes and why), `lb flows` and `lb flows purge`.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    bird::wait_for,
+    lbd::LbDaemon,
+    packet::ip,
+    require_root,
+    topology::{backend_addr, who, LineConn, Net, Site, CLIENT, VIP},
+};
+use lb_userspace::flow::{Choice, FlowList, FlowReport};
+
+fn config(backends: usize) -> String {
+    let mut c = String::from(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+         [[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 8080\nprotocol = \"tcp\"\n",
+    );
+    for i in 0..backends {
+        c += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    c
+}
+
+fn cli_ok(d: &LbDaemon, args: &[&str]) -> String {
+    let out = d.cli(args);
+    assert!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flow(d: &LbDaemon, port: u16) -> FlowReport {
+    let body = cli_ok(d, &["flow", &format!("{CLIENT}:{port}"), &format!("{VIP}:8080"), "tcp", "--json"]);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn flows(d: &LbDaemon, args: &[&str]) -> FlowList {
+    let body = cli_ok(d, &[&["flows", "--json"], args].concat());
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn table_real(c: &Choice) -> Option<IpAddr> {
+    match c {
+        Choice::Table { real, .. } => Some(*real),
+        _ => None,
+    }
+}
+
+fn ring_real(c: &Choice) -> Option<IpAddr> {
+    match c {
+        Choice::Ring { real, .. } => Some(*real),
+        _ => None,
+    }
+}
+
+/// Every connection's `lb flow` names the backend that answered it; after a drain, old flows
+/// are named by their table entry and new ones by the ring's new real; `lb flows` lists a real's
+/// entries and `lb flows purge` removes them, after which that real's clients move.
+#[test]
+fn lb_flow_names_the_backend_that_answered_and_follows_a_drain_and_a_purge() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    let servers = net.servers();
+    let d = LbDaemon::start(&net.lb, &config(2));
+    wait_for(Duration::from_secs(5), "both reals up", || d.status()[0].reals.iter().all(|r| r.up));
+
+    let mut conns: Vec<(LineConn, usize)> = net.client.run(|| {
+        (0..20)
+            .map(|i| {
+                let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+                let b = who(&c.exchange(&format!("hello {i}")).expect("answered"));
+                (c, b)
+            })
+            .collect()
+    });
+    for (c, b) in &conns {
+        let report = flow(&d, c.local_port);
+        assert_eq!(table_real(&report.now), Some(ip(&backend_addr(*b))), "port {}: {report:?}", c.local_port);
+        assert_eq!(ring_real(&report.new_flow), Some(ip(&backend_addr(*b))), "the ring agrees while unchanged: {report:?}");
+        assert_eq!(report.vip.as_deref(), Some("web"));
+    }
+    let sample = conns.iter().find(|(_, b)| *b == 1).expect("a connection to backend 1").0.local_port;
+    let text = cli_ok(&d, &["flow", &format!("{CLIENT}:{sample}"), &format!("{VIP}:8080")]);
+    println!("lb flow before the drain:\n{text}");
+    assert!(text.contains(&format!("now:               connection table: real {}", backend_addr(1))), "{text}");
+
+    cli_ok(&d, &["real", "drain", "web", &backend_addr(1)]);
+    wait_for(Duration::from_secs(5), "backend 1 out of the ring", || d.status()[0].reals[1].slots == 0);
+    for (c, b) in &conns {
+        let report = flow(&d, c.local_port);
+        assert_eq!(table_real(&report.now), Some(ip(&backend_addr(*b))), "old flows keep their entry: {report:?}");
+        assert_eq!(ring_real(&report.new_flow), Some(ip(&backend_addr(0))), "the ring has only backend 0 now: {report:?}");
+    }
+    let text = cli_ok(&d, &["flow", &format!("{CLIENT}:{sample}"), &format!("{VIP}:8080")]);
+    println!("lb flow after draining backend 1:\n{text}");
+    let fresh: Vec<(LineConn, usize)> = net.client.run(|| {
+        (0..5)
+            .map(|i| {
+                let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+                let b = who(&c.exchange(&format!("new {i}")).expect("answered"));
+                (c, b)
+            })
+            .collect()
+    });
+    for (c, b) in &fresh {
+        assert_eq!(*b, 0, "new connections go to backend 0");
+        assert_eq!(table_real(&flow(&d, c.local_port).now), Some(ip(&backend_addr(0))));
+    }
+
+    // `lb flows`: backend 1's entries are exactly its connections.
+    let mut on_1: Vec<u16> = conns.iter().filter(|(_, b)| *b == 1).map(|(c, _)| c.local_port).collect();
+    on_1.sort();
+    let listed = flows(&d, &["--real", &backend_addr(1)]);
+    let mut ports: Vec<u16> = listed.entries.iter().map(|e| e.flow.src_port).collect();
+    ports.sort();
+    assert_eq!(ports, on_1, "{listed:?}");
+    assert!(!listed.truncated);
+    assert!(listed.entries.iter().all(|e| e.vip.as_deref() == Some("web") && e.real == Some(ip(&backend_addr(1)))));
+    let limited = flows(&d, &["--limit", "3"]);
+    assert_eq!((limited.entries.len(), limited.truncated), (3, true), "{limited:?}");
+    println!("lb flows --real {}:\n{}", backend_addr(1), cli_ok(&d, &["flows", "--real", &backend_addr(1)]));
+
+    // Purge backend 1's entries: its clients' next packets take the ring, to backend 0, which
+    // knows no such connection and resets it.
+    let out = cli_ok(&d, &["flows", "purge", "--real", &backend_addr(1)]);
+    println!("lb flows purge: {out}");
+    assert!(out.starts_with(&format!("removed {} entries", on_1.len())), "{out}");
+    assert!(flows(&d, &["--real", &backend_addr(1)]).entries.is_empty());
+    let report = flow(&d, on_1[0]);
+    assert_eq!(report.entry, None);
+    assert_eq!(ring_real(&report.now), Some(ip(&backend_addr(0))), "{report:?}");
+    net.client.run(|| {
+        for (c, b) in conns.iter_mut() {
+            let answer = c.exchange("after the purge");
+            if *b == 1 {
+                assert!(answer.is_err(), "backend 0 got a purged connection's packet and reset it: {answer:?}");
+            } else {
+                assert!(answer.expect("backend 0's connections are untouched").starts_with("backend 0 "));
+            }
+        }
+    });
+    drop(servers);
+}
+
+/// `lb flows` on a table of a million entries: a listing that stops at its limit reads a few
+/// entries; a filter that matches few reads the whole table; a purge too. Prints the costs.
+#[test]
+fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::{ConnEntry, FlowKey};
+
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    let d = LbDaemon::start(&net.lb, &config(2));
+    let status = d.status();
+    let ids: Vec<u32> = status[0].reals.iter().map(|r| r.id).collect();
+    let pins = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
+    let mut conns: HashMap<MapData, FlowKey, ConnEntry> =
+        HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pins).expect("pinned CONNS"))).expect("CONNS");
+    const ENTRIES: u32 = 1_000_000;
+    const ON_REAL_1: u32 = 1_000; // every 1,000th entry
+    let t = Instant::now();
+    for i in 0..ENTRIES {
+        let key = FlowKey {
+            src: lb_common::ipv4_mapped((0x0b00_0000 + i).to_be_bytes()),
+            dst: lb_common::ipv4_mapped([10, 99, 0, 1]),
+            src_port_be: 1000u16.to_be(),
+            dst_port_be: 8080u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let real_id = if i % (ENTRIES / ON_REAL_1) == 0 { ids[1] } else { ids[0] };
+        let entry = ConnEntry { real_id, flow_hash: i, vip_index: status[0].index, vip_generation: 1 };
+        conns.insert(key, entry, 0).expect("insert");
+    }
+    println!("filled the table with {ENTRIES} entries in {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let first = flows(&d, &["--limit", "10"]);
+    let quick = t.elapsed();
+    assert_eq!((first.entries.len(), first.truncated), (10, true));
+    assert!(first.scanned <= 11, "stopped at the limit: {} read", first.scanned);
+    let t = Instant::now();
+    let few = flows(&d, &["--real", &backend_addr(1), "--limit", "5000"]);
+    let walk = t.elapsed();
+    assert_eq!(few.entries.len(), ON_REAL_1 as usize);
+    assert_eq!(few.scanned, ENTRIES as usize, "the whole table was read");
+    let t = Instant::now();
+    let out = cli_ok(&d, &["flows", "purge", "--real", &backend_addr(1)]);
+    let purge = t.elapsed();
+    assert!(out.starts_with(&format!("removed {ON_REAL_1} entries of {} ({ENTRIES} entries read)", backend_addr(1))), "{out}");
+    let left = flows(&d, &["--real", &backend_addr(0), "--limit", "2000000"]);
+    assert_eq!(left.entries.len(), (ENTRIES - ON_REAL_1) as usize, "backend 0's entries stay");
+    println!("lb flows --limit 10: {quick:?}; --real (whole table, {ENTRIES} entries): {walk:?}; purge of {ON_REAL_1}: {purge:?}");
+}
