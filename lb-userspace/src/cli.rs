@@ -99,8 +99,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List connection-table entries (or purge a real's). The walk reads the table until
-    /// `--limit` entries match: on a full table of millions with a filter that matches few, that
+    /// List connection-table entries (or purge a real's).
+    ///
+    /// The walk reads the table until `--limit` entries match: on a full table of millions with a filter that matches few, that
     /// is the whole table (2.3 s for a million entries, measured).
     Flows {
         #[command(subcommand)]
@@ -117,6 +118,20 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
+    Completions { shell: Shell },
+    /// Write the man pages (lb.1, and lb-SUBCOMMAND.1 for each subcommand) into DIR (`cargo
+    /// xtask dist` does).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// Shells `lb completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -345,6 +360,20 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         Cmd::Reload => {
             print!("{}", expect_ok(http(api, "POST", "/reload", None)?)?);
             Ok(())
+        }
+        Cmd::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut <Opt as clap::CommandFactory>::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(<Opt as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
         }
         Cmd::Flow { src, vip, proto, json } => {
             let (src, src_port) = endpoint(&src, false).context("the client: ADDR or ADDR:PORT")?;

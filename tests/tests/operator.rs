@@ -199,3 +199,22 @@ fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
     assert_eq!(left.entries.len(), (ENTRIES - ON_REAL_1) as usize, "backend 0's entries stay");
     println!("lb flows --limit 10: {quick:?}; --real (whole table, {ENTRIES} entries): {walk:?}; purge of {ON_REAL_1}: {purge:?}");
 }
+
+/// The completion scripts load in their shells and offer the subcommands.
+#[test]
+fn completion_scripts_load_and_complete_subcommands() {
+    let lb = lb_tests::lbd::lb_bin();
+    let script = std::process::Command::new(&lb).args(["completions", "bash"]).output().expect("lb completions bash");
+    assert!(script.status.success());
+    let file = std::env::temp_dir().join(format!("lb-completion-{}.bash", std::process::id()));
+    std::fs::write(&file, &script.stdout).unwrap();
+    // What bash offers after "lb fl<TAB>".
+    let probe = format!(
+        "source {}; COMP_WORDS=(lb fl); COMP_CWORD=1; COMP_LINE='lb fl'; COMP_POINT=5; _lb lb fl lb; echo \"${{COMPREPLY[@]}}\"",
+        file.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &probe]).output().expect("bash");
+    let _ = std::fs::remove_file(&file);
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(offered.split_whitespace().collect::<Vec<_>>(), ["flow", "flows"], "{offered} {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | lint | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | lint | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo | dist`.
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +40,8 @@ enum Task {
     BenchE2e,
     /// Two anycast sites with BIRD and `lb`: traffic, a backend failure, a site failure.
     Demo,
+    /// The release `lb` with its man page and shell completions, in target/dist/.
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
         Task::BenchConns => cargo_run_root("bench_conns"),
         Task::BenchControl => cargo_run_with_lb("bench_control"),
         Task::Demo => cargo_run_with_lb("demo"),
+        Task::Dist => dist(),
         Task::BenchE2e => cargo_run_with_lb("bench_e2e"),
     }
 }
@@ -259,6 +262,31 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 /// Runs a harness binary that starts the real `lb` daemon (built first, same profile).
+/// Builds the release `lb` and writes, beside a copy of it in target/dist/: its man pages in
+/// man/ (checked by rendering them with `man`) and completion scripts for bash, zsh and fish.
+fn dist() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "--package", "lb-userspace", "--bin", "lb"]))?;
+    let dist = Path::new("target/dist");
+    let (man, completions) = (dist.join("man"), dist.join("completions"));
+    std::fs::create_dir_all(&completions)?;
+    let lb = dist.join("lb");
+    std::fs::copy("target/release/lb", &lb).context("copying target/release/lb")?;
+    run(Command::new(&lb).arg("man").arg(&man))?;
+    for (shell, file) in [("bash", "lb.bash"), ("zsh", "_lb"), ("fish", "lb.fish")] {
+        let text = output(Command::new(&lb).args(["completions", shell]))?;
+        ensure!(text.contains("flows"), "`lb completions {shell}` does not complete the subcommands");
+        std::fs::write(completions.join(file), text)?;
+    }
+    let render = |page: &str| output(Command::new("man").arg("-l").arg(man.join(page)).env("MANPAGER", "cat").env("MANWIDTH", "100"));
+    if have("man") {
+        ensure!(render("lb.1")?.contains("lb-flows(1)"), "lb.1 renders without its subcommands");
+        ensure!(render("lb-flow.1")?.contains("--json"), "lb-flow.1 renders without its options");
+    }
+    let pages = std::fs::read_dir(&man)?.count();
+    println!("{}: lb, {pages} man pages in man/, completions for bash, zsh and fish in completions/", dist.display());
+    Ok(())
+}
+
 fn cargo_run_with_lb(bin: &str) -> Result<()> {
     run(Command::new("cargo").args(["build", "--quiet", "--release", "--package", "lb-userspace", "--bin", "lb"]))?;
     cargo_run_root(bin)
