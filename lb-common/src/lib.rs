@@ -57,6 +57,9 @@ pub mod maps {
     pub const RATE_LIMITS: &str = "RATE_LIMITS";
     pub const LIMIT_STATE: &str = "LIMIT_STATE";
     pub const SYN_SEEN: &str = "SYN_SEEN";
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const CAPTURE_CTL: &str = "CAPTURE_CTL";
+    pub const CAPTURE_STATE: &str = "CAPTURE_STATE";
     pub const ALL: &[&str] = &[
         VIPS,
         VIP_ADDRS,
@@ -77,6 +80,9 @@ pub mod maps {
         RATE_LIMITS,
         LIMIT_STATE,
         SYN_SEEN,
+        CAPTURE,
+        CAPTURE_CTL,
+        CAPTURE_STATE,
     ];
 }
 
@@ -291,6 +297,69 @@ impl RateLimit {
         Self { interval_ns, burst_ns: (burst - 1) * interval_ns }
     }
 }
+
+/// Packet capture (`lb capture`): the balancer copies packets of the kinds `CaptureCtl::what`
+/// names into the `CAPTURE` perf buffer, each behind a `CaptureMeta`, while `lb capture` holds
+/// the lease (`until_ns`) and within the rate limit. Off (`what` 0, or the lease run out) it
+/// costs the paths it watches one array read; the path of a known flow has no hook at all.
+pub mod capture {
+    /// Packets the balancer dropped (`CaptureMeta::reason`: the drop's `Counter`).
+    pub const DROP: u32 = 1 << 0;
+    /// Mid-flow packets of unknown flows tunnelled to a peer site (reason `HandoffSent`, or
+    /// `HandoffReturned` for a peer's handoff sent back), as they arrived.
+    pub const HANDOFF: u32 = 1 << 1;
+    /// Mid-flow TCP packets of flows the connection table does not know, balanced here by the
+    /// ring (no handoff peers, or handoffs over their limit). Reason 0.
+    pub const MISS: u32 = 1 << 2;
+    /// ICMP to a VIP address (echo requests, errors quoting a flow), as they arrived. Reason 0.
+    pub const ICMP: u32 = 1 << 3;
+    pub const ALL: u32 = DROP | HANDOFF | MISS | ICMP;
+    /// Bytes of a packet copied at most (the rest is counted in `CaptureMeta::packet_len`).
+    pub const SNAPLEN: u32 = 256;
+}
+
+/// Entry 0 of `CAPTURE_CTL`, written by `lb capture`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureCtl {
+    /// `capture::*` bits; 0: off.
+    pub what: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns until which the capture runs: `lb capture` renews it every second, so a
+    /// capture whose process died stops by itself.
+    pub until_ns: u64,
+    /// Packets copied per CPU (GCRA, as `RATE_LIMITS`): a capture cannot starve forwarding.
+    pub rate: RateLimit,
+}
+const _: () = assert!(core::mem::size_of::<CaptureCtl>() == 32);
+
+/// Per-CPU entry 0 of `CAPTURE_STATE`: the capture's rate-limit state and counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureState {
+    pub limit: LimitState,
+    /// Packets copied to the perf buffer.
+    pub sent: u64,
+    /// Packets of a watched kind not copied: over the rate limit.
+    pub suppressed: u64,
+}
+const _: () = assert!(core::mem::size_of::<CaptureState>() == 32);
+
+/// What precedes each captured packet in the perf buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureMeta {
+    /// One `capture::*` bit.
+    pub what: u32,
+    /// A `stats::Counter` value (see `capture`), or 0.
+    pub reason: u32,
+    /// The frame's length, and how much of it follows.
+    pub packet_len: u32,
+    pub captured_len: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub time_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CaptureMeta>() == 24);
 
 /// Per-VIP counters (`VIP_STATS`, per CPU, indexed by `VipMeta::vip_index`).
 #[repr(C)]
@@ -507,6 +576,10 @@ mod pod {
     unsafe impl aya::Pod for RateLimit {}
     // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for LimitState {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
+    unsafe impl aya::Pod for CaptureCtl {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
+    unsafe impl aya::Pod for CaptureState {}
 }
 
 #[cfg(test)]

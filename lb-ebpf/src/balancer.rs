@@ -20,6 +20,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{stats::Counter, FlowKey, IP6_OVERHEAD, IPIP_OVERHEAD};
 
 use crate::{
+    capture,
     encap::{self, Outer},
     handoff, icmp,
     maglev::{self, Chosen},
@@ -77,7 +78,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
             }
             match reason {
                 Counter::Pass | Counter::PassTruncated => xdp_action::XDP_PASS,
-                _ => xdp_action::XDP_DROP,
+                _ => {
+                    capture::offer(ctx, lb_common::capture::DROP, reason as u32);
+                    xdp_action::XDP_DROP
+                }
             }
         }
     };
@@ -113,6 +117,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     let tunnelled = handed_off.is_some();
     let arrival = match (l3.ipv6, l3.proto) {
         (false, IPPROTO_ICMP) | (true, IPPROTO_ICMPV6) if !tunnelled && parse::is_vip_addr(&l3.dst) => {
+            capture::offer(ctx, lb_common::capture::ICMP, 0);
             if icmp::handle(ctx, l3, &mut scratch.flow).get()? == icmp::REPLIED {
                 return Ok(xdp_action::XDP_TX);
             }
@@ -148,11 +153,16 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
                 Ok(_) => {
                     // SAFETY: `new_flow` returned Ok, so it wrote the slot.
                     let chosen = unsafe { chosen_slot.assume_init() };
+                    if chosen.unknown_mid_flow {
+                        capture::offer(ctx, lb_common::capture::MISS, 0);
+                    }
                     let real = REALS.get(chosen.real_id).ok_or(Counter::DropNoReal)?;
                     scratch.outer = Outer::to_real(real, cfg, chosen.flow_hash);
                     Sent::Real { chosen, hit: false }
                 }
                 Err(Counter::HandoffWanted) => {
+                    let reason = if arrival == Arrival::Handoff { Counter::HandoffReturned } else { Counter::HandoffSent };
+                    capture::offer(ctx, lb_common::capture::HANDOFF, reason as u32);
                     handoff::tunnel(scratch, &arrival).get()?;
                     Sent::Peer
                 }

@@ -3,6 +3,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 
+use lb_common::{LimitState, RateLimit};
+
 use crate::maps::{LIMIT_STATE, RATE_LIMITS};
 
 /// Whether one more event of `limit` fits on this CPU now (and if so, counts it).
@@ -14,7 +16,12 @@ pub fn allow(limit: u32) -> bool {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: this CPU's entry, which nothing else uses before this program ends.
-    let state = unsafe { &mut *state };
+    allow_at(l, unsafe { &mut *state }, now)
+}
+
+/// Whether one more event fits limit `l` with this CPU's `state` at `now` (and if so, counts it).
+#[inline(always)]
+pub fn allow_at(l: &RateLimit, state: &mut LimitState, now: u64) -> bool {
     if l.interval_ns == 0 {
         state.last_refused = now;
         return false;

@@ -45,6 +45,9 @@ pub struct Chosen {
     pub flow_hash: u32,
     /// A connection-table entry was made for the flow.
     pub recorded: bool,
+    /// A client's mid-flow TCP packet whose connection neither the table nor `SYN_SEEN` knew,
+    /// balanced here (for `lb capture`).
+    pub unknown_mid_flow: bool,
 }
 
 /// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
@@ -60,7 +63,8 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
-    let chosen = Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false };
+    let chosen =
+        Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false, unknown_mid_flow: false };
     Some((chosen, real))
 }
 
@@ -86,6 +90,7 @@ pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUnini
 fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Counter> {
     let meta = vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
     let hash = flow_hash(flow);
+    let mut unknown_mid_flow = false;
     let record = match arrival {
         Arrival::Client(ClientPacket::Syn) => {
             // Remembered: its ACK will be recorded. An entry an earlier connection on this
@@ -104,6 +109,7 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
             true
         }
         Arrival::Client(ClientPacket::MidFlow) => {
+            unknown_mid_flow = true;
             let wanted = handoff::wanted(l3, arrival);
             // SAFETY: the value is copied out at once.
             if wanted && unsafe { CONNS.get(flow) }.is_some_and(|e| e.real_id == REAL_ID_PEER) {
@@ -158,7 +164,7 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Co
             false
         }
     };
-    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded })
+    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow })
 }
 
 /// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a

@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod balancer;
+mod capture;
 mod csum;
 mod decap;
 mod encap;

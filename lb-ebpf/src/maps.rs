@@ -4,12 +4,12 @@
 use crate::balancer::Scratch;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
     limits,
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, SlotPair, VipKey, VipMeta, VipStats,
+    CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, SlotPair, VipKey, VipMeta, VipStats,
     DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_PEERS, MAX_REALS, MAX_VIPS, SYN_SEEN_SLOTS, VIP_FILTER_BITS,
 };
 
@@ -103,3 +103,15 @@ pub static SYN_SEEN: Array<u32> = Array::with_max_entries(SYN_SEEN_SLOTS, 0);
 /// program runs to its end on one CPU before the next packet there: one entry per CPU is enough.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `lb capture`'s switch, lease and rate limit (entry 0).
+#[map]
+pub static CAPTURE_CTL: Array<CaptureCtl> = Array::with_max_entries(1, 0);
+
+/// Each CPU's capture rate-limit state and counts (entry 0).
+#[map]
+pub static CAPTURE_STATE: PerCpuArray<CaptureState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Captured packets, a `CaptureMeta` and the packet's first bytes each, to `lb capture`.
+#[map]
+pub static CAPTURE: PerfEventArray<CaptureMeta> = PerfEventArray::new(0);

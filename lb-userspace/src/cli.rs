@@ -118,6 +118,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write packets the balancer dropped (with the reason), handed off, saw as unknown
+    /// mid-flow TCP, or ICMP to a VIP, to a pcapng file (tcpdump -r, Wireshark; the reason is
+    /// each packet's comment). Needs the rights `lb run` has (it opens the pinned maps).
+    Capture {
+        /// The pcapng file to write.
+        #[arg(short = 'w')]
+        file: PathBuf,
+        /// What to capture: drop, handoff, miss, icmp or all (comma-separated).
+        #[arg(long, default_value = "drop", value_delimiter = ',')]
+        what: Vec<String>,
+        /// Only packets to this VIP (its address; and its port and protocol when the packet
+        /// shows them).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c')]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Packets a second each CPU copies at most (the rest are counted, not copied).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
     /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
     Completions { shell: Shell },
     /// Write the man pages (lb.1, and lb-SUBCOMMAND.1 for each subcommand) into DIR (`cargo
@@ -359,6 +383,28 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         }
         Cmd::Reload => {
             print!("{}", expect_ok(http(api, "POST", "/reload", None)?)?);
+            Ok(())
+        }
+        Cmd::Capture { file, what, vip, count, seconds, rate } => {
+            let mut bits = 0;
+            for w in &what {
+                bits |= crate::capture::what_of(w).with_context(|| format!("--what {w}: one of drop, handoff, miss, icmp, all"))?;
+            }
+            let vip = match vip {
+                None => None,
+                Some(name) => {
+                    let status: Vec<VipStatus> = serde_json::from_str(&expect_ok(http(api, "GET", "/status", None)?)?)?;
+                    Some(status.iter().find(|v| v.name == name).with_context(|| format!("no VIP {name:?}"))?.vip)
+                }
+            };
+            let opts = crate::capture::Options { what: bits, vip, count, duration: seconds.map(Duration::from_secs), rate };
+            let pins = crate::daemon::pin_dir(target.instance.as_deref().unwrap_or("default"));
+            eprintln!("capturing {} into {} (Ctrl-C stops)", what.join(","), file.display());
+            let s = crate::capture::run(&pins, &file, &opts)?;
+            eprintln!(
+                "{} packets written; the data plane copied {}, {} over the rate limit; {} lost (perf buffer full); {} not to the VIP",
+                s.written, s.copied, s.suppressed, s.lost, s.filtered
+            );
             Ok(())
         }
         Cmd::Completions { shell } => {

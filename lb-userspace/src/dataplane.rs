@@ -20,7 +20,7 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
+    CaptureCtl, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
     HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RING_SIZE, SLOTS_PER_ELEMENT,
 };
 
@@ -60,6 +60,10 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening a perf buffer of the capture")]
+    PerfBuffer(#[source] aya::maps::perf::PerfBufferError),
+    #[error("reading the online CPUs")]
+    Cpus(#[source] std::io::Error),
     #[error("link pinned at {path}")]
     Link { path: PathBuf, detail: String },
     #[error("a ring of {slots} slots at pool slot {base} does not fit the pool of {pool} slots")]
@@ -689,7 +693,7 @@ impl Dataplane {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns` (which lags it by a tick at most).
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -952,5 +956,47 @@ impl LiveMaps {
             }
         }
         Ok(removed)
+    }
+}
+
+/// The capture maps of an instance, opened from its pins (`lb capture`).
+pub struct CaptureMaps {
+    ctl: Array<MapData, CaptureCtl>,
+    state: PerCpuArray<MapData, CaptureState>,
+    perf: aya::maps::PerfEventArray<MapData>,
+}
+
+/// A CPU's perf buffer of captured packets.
+pub type CaptureBuffer = aya::maps::perf::PerfEventArrayBuffer<MapData>;
+
+impl CaptureMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        use aya::maps::Map;
+        Ok(Self {
+            ctl: open_pinned(pin_dir, maps::CAPTURE_CTL, Map::Array)?,
+            state: open_pinned(pin_dir, maps::CAPTURE_STATE, Map::PerCpuArray)?,
+            perf: open_pinned(pin_dir, maps::CAPTURE, Map::PerfEventArray)?,
+        })
+    }
+
+    pub fn ctl(&self) -> Result<CaptureCtl> {
+        self.ctl.get(&0, 0).map_err(map_err(maps::CAPTURE_CTL))
+    }
+
+    pub fn set_ctl(&mut self, ctl: &CaptureCtl) -> Result<()> {
+        self.ctl.set(0, ctl, 0).map_err(map_err(maps::CAPTURE_CTL))
+    }
+
+    /// (sent, suppressed) summed over the CPUs.
+    pub fn totals(&self) -> Result<(u64, u64)> {
+        let per_cpu = self.state.get(&0, 0).map_err(map_err(maps::CAPTURE_STATE))?;
+        Ok(per_cpu.iter().fold((0, 0), |(sent, suppressed), s| (sent + s.sent, suppressed + s.suppressed)))
+    }
+
+    /// Opens a perf buffer of `pages` pages for each online CPU (the program writes to its
+    /// CPU's). Closing them takes them out of the map again.
+    pub fn open_buffers(&mut self, pages: usize) -> Result<Vec<CaptureBuffer>> {
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        cpus.into_iter().map(|cpu| self.perf.open(cpu, Some(pages)).map_err(DataplaneError::PerfBuffer)).collect()
     }
 }

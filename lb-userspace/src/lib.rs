@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod bird;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;

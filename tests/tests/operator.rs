@@ -218,3 +218,117 @@ fn completion_scripts_load_and_complete_subcommands() {
     let offered = String::from_utf8_lossy(&out.stdout);
     assert_eq!(offered.split_whitespace().collect::<Vec<_>>(), ["flow", "flows"], "{offered} {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Sends, from the client's namespace, packets the balancer must drop: a TCP header cut to 8
+/// bytes and a first fragment (IPv4, to the VIP), and a packet with a destination-options
+/// header (IPv6, to the IPv6 VIP). Raw sockets: the kernel fills in lengths and checksums.
+fn send_malformed(net: &Net) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    net.client.run(|| {
+        let v4 = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).expect("raw IPv4 socket");
+        let header = |frag: u16, payload: &[u8]| {
+            let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34];
+            p.extend_from_slice(&frag.to_be_bytes());
+            p.extend_from_slice(&[64, 6, 0, 0, 10, 10, 1, 2, 10, 99, 0, 1]);
+            p.extend_from_slice(payload);
+            p
+        };
+        let mut tcp = [0u8; 20];
+        tcp[0..4].copy_from_slice(&[0x9c, 0x40, 0x1f, 0x90]); // 40000 -> 8080
+        tcp[12] = 0x50;
+        tcp[13] = 0x10; // ACK
+        let to = std::net::SocketAddr::from(([10, 99, 0, 1], 0)).into();
+        v4.send_to(&header(0, &tcp[..8]), &to).expect("send a cut TCP header");
+        v4.send_to(&header(0x2000, &tcp), &to).expect("send a first fragment");
+        let v6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(60))).expect("raw IPv6 socket, destination options");
+        let mut payload = vec![6, 0, 1, 4, 0, 0, 0, 0]; // next header TCP, PadN
+        payload.extend_from_slice(&tcp);
+        let to6: std::net::SocketAddr = "[fd00:99::1]:0".parse().unwrap();
+        v6.send_to(&payload, &to6.into()).expect("send an IPv6 packet with an extension header");
+    });
+}
+
+/// `lb capture --what drop` writes the malformed packets the client sends, each with its drop
+/// reason, and not the echo request sent before them; tcpdump reads the file.
+#[test]
+fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them() {
+    use aya::maps::{Array, Map, MapData};
+    use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
+
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(1);
+    let mut config = config(1);
+    config += "[[vip]]\nname = \"web6\"\naddress = \"fd00:99::1\"\nport = 8080\nprotocol = \"tcp\"\n";
+    config += &format!("[[vip.real]]\naddress = \"{}\"\n", lb_tests::topology::backend_addr6(0));
+    let d = LbDaemon::start(&net.lb, &config);
+    let file = d.dir.join("drops.pcapng");
+    let mut capture = std::process::Command::new(lb_tests::lbd::lb_bin())
+        .args(["capture", "-w", file.to_str().unwrap(), "--what", "drop", "-c", "3", "--seconds", "20", "--instance", &d.instance])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lb capture");
+    let ctl_pin = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CAPTURE_CTL);
+    let ctl: Array<MapData, lb_common::CaptureCtl> = Array::try_from(Map::Array(MapData::from_pin(&ctl_pin).expect("pin"))).unwrap();
+    wait_for(Duration::from_secs(5), "the capture on", || ctl.get(&0, 0).unwrap().what == lb_common::capture::DROP);
+
+    net.client.run(|| {
+        let icmp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4)).expect("raw ICMP");
+        let to = std::net::SocketAddr::from(([10, 99, 0, 1], 0)).into();
+        icmp.send_to(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0], &to).expect("send an echo request (answered, not a drop)");
+    });
+    send_malformed(&net);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = capture.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "lb capture did not stop after 3 packets");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut summary = String::new();
+    std::io::Read::read_to_string(&mut capture.stderr.take().unwrap(), &mut summary).unwrap();
+    println!("lb capture: {summary}");
+    assert!(status.success(), "{summary}");
+    assert_eq!(ctl.get(&0, 0).unwrap().what, 0, "the capture turned the data plane's copying off");
+
+    let mut reader = PcapNgReader::new(std::fs::File::open(&file).unwrap()).expect("a pcapng file");
+    let mut reasons = Vec::new();
+    while let Some(block) = reader.next_block() {
+        if let Block::EnhancedPacket(p) = block.expect("a block") {
+            let comment = p.options.iter().find_map(|o| match o {
+                EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                _ => None,
+            });
+            reasons.push(comment.expect("each packet has its reason"));
+        }
+    }
+    reasons.sort();
+    assert_eq!(reasons, ["drop: drop_bad_l4_header", "drop: drop_fragment", "drop: drop_ipv6_ext_header"]);
+
+    let out = std::process::Command::new("tcpdump").args(["-nn", "-r"]).arg(&file).output().expect("tcpdump");
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("tcpdump -nn -r {}:\n{lines}", file.display());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert!(lines.contains("IP 10.10.1.2.40000 > 10.99.0.1.8080") && lines.contains("IP6 fd00:10:1::2 > fd00:99::1: DSTOPT 40000 > 8080"), "{lines}");
+
+    // Rate-limited: at 2 a second per CPU, 20 drops in a burst give a few packets, the rest
+    // are counted as over the limit.
+    let capture = std::process::Command::new(lb_tests::lbd::lb_bin())
+        .args(["capture", "-w", file.to_str().unwrap(), "--rate", "2", "--seconds", "2", "--instance", &d.instance])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lb capture");
+    wait_for(Duration::from_secs(5), "the capture on", || ctl.get(&0, 0).unwrap().what != 0);
+    for _ in 0..10 {
+        send_malformed(&net);
+    }
+    let out = capture.wait_with_output().expect("lb capture ends after 2 s");
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("lb capture --rate 2: {summary}");
+    let written: u64 = summary.lines().nth(1).and_then(|l| l.split(' ').next()).and_then(|n| n.parse().ok()).expect(&summary);
+    let suppressed: u64 = summary.split(", ").nth(1).and_then(|p| p.split(' ').next()).and_then(|n| n.parse().ok()).expect(&summary);
+    assert!(written <= 2 * 2, "at most a packet per CPU at once and 2 a second: {summary}");
+    assert_eq!(written + suppressed, 30, "every drop written or counted over the limit: {summary}");
+}
