@@ -91,12 +91,22 @@ async fn site(cmds: Commands, drained: bool) -> (StatusCode, String) {
 }
 
 /// A scrape: the loop hands over its state; the counter maps are read and the text written
-/// here, on a blocking thread, so the loop never waits on either.
-async fn metrics(State((cmds, counters)): State<(Commands, Arc<Counters>)>) -> Result<String, (StatusCode, String)> {
+/// here, on a blocking thread, so the loop never waits on either. OpenMetrics when the scraper
+/// asks for it (Prometheus does), else the classic text format.
+async fn metrics(
+    State((cmds, counters)): State<(Commands, Arc<Counters>)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, (StatusCode, String)> {
+    let openmetrics = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
     let snapshot = ask(&cmds, Command::Metrics).await?;
-    tokio::task::spawn_blocking(move || crate::metrics::render(&counters, &snapshot))
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&counters, &snapshot))
         .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics: {e}\n")))
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics: {e}\n")))?;
+    Ok(if openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::classic_text(&text)).into_response()
+    })
 }
 
 /// The live maps, shared by the flow handlers (a purge takes them whole while it deletes).

@@ -102,7 +102,8 @@ pub fn reason_of(meta: &CaptureMeta) -> String {
 /// Captures from the instance pinned at `pin_dir` into `file` until `opts` says stop or a
 /// signal comes. The data plane's copying is turned off on the way out, error or not.
 pub fn run(pin_dir: &Path, file: &Path, opts: &Options) -> Result<Summary> {
-    let mut maps = CaptureMaps::open(pin_dir).with_context(|| format!("opening the capture maps under {} (is lb running?)", pin_dir.display()))?;
+    let mut maps =
+        CaptureMaps::open(pin_dir).with_context(|| format!("opening the capture maps under {} (is lb running?)", pin_dir.display()))?;
     let current = maps.ctl()?;
     if current.what != 0 && current.until_ns > monotonic_ns() {
         bail!("another lb capture is running on this instance (its lease ends within {} s)", LEASE.as_secs());
@@ -120,7 +121,8 @@ pub fn run(pin_dir: &Path, file: &Path, opts: &Options) -> Result<Summary> {
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let (sent_before, suppressed_before) = maps.totals()?;
-    let mut ctl = CaptureCtl { what: opts.what, _pad: 0, until_ns: monotonic_ns() + LEASE.as_nanos() as u64, rate: RateLimit::per_sec(opts.rate) };
+    let mut ctl =
+        CaptureCtl { what: opts.what, _pad: 0, until_ns: monotonic_ns() + LEASE.as_nanos() as u64, rate: RateLimit::per_sec(opts.rate) };
     maps.set_ctl(&ctl)?;
     let result = copy_until_done(&mut buffers, &mut writer, opts, &mut || {
         ctl.until_ns = monotonic_ns() + LEASE.as_nanos() as u64;

@@ -20,8 +20,8 @@ use aya::{
 use lb_common::{
     maps,
     stats::{Counter, DecapCounter},
-    CaptureCtl, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE,
-    HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RING_SIZE, SLOTS_PER_ELEMENT,
+    CaptureCtl, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, VipKey, VipMeta, VipStats,
+    DEFAULT_CONN_TABLE_SIZE, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS, MAX_RING_SIZE, SLOTS_PER_ELEMENT,
 };
 
 use crate::LB_EBPF;

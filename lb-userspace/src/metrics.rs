@@ -207,6 +207,34 @@ fn per_vip_families(w: &mut String, dp: &Counters, status: &[VipStatus], samples
     );
 }
 
+/// The classic Prometheus text format (0.0.4) of `openmetrics` (as `render` writes it): a
+/// counter's `# HELP` and `# TYPE` name its samples (`lb_x_total`), and there is no `# EOF`.
+/// Served to scrapers that do not ask for OpenMetrics, and what `promtool check metrics` reads.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line == "# EOF" {
+            break;
+        }
+        let help = line.strip_prefix("# HELP ");
+        let name = help.and_then(|h| h.split(' ').next());
+        let counter = name.is_some_and(|n| lines.peek().is_some_and(|t| *t == format!("# TYPE {n} counter")));
+        match (name, counter) {
+            (Some(name), true) => {
+                out.push_str(&format!("# HELP {name}_total{}\n", &help.unwrap_or_default()[name.len()..]));
+                lines.next();
+                out.push_str(&format!("# TYPE {name}_total counter\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 const COUNTER: bool = true;
 const GAUGE: bool = false;
 
@@ -256,6 +284,15 @@ fn escape(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples_and_has_no_eof() {
+        let om = "# HELP lb_x Xs.\n# TYPE lb_x counter\nlb_x_total{a=\"1\"} 3\n# HELP lb_g G.\n# TYPE lb_g gauge\nlb_g 1.0\n# EOF\n";
+        assert_eq!(
+            super::classic_text(om),
+            "# HELP lb_x_total Xs.\n# TYPE lb_x_total counter\nlb_x_total{a=\"1\"} 3\n# HELP lb_g G.\n# TYPE lb_g gauge\nlb_g 1.0\n"
+        );
+    }
+
     use super::*;
 
     #[test]

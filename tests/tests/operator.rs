@@ -311,7 +311,10 @@ fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them()
     println!("tcpdump -nn -r {}:\n{lines}", file.display());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(lines.lines().count(), 3, "{lines}");
-    assert!(lines.contains("IP 10.10.1.2.40000 > 10.99.0.1.8080") && lines.contains("IP6 fd00:10:1::2 > fd00:99::1: DSTOPT 40000 > 8080"), "{lines}");
+    assert!(
+        lines.contains("IP 10.10.1.2.40000 > 10.99.0.1.8080") && lines.contains("IP6 fd00:10:1::2 > fd00:99::1: DSTOPT 40000 > 8080"),
+        "{lines}"
+    );
 
     // Rate-limited: at 2 a second per CPU, 20 drops in a burst give a few packets, the rest
     // are counted as over the limit.

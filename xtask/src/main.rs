@@ -94,6 +94,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("capsh", "libcap2-bin"),
     ("systemd-analyze", "systemd"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 fn setup() -> Result<()> {
