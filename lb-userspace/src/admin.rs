@@ -45,6 +45,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, AdminError>>;
 pub enum Command {
     Status(oneshot::Sender<Vec<VipStatus>>),
     Handoff(oneshot::Sender<HandoffStatus>),
+    /// Where the site's announcements stand.
+    Site(oneshot::Sender<crate::daemon::SiteStage>),
     /// The control plane's side of a scrape (the API reads the counters itself).
     Metrics(oneshot::Sender<crate::metrics::Snapshot>),
     Reload(Reply<()>),

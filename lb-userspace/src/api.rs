@@ -50,6 +50,10 @@ async fn handoff(State(cmds): State<Commands>) -> Result<Json<HandoffStatus>, (S
     ask(&cmds, Command::Handoff).await.map(Json)
 }
 
+async fn site_status(State(cmds): State<Commands>) -> Result<Json<crate::daemon::SiteStage>, (StatusCode, String)> {
+    ask(&cmds, Command::Site).await.map(Json)
+}
+
 async fn reload(State(cmds): State<Commands>) -> (StatusCode, String) {
     change(&cmds, Command::Reload).await
 }
@@ -158,6 +162,7 @@ fn admin_router(cmds: Commands, live: Live) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/handoff", get(handoff))
+        .route("/site", get(site_status))
         .route("/reload", post(reload))
         .route("/vip/add", post(add_vip))
         .route("/site/drain", post(|State(c): State<Commands>| site(c, true)))

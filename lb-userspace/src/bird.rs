@@ -139,6 +139,8 @@ pub struct Announcement {
     pub prefix: IpAddr,
     /// Announce with AS-path prepend (healthy capacity under the steering threshold).
     pub prepend: bool,
+    /// Announce with the GRACEFUL_SHUTDOWN community (RFC 8326): the withdrawal follows.
+    pub graceful_shutdown: bool,
 }
 
 /// The include file `lb` owns: one static protocol per family with the announced prefixes, and
@@ -150,10 +152,11 @@ pub fn render(announce: &[Announcement]) -> String {
     v6.sort();
     let routes =
         |list: &[&Announcement], len: u8| -> String { list.iter().map(|a| format!("  route {}/{len} blackhole;\n", a.prefix)).collect() };
-    let set = |list: &[&Announcement], len: u8| -> String {
-        let items: Vec<String> = list.iter().filter(|a| a.prepend).map(|a| format!("{}/{len}", a.prefix)).collect();
+    let set = |list: &[&Announcement], len: u8, member: fn(&Announcement) -> bool| -> String {
+        let items: Vec<String> = list.iter().filter(|a| member(a)).map(|a| format!("{}/{len}", a.prefix)).collect();
         items.join(", ")
     };
+    let (prepend, gshut): (fn(&Announcement) -> bool, fn(&Announcement) -> bool) = (|a| a.prepend, |a| a.graceful_shutdown);
     // BIRD rejects an empty set literal; a prefix no VIP uses stands in for "none".
     let or_none = |s: String, none: &str| if s.is_empty() { none.to_owned() } else { s };
     format!(
@@ -161,12 +164,17 @@ pub fn render(announce: &[Announcement]) -> String {
          # VIP prefixes announced now ({} IPv4, {} IPv6).\n\
          define LB_PREPEND_V4 = [ {} ];\n\
          define LB_PREPEND_V6 = [ {} ];\n\
+         # Announced with GRACEFUL_SHUTDOWN (65535:0): about to be withdrawn.\n\
+         define LB_GSHUT_V4 = [ {} ];\n\
+         define LB_GSHUT_V6 = [ {} ];\n\
          protocol static lb_vips4 {{\n  ipv4;\n{}}}\n\
          protocol static lb_vips6 {{\n  ipv6;\n{}}}\n",
         v4.len(),
         v6.len(),
-        or_none(set(&v4, 32), "0.0.0.0/32"),
-        or_none(set(&v6, 128), "::/128"),
+        or_none(set(&v4, 32, prepend), "0.0.0.0/32"),
+        or_none(set(&v6, 128, prepend), "::/128"),
+        or_none(set(&v4, 32, gshut), "0.0.0.0/32"),
+        or_none(set(&v6, 128, gshut), "::/128"),
         routes(&v4, 32),
         routes(&v6, 128),
     )
@@ -282,9 +290,9 @@ mod tests {
     #[test]
     fn render_matches_the_golden_file() {
         let announce = [
-            Announcement { prefix: "10.99.0.2".parse().unwrap(), prepend: true },
-            Announcement { prefix: "10.99.0.1".parse().unwrap(), prepend: false },
-            Announcement { prefix: "2001:db8::10".parse().unwrap(), prepend: false },
+            Announcement { prefix: "10.99.0.2".parse().unwrap(), prepend: true, graceful_shutdown: false },
+            Announcement { prefix: "10.99.0.1".parse().unwrap(), prepend: false, graceful_shutdown: true },
+            Announcement { prefix: "2001:db8::10".parse().unwrap(), prepend: false, graceful_shutdown: false },
         ];
         let golden = include_str!("../../bird-config/testdata/vips.conf");
         assert_eq!(render(&announce), golden);

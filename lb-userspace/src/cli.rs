@@ -288,6 +288,21 @@ pub fn print_status(vips: &[VipStatus]) {
     }
 }
 
+pub fn print_site(stage: &crate::daemon::SiteStage) {
+    use crate::daemon::SiteStage;
+    match stage {
+        SiteStage::NoBgp => {}
+        SiteStage::Announcing => println!("SITE announcing"),
+        SiteStage::GracefulShutdown { withdraw_in_ms } => {
+            println!(
+                "SITE graceful shutdown: announced with GRACEFUL_SHUTDOWN (65535:0), withdrawing in {:.1} s",
+                *withdraw_in_ms as f64 / 1e3
+            )
+        }
+        SiteStage::Withdrawn => println!("SITE withdrawn (drained or exiting; forwarding continues)"),
+    }
+}
+
 pub fn print_handoff(h: &HandoffStatus) {
     let Some(node) = h.node else { return };
     let adopt = if h.adopt { "  adopting (site withdrawn: handed-off flows it does not know are taken here)" } else { "" };
@@ -339,6 +354,8 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
                 println!("{body}");
             } else {
                 print_status(&serde_json::from_str::<Vec<VipStatus>>(&body).context("parsing status")?);
+                let body = expect_ok(http(api, "GET", "/site", None)?)?;
+                print_site(&serde_json::from_str(&body).context("parsing the site's stage")?);
                 let body = expect_ok(http(api, "GET", "/handoff", None)?)?;
                 print_handoff(&serde_json::from_str(&body).context("parsing handoff status")?);
             }

@@ -117,6 +117,11 @@ pub struct RawBgp {
     pub prepend_below: Option<f64>,
     /// Withdraw every VIP when lb exits (default true; false keeps routes for a quick upgrade).
     pub withdraw_on_exit: Option<bool>,
+    /// Graceful BGP shutdown (RFC 8326): `lb site drain` and a withdrawing exit first announce
+    /// the VIPs with the GRACEFUL_SHUTDOWN community (65535:0) for this long, so upstreams that
+    /// honour it move traffic away before the routes go; then withdraw. 0: withdraw at once
+    /// (default 2000; at most 60000).
+    pub graceful_shutdown_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -250,12 +255,17 @@ impl fmt::Display for Proto {
     }
 }
 
+/// `[bgp] graceful_shutdown_ms` when the config does not say.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_MS: u64 = 2000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bgp {
     pub bird_socket: std::path::PathBuf,
     pub include_file: std::path::PathBuf,
     pub prepend_below: Option<f64>,
     pub withdraw_on_exit: bool,
+    /// How long a withdrawal is preceded by GRACEFUL_SHUTDOWN announcements (zero: not at all).
+    pub graceful_shutdown: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -571,11 +581,16 @@ impl RawConfig {
                     p.add("bgp.prepend_below", format!("{x} is outside 0 < x <= 1"));
                 }
             }
+            let graceful_ms = b.graceful_shutdown_ms.unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_MS);
+            if graceful_ms > 60_000 {
+                p.add("bgp.graceful_shutdown_ms", format!("{graceful_ms} is more than 60000 (a minute)"));
+            }
             Bgp {
                 bird_socket: b.bird_socket.as_deref().unwrap_or("/run/bird/bird.ctl").into(),
                 include_file: b.include_file.as_deref().unwrap_or("/run/anycast-lb/vips.conf").into(),
                 prepend_below: b.prepend_below,
                 withdraw_on_exit: b.withdraw_on_exit.unwrap_or(true),
+                graceful_shutdown: std::time::Duration::from_millis(graceful_ms),
             }
         });
 

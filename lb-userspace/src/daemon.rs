@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use lb_common::programs;
+use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -59,6 +60,31 @@ pub struct Outputs {
     pub next_hop: mpsc::Sender<NextHopChanged>,
     /// Reloads prepared off the loop, for `Daemon::reload`.
     pub reload: mpsc::Sender<PreparedReload>,
+    /// The end of a graceful shutdown's wait (its number), for `Daemon::graceful_shutdown_over`.
+    pub graceful_over: mpsc::Sender<u64>,
+}
+
+/// Where the site's announcements stand, as `lb status` and GET /site show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum SiteStage {
+    /// Servable VIPs are announced.
+    Announcing,
+    /// Drained or exiting: the VIPs are announced with GRACEFUL_SHUTDOWN (RFC 8326) so
+    /// upstreams move traffic away; withdrawn in `withdraw_in_ms`.
+    GracefulShutdown { withdraw_in_ms: u64 },
+    /// Drained or exiting: nothing is announced.
+    Withdrawn,
+    /// No `[bgp]`: this site announces nothing.
+    NoBgp,
+}
+
+/// A graceful shutdown under way: announced with GRACEFUL_SHUTDOWN until `until`.
+#[derive(Debug, Clone, Copy)]
+struct GracefulShutdown {
+    until: tokio::time::Instant,
+    /// Told apart from an earlier one that an undrain cancelled.
+    number: u64,
 }
 
 /// A prepared reload, and who asked for it (None: SIGHUP).
@@ -97,6 +123,9 @@ pub struct Daemon<D> {
     next_hop_watch: Option<(IpAddr, JoinHandle<()>)>,
     /// Set on the way out: the site withdraws but keeps forwarding.
     exiting: bool,
+    /// Drained or exiting, and still announcing with GRACEFUL_SHUTDOWN.
+    graceful: Option<GracefulShutdown>,
+    graceful_count: u64,
     out: Outputs,
 }
 
@@ -165,6 +194,8 @@ impl<D: DataplaneOps> Daemon<D> {
             peers_up: HashMap::new(),
             next_hop_watch: None,
             exiting: false,
+            graceful: None,
+            graceful_count: 0,
             out,
         };
         d.reapply_journal();
@@ -190,10 +221,11 @@ impl<D: DataplaneOps> Daemon<D> {
     }
 
     /// The VIPs this site should announce now: servable ones, unless the site is drained or
-    /// `lb` is exiting.
+    /// `lb` is exiting (then nothing, after the graceful shutdown's wait).
     fn wanted_announcements(&self) -> Vec<Announcement> {
         let Some(bgp) = &self.config.bgp else { return Vec::new() };
-        if self.journal.site_drained || self.exiting {
+        let withdrawing = self.journal.site_drained || self.exiting;
+        if withdrawing && self.graceful.is_none() {
             return Vec::new();
         }
         let mut list: Vec<Announcement> = self
@@ -201,7 +233,11 @@ impl<D: DataplaneOps> Daemon<D> {
             .status()
             .iter()
             .filter(|v| v.servable())
-            .map(|v| Announcement { prefix: v.vip.addr, prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t) })
+            .map(|v| Announcement {
+                prefix: v.vip.addr,
+                prepend: bgp.prepend_below.is_some_and(|t| v.capacity() < t),
+                graceful_shutdown: withdrawing,
+            })
             .collect();
         list.sort();
         list.dedup_by(|a, b| {
@@ -434,11 +470,60 @@ impl<D: DataplaneOps> Daemon<D> {
             let _ = reply.send(Err(AdminError::Conflict("no [bgp] section: this site announces nothing".into())));
             return;
         }
+        let was_announcing = !self.journal.site_drained && !self.exiting;
         self.journal.site_drained = drained;
         info!(drained, "site drain changed");
         self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
+        if drained && was_announcing {
+            self.begin_graceful_shutdown();
+        } else if !drained {
+            self.graceful = None; // an undrain cancels a graceful shutdown under way
+        }
         self.publish_announcements();
         self.save_journal(Some(reply));
+    }
+
+    /// Starts the wait before a withdrawal, when `[bgp] graceful_shutdown_ms` asks for one: the
+    /// VIPs stay announced, with GRACEFUL_SHUTDOWN, until the timer reports back.
+    fn begin_graceful_shutdown(&mut self) {
+        let wait = self.config.bgp.as_ref().map_or(Duration::ZERO, |b| b.graceful_shutdown);
+        if wait.is_zero() {
+            return;
+        }
+        self.graceful_count += 1;
+        let number = self.graceful_count;
+        self.graceful = Some(GracefulShutdown { until: tokio::time::Instant::now() + wait, number });
+        info!(wait_ms = wait.as_millis() as u64, "graceful shutdown: announcing with GRACEFUL_SHUTDOWN (65535:0), then withdrawing");
+        let over = self.out.graceful_over.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = over.send(number).await;
+        });
+    }
+
+    /// The graceful shutdown's wait is over: withdraw (unless an undrain cancelled it).
+    pub fn graceful_shutdown_over(&mut self, number: u64) {
+        if self.graceful.is_some_and(|g| g.number == number) {
+            self.graceful = None;
+            info!("graceful shutdown: wait over, withdrawing");
+            self.publish_announcements();
+        }
+    }
+
+    /// How long the graceful shutdown under way still waits.
+    pub fn graceful_remaining(&self) -> Option<Duration> {
+        self.graceful.map(|g| g.until.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    fn site_stage(&self) -> SiteStage {
+        if self.config.bgp.is_none() {
+            return SiteStage::NoBgp;
+        }
+        match (self.journal.site_drained || self.exiting, self.graceful_remaining()) {
+            (false, _) => SiteStage::Announcing,
+            (true, Some(left)) => SiteStage::GracefulShutdown { withdraw_in_ms: left.as_millis() as u64 },
+            (true, None) => SiteStage::Withdrawn,
+        }
     }
 
     pub fn command(&mut self, cmd: Command) {
@@ -451,6 +536,9 @@ impl<D: DataplaneOps> Daemon<D> {
                 let _ =
                     reply.send(HandoffStatus { node: self.config.handoff.as_ref().map(|h| h.address), peers: self.handoff_peers(), adopt });
             }
+            Command::Site(reply) => {
+                let _ = reply.send(self.site_stage());
+            }
             Command::Metrics(reply) => {
                 let snapshot = metrics::Snapshot {
                     status: self.status(),
@@ -461,6 +549,7 @@ impl<D: DataplaneOps> Daemon<D> {
                         enabled: self.config.bgp.is_some(),
                         errors: self.bird_errors,
                         drained: self.journal.site_drained,
+                        graceful_shutdown: self.graceful.is_some(),
                     },
                     handoff_peers: self.handoff_peers(),
                     rebuilds: self.rec.rebuilds(),
@@ -551,8 +640,12 @@ impl<D: DataplaneOps> Daemon<D> {
         if !self.config.bgp.as_ref().is_some_and(|b| b.withdraw_on_exit) {
             return false;
         }
+        let was_announcing = !self.journal.site_drained;
         self.exiting = true;
         self.sync_handoff();
+        if was_announcing {
+            self.begin_graceful_shutdown();
+        }
         self.publish_announcements();
         true
     }
@@ -592,7 +685,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (announce_tx, announce_rx) = watch::channel(Vec::new());
     tokio::spawn(journal::run_writer(journal_path, journal_rx));
     let (metrics_listen, api, bgp) = (config.metrics_listen, config.api.clone(), config.bgp.clone());
-    let out = Outputs { announce: announce_tx, journal: journal_tx, health: health_tx, next_hop: next_hop_tx, reload: reload_tx };
+    let (graceful_tx, mut graceful_rx) = mpsc::channel(4);
+    let out = Outputs {
+        announce: announce_tx,
+        journal: journal_tx,
+        health: health_tx,
+        next_hop: next_hop_tx,
+        reload: reload_tx,
+        graceful_over: graceful_tx,
+    };
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
     if let Some(bgp) = bgp {
         let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
@@ -613,12 +714,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(event) = router_rx.recv() => daemon.router_event(event),
             Some(change) = next_hop_rx.recv() => daemon.next_hop_changed(change),
             Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
+            Some(number) = graceful_rx.recv() => daemon.graceful_shutdown_over(number),
             _ = hangup.recv() => daemon.start_reload(None),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     if daemon.begin_exit() {
+        if let Some(wait) = daemon.graceful_remaining() {
+            let number = daemon.graceful_count;
+            tokio::time::sleep(wait).await;
+            daemon.graceful_shutdown_over(number);
+        }
         let withdrawn = tokio::time::timeout(EXIT_WITHDRAW_LIMIT, async {
             while let Some(event) = router_rx.recv().await {
                 if event == RouterEvent::Applied(Vec::new()) {
@@ -666,9 +773,13 @@ mod tests {
                         [[vip.real]]\naddress = \"10.1.0.3\"\n";
 
     fn file(extra: &str) -> RawConfig {
+        file_with_graceful_shutdown(extra, 0)
+    }
+
+    fn file_with_graceful_shutdown(extra: &str, graceful_ms: u64) -> RawConfig {
         let text = format!(
             "[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n[health]\nkind = \"none\"\n\
-             [bgp]\nbird_socket = \"/nonexistent/bird.ctl\"\ninclude_file = \"/nonexistent/vips.conf\"\n\
+             [bgp]\nbird_socket = \"/nonexistent/bird.ctl\"\ninclude_file = \"/nonexistent/vips.conf\"\ngraceful_shutdown_ms = {graceful_ms}\n\
              [handoff]\naddress = \"10.20.0.1\"\npeers = [\"10.20.0.2\", \"10.20.0.3\"]\nhealth = {{ kind = \"none\" }}\n{extra}{VIPS}"
         );
         config::parse_raw(&text).unwrap()
@@ -679,6 +790,7 @@ mod tests {
         d: Daemon<Fake>,
         announce: watch::Receiver<Vec<Announcement>>,
         journal: mpsc::UnboundedReceiver<journal::Save>,
+        graceful_over: mpsc::Receiver<u64>,
         _rest: (mpsc::Receiver<HealthEvent>, mpsc::Receiver<NextHopChanged>, mpsc::Receiver<PreparedReload>),
     }
 
@@ -691,9 +803,10 @@ mod tests {
         let (health, h) = mpsc::channel(8);
         let (next_hop, n) = mpsc::channel(8);
         let (reload, r) = mpsc::channel(8);
-        let out = Outputs { announce, journal: journal_tx, health, next_hop, reload };
+        let (graceful_over, g) = mpsc::channel(8);
+        let out = Outputs { announce, journal: journal_tx, health, next_hop, reload, graceful_over };
         let d = Daemon::start(rec, "/nonexistent.toml".into(), file, config, journal, InterfaceCheck::Skip, out);
-        Harness { d, announce: announce_rx, journal: journal_rx, _rest: (h, n, r) }
+        Harness { d, announce: announce_rx, journal: journal_rx, graceful_over: g, _rest: (h, n, r) }
     }
 
     fn announced(h: &Harness) -> Vec<String> {
@@ -751,6 +864,39 @@ mod tests {
         change(&mut h, |reply| Command::SiteDrain { drained: false, reply }).unwrap();
         assert_eq!(announced(&h), ["10.99.0.1", "10.99.0.2"]);
         assert_eq!(seen.borrow().last(), Some(&(false, 0)), "and stopped adopting before announcing again: new flows at peers stay theirs");
+    }
+
+    fn graceful(h: &Harness) -> Vec<bool> {
+        h.announce.borrow().iter().map(|a| a.graceful_shutdown).collect()
+    }
+
+    #[tokio::test]
+    async fn a_drain_announces_with_graceful_shutdown_then_withdraws_and_an_undrain_cancels_it() {
+        let mut h = start(file_with_graceful_shutdown("", 50), Journal::default());
+        assert_eq!((announced(&h).len(), graceful(&h)), (2, vec![false, false]));
+        assert_eq!(h.d.site_stage(), SiteStage::Announcing);
+        change(&mut h, |reply| Command::SiteDrain { drained: true, reply }).unwrap();
+        assert_eq!((announced(&h).len(), graceful(&h)), (2, vec![true, true]), "still announced, with GRACEFUL_SHUTDOWN");
+        assert!(matches!(h.d.site_stage(), SiteStage::GracefulShutdown { withdraw_in_ms } if withdraw_in_ms <= 50));
+        assert!(h.d.rec.handoff().is_some_and(|h| h.adopt), "adopting from the start");
+        let first = h.graceful_over.recv().await.expect("the wait ends");
+        h.d.graceful_shutdown_over(first);
+        assert!(announced(&h).is_empty());
+        assert_eq!(h.d.site_stage(), SiteStage::Withdrawn);
+
+        // An undrain during the wait cancels it; the old timer's end is ignored.
+        change(&mut h, |reply| Command::SiteDrain { drained: false, reply }).unwrap();
+        change(&mut h, |reply| Command::SiteDrain { drained: true, reply }).unwrap();
+        let second = h.graceful_over.recv().await.expect("the wait ends");
+        change(&mut h, |reply| Command::SiteDrain { drained: false, reply }).unwrap();
+        h.d.graceful_shutdown_over(second);
+        assert_eq!((announced(&h).len(), graceful(&h)), (2, vec![false, false]), "announced plainly again");
+        assert_eq!(h.d.site_stage(), SiteStage::Announcing);
+
+        // Exiting waits the same way; an already drained site is not announced again.
+        assert!(h.d.begin_exit());
+        assert_eq!(graceful(&h), [true, true]);
+        assert!(h.d.graceful_remaining().is_some_and(|left| left <= Duration::from_millis(50)));
     }
 
     #[tokio::test]
@@ -877,7 +1023,7 @@ mod tests {
         // A withdrawal goes out on the next event.
         flip(&mut h, "dns", "10.1.0.3", false);
         let event = events.recv().await.unwrap();
-        assert_eq!(event, RouterEvent::Applied(vec![Announcement { prefix: ip("10.99.0.1"), prepend: false }]));
+        assert_eq!(event, RouterEvent::Applied(vec![Announcement { prefix: ip("10.99.0.1"), prepend: false, graceful_shutdown: false }]));
         h.d.router_event(event);
         assert_eq!(h.d.status().iter().map(|v| v.announced).collect::<Vec<_>>(), [true, false]);
         assert_eq!(router.calls.lock().unwrap().len(), 4, "3 tries of the first list, 1 of the second");

@@ -22,6 +22,8 @@ pub struct BgpState {
     pub enabled: bool,
     pub errors: u64,
     pub drained: bool,
+    /// Announcing with GRACEFUL_SHUTDOWN before a withdrawal.
+    pub graceful_shutdown: bool,
 }
 
 /// The last check of one real.
@@ -108,6 +110,13 @@ pub fn render(dp: &Counters, snapshot: &Snapshot) -> String {
         let drained = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         drained.set(if bgp.drained { 1.0 } else { 0.0 });
         r.register("site_drained", "1 while `lb site drain` holds every VIP withdrawn", drained);
+        let graceful = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        graceful.set(if bgp.graceful_shutdown { 1.0 } else { 0.0 });
+        r.register(
+            "bgp_graceful_shutdown",
+            "1 while the VIPs are announced with GRACEFUL_SHUTDOWN (65535:0) before a withdrawal",
+            graceful,
+        );
     }
 
     if !handoff_peers.is_empty() {

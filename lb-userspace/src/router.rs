@@ -117,7 +117,7 @@ pub(crate) mod tests {
     }
 
     fn vip(s: &str) -> Announcement {
-        Announcement { prefix: s.parse().unwrap(), prepend: false }
+        Announcement { prefix: s.parse().unwrap(), prepend: false, graceful_shutdown: false }
     }
 
     pub(crate) const FAST: Backoff = Backoff { first: Duration::from_millis(10), max: Duration::from_millis(40) };

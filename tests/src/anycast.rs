@@ -93,6 +93,9 @@ pub struct Options {
     /// Hand off over IPv6: node addresses and peers are the nodes' IPv6 addresses (which carries
     /// the flows of both families); otherwise IPv4 (which carries IPv4 flows only).
     pub handoff_ipv6: bool,
+    /// `[bgp] graceful_shutdown_ms` (default 0 here: withdrawals at once, as the timing tests of
+    /// drains and exits expect; lb's own default is 2000).
+    pub graceful_shutdown_ms: u64,
 }
 
 /// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff. `backends` and
@@ -117,11 +120,12 @@ fn lb_config(
         "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
          [metrics]\nlisten = \"[::]:9100\"\n\
          [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\n{prepend}\
+         [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\ngraceful_shutdown_ms = {}\n{prepend}\
          {handoff}\
          [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
         bird.socket.display(),
-        include.display()
+        include.display(),
+        opts.graceful_shutdown_ms
     );
     for (i, b) in backends.iter().enumerate() {
         c += &format!("[[vip.real]]\naddress = \"{b}\"\nweight = {}\n", weights.get(i).copied().unwrap_or(1));
@@ -159,6 +163,7 @@ impl Anycast {
 
         let mut router_conf = String::from(
             "router id 10.10.1.1;\nlog stderr all;\nprotocol device {}\n\
+             filter honour_graceful_shutdown { if (65535, 0) ~ bgp_community then bgp_local_pref = 0; accept; }\n\
              protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n\
              protocol kernel { merge paths on; ipv6 { import none; export all; }; }\n",
         );
@@ -171,7 +176,8 @@ impl Anycast {
                 site_nodes.push(k);
                 router_conf += &format!(
                     "protocol bgp node{k} {{ local 10.20.{k}.1 as 65000; neighbor 10.20.{k}.2 as {}; hold time 3; keepalive time 1; \
-                     connect retry time 1; ipv4 {{ import all; export none; }}; ipv6 {{ import all; export none; }}; }}\n",
+                     connect retry time 1; ipv4 {{ import filter honour_graceful_shutdown; export none; }}; \
+                     ipv6 {{ import filter honour_graceful_shutdown; export none; }}; }}\n",
                     65001 + s
                 );
             }

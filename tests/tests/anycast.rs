@@ -10,7 +10,7 @@ use lb_tests::{
     bird::wait_for,
     lbd::metric,
     require_root,
-    topology::{http_get, LineConn, Site},
+    topology::{http_get, LineConn, Site, VIP},
 };
 
 /// One address family's VIP, client addresses, node addresses and routes at the router.
@@ -566,4 +566,64 @@ fn a_frozen_bird_stalls_nothing_and_is_caught_up_after_it_thaws() {
     println!("SIGTERM with BIRD frozen: lb exited after {exit_took:?}");
     assert!(exit_took < Duration::from_secs(2), "{exit_took:?}");
     assert!(net.sites[0].nodes[0].lb.log().contains("BIRD did not confirm the withdrawal before exit"));
+}
+
+/// RFC 8326: `lb site drain` first announces site A's VIPs with GRACEFUL_SHUTDOWN (65535:0); the
+/// router, which honours it (local preference 0), moves traffic to site B while site A's route
+/// is still there; site A withdraws after the configured wait. No request fails, connections
+/// site A opened keep working, and `lb status` shows each stage.
+#[test]
+fn graceful_shutdown_moves_traffic_to_site_b_before_site_a_withdraws() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    const WAIT_MS: u64 = 3000;
+    let net = Anycast::with(&[1, 1], &[2, 2], &Options { graceful_shutdown_ms: WAIT_MS, ..Default::default() });
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    wait_for(Duration::from_secs(30), "route via site A", || net.next_hops() == ["10.20.1.2"]);
+    for site in 0..net.sites.len() {
+        net.wait_serving(site);
+    }
+    let mut open = net.open_connections_to(Site::vip_addr(), 10);
+    let node_a = &net.sites[0].nodes[0].lb;
+    let site_line =
+        || String::from_utf8_lossy(&node_a.cli(&["status"]).stdout).lines().find(|l| l.starts_with("SITE")).unwrap_or("").to_owned();
+    assert_eq!(site_line(), "SITE announcing");
+    let a_route_at_router = || net.router_bird.birdc(&format!("show route for {VIP}/32 all")).contains("via 10.20.1.2");
+    let (results, moved, gshut_seen, stage_during, withdrawn, stage_after) = std::thread::scope(|s| {
+        let load = s.spawn(|| load(&net, Duration::from_secs(6), 100_000));
+        std::thread::sleep(Duration::from_millis(1000));
+        let drained = Instant::now();
+        assert!(node_a.cli(&["site", "drain"]).status.success());
+        wait_for(Duration::from_secs(5), "the route to move to site B", || net.next_hops() == ["10.20.2.2"]);
+        let moved = drained.elapsed();
+        let routes = net.router_bird.birdc(&format!("show route for {VIP}/32 all"));
+        let gshut_seen = a_route_at_router() && routes.contains("(65535,0)");
+        let stage_during = site_line();
+        wait_for(Duration::from_secs(10), "site A's route withdrawn", || !a_route_at_router());
+        let withdrawn = drained.elapsed();
+        let stage_after = site_line();
+        (load.join().expect("load"), moved, gshut_seen, stage_during, withdrawn, stage_after)
+    });
+    let failed: Vec<Duration> = results.iter().filter(|(_, a)| a.is_none()).map(|(t, _)| *t).collect();
+    let by_b = results.iter().filter(|(_, a)| a.as_deref().is_some_and(|w| w.starts_with("site B"))).count();
+    println!(
+        "graceful shutdown ({WAIT_MS} ms): traffic to site B after {moved:?} (site A's route still at the router with 65535:0: {gshut_seen}), \
+         site A withdrawn after {withdrawn:?}; {} requests, {by_b} answered by site B, failed at {failed:?}; `lb status` during: {stage_during:?}, after: {stage_after:?}",
+        results.len()
+    );
+    assert!(gshut_seen, "the router had site A's route with GRACEFUL_SHUTDOWN when traffic moved");
+    assert!(moved < withdrawn && withdrawn >= Duration::from_millis(WAIT_MS), "moved {moved:?}, withdrawn {withdrawn:?}");
+    assert!(
+        stage_during.starts_with("SITE graceful shutdown: announced with GRACEFUL_SHUTDOWN (65535:0), withdrawing in "),
+        "{stage_during}"
+    );
+    assert!(stage_after.starts_with("SITE withdrawn"), "{stage_after}");
+    assert!(by_b > 0 && failed.is_empty(), "failed requests at {failed:?}");
+    net.client.run(|| {
+        for (i, (c, who)) in open.iter_mut().enumerate() {
+            let again = c.exchange(&format!("after {i}")).unwrap_or_else(|e| panic!("connection {i} lost in the drain: {e}"));
+            assert!(again.starts_with(who.as_str()), "connection {i}: {who} then {again}");
+        }
+    });
 }
