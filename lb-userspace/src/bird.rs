@@ -156,7 +156,6 @@ pub fn render(announce: &[Announcement]) -> String {
         let items: Vec<String> = list.iter().filter(|a| member(a)).map(|a| format!("{}/{len}", a.prefix)).collect();
         items.join(", ")
     };
-    let (prepend, gshut): (fn(&Announcement) -> bool, fn(&Announcement) -> bool) = (|a| a.prepend, |a| a.graceful_shutdown);
     // BIRD rejects an empty set literal; a prefix no VIP uses stands in for "none".
     let or_none = |s: String, none: &str| if s.is_empty() { none.to_owned() } else { s };
     format!(
@@ -171,10 +170,10 @@ pub fn render(announce: &[Announcement]) -> String {
          protocol static lb_vips6 {{\n  ipv6;\n{}}}\n",
         v4.len(),
         v6.len(),
-        or_none(set(&v4, 32, prepend), "0.0.0.0/32"),
-        or_none(set(&v6, 128, prepend), "::/128"),
-        or_none(set(&v4, 32, gshut), "0.0.0.0/32"),
-        or_none(set(&v6, 128, gshut), "::/128"),
+        or_none(set(&v4, 32, |a| a.prepend), "0.0.0.0/32"),
+        or_none(set(&v6, 128, |a| a.prepend), "::/128"),
+        or_none(set(&v4, 32, |a| a.graceful_shutdown), "0.0.0.0/32"),
+        or_none(set(&v6, 128, |a| a.graceful_shutdown), "::/128"),
         routes(&v4, 32),
         routes(&v6, 128),
     )
