@@ -47,6 +47,8 @@ pub enum Command {
     Handoff(oneshot::Sender<HandoffStatus>),
     /// Where the site's announcements stand.
     Site(oneshot::Sender<crate::daemon::SiteStage>),
+    /// The loop's part of `lb doctor`'s evidence.
+    Doctor(oneshot::Sender<crate::daemon::DoctorInputs>),
     /// The control plane's side of a scrape (the API reads the counters itself).
     Metrics(oneshot::Sender<crate::metrics::Snapshot>),
     Reload(Reply<()>),

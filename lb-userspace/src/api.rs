@@ -116,10 +116,17 @@ async fn metrics(
 /// The live maps, shared by the flow handlers (a purge takes them whole while it deletes).
 type Live = Arc<std::sync::Mutex<LiveMaps>>;
 
+/// What the flow and doctor handlers read besides asking the loop.
+#[derive(Clone)]
+struct Readers {
+    cmds: Commands,
+    live: Live,
+    counters: Arc<Counters>,
+}
+
 /// Runs `work` on the live maps on a blocking thread, with the loop's status for names.
 async fn with_live_maps<T: Send + 'static>(
-    cmds: &Commands,
-    live: &Live,
+    Readers { cmds, live, .. }: &Readers,
     work: impl FnOnce(&mut LiveMaps, &[VipStatus]) -> Result<T, crate::dataplane::DataplaneError> + Send + 'static,
 ) -> Result<Json<T>, (StatusCode, String)> {
     let status = ask(cmds, Command::Status).await?;
@@ -134,31 +141,53 @@ async fn with_live_maps<T: Send + 'static>(
     .map(Json)
 }
 
-async fn flow(State((cmds, live)): State<(Commands, Live)>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
-    with_live_maps(&cmds, &live, move |maps, status| flow::explain(maps, status, q)).await
+async fn flow(State(r): State<Readers>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
+    with_live_maps(&r, move |maps, status| flow::explain(maps, status, q)).await
 }
 
-async fn flows(State((cmds, live)): State<(Commands, Live)>, Query(f): Query<FlowFilter>) -> Result<Json<FlowList>, (StatusCode, String)> {
-    with_live_maps(&cmds, &live, move |maps, status| flow::list(maps, status, &f)).await
+async fn flows(State(r): State<Readers>, Query(f): Query<FlowFilter>) -> Result<Json<FlowList>, (StatusCode, String)> {
+    with_live_maps(&r, move |maps, status| flow::list(maps, status, &f)).await
 }
 
-async fn purge(State((cmds, live)): State<(Commands, Live)>, Body(f): Body<FlowFilter>) -> Result<Json<Purged>, (StatusCode, String)> {
+async fn purge(State(r): State<Readers>, Body(f): Body<FlowFilter>) -> Result<Json<Purged>, (StatusCode, String)> {
     if f.real.is_none() {
         return Err((StatusCode::BAD_REQUEST, "a purge needs the real whose entries go (\"real\")\n".into()));
     }
-    with_live_maps(&cmds, &live, move |maps, status| flow::purge(maps, status, &f)).await
+    with_live_maps(&r, move |maps, status| flow::purge(maps, status, &f)).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DoctorQuery {
+    /// How long to sample the counters (default 2000, at most 30000).
+    window_ms: Option<u64>,
+}
+
+/// `lb doctor`: the loop's view, then the counters sampled over the window on a blocking thread.
+async fn doctor(State(r): State<Readers>, Query(q): Query<DoctorQuery>) -> Result<Json<crate::doctor::Report>, (StatusCode, String)> {
+    let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
+    let inputs = ask(&r.cmds, Command::Doctor).await?;
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    let sampled = tokio::task::spawn_blocking(move || crate::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs)))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))?;
+    let (sampled, inputs) = sampled;
+    let findings = crate::doctor::diagnose(&inputs.view, &sampled);
+    Ok(Json(crate::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }
 
 /// Request bodies larger than this are refused (413) before they are read.
 pub const MAX_BODY: usize = 64 * 1024;
 
-fn admin_router(cmds: Commands, live: Live) -> Router {
-    let flows = Router::new()
+fn admin_router(cmds: Commands, live: Live, counters: Arc<Counters>) -> Router {
+    let readers = Router::new()
         .route("/flow", get(flow))
         .route("/flows", get(flows))
         .route("/flows/purge", post(purge))
+        .route("/doctor", get(doctor))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state((cmds.clone(), live));
+        .with_state(Readers { cmds: cmds.clone(), live, counters });
     Router::new()
         .route("/status", get(status))
         .route("/handoff", get(handoff))
@@ -181,7 +210,7 @@ fn admin_router(cmds: Commands, live: Live) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cmds)
-        .merge(flows)
+        .merge(readers)
 }
 
 /// Who may use the API over TCP: token holders; without a token, reading from loopback.
@@ -295,7 +324,7 @@ pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
 impl Bound {
     /// Serves in the background.
     pub fn serve(self, cmds: Commands, counters: Arc<Counters>, live: LiveMaps) {
-        let router = admin_router(cmds.clone(), Arc::new(std::sync::Mutex::new(live)));
+        let router = admin_router(cmds.clone(), Arc::new(std::sync::Mutex::new(live)), counters.clone());
         if let Some((listener, guard_state)) = self.tcp {
             let guarded = router.clone().layer(middleware::from_fn_with_state(guard_state, guard));
             tokio::spawn(axum::serve(listener, guarded).into_future());

@@ -142,6 +142,18 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1000)]
         rate: u32,
     },
+    /// Findings about this node, each with its evidence and the action to take: reals down or
+    /// flapping, traffic off its ring share, a healthy VIP not announced, BIRD errors, handoff
+    /// peers down, capacity under the prepend threshold, health checks slowing, MTU drops, a
+    /// full connection table, a config file changed but not reloaded. Exit code 0 fine, 1
+    /// warnings, 2 critical (or lb unreachable).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds to sample the counters over (traffic shares, drops, MTU answers).
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+    },
     /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
     Completions { shell: Shell },
     /// Write the man pages (lb.1, and lb-SUBCOMMAND.1 for each subcommand) into DIR (`cargo
@@ -316,7 +328,7 @@ pub fn print_handoff(h: &HandoffStatus) {
 pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
     let api = target;
     match cmd {
-        Cmd::Run { .. } => unreachable!("main runs the daemon"),
+        Cmd::Run { .. } | Cmd::Doctor { .. } => unreachable!("main runs these (they have their own exit codes)"),
         Cmd::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             if crate::backend::is_backend_config(&text) {
@@ -471,6 +483,28 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
             let more = if list.truncated { " (stopped at --limit: more match)" } else { "" };
             println!("{} entries listed, {} read{more}", list.entries.len(), list.scanned);
             Ok(())
+        }
+    }
+}
+
+/// `lb doctor`: prints the findings; returns the exit code (2 when lb cannot be asked).
+pub fn doctor(target: &Target, json: bool, window_ms: u64) -> u8 {
+    let report = http(target, "GET", &format!("/doctor?window_ms={window_ms}"), None).and_then(expect_ok).and_then(|body| {
+        let report: crate::doctor::Report = serde_json::from_str(&body).context("parsing the doctor's report")?;
+        Ok((body, report))
+    });
+    match report {
+        Ok((body, report)) => {
+            if json {
+                println!("{body}");
+            } else {
+                print!("{report}");
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("lb doctor: CRITICAL: cannot ask lb: {e:#}");
+            2
         }
     }
 }

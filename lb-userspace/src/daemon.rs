@@ -30,6 +30,7 @@ use crate::{
     bird::Announcement,
     config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig, VipId},
     dataplane::{Counters, Dataplane, LiveMaps, LoadOptions},
+    doctor,
     health::{HealthEvent, Probers, Target},
     journal::{self, Journal},
     metrics::{self, HealthSample},
@@ -62,6 +63,18 @@ pub struct Outputs {
     pub reload: mpsc::Sender<PreparedReload>,
     /// The end of a graceful shutdown's wait (its number), for `Daemon::graceful_shutdown_over`.
     pub graceful_over: mpsc::Sender<u64>,
+}
+
+/// Health flips within this window count towards "flapping".
+const FLAP_WINDOW: Duration = Duration::from_secs(doctor::FLAP_WINDOW_SECS);
+
+/// What the loop gives `lb doctor`: its view, and the config file it runs (to compare the file
+/// on disk with, off the loop).
+#[derive(Debug)]
+pub struct DoctorInputs {
+    pub view: doctor::LoopView,
+    pub config_path: PathBuf,
+    pub running: Box<RawConfig>,
 }
 
 /// Where the site's announcements stand, as `lb status` and GET /site show them.
@@ -125,6 +138,10 @@ pub struct Daemon<D> {
     exiting: bool,
     /// Drained or exiting, and still announcing with GRACEFUL_SHUTDOWN.
     graceful: Option<GracefulShutdown>,
+    /// Each real's health flips within the last `FLAP_WINDOW` (older ones are dropped as new come).
+    flips: HashMap<(VipId, IpAddr), std::collections::VecDeque<std::time::Instant>>,
+    /// BIRD's last failure, until the router task next succeeds.
+    bird_failing: Option<String>,
     graceful_count: u64,
     out: Outputs,
 }
@@ -196,6 +213,8 @@ impl<D: DataplaneOps> Daemon<D> {
             exiting: false,
             graceful: None,
             graceful_count: 0,
+            flips: HashMap::new(),
+            bird_failing: None,
             out,
         };
         d.reapply_journal();
@@ -267,9 +286,11 @@ impl<D: DataplaneOps> Daemon<D> {
                     list.iter().map(|a| format!("{}{}", a.prefix, if a.prepend { " (prepended)" } else { "" })).collect();
                 info!(announced = %shown.join(", "), drained = self.journal.site_drained, "BGP announcements updated");
                 self.announced = Some(list);
+                self.bird_failing = None;
             }
             RouterEvent::Failed { error, retry_in } => {
                 self.bird_errors += 1;
+                self.bird_failing = Some(error.to_string());
                 warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "BIRD did not take the announcements; forwarding continues");
             }
         }
@@ -515,6 +536,34 @@ impl<D: DataplaneOps> Daemon<D> {
         self.graceful.map(|g| g.until.saturating_duration_since(tokio::time::Instant::now()))
     }
 
+    /// The loop's part of `lb doctor`'s evidence, and what to compare the config file with.
+    fn doctor_inputs(&self) -> DoctorInputs {
+        let name_of = |vip: &VipId| self.config.vips.iter().find(|v| v.id == *vip).map_or_else(|| vip.to_string(), |v| v.name.clone());
+        let flips = self
+            .flips
+            .iter()
+            .map(|((vip, real), times)| (name_of(vip), *real, times.iter().filter(|t| t.elapsed() <= FLAP_WINDOW).count() as u32))
+            .collect();
+        let latency = self
+            .samples
+            .iter()
+            .filter(|(_, s)| s.recent_ms > 0.0)
+            .map(|((vip, real), s)| (name_of(vip), *real, s.recent_ms, s.long_run_ms))
+            .collect();
+        let view = doctor::LoopView {
+            status: self.status(),
+            site: Some(self.site_stage()),
+            prepend_below: self.config.bgp.as_ref().and_then(|b| b.prepend_below),
+            bird_errors: self.bird_errors,
+            bird_failing: self.bird_failing.clone(),
+            peers: self.handoff_peers(),
+            flips,
+            latency,
+            conn_table_size: self.config.conn_table_size,
+        };
+        DoctorInputs { view, config_path: self.config_path.clone(), running: Box::new(self.file.clone()) }
+    }
+
     fn site_stage(&self) -> SiteStage {
         if self.config.bgp.is_none() {
             return SiteStage::NoBgp;
@@ -538,6 +587,9 @@ impl<D: DataplaneOps> Daemon<D> {
             }
             Command::Site(reply) => {
                 let _ = reply.send(self.site_stage());
+            }
+            Command::Doctor(reply) => {
+                let _ = reply.send(self.doctor_inputs());
             }
             Command::Metrics(reply) => {
                 let snapshot = metrics::Snapshot {
@@ -615,6 +667,11 @@ impl<D: DataplaneOps> Daemon<D> {
             }
             HealthEvent::Flip { target: Target::Real(vip, real), up, reason } => {
                 info!(%vip, %real, state = if up { "up" } else { "down" }, %reason, "real health changed");
+                let flips = self.flips.entry((vip, real)).or_default();
+                flips.push_back(std::time::Instant::now());
+                while flips.front().is_some_and(|t| t.elapsed() > FLAP_WINDOW) {
+                    flips.pop_front();
+                }
                 match self.rec.set_health(&vip, real, up) {
                     Ok(true) => info!(%vip, rebuild_ms = self.rec.rebuilds().last.as_secs_f64() * 1e3, "table rebuilt"),
                     Ok(false) => {}
@@ -623,8 +680,8 @@ impl<D: DataplaneOps> Daemon<D> {
                 self.publish_announcements();
             }
             HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
-                self.samples
-                    .insert((vip, real), HealthSample { latency, checks: self.samples.get(&(vip, real)).map_or(1, |s| s.checks + 1) });
+                let sample = self.samples.get(&(vip, real)).copied().unwrap_or_default().then(latency);
+                self.samples.insert((vip, real), sample);
             }
         }
     }

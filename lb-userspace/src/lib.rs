@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod doctor;
 pub mod flow;
 pub mod health;
 pub mod journal;

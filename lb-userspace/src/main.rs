@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => {
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(lb_userspace::daemon::run(config)))
         }
+        Cmd::Doctor { json, window_ms } => return ExitCode::from(lb_userspace::cli::doctor(&opt.target, json, window_ms)),
         other => admin(other, &opt.target),
     };
     match result {

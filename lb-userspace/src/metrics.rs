@@ -26,11 +26,28 @@ pub struct BgpState {
     pub graceful_shutdown: bool,
 }
 
-/// The last check of one real.
-#[derive(Debug, Clone, Copy)]
+/// The last check of one real, and its passing checks' mean latency: recent (about the last
+/// 10 checks) and over the longer run (about 100), for `lb doctor`.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct HealthSample {
     pub latency: Option<Duration>,
     pub checks: u64,
+    pub recent_ms: f64,
+    pub long_run_ms: f64,
+}
+
+impl HealthSample {
+    /// This sample followed by one more check.
+    pub fn then(self, latency: Option<Duration>) -> Self {
+        let (mut recent_ms, mut long_run_ms) = (self.recent_ms, self.long_run_ms);
+        if let Some(l) = latency {
+            let ms = l.as_secs_f64() * 1e3;
+            // Moving averages: the first passing check starts both.
+            (recent_ms, long_run_ms) =
+                if recent_ms == 0.0 { (ms, ms) } else { (recent_ms + 0.1 * (ms - recent_ms), long_run_ms + 0.01 * (ms - long_run_ms)) };
+        }
+        Self { latency, checks: self.checks + 1, recent_ms, long_run_ms }
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;

@@ -335,3 +335,118 @@ fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them()
     assert!(written <= 2 * 2, "at most a packet per CPU at once and 2 a second: {summary}");
     assert_eq!(written + suppressed, 30, "every drop written or counted over the limit: {summary}");
 }
+
+/// `lb doctor --json` against `d`: its exit code and report.
+fn doctor(d: &LbDaemon) -> (i32, lb_userspace::doctor::Report) {
+    let out = d.cli(&["doctor", "--json", "--window-ms", "500"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().expect("an exit code"), report)
+}
+
+fn checks(report: &lb_userspace::doctor::Report) -> Vec<String> {
+    let mut c: Vec<String> = report.findings.iter().map(|f| format!("{:?} {} {}", f.severity, f.check, f.subject)).collect();
+    c.sort();
+    c
+}
+
+/// `lb doctor` on a running `lb`: nothing on a healthy node (exit 0); reals down (exit 2);
+/// flapping reals, MTU answers, a nearly full connection table, a changed config file and a
+/// handoff peer down (warnings, exit 1), each with its evidence.
+#[test]
+fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::{ConnEntry, FlowKey};
+
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    let mut servers = Some(net.servers());
+    let d = LbDaemon::start(&net.lb, &format!("conn_table_size = 1024\n{}", config(2)));
+    let d = &d;
+    let all_up = |up: bool| move || d.status()[0].reals.iter().all(|r| r.up == up);
+    wait_for(Duration::from_secs(5), "both reals up", all_up(true));
+    let (code, report) = doctor(d);
+    assert_eq!((code, checks(&report)), (0, vec![]), "a healthy node");
+    println!("lb doctor on a healthy node: {}", String::from_utf8_lossy(&d.cli(&["doctor"]).stdout).trim());
+
+    // Every backend's service stops, then comes back, twice: two flips each time.
+    for round in 0..2 {
+        drop(servers.take());
+        wait_for(Duration::from_secs(5), "both reals down", all_up(false));
+        if round == 0 {
+            let (code, report) = doctor(&d);
+            let expected = [
+                "Critical vip_below_min_healthy VIP web".to_owned(),
+                format!("Warning real_down VIP web real {}", backend_addr(0)),
+                format!("Warning real_down VIP web real {}", backend_addr(1)),
+            ];
+            assert_eq!((code, checks(&report)), (2, expected.to_vec()));
+        }
+        servers = Some(net.servers());
+        wait_for(Duration::from_secs(5), "both reals up", all_up(true));
+    }
+    let (code, report) = doctor(&d);
+    let flapping: Vec<String> = (0..2).map(|i| format!("Warning real_flapping VIP web real {}", backend_addr(i))).collect();
+    assert_eq!((code, checks(&report)), (1, flapping.clone()));
+    assert!(report.findings[0].evidence.starts_with("4 health flips in the last 10 min"), "{:?}", report.findings[0]);
+
+    // Full-size segments do not fit the tunnel: the balancer answers with too-big.
+    net.client.run(|| {
+        let mut c = LineConn::connect(Site::vip_addr()).expect("connect");
+        c.exchange(&format!("UPLOAD {}", "x".repeat(100_000))).expect("the upload is answered");
+    });
+    // The connection table 95% full.
+    let status = d.status();
+    let pins = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
+    let mut conns: HashMap<MapData, FlowKey, ConnEntry> = HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pins).unwrap())).unwrap();
+    for i in 0..975u32 {
+        let key = FlowKey {
+            src: lb_common::ipv4_mapped((0x0b00_0000 + i).to_be_bytes()),
+            dst: lb_common::ipv4_mapped([10, 99, 0, 1]),
+            src_port_be: 1,
+            dst_port_be: 8080u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        conns
+            .insert(key, ConnEntry { real_id: status[0].reals[0].id, flow_hash: i, vip_index: status[0].index, vip_generation: 1 }, 0)
+            .unwrap();
+    }
+    // A changed config file: a handoff peer that does not exist.
+    let mut file = std::fs::read_to_string(&d.config).unwrap();
+    file += "[handoff]\naddress = \"10.10.2.2\"\npeers = [\"10.10.2.99\"]\nhealth = { interval_ms = 100, timeout_ms = 80, fall = 2 }\n";
+    std::fs::write(&d.config, &file).unwrap();
+    let (code, report) = doctor(&d);
+    let mut found = checks(&report);
+    found.retain(|c| !flapping.contains(c));
+    assert_eq!(code, 1, "{found:?}");
+    assert_eq!(found.len(), 3, "{found:?}");
+    for check in ["Warning config_not_reloaded config file", "Warning conn_table_full connection table"] {
+        assert!(found.contains(&check.to_owned()), "{found:?}");
+    }
+    // The upload's too-big answers: in the window or before it.
+    assert!(found.iter().any(|c| c.ends_with("mtu_too_small path MTU")), "{found:?}");
+    let text = String::from_utf8_lossy(&d.cli(&["doctor", "--window-ms", "500"]).stdout).into_owned();
+    println!("lb doctor:\n{text}");
+    assert!(text.contains("evidence: ") && text.contains("action: "), "{text}");
+
+    cli_ok(&d, &["reload"]);
+    wait_for(Duration::from_secs(5), "the dead peer found down", || {
+        checks(&doctor(&d).1).contains(&"Warning handoff_peer_down handoff peer 10.10.2.99".to_owned())
+    });
+    assert!(!checks(&doctor(&d).1).iter().any(|c| c.contains("config_not_reloaded")), "reloaded");
+    drop(servers);
+}
+
+/// `lb doctor` that cannot reach lb says so and exits 2 (critical), for cron and monitoring.
+#[test]
+fn lb_doctor_without_a_running_lb_is_critical() {
+    let out = std::process::Command::new(lb_tests::lbd::lb_bin())
+        .args(["doctor", "--socket", "/nonexistent/lb.sock"])
+        .output()
+        .expect("lb doctor");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.starts_with("lb doctor: CRITICAL: cannot ask lb: connecting to lb's admin socket /nonexistent/lb.sock"), "{said}");
+}
