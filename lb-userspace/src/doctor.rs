@@ -374,7 +374,8 @@ mod tests {
     #[test]
     fn each_finding_from_recorded_evidence() {
         type Change = Box<dyn Fn(&mut LoopView, &mut Sampled)>;
-        let cases: Vec<(&str, Change, Vec<(Severity, &str)>)> = vec![
+        type Case = (&'static str, Change, Vec<(Severity, &'static str)>);
+        let cases: Vec<Case> = vec![
             (
                 "a real down",
                 Box::new(|v, _| v.status[0].reals[1] = real("10.0.0.2", 2, false, 0)),

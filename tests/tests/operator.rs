@@ -375,7 +375,7 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
         drop(servers.take());
         wait_for(Duration::from_secs(5), "both reals down", all_up(false));
         if round == 0 {
-            let (code, report) = doctor(&d);
+            let (code, report) = doctor(d);
             let expected = [
                 "Critical vip_below_min_healthy VIP web".to_owned(),
                 format!("Warning real_down VIP web real {}", backend_addr(0)),
@@ -386,7 +386,7 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
         servers = Some(net.servers());
         wait_for(Duration::from_secs(5), "both reals up", all_up(true));
     }
-    let (code, report) = doctor(&d);
+    let (code, report) = doctor(d);
     let flapping: Vec<String> = (0..2).map(|i| format!("Warning real_flapping VIP web real {}", backend_addr(i))).collect();
     assert_eq!((code, checks(&report)), (1, flapping.clone()));
     assert!(report.findings[0].evidence.starts_with("4 health flips in the last 10 min"), "{:?}", report.findings[0]);
@@ -417,7 +417,7 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
     let mut file = std::fs::read_to_string(&d.config).unwrap();
     file += "[handoff]\naddress = \"10.10.2.2\"\npeers = [\"10.10.2.99\"]\nhealth = { interval_ms = 100, timeout_ms = 80, fall = 2 }\n";
     std::fs::write(&d.config, &file).unwrap();
-    let (code, report) = doctor(&d);
+    let (code, report) = doctor(d);
     let mut found = checks(&report);
     found.retain(|c| !flapping.contains(c));
     assert_eq!(code, 1, "{found:?}");
@@ -431,11 +431,11 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
     println!("lb doctor:\n{text}");
     assert!(text.contains("evidence: ") && text.contains("action: "), "{text}");
 
-    cli_ok(&d, &["reload"]);
+    cli_ok(d, &["reload"]);
     wait_for(Duration::from_secs(5), "the dead peer found down", || {
-        checks(&doctor(&d).1).contains(&"Warning handoff_peer_down handoff peer 10.10.2.99".to_owned())
+        checks(&doctor(d).1).contains(&"Warning handoff_peer_down handoff peer 10.10.2.99".to_owned())
     });
-    assert!(!checks(&doctor(&d).1).iter().any(|c| c.contains("config_not_reloaded")), "reloaded");
+    assert!(!checks(&doctor(d).1).iter().any(|c| c.contains("config_not_reloaded")), "reloaded");
     drop(servers);
 }
 
