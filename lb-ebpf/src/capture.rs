@@ -40,7 +40,7 @@ fn copy(ctx: &XdpContext, what: u32, reason: u32) -> Step {
     let packet_len = pkt::len(ctx) as u32;
     let captured_len = packet_len.min(SNAPLEN);
     let meta = CaptureMeta { what, reason, packet_len, captured_len, time_ns: now };
-    CAPTURE.output(ctx, &meta, captured_len);
+    CAPTURE.output(ctx, meta, captured_len);
     state.sent += 1;
     Step::of(Ok(0))
 }
