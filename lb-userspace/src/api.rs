@@ -142,7 +142,8 @@ async fn with_live_maps<T: Send + 'static>(
 }
 
 async fn flow(State(r): State<Readers>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
-    with_live_maps(&r, move |maps, status| flow::explain(maps, status, q)).await
+    let bgp = ask(&r.cmds, Command::Site).await? != crate::daemon::SiteStage::NoBgp;
+    with_live_maps(&r, move |maps, status| flow::explain(maps, status, bgp, q)).await
 }
 
 async fn flows(State(r): State<Readers>, Query(f): Query<FlowFilter>) -> Result<Json<FlowList>, (StatusCode, String)> {

@@ -89,7 +89,8 @@ pub struct FlowReport {
     pub flow: FlowQuery,
     /// The VIP's name (None: no VIP matches, the kernel gets the packet).
     pub vip: Option<String>,
-    pub announced: bool,
+    /// Whether the VIP is announced over BGP (None: no `[bgp]`).
+    pub announced: Option<bool>,
     pub entry: Option<TableEntry>,
     /// Where the flow's next packet goes (for TCP: one that is not a SYN).
     pub now: Choice,
@@ -100,8 +101,8 @@ pub struct FlowReport {
 }
 
 /// Works out `query`'s path through the data plane from the live maps; `status` names VIPs
-/// and gives reals' health, weights and announcements.
-pub fn explain(maps: &LiveMaps, status: &[VipStatus], query: FlowQuery) -> Result<FlowReport, DataplaneError> {
+/// and gives reals' health, weights and announcements (`bgp`: announcing is configured).
+pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuery) -> Result<FlowReport, DataplaneError> {
     let key = query.key();
     let mut vip_key = VipKey { addr: key.dst, port_be: key.dst_port_be, proto: key.proto, _pad: 0 };
     let meta = match maps.vip(&vip_key)? {
@@ -116,7 +117,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], query: FlowQuery) -> Resul
         return Ok(FlowReport {
             flow: query,
             vip: None,
-            announced: false,
+            announced: None,
             entry: None,
             now: not.clone(),
             new_flow: not,
@@ -167,7 +168,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], query: FlowQuery) -> Resul
     Ok(FlowReport {
         flow: query,
         vip: vip.map(|v| v.name.clone()),
-        announced: vip.is_some_and(|v| v.announced),
+        announced: bgp.then(|| vip.is_some_and(|v| v.announced)),
         entry,
         now,
         new_flow,
@@ -224,7 +225,11 @@ impl fmt::Display for Choice {
 impl fmt::Display for FlowReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(vip) = &self.vip else { return writeln!(f, "flow {}\n  {}", self.flow, self.now) };
-        let announced = if self.announced { "announced" } else { "NOT announced" };
+        let announced = match self.announced {
+            Some(true) => "announced",
+            Some(false) => "NOT announced",
+            None => "no BGP",
+        };
         writeln!(f, "flow {}: VIP {vip} ({announced})", self.flow)?;
         writeln!(f, "  now:               {}", self.now)?;
         match &self.entry {
