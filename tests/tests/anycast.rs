@@ -585,6 +585,14 @@ fn graceful_shutdown_moves_traffic_to_site_b_before_site_a_withdraws() {
         net.wait_serving(site);
     }
     let mut open = net.open_connections_to(Site::vip_addr(), 10);
+    // `lb flow` on site B's node for a connection site A holds: no entry at B, so a mid-flow
+    // packet arriving there goes to the peer, site A's node.
+    let port = open[0].0.local_port.to_string();
+    let out = net.sites[1].nodes[0].lb.cli(&["flow", &format!("10.10.1.2:{port}"), &format!("{VIP}:8080")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("lb flow at site B for a connection of site A:\n{text}");
+    assert!(text.contains("VIP web (announced)") && text.contains("table entry:       none"), "{text}");
+    assert!(text.contains("now:               handoff to peer 10.20.1.2"), "{text}");
     let node_a = &net.sites[0].nodes[0].lb;
     let site_line =
         || String::from_utf8_lossy(&node_a.cli(&["status"]).stdout).lines().find(|l| l.starts_with("SITE")).unwrap_or("").to_owned();
