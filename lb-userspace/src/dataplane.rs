@@ -406,8 +406,7 @@ impl Dataplane {
     /// Entries in the connection table (walks its keys: about 1 s per million entries).
     pub fn conn_entries(&self) -> Result<usize> {
         let map = self.ebpf.map(maps::CONNS).ok_or(DataplaneError::NoMap { name: maps::CONNS })?;
-        let conns = HashMap::<_, FlowKey, ConnEntry>::try_from(map).map_err(map_err(maps::CONNS))?;
-        Ok(conns.keys().filter(|k| k.is_ok()).count())
+        Ok(count_keys(&HashMap::<_, FlowKey, ConnEntry>::try_from(map).map_err(map_err(maps::CONNS))?))
     }
 
     pub fn set_real(&mut self, id: u32, real: &Real) -> Result<()> {
@@ -564,11 +563,7 @@ impl Dataplane {
     pub fn conn_real(&self, flow: &FlowKey) -> Result<Option<u32>> {
         let map = self.ebpf.map(maps::CONNS).ok_or(DataplaneError::NoMap { name: maps::CONNS })?;
         let conns = HashMap::<_, FlowKey, ConnEntry>::try_from(map).map_err(map_err(maps::CONNS))?;
-        match conns.get(flow, 0) {
-            Ok(entry) => Ok(Some(entry.real_id)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { name: maps::CONNS, source }),
-        }
+        Ok(found(maps::CONNS, conns.get(flow, 0))?.map(|entry| entry.real_id))
     }
 
     pub fn add_decap_addr(&mut self, addr: IpAddr) -> Result<()> {
@@ -864,6 +859,11 @@ pub struct LiveMaps {
     peers: Array<MapData, [u8; 16]>,
 }
 
+/// Keys of a connection table, counted by walking them (a key evicted mid-walk ends nothing).
+fn count_keys<T: std::borrow::Borrow<MapData>>(conns: &HashMap<T, FlowKey, ConnEntry>) -> usize {
+    conns.keys().filter(|k| k.is_ok()).count()
+}
+
 /// Opens the map pinned as `name` under `pin_dir`, as `variant` says its kind is.
 fn open_pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     pin_dir: &Path,
@@ -874,6 +874,7 @@ fn open_pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(variant(data)).map_err(map_err(name))
 }
 
+/// A lookup's value, None for a key the map does not hold.
 fn found<V>(name: &'static str, got: Result<V, aya::maps::MapError>) -> Result<Option<V>> {
     match got {
         Ok(v) => Ok(Some(v)),
@@ -944,13 +945,18 @@ impl LiveMaps {
         Ok(seen)
     }
 
+    /// Entries in the connection table (walks its keys only: one syscall an entry).
+    pub fn conn_entries(&self) -> usize {
+        count_keys(&self.conns)
+    }
+
     /// Deletes these connection entries; returns how many were still there.
     pub fn remove_conns(&mut self, keys: &[FlowKey]) -> Result<usize> {
         let mut removed = 0;
         for key in keys {
             match self.conns.remove(key) {
                 Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
+                // Evicted since the walk (aya reports a delete's ENOENT as a syscall error).
                 Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(source) => return Err(DataplaneError::Map { name: maps::CONNS, source }),
             }
