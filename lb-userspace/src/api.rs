@@ -124,6 +124,17 @@ struct Readers {
     counters: Arc<Counters>,
 }
 
+/// Runs `work` on a blocking thread: its answer, or 500 with the error.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::dataplane::DataplaneError> + Send + 'static,
+) -> Result<T, (StatusCode, String)> {
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))
+}
+
 /// Runs `work` on the live maps on a blocking thread, with the loop's status for names.
 async fn with_live_maps<T: Send + 'static>(
     Readers { cmds, live, .. }: &Readers,
@@ -131,14 +142,7 @@ async fn with_live_maps<T: Send + 'static>(
 ) -> Result<Json<T>, (StatusCode, String)> {
     let status = ask(cmds, Command::Status).await?;
     let live = live.clone();
-    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-    tokio::task::spawn_blocking(move || {
-        let mut maps = live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        work(&mut maps, &status).map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))
-    })
-    .await
-    .map_err(|e| internal(e.to_string()))?
-    .map(Json)
+    blocking(move || work(&mut live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), &status)).await.map(Json)
 }
 
 async fn flow(State(r): State<Readers>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
@@ -168,12 +172,7 @@ struct DoctorQuery {
 async fn doctor(State(r): State<Readers>, Query(q): Query<DoctorQuery>) -> Result<Json<crate::doctor::Report>, (StatusCode, String)> {
     let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
     let inputs = ask(&r.cmds, Command::Doctor).await?;
-    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-    let sampled = tokio::task::spawn_blocking(move || crate::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs)))
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))?;
-    let (sampled, inputs) = sampled;
+    let (sampled, inputs) = blocking(move || crate::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
     let findings = crate::doctor::diagnose(&inputs.view, &sampled);
     Ok(Json(crate::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }
