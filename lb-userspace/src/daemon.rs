@@ -239,11 +239,16 @@ impl<D: DataplaneOps> Daemon<D> {
         &self.rec
     }
 
+    /// The site withdraws by choice: drained, or `lb` exiting.
+    fn withdrawing(&self) -> bool {
+        self.journal.site_drained || self.exiting
+    }
+
     /// The VIPs this site should announce now: servable ones, unless the site is drained or
     /// `lb` is exiting (then nothing, after the graceful shutdown's wait).
     fn wanted_announcements(&self) -> Vec<Announcement> {
         let Some(bgp) = &self.config.bgp else { return Vec::new() };
-        let withdrawing = self.journal.site_drained || self.exiting;
+        let withdrawing = self.withdrawing();
         if withdrawing && self.graceful.is_none() {
             return Vec::new();
         }
@@ -310,7 +315,7 @@ impl<D: DataplaneOps> Daemon<D> {
             node: self.config.handoff.as_ref().map(|h| h.address),
             peers: self.handoff_peers().into_iter().filter(|&(_, up)| up).map(|(p, _)| p).collect(),
             sources: self.config.handoff.iter().flat_map(|h| h.peers.clone()).collect(),
-            adopt: self.journal.site_drained || self.exiting,
+            adopt: self.withdrawing(),
         };
         match self.rec.set_handoff(&wanted) {
             Ok(false) => {}
@@ -491,7 +496,7 @@ impl<D: DataplaneOps> Daemon<D> {
             let _ = reply.send(Err(AdminError::Conflict("no [bgp] section: this site announces nothing".into())));
             return;
         }
-        let was_announcing = !self.journal.site_drained && !self.exiting;
+        let was_announcing = !self.withdrawing();
         self.journal.site_drained = drained;
         info!(drained, "site drain changed");
         self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
@@ -568,7 +573,7 @@ impl<D: DataplaneOps> Daemon<D> {
         if self.config.bgp.is_none() {
             return SiteStage::NoBgp;
         }
-        match (self.journal.site_drained || self.exiting, self.graceful_remaining()) {
+        match (self.withdrawing(), self.graceful_remaining()) {
             (false, _) => SiteStage::Announcing,
             (true, Some(left)) => SiteStage::GracefulShutdown { withdraw_in_ms: left.as_millis() as u64 },
             (true, None) => SiteStage::Withdrawn,
@@ -697,7 +702,7 @@ impl<D: DataplaneOps> Daemon<D> {
         if !self.config.bgp.as_ref().is_some_and(|b| b.withdraw_on_exit) {
             return false;
         }
-        let was_announcing = !self.journal.site_drained;
+        let was_announcing = !self.withdrawing();
         self.exiting = true;
         self.sync_handoff();
         if was_announcing {
@@ -778,10 +783,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
     if daemon.begin_exit() {
-        if let Some(wait) = daemon.graceful_remaining() {
-            let number = daemon.graceful_count;
-            tokio::time::sleep(wait).await;
-            daemon.graceful_shutdown_over(number);
+        // The graceful shutdown's own timer ends the wait (an earlier, cancelled one's end is
+        // ignored by `graceful_shutdown_over`).
+        while daemon.graceful_remaining().is_some() {
+            match graceful_rx.recv().await {
+                Some(number) => daemon.graceful_shutdown_over(number),
+                None => break,
+            }
         }
         let withdrawn = tokio::time::timeout(EXIT_WITHDRAW_LIMIT, async {
             while let Some(event) = router_rx.recv().await {
