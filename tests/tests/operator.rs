@@ -147,26 +147,17 @@ fn lb_flow_names_the_backend_that_answered_and_follows_a_drain_and_a_purge() {
     drop(servers);
 }
 
-/// `lb flows` on a table of a million entries: a listing that stops at its limit reads a few
-/// entries; a filter that matches few reads the whole table; a purge too. Prints the costs.
-#[test]
-fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
+/// Writes `n` entries of VIP `web` into `d`'s pinned connection table, as if clients
+/// 11.0.0.0 + i had connected, entry i to real id `real_of(i)`.
+fn fill_conns(d: &LbDaemon, n: u32, real_of: impl Fn(u32) -> u32) {
     use aya::maps::{HashMap, Map, MapData};
     use lb_common::{ConnEntry, FlowKey};
 
-    require_root!();
-    let _serial = lb_tests::serial();
-    let net = Net::new(2);
-    let d = LbDaemon::start(&net.lb, &config(2));
-    let status = d.status();
-    let ids: Vec<u32> = status[0].reals.iter().map(|r| r.id).collect();
-    let pins = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
+    let vip_index = d.status()[0].index;
+    let pin = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
     let mut conns: HashMap<MapData, FlowKey, ConnEntry> =
-        HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pins).expect("pinned CONNS"))).expect("CONNS");
-    const ENTRIES: u32 = 1_000_000;
-    const ON_REAL_1: u32 = 1_000; // every 1,000th entry
-    let t = Instant::now();
-    for i in 0..ENTRIES {
+        HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).expect("pinned CONNS"))).expect("CONNS");
+    for i in 0..n {
         let key = FlowKey {
             src: lb_common::ipv4_mapped((0x0b00_0000 + i).to_be_bytes()),
             dst: lb_common::ipv4_mapped([10, 99, 0, 1]),
@@ -175,10 +166,24 @@ fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
             proto: 6,
             _pad: [0; 3],
         };
-        let real_id = if i % (ENTRIES / ON_REAL_1) == 0 { ids[1] } else { ids[0] };
-        let entry = ConnEntry { real_id, flow_hash: i, vip_index: status[0].index, vip_generation: 1 };
-        conns.insert(key, entry, 0).expect("insert");
+        conns.insert(key, ConnEntry { real_id: real_of(i), flow_hash: i, vip_index, vip_generation: 1 }, 0).expect("insert");
     }
+}
+
+/// `lb flows` on a table of a million entries: a listing that stops at its limit reads a few
+/// entries; a filter that matches few reads the whole table; a purge too. Prints the costs.
+#[test]
+fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(2);
+    let d = LbDaemon::start(&net.lb, &config(2));
+    let status = d.status();
+    let ids: Vec<u32> = status[0].reals.iter().map(|r| r.id).collect();
+    const ENTRIES: u32 = 1_000_000;
+    const ON_REAL_1: u32 = 1_000; // every 1,000th entry
+    let t = Instant::now();
+    fill_conns(&d, ENTRIES, |i| if i % (ENTRIES / ON_REAL_1) == 0 { ids[1] } else { ids[0] });
     println!("filled the table with {ENTRIES} entries in {:?}", t.elapsed());
 
     let t = Instant::now();
@@ -355,14 +360,14 @@ fn checks(report: &lb_userspace::doctor::Report) -> Vec<String> {
 /// handoff peer down (warnings, exit 1), each with its evidence.
 #[test]
 fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
-    use aya::maps::{HashMap, Map, MapData};
-    use lb_common::{ConnEntry, FlowKey};
-
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(2);
     let mut servers = Some(net.servers());
-    let d = LbDaemon::start(&net.lb, &format!("conn_table_size = 1024\n{}", config(2)));
+    // An LRU table evicts before it is full (nodes wait in per-CPU free lists, up to 128 each):
+    // large enough that 95% stays clear of that.
+    const TABLE: u32 = 16_384;
+    let d = LbDaemon::start(&net.lb, &format!("conn_table_size = {TABLE}\n{}", config(2)));
     let d = &d;
     let all_up = |up: bool| move || d.status()[0].reals.iter().all(|r| r.up == up);
     wait_for(Duration::from_secs(5), "both reals up", all_up(true));
@@ -397,22 +402,8 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
         c.exchange(&format!("UPLOAD {}", "x".repeat(100_000))).expect("the upload is answered");
     });
     // The connection table 95% full.
-    let status = d.status();
-    let pins = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
-    let mut conns: HashMap<MapData, FlowKey, ConnEntry> = HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pins).unwrap())).unwrap();
-    for i in 0..975u32 {
-        let key = FlowKey {
-            src: lb_common::ipv4_mapped((0x0b00_0000 + i).to_be_bytes()),
-            dst: lb_common::ipv4_mapped([10, 99, 0, 1]),
-            src_port_be: 1,
-            dst_port_be: 8080u16.to_be(),
-            proto: 6,
-            _pad: [0; 3],
-        };
-        conns
-            .insert(key, ConnEntry { real_id: status[0].reals[0].id, flow_hash: i, vip_index: status[0].index, vip_generation: 1 }, 0)
-            .unwrap();
-    }
+    let real = d.status()[0].reals[0].id;
+    fill_conns(d, TABLE * 95 / 100, |_| real);
     // A changed config file: a handoff peer that does not exist.
     let mut file = std::fs::read_to_string(&d.config).unwrap();
     file += "[handoff]\naddress = \"10.10.2.2\"\npeers = [\"10.10.2.99\"]\nhealth = { interval_ms = 100, timeout_ms = 80, fall = 2 }\n";
