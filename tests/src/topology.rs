@@ -58,6 +58,25 @@ pub struct Site {
     pub vip_ip: IpAddr,
 }
 
+/// Health checks of `lb_config`: every 100 ms, down after 2 failures in a row.
+pub const CHECK_INTERVAL_MS: u64 = 100;
+pub const CHECK_FALL: u64 = 2;
+
+/// A config for the real `lb` on a `Net`'s LB node: VIP web (10.99.0.1:8080, TCP) over the
+/// IPv4 addresses of the first `backends` backends, checked by TCP connect every
+/// `CHECK_INTERVAL_MS`.
+pub fn lb_config(backends: usize) -> String {
+    let mut c = format!(
+        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = {CHECK_INTERVAL_MS}\ntimeout_ms = 80\nrise = 2\nfall = {CHECK_FALL}\n\
+         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\n"
+    );
+    for i in 0..backends {
+        c += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    c
+}
+
 /// IPv4 address of backend `i`.
 pub fn backend_addr(i: usize) -> String {
     format!("10.10.{}.2", 3 + i)

@@ -7,23 +7,11 @@ use lb_tests::{
     lbd::LbDaemon,
     packet::ip,
     require_root,
-    topology::{ask, backend_addr, connections_to_every_backend, who, Net, Site},
+    topology::{ask, backend_addr, connections_to_every_backend, lb_config, who, Net, Site},
 };
 
-const INTERVAL_MS: u64 = 100;
-const FALL: u64 = 2;
-
-fn config(backends: usize) -> String {
-    let mut c = format!(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 80\nrise = 2\nfall = {FALL}\n\
-         [[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 8080\nprotocol = \"tcp\"\n"
-    );
-    for i in 0..backends {
-        c += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
-    }
-    c
-}
+const INTERVAL_MS: u64 = lb_tests::topology::CHECK_INTERVAL_MS;
+const FALL: u64 = lb_tests::topology::CHECK_FALL;
 
 /// `n` short requests from the client; the backend of each.
 fn spread(net: &Net, n: usize) -> Vec<usize> {
@@ -40,7 +28,7 @@ fn a_failed_backend_loses_new_connections_and_others_keep_theirs() {
     let _serial = lb_tests::serial();
     let net = Net::new(3);
     let servers = net.servers();
-    let d = LbDaemon::start(&net.lb, &config(3));
+    let d = LbDaemon::start(&net.lb, &lb_config(3));
     let before = spread(&net, 30);
     assert!((0..3).all(|b| before.contains(&b)), "all backends serve: {before:?}");
     let mut open = connections_to_every_backend(&net, 3);
@@ -79,7 +67,7 @@ fn draining_keeps_established_connections_and_takes_no_new_ones() {
     let _servers = net.servers();
     // This one finds the next hop's MAC in the neighbour table.
     net.lb.ip(&["neigh", "replace", "10.10.2.1", "lladdr", "02:00:00:00:00:03", "dev", "lb0", "nud", "permanent"]);
-    let by_ip = config(2).replace("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_ip = \"10.10.2.1\"");
+    let by_ip = lb_config(2).replace("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_ip = \"10.10.2.1\"");
     let d = LbDaemon::start(&net.lb, &by_ip);
     let mut open = connections_to_every_backend(&net, 2);
     let out = d.cli(&["real", "drain", "web", &backend_addr(0)]);
@@ -103,7 +91,7 @@ fn a_bad_reload_is_rejected_and_service_continues() {
     let _serial = lb_tests::serial();
     let net = Net::new(2);
     let _servers = net.servers();
-    let d = LbDaemon::start(&net.lb, &config(2));
+    let d = LbDaemon::start(&net.lb, &lb_config(2));
     let good = std::fs::read_to_string(&d.config).unwrap();
     std::fs::write(&d.config, good.replace("port = 8080", "port = 8080\nring_size = 1000")).unwrap();
     d.signal("HUP");
@@ -129,7 +117,7 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
     let _serial = lb_tests::serial();
     let net = Net::new(2);
     let _servers = net.servers();
-    let mut d = LbDaemon::start(&net.lb, &config(2));
+    let mut d = LbDaemon::start(&net.lb, &lb_config(2));
     let mut open = connections_to_every_backend(&net, 2);
     assert!(d.cli(&["real", "set-weight", "web", &backend_addr(1), "4"]).status.success());
     d.terminate();
@@ -166,7 +154,7 @@ fn vips_added_and_removed_at_run_time_survive_a_restart() {
         b.ip(&["addr", "add", "10.99.0.2/32", "dev", "lo"]);
     }
     let _servers = net.servers();
-    let mut d = LbDaemon::start(&net.lb, &config(2));
+    let mut d = LbDaemon::start(&net.lb, &lb_config(2));
     let file = d.dir.join("api-vip.toml");
     std::fs::write(
         &file,

@@ -14,7 +14,7 @@ use lb_tests::{
     bird::wait_for,
     lbd::{http_request, over_tcp_in, LbDaemon},
     require_root,
-    topology::{backend_addr, http_get, Net, Site},
+    topology::{http_get, Net, Site},
 };
 
 fn deploy(file: &str) -> PathBuf {
@@ -79,13 +79,7 @@ fn promtool_check_metrics_accepts_a_live_scrape() {
     let _serial = lb_tests::serial();
     let net = Net::new(1);
     let servers = net.servers();
-    let mut config = String::from(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 8080\nprotocol = \"tcp\"\n",
-    );
-    config += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(0));
-    let d = LbDaemon::start(&net.lb, &config);
+    let d = LbDaemon::start(&net.lb, &lb_tests::topology::lb_config(1));
     net.client.run(|| lb_tests::topology::ask(Site::vip_addr(), "counted").expect("answered"));
     let reply = d.metrics();
     let scrape = reply.split_once("\r\n\r\n").expect("an HTTP reply").1;

@@ -11,21 +11,9 @@ use lb_tests::{
     lbd::LbDaemon,
     packet::ip,
     require_root,
-    topology::{backend_addr, who, LineConn, Net, Site, CLIENT, VIP},
+    topology::{backend_addr, lb_config, who, LineConn, Net, Site, CLIENT, VIP},
 };
 use lb_userspace::flow::{Choice, FlowList, FlowReport};
-
-fn config(backends: usize) -> String {
-    let mut c = String::from(
-        "[[interface]]\nname = \"lb0\"\n[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
-         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
-         [[vip]]\nname = \"web\"\naddress = \"10.99.0.1\"\nport = 8080\nprotocol = \"tcp\"\n",
-    );
-    for i in 0..backends {
-        c += &format!("[[vip.real]]\naddress = \"{}\"\n", backend_addr(i));
-    }
-    c
-}
 
 fn cli_ok(d: &LbDaemon, args: &[&str]) -> String {
     let out = d.cli(args);
@@ -66,7 +54,7 @@ fn lb_flow_names_the_backend_that_answered_and_follows_a_drain_and_a_purge() {
     let _serial = lb_tests::serial();
     let net = Net::new(2);
     let servers = net.servers();
-    let d = LbDaemon::start(&net.lb, &config(2));
+    let d = LbDaemon::start(&net.lb, &lb_config(2));
     wait_for(Duration::from_secs(5), "both reals up", || d.status()[0].reals.iter().all(|r| r.up));
 
     let mut conns: Vec<(LineConn, usize)> = net.client.run(|| {
@@ -177,7 +165,7 @@ fn lb_flows_on_a_million_entries_is_bounded_and_a_purge_takes_only_its_real() {
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(2);
-    let d = LbDaemon::start(&net.lb, &config(2));
+    let d = LbDaemon::start(&net.lb, &lb_config(2));
     let status = d.status();
     let ids: Vec<u32> = status[0].reals.iter().map(|r| r.id).collect();
     const ENTRIES: u32 = 1_000_000;
@@ -263,7 +251,7 @@ fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them()
     require_root!();
     let _serial = lb_tests::serial();
     let net = Net::new(1);
-    let mut config = config(1);
+    let mut config = lb_config(1);
     config += "[[vip]]\nname = \"web6\"\naddress = \"fd00:99::1\"\nport = 8080\nprotocol = \"tcp\"\n";
     config += &format!("[[vip.real]]\naddress = \"{}\"\n", lb_tests::topology::backend_addr6(0));
     let d = LbDaemon::start(&net.lb, &config);
@@ -367,7 +355,7 @@ fn lb_doctor_finds_what_is_provoked_with_evidence_and_exit_codes() {
     // An LRU table evicts before it is full (nodes wait in per-CPU free lists, up to 128 each):
     // large enough that 95% stays clear of that.
     const TABLE: u32 = 16_384;
-    let d = LbDaemon::start(&net.lb, &format!("conn_table_size = {TABLE}\n{}", config(2)));
+    let d = LbDaemon::start(&net.lb, &format!("conn_table_size = {TABLE}\n{}", lb_config(2)));
     let d = &d;
     let all_up = |up: bool| move || d.status()[0].reals.iter().all(|r| r.up == up);
     wait_for(Duration::from_secs(5), "both reals up", all_up(true));
