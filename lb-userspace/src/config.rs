@@ -337,10 +337,7 @@ pub struct VipId {
 
 impl fmt::Display for VipId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.addr {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
-        }
+        write!(f, "{}/{}", std::net::SocketAddr::new(self.addr, self.port), self.proto)
     }
 }
 

@@ -9,7 +9,10 @@
 //! address's hash for source-affinity VIPs), except that a mid-flow TCP packet of an unknown
 //! flow goes to a peer site when handoff is on.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use lb_common::{
     hash::{flow_hash, source_hash},
@@ -50,11 +53,8 @@ impl FlowQuery {
 
 impl fmt::Display for FlowQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = |a: IpAddr, p: u16| match a {
-            IpAddr::V4(a) => format!("{a}:{p}"),
-            IpAddr::V6(a) => format!("[{a}]:{p}"),
-        };
-        write!(f, "{} -> {} {}", at(self.src, self.src_port), at(self.dst, self.dst_port), self.proto)
+        let (src, dst) = (SocketAddr::new(self.src, self.src_port), SocketAddr::new(self.dst, self.dst_port));
+        write!(f, "{src} -> {dst} {}", self.proto)
     }
 }
 
