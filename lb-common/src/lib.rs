@@ -20,6 +20,12 @@ pub const MAX_REALS: u32 = 65_537;
 pub const SLOTS_PER_ELEMENT: u32 = 2;
 /// A `MAGLEV` element: two consecutive slots of the pool (slot `s` is `[s / 2][s % 2]`).
 pub type SlotPair = [u32; 2];
+
+/// Where pool slot `slot` lives in `MAGLEV`: its element, and its place in that `SlotPair`.
+#[inline(always)]
+pub const fn slot_place(slot: u32) -> (u32, usize) {
+    (slot / SLOTS_PER_ELEMENT, (slot % SLOTS_PER_ELEMENT) as usize)
+}
 /// Connection-table entries when the operator does not choose (room for about 1M flows).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Bits of the VIP-address pre-filter (`VIP_FILTER`, 64 to an element), a power of two: 16 KiB,
@@ -372,6 +378,20 @@ pub struct VipStats {
     pub conn_misses: u64,
 }
 
+impl core::ops::Add for VipStats {
+    type Output = Self;
+    /// Two CPUs' counts summed.
+    fn add(self, o: Self) -> Self {
+        Self {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            new_flows: self.new_flows + o.new_flows,
+            conn_hits: self.conn_hits + o.conn_hits,
+            conn_misses: self.conn_misses + o.conn_misses,
+        }
+    }
+}
+
 /// Per-real counters (`REAL_STATS`, per CPU, indexed by real id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -380,171 +400,110 @@ pub struct RealStats {
     pub bytes: u64,
 }
 
+impl core::ops::Add for RealStats {
+    type Output = Self;
+    /// Two CPUs' counts summed.
+    fn add(self, o: Self) -> Self {
+        Self { packets: self.packets + o.packets, bytes: self.bytes + o.bytes }
+    }
+}
+
 /// Global counters (`STATS`, per CPU). Every drop has its own reason.
 pub mod stats {
-    #[repr(u32)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Counter {
-        /// Verdicts of the balancer, one per packet.
-        Pass = 0,
-        Tx,
-        Drop,
-        Aborted,
-        /// Passed because the frame is too short to tell whether it is for a VIP.
-        PassTruncated,
-        /// Echo requests to a VIP address answered by the balancer.
-        IcmpEchoReplied,
-        /// Frag-needed / packet-too-big forwarded to the real of the quoted flow.
-        IcmpToReal,
-        /// The connection table refused an insert; the packet was still forwarded.
-        ConnInsertFailed,
-        /// Drop reasons, for packets to a VIP address.
-        DropBadIpHeader,
-        DropFragment,
-        DropIpv6ExtHeader,
-        DropBadL4Header,
-        DropBadIcmp,
-        DropNoReal,
-        /// Over the MTU once encapsulated and nothing to tell the client: IPv4 without DF (we do
-        /// not fragment), or an ICMP error being forwarded.
-        DropMtuExceeded,
-        DropFamilyMismatch,
-        DropEncapFailed,
-        DropNoConfig,
-        /// Mid-flow TCP packets of unknown flows tunnelled to a peer site's node.
-        HandoffSent,
-        /// Handoffs from peers (forwarded to our real unless counted as returned).
-        HandoffReceived,
-        /// Handoffs from peers for flows we do not know either, sent back.
-        HandoffReturned,
-        /// Our handoffs that came back; balanced here.
-        HandoffCameBack,
-        /// A tunnel to our handoff address whose inner packet is not for a VIP or is malformed.
-        DropBadHandoff,
-        /// Packets over the MTU once encapsulated, answered with ICMP "fragmentation needed" /
-        /// "packet too big" (the packet itself is not sent: the answer is).
-        IcmpTooBigSent,
-        /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
-        DropTooBigSuppressed,
-        /// New flows forwarded by the ring but not recorded: inserts were over their rate limit.
-        FlowUnrecorded,
-        /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their
-        /// rate limit.
-        HandoffSuppressed,
-        /// A tunnel to our handoff address from a source that is not a configured peer.
-        DropHandoffNotPeer,
-        /// Never counted (not in `ALL`): the balancer's signal that an unknown flow goes to a peer.
-        HandoffWanted,
+    /// Defines a counter enum (`#[repr(u32)]`, numbered in order: the index in its map) with its
+    /// `ALL` list and each counter's stable snake_case name for metrics and the CLI, all from one
+    /// list, so a counter cannot be added to one and forgotten in another.
+    macro_rules! counters {
+        ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+            $(#[$doc])*
+            #[repr(u32)]
+            #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+            pub enum $name {
+                $($(#[$vdoc])* $variant,)+
+            }
+
+            impl $name {
+                pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+                pub const COUNT: u32 = Self::ALL.len() as u32;
+
+                /// Stable snake_case name for metrics and the CLI.
+                pub const fn name(self) -> &'static str {
+                    match self {
+                        $($name::$variant => $text,)+
+                    }
+                }
+            }
+        };
     }
 
-    impl Counter {
-        pub const ALL: [Counter; 28] = [
-            Counter::Pass,
-            Counter::Tx,
-            Counter::Drop,
-            Counter::Aborted,
-            Counter::PassTruncated,
-            Counter::IcmpEchoReplied,
-            Counter::IcmpToReal,
-            Counter::ConnInsertFailed,
-            Counter::DropBadIpHeader,
-            Counter::DropFragment,
-            Counter::DropIpv6ExtHeader,
-            Counter::DropBadL4Header,
-            Counter::DropBadIcmp,
-            Counter::DropNoReal,
-            Counter::DropMtuExceeded,
-            Counter::DropFamilyMismatch,
-            Counter::DropEncapFailed,
-            Counter::DropNoConfig,
-            Counter::HandoffSent,
-            Counter::HandoffReceived,
-            Counter::HandoffReturned,
-            Counter::HandoffCameBack,
-            Counter::DropBadHandoff,
-            Counter::IcmpTooBigSent,
-            Counter::DropTooBigSuppressed,
-            Counter::FlowUnrecorded,
-            Counter::HandoffSuppressed,
-            Counter::DropHandoffNotPeer,
-        ];
-        pub const COUNT: u32 = Self::ALL.len() as u32;
-
-        /// Stable snake_case name for metrics and the CLI.
-        pub const fn name(self) -> &'static str {
-            match self {
-                Counter::Pass => "pass",
-                Counter::Tx => "tx",
-                Counter::Drop => "drop",
-                Counter::Aborted => "aborted",
-                Counter::PassTruncated => "pass_truncated",
-                Counter::IcmpEchoReplied => "icmp_echo_replied",
-                Counter::IcmpToReal => "icmp_to_real",
-                Counter::ConnInsertFailed => "conn_insert_failed",
-                Counter::DropBadIpHeader => "drop_bad_ip_header",
-                Counter::DropFragment => "drop_fragment",
-                Counter::DropIpv6ExtHeader => "drop_ipv6_ext_header",
-                Counter::DropBadL4Header => "drop_bad_l4_header",
-                Counter::DropBadIcmp => "drop_bad_icmp",
-                Counter::DropNoReal => "drop_no_real",
-                Counter::DropMtuExceeded => "drop_mtu_exceeded",
-                Counter::DropFamilyMismatch => "drop_family_mismatch",
-                Counter::DropEncapFailed => "drop_encap_failed",
-                Counter::DropNoConfig => "drop_no_config",
-                Counter::HandoffSent => "handoff_sent",
-                Counter::HandoffReceived => "handoff_received",
-                Counter::HandoffReturned => "handoff_returned",
-                Counter::HandoffCameBack => "handoff_came_back",
-                Counter::DropBadHandoff => "drop_bad_handoff",
-                Counter::IcmpTooBigSent => "icmp_too_big_sent",
-                Counter::DropTooBigSuppressed => "drop_too_big_suppressed",
-                Counter::FlowUnrecorded => "flow_unrecorded",
-                Counter::HandoffSuppressed => "handoff_suppressed",
-                Counter::DropHandoffNotPeer => "drop_handoff_not_peer",
-                Counter::HandoffWanted => "handoff_wanted",
-            }
+    counters! {
+        /// The balancer's counters (`STATS`): verdicts, drop and pass reasons, handoffs.
+        Counter {
+            /// Verdicts of the balancer, one per packet.
+            Pass = "pass",
+            Tx = "tx",
+            Drop = "drop",
+            Aborted = "aborted",
+            /// Passed because the frame is too short to tell whether it is for a VIP.
+            PassTruncated = "pass_truncated",
+            /// Echo requests to a VIP address answered by the balancer.
+            IcmpEchoReplied = "icmp_echo_replied",
+            /// Frag-needed / packet-too-big forwarded to the real of the quoted flow.
+            IcmpToReal = "icmp_to_real",
+            /// The connection table refused an insert; the packet was still forwarded.
+            ConnInsertFailed = "conn_insert_failed",
+            /// Drop reasons, for packets to a VIP address.
+            DropBadIpHeader = "drop_bad_ip_header",
+            DropFragment = "drop_fragment",
+            DropIpv6ExtHeader = "drop_ipv6_ext_header",
+            DropBadL4Header = "drop_bad_l4_header",
+            DropBadIcmp = "drop_bad_icmp",
+            DropNoReal = "drop_no_real",
+            /// Over the MTU once encapsulated and nothing to tell the client: IPv4 without DF (we do
+            /// not fragment), or an ICMP error being forwarded.
+            DropMtuExceeded = "drop_mtu_exceeded",
+            DropFamilyMismatch = "drop_family_mismatch",
+            DropEncapFailed = "drop_encap_failed",
+            DropNoConfig = "drop_no_config",
+            /// Mid-flow TCP packets of unknown flows tunnelled to a peer site's node.
+            HandoffSent = "handoff_sent",
+            /// Handoffs from peers (forwarded to our real unless counted as returned).
+            HandoffReceived = "handoff_received",
+            /// Handoffs from peers for flows we do not know either, sent back.
+            HandoffReturned = "handoff_returned",
+            /// Our handoffs that came back; balanced here.
+            HandoffCameBack = "handoff_came_back",
+            /// A tunnel to our handoff address whose inner packet is not for a VIP or is malformed.
+            DropBadHandoff = "drop_bad_handoff",
+            /// Packets over the MTU once encapsulated, answered with ICMP "fragmentation needed" /
+            /// "packet too big" (the packet itself is not sent: the answer is).
+            IcmpTooBigSent = "icmp_too_big_sent",
+            /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
+            DropTooBigSuppressed = "drop_too_big_suppressed",
+            /// New flows forwarded by the ring but not recorded: inserts were over their rate limit.
+            FlowUnrecorded = "flow_unrecorded",
+            /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their
+            /// rate limit.
+            HandoffSuppressed = "handoff_suppressed",
+            /// A tunnel to our handoff address from a source that is not a configured peer.
+            DropHandoffNotPeer = "drop_handoff_not_peer",
         }
     }
 
-    /// Counters of the decapsulation program (`DECAP_STATS`, per CPU).
-    #[repr(u32)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum DecapCounter {
-        /// Tunnelled packets for a local address, stripped and passed up.
-        Decapsulated = 0,
-        /// Everything else, passed untouched.
-        Pass,
-        /// Tunnelled to a local address but the inner packet is cut short.
-        DropMalformed,
-        DropAdjustFailed,
-        /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
-        Ipip,
-        Ip6ip6,
-        Ip4in6,
-    }
-    impl DecapCounter {
-        pub const ALL: [DecapCounter; 7] = [
-            DecapCounter::Decapsulated,
-            DecapCounter::Pass,
-            DecapCounter::DropMalformed,
-            DecapCounter::DropAdjustFailed,
-            DecapCounter::Ipip,
-            DecapCounter::Ip6ip6,
-            DecapCounter::Ip4in6,
-        ];
-        pub const COUNT: u32 = Self::ALL.len() as u32;
-
-        /// Stable snake_case name for metrics and the CLI.
-        pub const fn name(self) -> &'static str {
-            match self {
-                DecapCounter::Decapsulated => "decapsulated",
-                DecapCounter::Pass => "pass",
-                DecapCounter::DropMalformed => "drop_malformed",
-                DecapCounter::DropAdjustFailed => "drop_adjust_failed",
-                DecapCounter::Ipip => "ipip",
-                DecapCounter::Ip6ip6 => "ip6ip6",
-                DecapCounter::Ip4in6 => "ip4in6",
-            }
+    counters! {
+        /// Counters of the decapsulation program (`DECAP_STATS`, per CPU).
+        DecapCounter {
+            /// Tunnelled packets for a local address, stripped and passed up.
+            Decapsulated = "decapsulated",
+            /// Everything else, passed untouched.
+            Pass = "pass",
+            /// Tunnelled to a local address but the inner packet is cut short.
+            DropMalformed = "drop_malformed",
+            DropAdjustFailed = "drop_adjust_failed",
+            /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
+            Ipip = "ipip",
+            Ip6ip6 = "ip6ip6",
+            Ip4in6 = "ip4in6",
         }
     }
 }
@@ -584,7 +543,21 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::RateLimit;
+    use super::{slot_place, stats::Counter, RateLimit};
+
+    #[test]
+    fn counters_are_numbered_in_list_order_with_unique_names() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?}");
+            assert!(Counter::ALL[..i].iter().all(|o| o.name() != c.name()), "{} twice", c.name());
+        }
+        assert_eq!((Counter::Pass.name(), Counter::DropHandoffNotPeer as u32), ("pass", 27), "the ABI of STATS");
+    }
+
+    #[test]
+    fn slots_pair_up_in_elements() {
+        assert_eq!([slot_place(0), slot_place(1), slot_place(2), slot_place(65_537)], [(0, 0), (0, 1), (1, 0), (32_768, 1)]);
+    }
 
     #[test]
     fn a_rate_limit_allows_its_rate_with_bursts_of_a_tenth_of_a_second() {

@@ -7,7 +7,7 @@
 //! connection table, encapsulation and counting are inlined here. The rare paths are
 //! subprograms with their own stack frames (the verifier allows 512 bytes summed over a call
 //! chain), all called from `try_lb_xdp`, never from each other, returning a `Step` (one
-//! scalar): a new flow's real (`maglev::new_flow`), ICMP, and the handoff paths.
+//! scalar): a new flow's real (`conntrack::new_flow`), ICMP, and the handoff paths.
 //!
 //! Stack budget: `lb_xdp`'s frame is 264 bytes and its deepest subprogram's (`handoff::tunnel`)
 //! 160, so 88 of the 512 are left. The flow key, the outer header and a handoff's sender live in
@@ -17,55 +17,18 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, FlowKey, IP6_OVERHEAD, IPIP_OVERHEAD};
+use lb_common::{stats::Counter, IP6_OVERHEAD, IPIP_OVERHEAD};
 
 use crate::{
     capture,
+    conntrack::{self, Chosen},
     encap::{self, Outer},
     handoff, icmp,
-    maglev::{self, Chosen},
     maps::{CONFIG, REALS, SCRATCH},
+    packet::{Arrival, ClientPacket},
     parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP},
     pkt, stats,
 };
-
-/// How a packet reached the balancer; decides what happens when its flow is not in the
-/// connection table.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    /// From a client.
-    Client(ClientPacket),
-    /// Handed off by the peer node `Scratch::from`: sent back unless we adopt it.
-    Handoff,
-    /// Our handoff, back from a peer that does not know the flow: ours to balance.
-    CameBack,
-    /// An ICMP error quoting the flow: forwarded, never recorded.
-    IcmpError,
-}
-
-/// The balancer's larger working values, kept in the per-CPU `maps::SCRATCH` rather than on the
-/// stack. None is a packet offset: the verifier keeps no bounds for values in map memory, and
-/// offsets need them for packet accesses.
-pub struct Scratch {
-    /// The packet's flow (for an ICMP error, the flow it quotes).
-    pub flow: FlowKey,
-    /// The header that goes in front of the packet.
-    pub outer: Outer,
-    /// The peer node a handoff came from.
-    pub from: [u8; 16],
-}
-
-/// What a client's packet tells about where its flow starts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum ClientPacket {
-    /// A TCP SYN without ACK: the connection starts with this packet.
-    Syn,
-    /// Any other TCP packet: its connection began before it, elsewhere (another site, before a
-    /// route change) or forgotten here; handed off when peers are configured.
-    MidFlow,
-    /// UDP: nothing tells where a flow starts.
-    Datagram,
-}
 
 /// Runs the balancer on one frame and counts its verdict (and the reason, for drops).
 #[inline(always)]
@@ -141,7 +104,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     // The real: the one the connection table knows, else the one the VIP's ring gives. A
     // client's SYN starts a connection, so the table is not searched for it (a retransmitted SYN
     // gets the real its first copy got while the ring is unchanged).
-    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { maglev::known(&scratch.flow) };
+    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { conntrack::known(&scratch.flow) };
     let sent = match known {
         Some((chosen, real)) => {
             scratch.outer = Outer::to_real(real, cfg, chosen.flow_hash);
@@ -149,9 +112,9 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         }
         None => {
             let mut chosen_slot = MaybeUninit::uninit();
-            match maglev::new_flow(l3, &scratch.flow, &arrival, &mut chosen_slot).get() {
-                Ok(_) => {
-                    // SAFETY: `new_flow` returned Ok, so it wrote the slot.
+            match conntrack::new_flow(l3, &scratch.flow, &arrival, &mut chosen_slot).get() {
+                Ok(conntrack::TO_REAL) => {
+                    // SAFETY: `new_flow` returned TO_REAL, so it wrote the slot.
                     let chosen = unsafe { chosen_slot.assume_init() };
                     if chosen.unknown_mid_flow {
                         capture::offer(ctx, lb_common::capture::MISS, 0);
@@ -160,7 +123,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
                     scratch.outer = Outer::to_real(real, cfg, chosen.flow_hash);
                     Sent::Real { chosen, hit: false }
                 }
-                Err(Counter::HandoffWanted) => {
+                Ok(_) => {
                     let reason = if arrival == Arrival::Handoff { Counter::HandoffReturned } else { Counter::HandoffSent };
                     capture::offer(ctx, lb_common::capture::HANDOFF, reason as u32);
                     handoff::tunnel(scratch, &arrival).get()?;

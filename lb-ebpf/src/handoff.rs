@@ -12,7 +12,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST, HANDOFF_RETURN, MAX_PEERS};
 
 use crate::{
-    balancer::{Arrival, ClientPacket, Scratch},
+    packet::{Arrival, ClientPacket, Scratch},
     decap,
     encap::Outer,
     maps::{HANDOFF, PEERS, PEER_SOURCES},

@@ -1,23 +1,10 @@
-//! Flow -> real: the connection table first (a known flow needs no VIP lookup), then the VIP's
-//! live Maglev ring.
+//! VIP -> ring -> real: the VIP of a destination, and the real in the slot of a flow's hash in
+//! that VIP's live Maglev ring. Which flows are looked up here and which are recorded is the
+//! connection tracking's business (`conntrack`).
 
-use core::mem::MaybeUninit;
+use lb_common::{slot_place, stats::Counter, VipKey, VipMeta};
 
-use lb_common::{
-    hash::{flow_hash, source_hash},
-    limits,
-    stats::Counter,
-    ConnEntry, FlowKey, Real, VipKey, VipMeta, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
-};
-
-use crate::{
-    balancer::{Arrival, ClientPacket},
-    handoff, limit,
-    maps::{CONNS, MAGLEV, REALS, SYN_SEEN, VIPS, VIP_GEN},
-    parse::L3,
-    stats,
-    step::Step,
-};
+use crate::maps::{MAGLEV, REALS, VIPS};
 
 /// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
 // `&key`, not `key`: moved by value into aya's generic `get`, the key took stack the balancer's
@@ -36,150 +23,18 @@ pub fn vip(addr: &[u8; 16], port_be: [u8; 2], proto: u8) -> Option<&'static VipM
     unsafe { VIPS.get(&key) }
 }
 
-/// The real chosen for a flow, by the connection table or the ring.
-#[derive(Clone, Copy)]
-pub struct Chosen {
-    pub real_id: u32,
-    pub vip_index: u32,
-    /// Entropy for the outer header.
-    pub flow_hash: u32,
-    /// A connection-table entry was made for the flow.
-    pub recorded: bool,
-    /// A client's mid-flow TCP packet whose connection neither the table nor `SYN_SEEN` knew,
-    /// balanced here (for `lb capture`).
-    pub unknown_mid_flow: bool,
-}
-
-/// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
-/// same generation and its real is not down.
+/// The real id in the slot of `ring_hash` in `meta`'s live ring. `Err(DropNoReal)`: the ring is
+/// not programmed (a VIP with no reals: its slots hold 0) or names no real.
 #[inline(always)]
-pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
-    // SAFETY: the entry is copied out at once.
-    let entry = *unsafe { CONNS.get(flow) }?;
-    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
-        return None;
-    }
-    let real = REALS.get(entry.real_id)?;
-    if real.flags & REAL_F_DOWN != 0 {
-        return None;
-    }
-    let chosen =
-        Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false, unknown_mid_flow: false };
-    Some((chosen, real))
-}
-
-/// The real for a flow the connection table does not know (or was not asked about): the slot of
-/// the flow's hash (the source's, for source affinity) in its VIP's ring. `Err(Pass)`: no VIP;
-/// `Err(HandoffWanted)`: `arrival` calls for a handoff.
-///
-/// What is recorded, against floods of spoofed packets: a TCP flow when its handshake's ACK
-/// comes (its SYN is only remembered, in `SYN_SEEN`), a UDP flow at once, a handed-off one when
-/// it is ours; never for an ICMP error. A mid-flow packet of a connection whose SYN did not come
-/// here (another node's or site's, or spoofed) is handed off, or without peers recorded, within
-/// the per-CPU handoff limit, and over it forwarded unrecorded: a flood of spoofed ACKs takes no
-/// more than that of the insert limit, which the handshakes of real clients need.
-#[inline(never)] // off the hot path, in its own stack frame
-pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Chosen>) -> Step {
-    Step::of(try_new_flow(l3, flow, arrival).map(|chosen| {
-        out.write(chosen);
-        0
-    }))
-}
-
-#[inline(always)]
-fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Chosen, Counter> {
-    let meta = vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
-    let hash = flow_hash(flow);
-    let mut unknown_mid_flow = false;
-    let record = match arrival {
-        Arrival::Client(ClientPacket::Syn) => {
-            // Remembered: its ACK will be recorded. An entry an earlier connection on this
-            // 5-tuple left goes now (a lookup first: a delete costs more, and is rare).
-            remember_syn(hash, hash);
-            // SAFETY: the value is only tested for presence.
-            if unsafe { CONNS.get(flow) }.is_some() {
-                let _ = CONNS.remove(flow);
-            }
-            false
-        }
-        // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
-        // or (after a route change) through a peer. Its entry replaces the SYN's memory.
-        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => {
-            remember_syn(hash, 0);
-            true
-        }
-        Arrival::Client(ClientPacket::MidFlow) => {
-            unknown_mid_flow = true;
-            let wanted = handoff::wanted(l3, arrival);
-            // SAFETY: the value is copied out at once.
-            if wanted && unsafe { CONNS.get(flow) }.is_some_and(|e| e.real_id == REAL_ID_PEER) {
-                return Err(Counter::HandoffWanted); // a peer kept it: no limit
-            }
-            match (limit::allow(limits::HANDOFFS), wanted) {
-                (true, true) => {
-                    // Marked as the peer's until it comes back (then the real's entry replaces it).
-                    if limit::allow(limits::INSERTS) {
-                        let entry = ConnEntry {
-                            real_id: REAL_ID_PEER,
-                            flow_hash: hash,
-                            vip_index: meta.vip_index,
-                            vip_generation: meta.generation,
-                        };
-                        let _ = CONNS.insert(flow, entry, 0);
-                    }
-                    return Err(Counter::HandoffWanted);
-                }
-                (true, false) => true,
-                (false, wanted) => {
-                    stats::count(if wanted { Counter::HandoffSuppressed } else { Counter::FlowUnrecorded });
-                    false
-                }
-            }
-        }
-        Arrival::Handoff if handoff::wanted(l3, arrival) => return Err(Counter::HandoffWanted),
-        Arrival::IcmpError => false,
-        _ => true,
-    };
-    let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
+pub fn real_in_ring(meta: &VipMeta, ring_hash: u32) -> Result<u32, Counter> {
     if meta.ring_size == 0 {
         return Err(Counter::DropNoReal);
     }
-    let slot = meta.ring_base.wrapping_add(ring_hash % meta.ring_size);
-    let pair = MAGLEV.get(slot / 2).ok_or(Counter::DropNoReal)?;
-    let real_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
-    // 0: the ring is not programmed (a VIP with no reals).
+    let (element, place) = slot_place(meta.ring_base.wrapping_add(ring_hash % meta.ring_size));
+    let pair = MAGLEV.get(element).ok_or(Counter::DropNoReal)?;
+    let real_id = if place == 0 { pair[0] } else { pair[1] };
     if real_id == 0 || REALS.get(real_id).is_none() {
         return Err(Counter::DropNoReal);
     }
-    let recorded = record && {
-        if limit::allow(limits::INSERTS) {
-            let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
-            let inserted = CONNS.insert(flow, entry, 0).is_ok();
-            if !inserted {
-                stats::count(Counter::ConnInsertFailed);
-            }
-            inserted
-        } else {
-            stats::count(Counter::FlowUnrecorded);
-            false
-        }
-    };
-    Ok(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow })
-}
-
-/// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a
-/// client's SYN, 0 forgets it (a flow hash of 0 is never remembered then: at worst its ACK takes
-/// the unknown-flow path).
-#[inline(always)]
-fn remember_syn(hash: u32, value: u32) {
-    if let Some(slot) = SYN_SEEN.get_ptr_mut(hash % SYN_SEEN_SLOTS) {
-        // SAFETY: an aligned u32 in map memory; a racing writer on another CPU only replaces it.
-        unsafe { *slot = value };
-    }
-}
-
-/// Whether the flow with `hash` had a SYN here lately that no packet recorded yet.
-#[inline(always)]
-fn saw_syn(hash: u32) -> bool {
-    hash != 0 && SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
+    Ok(real_id)
 }

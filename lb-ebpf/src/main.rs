@@ -8,6 +8,7 @@
 
 mod balancer;
 mod capture;
+mod conntrack;
 mod csum;
 mod decap;
 mod encap;
@@ -16,6 +17,7 @@ mod icmp;
 mod limit;
 mod maglev;
 mod maps;
+mod packet;
 mod parse;
 mod pkt;
 mod stats;

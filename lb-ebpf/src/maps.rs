@@ -1,7 +1,7 @@
 //! Every map of the object. Names match `lb_common::maps`; sizes are defaults the loader may
 //! override (the connection table's is set at load time).
 
-use crate::balancer::Scratch;
+use crate::packet::Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
@@ -98,7 +98,7 @@ pub static LIMIT_STATE: PerCpuArray<LimitState> = PerCpuArray::with_max_entries(
 #[map]
 pub static SYN_SEEN: Array<u32> = Array::with_max_entries(SYN_SEEN_SLOTS, 0);
 
-/// Per-CPU room for the balancer's larger working values (`balancer::Scratch`), which on the
+/// Per-CPU room for the balancer's larger working values (`packet::Scratch`), which on the
 /// stack would take a fifth of the 512 bytes the verifier allows over a call chain. An XDP
 /// program runs to its end on one CPU before the next packet there: one entry per CPU is enough.
 #[map]

@@ -16,7 +16,7 @@ use network_types::{
 };
 
 use crate::{
-    balancer::ClientPacket,
+    packet::ClientPacket,
     maps::{VIP_ADDRS, VIP_FILTER},
     pkt,
 };

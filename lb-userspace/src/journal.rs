@@ -10,10 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{
-    admin::AdminError,
-    config::{RawConfig, RawVip},
-};
+use crate::config::{RawConfig, RawVip};
 
 /// Run-time changes. They apply on top of the config file; a VIP the file itself defines or
 /// removes by name wins over them.
@@ -72,26 +69,31 @@ pub fn load(path: &Path) -> Result<Journal, JournalError> {
     }
 }
 
-/// Writes the journal atomically (temp file + rename).
+/// Writes the journal durably (`durable::write`).
 pub async fn save(path: &Path, journal: &Journal) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    tokio::fs::write(&tmp, serde_json::to_vec_pretty(journal)?).await?;
-    tokio::fs::rename(&tmp, path).await
+    crate::durable::write_async(path.to_owned(), serde_json::to_vec_pretty(journal)?).await
 }
 
-/// A journal to write, and who waits to hear that it was.
-pub type Save = (Journal, Option<oneshot::Sender<Result<(), AdminError>>>);
+/// A journal that could not be written: the change it holds is applied, but not kept.
+#[derive(Debug, thiserror::Error)]
+#[error("applied, but not saved to {path} ({source}): it is lost on restart")]
+pub struct NotSaved {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A journal to write, and who waits to hear that it was (with the error type the waiter
+/// wants: the admin protocol's, whose 500 this becomes).
+pub type Save<E> = (Journal, Option<oneshot::Sender<Result<(), E>>>);
 
 /// Writes journals in the order they come, off the state loop, and answers each waiting admin
 /// command with the outcome (the change itself is already applied).
-pub async fn run_writer(path: PathBuf, mut saves: mpsc::UnboundedReceiver<Save>) {
+pub async fn run_writer<E: From<NotSaved>>(path: PathBuf, mut saves: mpsc::UnboundedReceiver<Save<E>>) {
     while let Some((journal, reply)) = saves.recv().await {
-        let result = save(&path, &journal).await.map_err(|e| {
-            tracing::error!(path = %path.display(), error = %e, "writing the journal failed; the change is applied but not kept across a restart");
-            AdminError::Internal(format!("applied, but not saved to {} ({e}): it is lost on restart", path.display()))
+        let result = save(&path, &journal).await.map_err(|source| {
+            tracing::error!(path = %path.display(), error = %source, "writing the journal failed; the change is applied but not kept across a restart");
+            E::from(NotSaved { path: path.clone(), source })
         });
         if let Some(reply) = reply {
             let _ = reply.send(result);

@@ -1,26 +1,24 @@
-//! anycast-lb control plane library: Maglev, the data-plane loader and map access.
+//! anycast-lb's control plane: `lb run` (the daemon), `lb backend`, the admin API and CLI, and
+//! the operator's tools. docs/architecture.md is the map; each folder's `mod.rs` says what lives
+//! there.
 
 pub mod admin;
-pub mod api;
 pub mod backend;
-pub mod bird;
-pub mod capture;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod doctor;
-pub mod flow;
+pub mod durable;
 pub mod health;
+pub mod http;
 pub mod journal;
 pub mod maglev;
 pub mod metrics;
 pub mod next_hop;
+pub mod operator;
 pub mod reconcile;
-pub mod ring_pool;
-pub mod router;
-pub mod test_run;
-
+pub mod status;
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.
 pub const LB_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 

@@ -13,7 +13,7 @@ use prometheus_client::{
 use crate::{
     config::VipId,
     dataplane::Counters,
-    reconcile::{RealStatus, RebuildStats, VipStatus},
+    status::{RealStatus, RebuildStats, VipStatus},
 };
 
 /// The daemon's BGP state, for metrics.

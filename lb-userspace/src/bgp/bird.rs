@@ -179,16 +179,11 @@ pub fn render(announce: &[Announcement]) -> String {
     )
 }
 
-/// Writes the include file atomically (temp + rename), then `configure check` and `configure`,
+/// Writes the include file durably (`durable::write`), then `configure check` and `configure`,
 /// each bounded by `limit`.
 pub async fn apply(include: &Path, socket: &Path, content: &str, limit: Duration) -> Result<(), BirdError> {
     let werr = |source| BirdError::Write { path: include.display().to_string(), source };
-    if let Some(dir) = include.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(werr)?;
-    }
-    let tmp = include.with_extension("tmp");
-    tokio::fs::write(&tmp, content).await.map_err(werr)?;
-    tokio::fs::rename(&tmp, include).await.map_err(werr)?;
+    crate::durable::write_async(include.to_owned(), content.as_bytes().to_vec()).await.map_err(werr)?;
     for cmd in ["configure check", "configure"] {
         match command(socket, cmd, limit).await? {
             Reply::Ok { .. } => {}
@@ -293,9 +288,9 @@ mod tests {
             Announcement { prefix: "10.99.0.1".parse().unwrap(), prepend: false, graceful_shutdown: true },
             Announcement { prefix: "2001:db8::10".parse().unwrap(), prepend: false, graceful_shutdown: false },
         ];
-        let golden = include_str!("../../bird-config/testdata/vips.conf");
+        let golden = include_str!("../../../bird-config/testdata/vips.conf");
         assert_eq!(render(&announce), golden);
-        let empty = include_str!("../../bird-config/testdata/vips-empty.conf");
+        let empty = include_str!("../../../bird-config/testdata/vips-empty.conf");
         assert_eq!(render(&[]), empty);
     }
 }

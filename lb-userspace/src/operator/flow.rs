@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Proto,
     dataplane::{addr16, ip_of, DataplaneError, LiveMaps},
-    reconcile::VipStatus,
+    status::VipStatus,
 };
 
 /// A flow as the client sends it.

@@ -16,11 +16,11 @@ use axum::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    admin::{AdminError, Command, HandoffStatus, RealRequest, Reply, VipName},
+    admin::{AdminError, Command, RealRequest, Reply, VipName},
     config::{Api, RawVip},
     dataplane::{Counters, LiveMaps},
-    flow::{self, FlowFilter, FlowList, FlowQuery, FlowReport, Purged},
-    reconcile::VipStatus,
+    operator::flow::{self, FlowFilter, FlowList, FlowQuery, FlowReport, Purged},
+    status::{HandoffStatus, SiteStage, VipStatus},
 };
 
 type Commands = mpsc::Sender<Command>;
@@ -50,7 +50,7 @@ async fn handoff(State(cmds): State<Commands>) -> Result<Json<HandoffStatus>, (S
     ask(&cmds, Command::Handoff).await.map(Json)
 }
 
-async fn site_status(State(cmds): State<Commands>) -> Result<Json<crate::daemon::SiteStage>, (StatusCode, String)> {
+async fn site_status(State(cmds): State<Commands>) -> Result<Json<SiteStage>, (StatusCode, String)> {
     ask(&cmds, Command::Site).await.map(Json)
 }
 
@@ -146,7 +146,7 @@ async fn with_live_maps<T: Send + 'static>(
 }
 
 async fn flow(State(r): State<Readers>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
-    let bgp = ask(&r.cmds, Command::Site).await? != crate::daemon::SiteStage::NoBgp;
+    let bgp = ask(&r.cmds, Command::Site).await? != SiteStage::NoBgp;
     with_live_maps(&r, move |maps, status| flow::explain(maps, status, bgp, q)).await
 }
 
@@ -169,12 +169,12 @@ struct DoctorQuery {
 }
 
 /// `lb doctor`: the loop's view, then the counters sampled over the window on a blocking thread.
-async fn doctor(State(r): State<Readers>, Query(q): Query<DoctorQuery>) -> Result<Json<crate::doctor::Report>, (StatusCode, String)> {
+async fn doctor(State(r): State<Readers>, Query(q): Query<DoctorQuery>) -> Result<Json<crate::operator::doctor::Report>, (StatusCode, String)> {
     let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
     let inputs = ask(&r.cmds, Command::Doctor).await?;
-    let (sampled, inputs) = blocking(move || crate::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
-    let findings = crate::doctor::diagnose(&inputs.view, &sampled);
-    Ok(Json(crate::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
+    let (sampled, inputs) = blocking(move || crate::operator::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
+    let findings = crate::operator::doctor::diagnose(&inputs.view, &sampled);
+    Ok(Json(crate::operator::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }
 
 /// Request bodies larger than this are refused (413) before they are read.

@@ -1,5 +1,8 @@
 //! The admin protocol: what the API and the CLI can ask of the loop that owns the state, the
-//! request and reply types, and typed errors that map to HTTP status codes.
+//! request and reply types, and typed errors that map to HTTP status codes. `server` serves it
+//! (and `/metrics`) over HTTP; the CLI's side is `cli::client`.
+
+pub mod server;
 
 use std::net::IpAddr;
 
@@ -7,7 +10,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{config::RawVip, reconcile::VipStatus};
+use crate::{
+    config::RawVip,
+    status::{HandoffStatus, SiteStage, VipStatus},
+};
 
 /// Why a command was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +44,12 @@ impl AdminError {
     }
 }
 
+impl From<crate::journal::NotSaved> for AdminError {
+    fn from(e: crate::journal::NotSaved) -> Self {
+        AdminError::Internal(e.to_string())
+    }
+}
+
 pub type Reply<T> = oneshot::Sender<Result<T, AdminError>>;
 
 /// Admin commands, answered by the loop that owns the state.
@@ -46,9 +58,9 @@ pub enum Command {
     Status(oneshot::Sender<Vec<VipStatus>>),
     Handoff(oneshot::Sender<HandoffStatus>),
     /// Where the site's announcements stand.
-    Site(oneshot::Sender<crate::daemon::SiteStage>),
+    Site(oneshot::Sender<SiteStage>),
     /// The loop's part of `lb doctor`'s evidence.
-    Doctor(oneshot::Sender<crate::daemon::DoctorInputs>),
+    Doctor(oneshot::Sender<crate::operator::doctor::DoctorInputs>),
     /// The control plane's side of a scrape (the API reads the counters itself).
     Metrics(oneshot::Sender<crate::metrics::Snapshot>),
     Reload(Reply<()>),
@@ -91,13 +103,3 @@ pub struct VipName {
     pub name: String,
 }
 
-/// Cross-site handoff as `GET /handoff` and `lb status` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HandoffStatus {
-    /// This node's handoff address (`None`: no `[handoff]`).
-    pub node: Option<IpAddr>,
-    /// Peers in config order, with whether they pass their checks.
-    pub peers: Vec<(IpAddr, bool)>,
-    /// Unknown handed-off flows are taken here (the site withdrew by choice).
-    pub adopt: bool,
-}

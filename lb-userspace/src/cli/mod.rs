@@ -11,8 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    admin::{HandoffStatus, RealRequest, VipName},
-    reconcile::VipStatus,
+    admin::{RealRequest, VipName},
+    status::{HandoffStatus, VipStatus},
 };
 
 #[derive(Parser)]
@@ -113,7 +113,7 @@ pub enum Cmd {
         #[arg(long)]
         real: Option<IpAddr>,
         /// Stop after this many entries.
-        #[arg(long, default_value_t = crate::flow::DEFAULT_LIMIT)]
+        #[arg(long, default_value_t = crate::operator::flow::DEFAULT_LIMIT)]
         limit: usize,
         #[arg(long)]
         json: bool,
@@ -300,8 +300,8 @@ pub fn print_status(vips: &[VipStatus]) {
     }
 }
 
-pub fn print_site(stage: &crate::daemon::SiteStage) {
-    use crate::daemon::SiteStage;
+pub fn print_site(stage: &crate::status::SiteStage) {
+    use crate::status::SiteStage;
     match stage {
         SiteStage::NoBgp => {}
         SiteStage::Announcing => println!("SITE announcing"),
@@ -417,7 +417,7 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         Cmd::Capture { file, what, vip, count, seconds, rate } => {
             let mut bits = 0;
             for w in &what {
-                bits |= crate::capture::what_of(w).with_context(|| format!("--what {w}: one of drop, handoff, miss, icmp, all"))?;
+                bits |= crate::operator::capture::what_of(w).with_context(|| format!("--what {w}: one of drop, handoff, miss, icmp, all"))?;
             }
             let vip = match vip {
                 None => None,
@@ -426,10 +426,10 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
                     Some(status.iter().find(|v| v.name == name).with_context(|| format!("no VIP {name:?}"))?.vip)
                 }
             };
-            let opts = crate::capture::Options { what: bits, vip, count, duration: seconds.map(Duration::from_secs), rate };
-            let pins = crate::daemon::pin_dir(target.instance.as_deref().unwrap_or("default"));
+            let opts = crate::operator::capture::Options { what: bits, vip, count, duration: seconds.map(Duration::from_secs), rate };
+            let pins = crate::dataplane::pins::balancer(target.instance.as_deref().unwrap_or("default"));
             eprintln!("capturing {} into {} (Ctrl-C stops)", what.join(","), file.display());
-            let s = crate::capture::run(&pins, &file, &opts)?;
+            let s = crate::operator::capture::run(&pins, &file, &opts)?;
             eprintln!(
                 "{} packets written; the data plane copied {}, {} over the rate limit; {} lost (perf buffer full); {} not to the VIP",
                 s.written, s.copied, s.suppressed, s.lost, s.filtered
@@ -453,30 +453,30 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         Cmd::Flow { src, vip, proto, json } => {
             let (src, src_port) = endpoint(&src, false).context("the client: ADDR or ADDR:PORT")?;
             let (dst, dst_port) = endpoint(&vip, true).context("the VIP: ADDR:PORT")?;
-            let query = crate::flow::FlowQuery { src, src_port, dst, dst_port, proto };
+            let query = crate::operator::flow::FlowQuery { src, src_port, dst, dst_port, proto };
             let body = expect_ok(http(api, "GET", &format!("/flow?{}", serde_urlencoded::to_string(query)?), None)?)?;
             if json {
                 println!("{body}");
             } else {
-                print!("{}", serde_json::from_str::<crate::flow::FlowReport>(&body).context("parsing the flow report")?);
+                print!("{}", serde_json::from_str::<crate::operator::flow::FlowReport>(&body).context("parsing the flow report")?);
             }
             Ok(())
         }
         Cmd::Flows { action: Some(FlowsAction::Purge { real, vip }), .. } => {
-            let filter = crate::flow::FlowFilter { vip, real: Some(real), limit: None };
+            let filter = crate::operator::flow::FlowFilter { vip, real: Some(real), limit: None };
             let body = expect_ok(http(api, "POST", "/flows/purge", Some(serde_json::to_string(&filter)?))?)?;
-            let purged: crate::flow::Purged = serde_json::from_str(&body).context("parsing the purge's answer")?;
+            let purged: crate::operator::flow::Purged = serde_json::from_str(&body).context("parsing the purge's answer")?;
             println!("removed {} entries of {real} ({} entries read)", purged.removed, purged.scanned);
             Ok(())
         }
         Cmd::Flows { action: None, vip, real, limit, json } => {
-            let filter = crate::flow::FlowFilter { vip, real, limit: Some(limit) };
+            let filter = crate::operator::flow::FlowFilter { vip, real, limit: Some(limit) };
             let body = expect_ok(http(api, "GET", &format!("/flows?{}", serde_urlencoded::to_string(&filter)?), None)?)?;
             if json {
                 println!("{body}");
                 return Ok(());
             }
-            let list: crate::flow::FlowList = serde_json::from_str(&body).context("parsing the flow list")?;
+            let list: crate::operator::flow::FlowList = serde_json::from_str(&body).context("parsing the flow list")?;
             for e in &list.entries {
                 println!("{e}");
             }
@@ -490,7 +490,7 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
 /// `lb doctor`: prints the findings; returns the exit code (2 when lb cannot be asked).
 pub fn doctor(target: &Target, json: bool, window_ms: u64) -> u8 {
     let report = http(target, "GET", &format!("/doctor?window_ms={window_ms}"), None).and_then(expect_ok).and_then(|body| {
-        let report: crate::doctor::Report = serde_json::from_str(&body).context("parsing the doctor's report")?;
+        let report: crate::operator::doctor::Report = serde_json::from_str(&body).context("parsing the doctor's report")?;
         Ok((body, report))
     });
     match report {

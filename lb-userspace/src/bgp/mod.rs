@@ -7,7 +7,9 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::bird::{self, Announcement, BirdError};
+pub mod bird;
+
+use self::bird::{Announcement, BirdError};
 
 /// Something that announces a list of VIP prefixes (replacing what it announced before).
 pub trait Router: Send + 'static {

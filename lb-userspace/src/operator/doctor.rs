@@ -7,11 +7,14 @@
 //! table's fill, the config file as it is now). `diagnose` is a pure function of both, so every
 //! finding is tested from recorded evidence as well as provoked against a running `lb`.
 
-use std::{collections::HashMap, fmt, net::IpAddr};
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{daemon::SiteStage, reconcile::VipStatus};
+use crate::{
+    config::RawConfig,
+    status::{SiteStage, VipStatus},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +75,15 @@ pub struct LoopView {
     /// (VIP name, real, recent mean latency ms, long-run mean latency ms) of passing checks.
     pub latency: Vec<(String, IpAddr, f64, f64)>,
     pub conn_table_size: u32,
+}
+
+/// What the loop gives `lb doctor`: its view, and the config file it runs (to compare the file
+/// on disk with, off the loop).
+#[derive(Debug)]
+pub struct DoctorInputs {
+    pub view: LoopView,
+    pub config_path: PathBuf,
+    pub running: Box<RawConfig>,
 }
 
 /// The part sampled off the loop.
@@ -280,7 +292,7 @@ pub fn sample(
     counters: &crate::dataplane::Counters,
     live: &std::sync::Mutex<crate::dataplane::LiveMaps>,
     window: std::time::Duration,
-    inputs: &crate::daemon::DoctorInputs,
+    inputs: &crate::operator::doctor::DoctorInputs,
 ) -> Result<Sampled, crate::dataplane::DataplaneError> {
     let (before, reals_before) = (counters.counters()?, counters.all_real_stats()?);
     std::thread::sleep(window);
@@ -325,7 +337,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{Proto, VipId},
-        reconcile::RealStatus,
+        status::RealStatus,
     };
 
     fn real(addr: &str, id: u32, up: bool, slots: u32) -> RealStatus {

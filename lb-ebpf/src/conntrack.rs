@@ -1,0 +1,169 @@
+//! Connection tracking: which real a known flow has (the connection table, `CONNS`), and for a
+//! flow the table does not know, whether to record it, hand it to a peer, or forward it by the
+//! ring unrecorded (`new_flow`). The ring lookup itself is `maglev`'s.
+
+use core::mem::MaybeUninit;
+
+use lb_common::{
+    hash::{flow_hash, source_hash},
+    limits,
+    stats::Counter,
+    ConnEntry, FlowKey, Real, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
+};
+
+use crate::{
+    handoff, limit, maglev,
+    maps::{CONNS, REALS, SYN_SEEN, VIP_GEN},
+    packet::{Arrival, ClientPacket},
+    parse::L3,
+    stats,
+    step::Step,
+};
+
+/// The real chosen for a flow, by the connection table or the ring.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    pub real_id: u32,
+    pub vip_index: u32,
+    /// Entropy for the outer header.
+    pub flow_hash: u32,
+    /// A connection-table entry was made for the flow.
+    pub recorded: bool,
+    /// A client's mid-flow TCP packet whose connection neither the table nor `SYN_SEEN` knew,
+    /// balanced here (for `lb capture`).
+    pub unknown_mid_flow: bool,
+}
+
+/// `new_flow`'s `Step` value: the flow goes to the real written into `out` ...
+pub const TO_REAL: u32 = 0;
+/// ... or to a peer node (`handoff::tunnel`): a step result, not a counter.
+pub const TO_PEER: u32 = 1;
+
+/// The real the connection table holds for `flow`, if the entry still counts: its VIP is the
+/// same generation and its real is not down.
+#[inline(always)]
+pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
+    // SAFETY: the entry is copied out at once.
+    let entry = *unsafe { CONNS.get(flow) }?;
+    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
+        return None;
+    }
+    let real = REALS.get(entry.real_id)?;
+    if real.flags & REAL_F_DOWN != 0 {
+        return None;
+    }
+    let chosen =
+        Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false, unknown_mid_flow: false };
+    Some((chosen, real))
+}
+
+/// For a flow the connection table does not know (or was not asked about): `TO_REAL` with the
+/// real of the flow's hash (the source's, for source affinity) in its VIP's ring written into
+/// `out`, or `TO_PEER`: `arrival` calls for a handoff. `Err(Pass)`: no VIP.
+///
+/// What is recorded, against floods of spoofed packets: a TCP flow when its handshake's ACK
+/// comes (its SYN is only remembered, in `SYN_SEEN`), a UDP flow at once, a handed-off one when
+/// it is ours; never for an ICMP error. A mid-flow packet of a connection whose SYN did not come
+/// here (another node's or site's, or spoofed) is handed off, or without peers recorded, within
+/// the per-CPU handoff limit, and over it forwarded unrecorded: a flood of spoofed ACKs takes no
+/// more than that of the insert limit, which the handshakes of real clients need.
+#[inline(never)] // off the hot path, in its own stack frame
+pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUninit<Chosen>) -> Step {
+    Step::of(try_new_flow(l3, flow, arrival).map(|decided| match decided {
+        Some(chosen) => {
+            out.write(chosen);
+            TO_REAL
+        }
+        None => TO_PEER,
+    }))
+}
+
+/// `Some(chosen)`: to that real; `None`: to a peer.
+#[inline(always)]
+fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Chosen>, Counter> {
+    let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
+    let hash = flow_hash(flow);
+    let mut unknown_mid_flow = false;
+    let record = match arrival {
+        Arrival::Client(ClientPacket::Syn) => {
+            // Remembered: its ACK will be recorded. An entry an earlier connection on this
+            // 5-tuple left goes now (a lookup first: a delete costs more, and is rare).
+            remember_syn(hash, hash);
+            // SAFETY: the value is only tested for presence.
+            if unsafe { CONNS.get(flow) }.is_some() {
+                let _ = CONNS.remove(flow);
+            }
+            false
+        }
+        // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
+        // or (after a route change) through a peer. Its entry replaces the SYN's memory.
+        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => {
+            remember_syn(hash, 0);
+            true
+        }
+        Arrival::Client(ClientPacket::MidFlow) => {
+            unknown_mid_flow = true;
+            let wanted = handoff::wanted(l3, arrival);
+            // SAFETY: the value is copied out at once.
+            if wanted && unsafe { CONNS.get(flow) }.is_some_and(|e| e.real_id == REAL_ID_PEER) {
+                return Ok(None); // a peer kept it: no limit
+            }
+            match (limit::allow(limits::HANDOFFS), wanted) {
+                (true, true) => {
+                    // Marked as the peer's until it comes back (then the real's entry replaces it).
+                    if limit::allow(limits::INSERTS) {
+                        let entry = ConnEntry {
+                            real_id: REAL_ID_PEER,
+                            flow_hash: hash,
+                            vip_index: meta.vip_index,
+                            vip_generation: meta.generation,
+                        };
+                        let _ = CONNS.insert(flow, entry, 0);
+                    }
+                    return Ok(None);
+                }
+                (true, false) => true,
+                (false, wanted) => {
+                    stats::count(if wanted { Counter::HandoffSuppressed } else { Counter::FlowUnrecorded });
+                    false
+                }
+            }
+        }
+        Arrival::Handoff if handoff::wanted(l3, arrival) => return Ok(None),
+        Arrival::IcmpError => false,
+        _ => true,
+    };
+    let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
+    let real_id = maglev::real_in_ring(meta, ring_hash)?;
+    let recorded = record && {
+        if limit::allow(limits::INSERTS) {
+            let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
+            let inserted = CONNS.insert(flow, entry, 0).is_ok();
+            if !inserted {
+                stats::count(Counter::ConnInsertFailed);
+            }
+            inserted
+        } else {
+            stats::count(Counter::FlowUnrecorded);
+            false
+        }
+    };
+    Ok(Some(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow }))
+}
+
+/// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a
+/// client's SYN, 0 forgets it (a flow hash of 0 is never remembered then: at worst its ACK takes
+/// the unknown-flow path).
+#[inline(always)]
+fn remember_syn(hash: u32, value: u32) {
+    if let Some(slot) = SYN_SEEN.get_ptr_mut(hash % SYN_SEEN_SLOTS) {
+        // SAFETY: an aligned u32 in map memory; a racing writer on another CPU only replaces it.
+        unsafe { *slot = value };
+    }
+}
+
+/// Whether the flow with `hash` had a SYN here lately that no packet recorded yet.
+#[inline(always)]
+fn saw_syn(hash: u32) -> bool {
+    hash != 0 && SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
+}

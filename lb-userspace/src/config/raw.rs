@@ -1,0 +1,216 @@
+//! The config file as written: serde types with each field's default, not yet validated (the
+//! daemon merges run-time changes into them).
+
+use serde::{Deserialize, Serialize};
+
+/// The config file as written. Field defaults are noted on each field.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name of this balancer; programs and maps are pinned under /sys/fs/bpf/anycast-lb-<instance> (default "lb").
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Connection-table entries (default 1048576).
+    #[serde(default = "default_conn_table_size")]
+    pub conn_table_size: u32,
+    /// Slots of the Maglev ring pool (default: two rings of every VIP's ring_size, plus two of
+    /// the largest size for VIPs added at run time).
+    pub ring_slots: Option<u32>,
+    /// Interfaces the balancer attaches to.
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<RawInterface>,
+    pub forwarding: RawForwarding,
+    /// Prometheus endpoint (default 127.0.0.1:9100).
+    #[serde(default)]
+    pub metrics: RawListen,
+    /// Admin API: a Unix socket (default /run/anycast-lb/<instance>.sock), and TCP only when
+    /// asked for.
+    #[serde(default)]
+    pub api: RawApi,
+    /// Health-check defaults for every real.
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Announce servable VIPs through BIRD (absent: no BGP).
+    pub bgp: Option<RawBgp>,
+    /// Cross-site handoff of mid-flow packets (absent: off).
+    pub handoff: Option<RawHandoff>,
+    /// Per-CPU limits against floods of spoofed packets.
+    #[serde(default)]
+    pub flood: RawFlood,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<RawVip>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlood {
+    /// Connection-table inserts per CPU per second (default 50000; 0: record nothing).
+    pub inserts_per_sec: Option<u32>,
+    /// Handoffs to peer sites per CPU per second (default 10000; 0: hand off nothing).
+    pub handoffs_per_sec: Option<u32>,
+}
+
+/// Per-CPU limits against floods of spoofed packets (see docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flood {
+    pub inserts_per_sec: u32,
+    pub handoffs_per_sec: u32,
+}
+
+/// Defaults, from bench-xdp on the test machine: a new flow (SYN and ACK) costs about 1.5 us of
+/// kernel time and a handoff 0.27 us, so 50,000 inserts and 10,000 handoffs a second take at most
+/// 7.5% and 0.3% of a CPU, far above what legitimate traffic makes on one CPU of an edge node.
+pub const DEFAULT_INSERTS_PER_SEC: u32 = 50_000;
+pub const DEFAULT_HANDOFFS_PER_SEC: u32 = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterface {
+    pub name: String,
+    /// "native" (driver XDP, default) or "generic" (a fallback the operator chooses).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarding {
+    /// MAC of the next-hop router ("02:00:00:00:00:01"); or give `next_hop_ip` to find it in the
+    /// neighbour table.
+    pub next_hop_mac: Option<String>,
+    pub next_hop_ip: Option<String>,
+    /// Largest IP packet the egress link carries (default 1500).
+    pub mtu: Option<u32>,
+    /// Outer IPv4 sources: the host bits carry per-flow entropy (default "10.255.0.0/16").
+    pub source_v4: Option<String>,
+    /// Outer IPv6 sources, at most 32 host bits (default "fd00:ffff::/96").
+    pub source_v6: Option<String>,
+    /// ICMP "fragmentation needed" / "packet too big" answers to clients whose packets do not
+    /// fit the tunnel, per CPU per second (default 1000; 0: never answer, drop).
+    pub too_big_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    /// BIRD's control socket (default /run/bird/bird.ctl).
+    pub bird_socket: Option<String>,
+    /// The file bird.conf includes and lb rewrites (default /run/anycast-lb/vips.conf).
+    pub include_file: Option<String>,
+    /// Capacity steering: when the up reals of a VIP carry less than this fraction of its
+    /// configured weight, announce it with AS-path prepend (0 < x <= 1; absent: never).
+    pub prepend_below: Option<f64>,
+    /// Withdraw every VIP when lb exits (default true; false keeps routes for a quick upgrade).
+    pub withdraw_on_exit: Option<bool>,
+    /// Graceful BGP shutdown (RFC 8326): `lb site drain` and a withdrawing exit first announce
+    /// the VIPs with the GRACEFUL_SHUTDOWN community (65535:0) for this long, so upstreams that
+    /// honour it move traffic away before the routes go; then withdraw. 0: withdraw at once
+    /// (default 2000; at most 60000).
+    pub graceful_shutdown_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    /// This node's address on the balanced interface: peers tunnel to it, and it is the outer
+    /// source of our handoffs.
+    pub address: String,
+    /// Addresses of the LB nodes of other sites that may have started a connection before a
+    /// route change brought it here.
+    pub peers: Vec<String>,
+    /// How peers are checked (default: TCP connect to port 9100, the peer `lb`'s metrics
+    /// endpoint, every second; its `[metrics] listen` must be reachable from here).
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// The admin socket (default /run/anycast-lb/<instance>.sock), mode 0600: only lb's user.
+    pub socket: Option<String>,
+    /// A group whose members may use the socket too (mode 0660).
+    pub group: Option<String>,
+    /// Also serve the API over TCP at this address (default: not at all). Reading (status)
+    /// needs the token unless the address is loopback; changes always need it.
+    pub listen: Option<String>,
+    /// File (mode 0600) holding the bearer token TCP clients send as `Authorization: Bearer`.
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub listen: Option<String>,
+}
+fn default_instance() -> String {
+    "lb".into()
+}
+fn default_conn_table_size() -> u32 {
+    lb_common::DEFAULT_CONN_TABLE_SIZE
+}
+fn default_mode() -> String {
+    "native".into()
+}
+
+/// A health check; every field is optional so a VIP or a real can override just some.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// "tcp" (connect, default), "http" (GET), "udp" (request / expected reply), "none".
+    pub kind: Option<String>,
+    /// Port to check (default: the VIP's port; required for any-port VIPs).
+    pub port: Option<u16>,
+    /// Milliseconds between checks (default 1000), and per check (default 500).
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Passes in a row that bring a real up (default 2), failures that take it down (default 3).
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// http: path (default "/"), expected status (default 200), optional body substring.
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub body_contains: Option<String>,
+    /// udp: request payload and a substring the reply must contain.
+    pub request: Option<String>,
+    pub expect: Option<String>,
+}
+
+impl RawHealth {
+    /// `self` with unset fields taken from `base`.
+    pub(super) fn over(&self, base: &RawHealth) -> RawHealth {
+        macro_rules! pick {
+            ($($f:ident),*) => { RawHealth { $($f: self.$f.clone().or_else(|| base.$f.clone())),* } };
+        }
+        pick!(kind, port, interval_ms, timeout_ms, rise, fall, path, expect_status, body_contains, request, expect)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub name: String,
+    pub address: String,
+    /// 0 = any port.
+    pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    #[serde(default)]
+    pub source_affinity: bool,
+    /// Maglev table size, a prime up to 65537 (default 65537).
+    pub ring_size: Option<u32>,
+    /// Reals that must be up for the VIP to be announced (default 1; used by the anycast issue).
+    pub min_healthy: Option<u32>,
+    pub health: Option<RawHealth>,
+    #[serde(default, rename = "real")]
+    pub reals: Vec<RawReal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReal {
+    pub address: String,
+    /// 0 ..= 1000 (default 1); 0 drains: no new flows, existing flows kept.
+    pub weight: Option<u32>,
+    pub health: Option<RawHealth>,
+}

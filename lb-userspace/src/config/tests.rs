@@ -1,0 +1,243 @@
+//! Loading and rejecting configs: defaults, every problem with its field.
+
+use super::*;
+
+const GOOD: &str = r#"
+        instance = "edge1"
+        [[interface]]
+        name = "lo"
+        [forwarding]
+        next_hop_mac = "02:00:00:00:00:03"
+        [health]
+        interval_ms = 200
+        timeout_ms = 100
+        [[vip]]
+        name = "web"
+        address = "10.99.0.1"
+        port = 80
+        protocol = "tcp"
+        health = { kind = "http", path = "/healthz", body_contains = "ok" }
+        [[vip.real]]
+        address = "10.1.0.1"
+        [[vip.real]]
+        address = "10.1.0.2"
+        weight = 3
+        health = { fall = 5 }
+        [[vip]]
+        name = "dns6"
+        address = "2001:db8::53"
+        port = 0
+        protocol = "udp"
+        ring_size = 251
+        health = { kind = "udp", port = 53, request = "ping", expect = "pong" }
+        [[vip.real]]
+        address = "fd00::1"
+"#;
+
+/// The problems of `GOOD` with `from` replaced by `to`.
+fn problems(from: &str, to: &str) -> Vec<Problem> {
+    assert!(GOOD.contains(from), "{from:?} not in the good config");
+    match parse(&GOOD.replacen(from, to, 1), InterfaceCheck::OnThisHost) {
+        Ok(_) => vec![],
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+fn assert_problem(from: &str, to: &str, field: &str, reason: &str) {
+    let found = problems(from, to);
+    assert!(
+        found.iter().any(|p| p.field == field && p.reason.contains(reason)),
+        "{from:?} -> {to:?}: want {field}: ..{reason}.., got {found:?}"
+    );
+}
+
+#[test]
+fn good_config_validates_with_inherited_health() {
+    let c = parse(GOOD, InterfaceCheck::OnThisHost).unwrap();
+    assert_eq!(c.instance, "edge1");
+    assert_eq!(c.forwarding.next_hop, NextHop::Mac([2, 0, 0, 0, 0, 3]));
+    assert_eq!(c.forwarding.source_v4, (Ipv4Addr::new(10, 255, 0, 0), 16));
+    let web = &c.vips[0];
+    assert_eq!(web.reals[1].weight, 3);
+    let h = &web.reals[1].health;
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_millis(200), Duration::from_millis(100), 2, 5));
+    assert!(matches!(&h.kind, CheckKind::Http { path, expect_status: 200, .. } if path == "/healthz"));
+    assert_eq!(h.port, 80, "the VIP's port by default");
+    assert_eq!(c.vips[1].reals[0].health.port, 53);
+}
+
+#[test]
+fn bad_address_is_named() {
+    assert_problem("address = \"10.1.0.1\"", "address = \"10.1.0.x\"", "vip[0] \"web\".real[0].address", "not an IP address");
+    assert_problem("address = \"10.99.0.1\"", "address = \"10.99.0\"", "vip[0] \"web\".address", "not an IP address");
+}
+
+#[test]
+fn duplicate_vip_and_name_are_named() {
+    let dup = GOOD.replace(
+        "name = \"dns6\"\n        address = \"2001:db8::53\"\n        port = 0\n        protocol = \"udp\"",
+        "name = \"web\"\n        address = \"10.99.0.1\"\n        port = 80\n        protocol = \"tcp\"",
+    );
+    let found = parse(&dup, InterfaceCheck::Skip).unwrap_err().problems().to_vec();
+    assert!(found.iter().any(|p| p.reason.contains("duplicate VIP 10.99.0.1:80/tcp")), "{found:?}");
+    assert!(found.iter().any(|p| p.field == "vip[1].name" && p.reason.contains("used by an earlier VIP")), "{found:?}");
+}
+
+#[test]
+fn weight_out_of_range_is_named() {
+    assert_problem("weight = 3", "weight = 1001", "vip[0] \"web\".real[1].weight", "out of range");
+}
+
+/// `vips` VIPs of `reals` reals each (ring_size 16381, health off).
+fn many(vips: usize, reals: usize) -> String {
+    let mut text = String::from("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n[health]\nkind = \"none\"\n");
+    for v in 0..vips {
+        text += &format!(
+            "[[vip]]\nname = \"v{v}\"\naddress = \"10.{}.{}.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 16381\n",
+            100 + v / 256,
+            v % 256
+        );
+        for r in 0..reals {
+            text += &format!("[[vip.real]]\naddress = \"10.1.{}.{}\"\n", r / 256, r % 256 + 1);
+        }
+    }
+    text
+}
+
+#[test]
+fn the_ring_pool_follows_the_vips_unless_set() {
+    let c = parse(GOOD, InterfaceCheck::Skip).unwrap();
+    assert_eq!(c.ring_slots, 2 * (65_537 + 251) + 2 * 65_537, "two rings of each, and room for one more VIP");
+    let set = parse(&format!("ring_slots = 200000\n{GOOD}"), InterfaceCheck::Skip).unwrap();
+    assert_eq!(set.ring_slots, 200_000);
+    let small = parse(&format!("ring_slots = 131575\n{GOOD}"), InterfaceCheck::Skip).unwrap_err();
+    assert!(small.problems().iter().any(|p| p.field == "ring_slots" && p.reason.contains("fewer than the 131576")), "{small}");
+}
+
+#[test]
+fn four_thousand_and_ninety_six_vips_with_sixteen_reals_each_are_accepted_and_no_more() {
+    let c = parse(&many(4096, 16), InterfaceCheck::Skip).unwrap();
+    assert_eq!((c.vips.len(), c.ring_slots), (4096, 2 * 4096 * 16381 + 2 * 65_537));
+    let too_many = parse(&many(4097, 1), InterfaceCheck::Skip).unwrap_err();
+    assert!(too_many.problems().iter().any(|p| p.field == "vip" && p.reason.contains("4097 VIPs, at most 4096")), "{too_many}");
+    // A real has an id per VIP: 4096 VIPs of 17 reals need 69,632.
+    let too_many_reals = parse(&many(4096, 17), InterfaceCheck::Skip).unwrap_err();
+    assert!(too_many_reals.problems().iter().any(|p| p.reason.contains("69632 reals over all VIPs")), "{too_many_reals}");
+}
+
+#[test]
+fn the_admin_api_is_a_socket_unless_tcp_is_asked_for_and_tcp_beyond_loopback_needs_a_token() {
+    let c = parse(GOOD, InterfaceCheck::Skip).unwrap();
+    assert_eq!(c.api, Api { socket: "/run/anycast-lb/edge1.sock".into(), group: None, listen: None, token_file: None });
+    let with = |api: &str| format!("{GOOD}\n[api]\n{api}");
+    let tcp = parse(&with("listen = \"127.0.0.1:9101\""), InterfaceCheck::Skip).unwrap();
+    assert_eq!(tcp.api.listen, Some("127.0.0.1:9101".parse().unwrap()), "loopback without a token: reading only");
+    let open = parse(&with("listen = \"0.0.0.0:9101\""), InterfaceCheck::Skip).unwrap_err();
+    assert!(open.problems().iter().any(|p| p.field == "api.token_file" && p.reason.contains("not loopback")), "{open}");
+    let ok = parse(&with("listen = \"0.0.0.0:9101\"\ntoken_file = \"/etc/anycast-lb/token\""), InterfaceCheck::Skip).unwrap();
+    assert_eq!(ok.api.token_file, Some("/etc/anycast-lb/token".into()));
+    let stray = parse(&with("token_file = \"/etc/anycast-lb/token\""), InterfaceCheck::Skip).unwrap_err();
+    assert!(stray.problems().iter().any(|p| p.field == "api.token_file"), "{stray}");
+    let unknown = parse_raw(&with("token = \"secret\"")).unwrap_err();
+    assert!(unknown.to_string().contains("unknown field `token`"), "the token itself never goes in the config: {unknown}");
+}
+
+#[test]
+fn ring_size_must_be_prime() {
+    assert_problem("ring_size = 251", "ring_size = 250", "vip[1] \"dns6\".ring_size", "must be a prime");
+    assert_problem("ring_size = 251", "ring_size = 131071", "vip[1] \"dns6\".ring_size", "no larger than 65537");
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    assert_problem("name = \"lo\"", "name = \"nosuch0\"", "interface[0].name", "unknown interface");
+    assert_problem(
+        "name = \"lo\"\n",
+        "name = \"lo\"\n        mode = \"turbo\"\n",
+        "interface[0].mode",
+        "not \"native\" or \"generic\"",
+    );
+}
+
+#[test]
+fn forwarding_problems_are_named() {
+    assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_mac = \"02:00:00:00:03\"", "forwarding.next_hop_mac", "not a MAC");
+    assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
+    assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
+    assert_problem(
+        "[forwarding]\n",
+        "[forwarding]\n        source_v6 = \"fd00::/64\"\n",
+        "forwarding.source_v6",
+        "at most 32 host bits",
+    );
+}
+
+#[test]
+fn handoff_validates_and_its_problems_are_named() {
+    let with = |h: &str| GOOD.replacen("[[vip]]", &format!("{h}\n        [[vip]]"), 1);
+    let c = parse(
+        &with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"),
+        InterfaceCheck::Skip,
+    )
+    .unwrap();
+    let h = c.handoff.expect("handoff");
+    assert_eq!(h.peers, ["10.20.1.2".parse::<IpAddr>().unwrap(), "10.20.2.2".parse().unwrap()]);
+    assert_eq!(
+        (h.health.kind.clone(), h.health.port, h.health.fall),
+        (CheckKind::Tcp, 9100, 3),
+        "the peer lb's metrics port by default"
+    );
+    let bad = |h: &str| parse(&with(h), InterfaceCheck::Skip).unwrap_err().problems().to_vec();
+    let found = bad(
+        "[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]",
+    );
+    let want = [
+        ("handoff.peers[0]", "own address"),
+        ("handoff.peers[1]", "same address family"),
+        ("handoff.peers[3]", "listed twice"),
+        ("handoff.peers[4]", "not an IP address"),
+    ];
+    for (field, reason) in want {
+        assert!(found.iter().any(|p| p.field == field && p.reason.contains(reason)), "want {field}: {reason}, got {found:?}");
+    }
+    let found = bad("[handoff]\n        address = \"10.99.0.1\"\n        peers = [\"10.20.1.2\"]");
+    assert!(found.iter().any(|p| p.field == "handoff.address" && p.reason.contains("is a VIP address")), "{found:?}");
+    let found = bad("[handoff]\n        address = \"nope\"\n        peers = []\n        health = { fall = 0 }");
+    for field in ["handoff.address", "handoff.peers", "handoff.health.fall"] {
+        assert!(found.iter().any(|p| p.field == field), "want {field}, got {found:?}");
+    }
+}
+
+#[test]
+fn health_problems_are_named() {
+    assert_problem("timeout_ms = 100", "timeout_ms = 300", "vip[0] \"web\".real[0].health.timeout_ms", "at most interval_ms");
+    assert_problem("health = { fall = 5 }", "health = { fall = 0 }", "vip[0] \"web\".real[1].health.fall", "outside 1 ..= 100");
+    assert_problem("kind = \"udp\", port = 53, ", "kind = \"udp\", ", "vip[1] \"dns6\".real[0].health.port", "any-port VIP needs");
+    assert_problem("kind = \"http\"", "kind = \"smtp\"", "vip[0] \"web\".real[0].health.kind", "not tcp, http, udp or none");
+    assert_problem(", expect = \"pong\"", "", "vip[1] \"dns6\".real[0].health", "needs both request and expect");
+}
+
+#[test]
+fn family_mismatch_and_duplicate_real_are_named() {
+    assert_problem("address = \"fd00::1\"", "address = \"10.1.0.9\"", "vip[1] \"dns6\".real[0].address", "cannot carry an IPv6 VIP");
+    assert_problem("address = \"10.1.0.2\"", "address = \"10.1.0.1\"", "vip[0] \"web\".real[1].address", "listed twice");
+}
+
+#[test]
+fn syntax_errors_and_unknown_fields_are_reported() {
+    assert!(matches!(parse("[[vip]\n", InterfaceCheck::Skip), Err(ConfigError::Syntax { .. })));
+    let e = parse(&GOOD.replace("weight = 3", "wieght = 3"), InterfaceCheck::Skip).unwrap_err();
+    assert!(e.to_string().contains("wieght"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = GOOD.replace("weight = 3", "weight = 5000").replace("ring_size = 251", "ring_size = 4");
+    assert_eq!(parse(&bad, InterfaceCheck::Skip).unwrap_err().problems().len(), 2);
+}
+
+#[test]
+fn example_config_in_the_repository_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb.example.toml");
+    load(&path, InterfaceCheck::Skip).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -1,0 +1,375 @@
+//! Raw config -> domain types: every problem is collected with its field, and reported at once.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use lb_common::{MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+
+use super::*;
+use crate::maglev::is_prime;
+
+/// An instance name: it names a bpffs folder and state files.
+pub(crate) fn validate_instance(instance: &str, p: &mut Problems) {
+    if instance.is_empty() || !instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        p.add("instance", format!("{instance:?} must be non-empty letters, digits, '-' or '_' (it names a bpffs folder)"));
+    }
+}
+
+/// The interfaces to attach to, listed under `field` ("interface", "backend.interface").
+pub(crate) fn validate_interfaces(field: &str, raw: &[RawInterface], check: InterfaceCheck, p: &mut Problems) -> Vec<Interface> {
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let field = format!("{field}[{i}]");
+            if !seen.insert(raw.name.clone()) {
+                p.add(format!("{field}.name"), format!("{:?} is listed twice", raw.name));
+            }
+            if check == InterfaceCheck::OnThisHost && !interface_exists(&raw.name) {
+                p.add(format!("{field}.name"), format!("unknown interface {:?}", raw.name));
+            }
+            let mode = match raw.mode.as_str() {
+                "native" => AttachMode::Native,
+                "generic" => AttachMode::Generic,
+                other => {
+                    p.add(format!("{field}.mode"), format!("{other:?} is not \"native\" or \"generic\""));
+                    return None;
+                }
+            };
+            Some(Interface { name: raw.name.clone(), mode })
+        })
+        .collect()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|h| (h.len() == 2).then(|| u8::from_str_radix(h, 16).ok()).flatten()).collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
+/// "a.b.c.d/len" or "x::/len" -> (address, host bits).
+fn parse_prefix(s: &str) -> Option<(IpAddr, u32)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= bits).then_some((addr, bits - len))
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: a NUL-terminated name that lives through the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+impl RawConfig {
+    pub fn validate(&self, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+
+        validate_instance(&self.instance, &mut p);
+        if self.conn_table_size < 1024 {
+            p.add("conn_table_size", format!("{} is below 1024", self.conn_table_size));
+        }
+
+        let ifaces = validate_interfaces("interface", &self.interfaces, interfaces, &mut p);
+
+        let forwarding = self.validate_forwarding(&mut p);
+        let mut listen = |field: &str, s: &str| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add(field, format!("{s:?} is not an address:port"));
+                None
+            }
+        };
+        let default_metrics = format!("127.0.0.1:{DEFAULT_METRICS_PORT}");
+        let metrics_listen = listen("metrics.listen", self.metrics.listen.as_deref().unwrap_or(&default_metrics));
+        let api_tcp = self.api.listen.as_deref().and_then(|l| listen("api.listen", l));
+        if let Some(addr) = api_tcp {
+            if self.api.token_file.is_none() && !addr.ip().is_loopback() {
+                p.add(
+                    "api.token_file",
+                    format!(
+                        "api.listen {addr} is not loopback: name a token_file (mode 0600) so that only holders of the token can use it"
+                    ),
+                );
+            }
+        }
+        if self.api.token_file.is_some() && self.api.listen.is_none() {
+            p.add("api.token_file", "a token is for TCP clients: set api.listen too, or remove it (the socket needs none)".to_owned());
+        }
+        let api = Api {
+            socket: self.api.socket.as_deref().map_or_else(|| default_api_socket(&self.instance), PathBuf::from),
+            group: self.api.group.clone(),
+            listen: api_tcp,
+            token_file: self.api.token_file.as_deref().map(PathBuf::from),
+        };
+
+        let vips = self.validate_vips(&mut p);
+        let bgp = self.bgp.as_ref().map(|b| {
+            if let Some(x) = b.prepend_below {
+                if !(x > 0.0 && x <= 1.0) {
+                    p.add("bgp.prepend_below", format!("{x} is outside 0 < x <= 1"));
+                }
+            }
+            let graceful_ms = b.graceful_shutdown_ms.unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_MS);
+            if graceful_ms > 60_000 {
+                p.add("bgp.graceful_shutdown_ms", format!("{graceful_ms} is more than 60000 (a minute)"));
+            }
+            Bgp {
+                bird_socket: b.bird_socket.as_deref().unwrap_or("/run/bird/bird.ctl").into(),
+                include_file: b.include_file.as_deref().unwrap_or("/run/anycast-lb/vips.conf").into(),
+                prepend_below: b.prepend_below,
+                withdraw_on_exit: b.withdraw_on_exit.unwrap_or(true),
+                graceful_shutdown: std::time::Duration::from_millis(graceful_ms),
+            }
+        });
+
+        let handoff = self.handoff.as_ref().and_then(|h| validate_handoff(h, &mut p));
+        if let Some(h) = &handoff {
+            if vips.iter().any(|v| v.id.addr == h.address) {
+                p.add("handoff.address", format!("{} is a VIP address; give this node's own address", h.address));
+            }
+        }
+
+        let needed = ring_slots_needed(&vips);
+        let ring_slots = match self.ring_slots {
+            Some(n) if (n as u64) < needed => {
+                p.add("ring_slots", format!("{n} is fewer than the {needed} the VIPs need (two rings of each VIP's ring_size)"));
+                n
+            }
+            Some(n) => n,
+            None => (needed + 2 * MAX_RING_SIZE as u64).min(u32::MAX as u64) as u32,
+        };
+        if !p.0.is_empty() {
+            return Err(ConfigError::Invalid { problems: p.0 });
+        }
+        let flood = Flood {
+            inserts_per_sec: self.flood.inserts_per_sec.unwrap_or(DEFAULT_INSERTS_PER_SEC),
+            handoffs_per_sec: self.flood.handoffs_per_sec.unwrap_or(DEFAULT_HANDOFFS_PER_SEC),
+        };
+        Ok(Config {
+            bgp,
+            handoff,
+            flood,
+            instance: self.instance.clone(),
+            conn_table_size: self.conn_table_size,
+            ring_slots,
+            interfaces: ifaces,
+            forwarding: forwarding.expect("no problems"),
+            metrics_listen: metrics_listen.expect("no problems"),
+            api,
+            vips,
+        })
+    }
+
+    fn validate_forwarding(&self, p: &mut Problems) -> Option<Forwarding> {
+        let f = &self.forwarding;
+        let next_hop = match (&f.next_hop_mac, &f.next_hop_ip) {
+            (Some(mac), None) => parse_mac(mac).map(NextHop::Mac).or_else(|| {
+                p.add("forwarding.next_hop_mac", format!("{mac:?} is not a MAC address like 02:00:00:00:00:01"));
+                None
+            }),
+            (None, Some(ip)) => ip.parse().ok().map(NextHop::Ip).or_else(|| {
+                p.add("forwarding.next_hop_ip", format!("{ip:?} is not an IP address"));
+                None
+            }),
+            _ => {
+                p.add("forwarding", "give exactly one of next_hop_mac and next_hop_ip");
+                None
+            }
+        };
+        let mtu = f.mtu.unwrap_or(1500);
+        // At least IPv6's minimum link MTU: the "too big" answers quote a fixed 1232 bytes.
+        if !(1280..=9216).contains(&mtu) {
+            p.add("forwarding.mtu", format!("{mtu} is outside 1280 ..= 9216"));
+        }
+        let v4 = f.source_v4.as_deref().unwrap_or("10.255.0.0/16");
+        let source_v4 = match parse_prefix(v4) {
+            Some((IpAddr::V4(a), bits)) => Some((a, bits)),
+            _ => {
+                p.add("forwarding.source_v4", format!("{v4:?} is not an IPv4 prefix like 10.255.0.0/16"));
+                None
+            }
+        };
+        let v6 = f.source_v6.as_deref().unwrap_or("fd00:ffff::/96");
+        let source_v6 = match parse_prefix(v6) {
+            Some((IpAddr::V6(a), bits)) if bits <= 32 => Some((a, bits)),
+            Some((IpAddr::V6(_), _)) => {
+                p.add("forwarding.source_v6", format!("{v6:?}: at most 32 host bits (prefix length >= 96)"));
+                None
+            }
+            _ => {
+                p.add("forwarding.source_v6", format!("{v6:?} is not an IPv6 prefix like fd00:ffff::/96"));
+                None
+            }
+        };
+        let too_big_per_sec = f.too_big_per_sec.unwrap_or(1000);
+        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6?, too_big_per_sec })
+    }
+
+    fn validate_vips(&self, p: &mut Problems) -> Vec<Vip> {
+        if self.vips.len() > MAX_VIPS as usize {
+            p.add("vip", format!("{} VIPs, at most {MAX_VIPS}", self.vips.len()));
+        }
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut vips = Vec::new();
+        for (i, raw) in self.vips.iter().enumerate() {
+            let field = format!("vip[{i}]");
+            if raw.name.is_empty() {
+                p.add(format!("{field}.name"), "is empty");
+            } else if !names.insert(raw.name.clone()) {
+                p.add(format!("{field}.name"), format!("{:?} is used by an earlier VIP", raw.name));
+            }
+            let field = format!("vip[{i}] {:?}", raw.name);
+            let addr: Option<IpAddr> = raw.address.parse().ok();
+            if addr.is_none() {
+                p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address));
+            }
+            let proto = match raw.protocol.as_str() {
+                "tcp" => Some(Proto::Tcp),
+                "udp" => Some(Proto::Udp),
+                other => {
+                    p.add(format!("{field}.protocol"), format!("{other:?} is not \"tcp\" or \"udp\""));
+                    None
+                }
+            };
+            let ring_size = raw.ring_size.unwrap_or(lb_common::DEFAULT_RING_SIZE);
+            if !is_prime(ring_size) || ring_size > MAX_RING_SIZE {
+                p.add(format!("{field}.ring_size"), format!("{ring_size} must be a prime no larger than {MAX_RING_SIZE}"));
+            }
+            let min_healthy = raw.min_healthy.unwrap_or(1);
+            if min_healthy == 0 {
+                p.add(format!("{field}.min_healthy"), "must be at least 1");
+            }
+            let (Some(addr), Some(proto)) = (addr, proto) else { continue };
+            let id = VipId { addr, port: raw.port, proto };
+            if !ids.insert(id) {
+                p.add(field.clone(), format!("duplicate VIP {id}"));
+            }
+            let vip_health = raw.health.clone().unwrap_or_default().over(&self.health);
+            let mut real_addrs = HashSet::new();
+            let mut reals = Vec::new();
+            for (j, real) in raw.reals.iter().enumerate() {
+                let rfield = format!("{field}.real[{j}]");
+                let Ok(raddr) = real.address.parse::<IpAddr>() else {
+                    p.add(format!("{rfield}.address"), format!("{:?} is not an IP address", real.address));
+                    continue;
+                };
+                if !real_addrs.insert(raddr) {
+                    p.add(format!("{rfield}.address"), format!("{raddr} is listed twice in this VIP"));
+                }
+                if addr.is_ipv6() && raddr.is_ipv4() {
+                    p.add(format!("{rfield}.address"), format!("IPv4 real {raddr} cannot carry an IPv6 VIP"));
+                }
+                let weight = real.weight.unwrap_or(1);
+                if weight > MAX_WEIGHT {
+                    p.add(format!("{rfield}.weight"), format!("{weight} is out of range 0 ..= {MAX_WEIGHT}"));
+                }
+                let health = real.health.clone().unwrap_or_default().over(&vip_health);
+                if let Some(health) = validate_health(&health, raw.port, &format!("{rfield}.health"), p) {
+                    reals.push(RealConfig { addr: raddr, weight, health });
+                }
+            }
+            vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, reals });
+        }
+        // A real has an id per VIP it serves (its connection entries name the VIP's real).
+        let real_ids: usize = vips.iter().map(|v| v.reals.len()).sum();
+        if real_ids >= MAX_REALS as usize {
+            p.add("vip", format!("{real_ids} reals over all VIPs (a real counts once per VIP it serves), at most {}", MAX_REALS - 1));
+        }
+        vips
+    }
+}
+
+/// Ring slots `vips` need: two rings of each VIP's `ring_size` (the live one and the spare a
+/// rebuild writes before the switch).
+pub fn ring_slots_needed(vips: &[Vip]) -> u64 {
+    vips.iter().map(|v| 2 * v.ring_size as u64).sum()
+}
+
+/// Peers share this node's address family (a handoff tunnel is one family end to end).
+fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
+    let before = p.0.len();
+    let address = h.address.parse::<IpAddr>().map_err(|_| p.add("handoff.address", format!("{:?} is not an IP address", h.address))).ok();
+    if h.peers.is_empty() || h.peers.len() > lb_common::MAX_PEERS as usize {
+        p.add("handoff.peers", format!("{} peers: give 1 ..= {}", h.peers.len(), lb_common::MAX_PEERS));
+    }
+    let mut peers = Vec::new();
+    for (i, raw) in h.peers.iter().enumerate() {
+        let field = format!("handoff.peers[{i}]");
+        match raw.parse::<IpAddr>() {
+            Err(_) => p.add(field, format!("{raw:?} is not an IP address")),
+            Ok(peer) if Some(peer) == address => p.add(field, format!("{peer} is this node's own address")),
+            Ok(peer) if peers.contains(&peer) => p.add(field, format!("{peer} is listed twice")),
+            Ok(peer) if address.is_some_and(|a| a.is_ipv4() != peer.is_ipv4()) => {
+                p.add(field, format!("{peer} is not the same address family as handoff.address"))
+            }
+            Ok(peer) => peers.push(peer),
+        }
+    }
+    let health = validate_health(&h.health, DEFAULT_METRICS_PORT, "handoff.health", p);
+    if p.0.len() != before {
+        return None;
+    }
+    Some(Handoff { address: address?, peers, health: health? })
+}
+
+fn validate_health(h: &RawHealth, vip_port: u16, field: &str, p: &mut Problems) -> Option<HealthCheck> {
+    let before = p.0.len();
+    let interval = h.interval_ms.unwrap_or(1000);
+    let timeout = h.timeout_ms.unwrap_or(500);
+    if !(10..=3_600_000).contains(&interval) {
+        p.add(format!("{field}.interval_ms"), format!("{interval} is outside 10 ..= 3600000"));
+    }
+    if timeout == 0 || timeout > interval {
+        p.add(format!("{field}.timeout_ms"), format!("{timeout} must be above 0 and at most interval_ms ({interval})"));
+    }
+    let (rise, fall) = (h.rise.unwrap_or(2), h.fall.unwrap_or(3));
+    for (name, v) in [("rise", rise), ("fall", fall)] {
+        if !(1..=100).contains(&v) {
+            p.add(format!("{field}.{name}"), format!("{v} is outside 1 ..= 100"));
+        }
+    }
+    let port = h.port.unwrap_or(vip_port);
+    let kind = match h.kind.as_deref().unwrap_or("tcp") {
+        "none" => CheckKind::None,
+        "tcp" => CheckKind::Tcp,
+        "http" => {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                p.add(format!("{field}.path"), format!("{path:?} must start with '/'"));
+            }
+            let expect_status = h.expect_status.unwrap_or(200);
+            if !(100..=599).contains(&expect_status) {
+                p.add(format!("{field}.expect_status"), format!("{expect_status} is not an HTTP status"));
+            }
+            CheckKind::Http { path, expect_status, body_contains: h.body_contains.clone() }
+        }
+        "udp" => match (&h.request, &h.expect) {
+            (Some(request), Some(expect)) => CheckKind::Udp { request: request.clone(), expect: expect.clone() },
+            _ => {
+                p.add(field, "a udp check needs both request and expect");
+                CheckKind::None
+            }
+        },
+        other => {
+            p.add(format!("{field}.kind"), format!("{other:?} is not tcp, http, udp or none"));
+            CheckKind::None
+        }
+    };
+    if port == 0 && kind != CheckKind::None {
+        p.add(format!("{field}.port"), "an any-port VIP needs a health-check port");
+    }
+    (p.0.len() == before).then(|| HealthCheck {
+        kind,
+        port,
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+        rise,
+        fall,
+    })
+}

@@ -1,0 +1,101 @@
+//! Reloads: the file is read and its next hop resolved in a task (`prepare_reload`), then the
+//! loop validates it with the journal and installs it, or rejects it and keeps the running state.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::{
+    admin::{AdminError, Reply},
+    config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig},
+    dataplane::DataplaneOps,
+    journal::Journal,
+    next_hop,
+};
+
+/// A prepared reload, and who asked for it (None: SIGHUP).
+pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
+
+/// A reload read off the loop: the config file, and the MAC of its next hop when the file names
+/// it by address (validation is left to the loop, which validates the file with the journal).
+#[derive(Debug)]
+pub struct Prepared {
+    pub file: RawConfig,
+    pub resolved: Option<(IpAddr, [u8; 6])>,
+    /// How long reading, parsing and resolving took.
+    pub took: Duration,
+}
+
+/// The config to run: the file with the journal's VIP changes; if those no longer fit the file
+/// (say the file now has a conflicting VIP), the file alone, with a warning.
+pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
+    match journal.over(file).validate(interfaces) {
+        Ok(config) => Ok(config),
+        Err(e) if !journal.added_vips.is_empty() || !journal.removed_vips.is_empty() => {
+            warn!(error = %e, "run-time VIP changes do not fit the config file; using the file alone");
+            file.validate(interfaces)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the config file and resolves its next hop: the slow half of a reload, run in a task.
+pub async fn prepare_reload(path: PathBuf) -> Result<Prepared, AdminError> {
+    let started = std::time::Instant::now();
+    let text = tokio::fs::read_to_string(&path).await.map_err(|e| AdminError::BadRequest(format!("reading {}: {e}", path.display())))?;
+    let file = config::parse_raw(&text).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
+    let resolved = match file.forwarding.next_hop_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        Some(ip) => Some((ip, next_hop::resolve(&NextHop::Ip(ip)).await.map_err(|e| AdminError::Conflict(e.to_string()))?)),
+        None => None,
+    };
+    Ok(Prepared { file, resolved, took: started.elapsed() })
+}
+
+impl<D: DataplaneOps> Daemon<D> {
+    /// Starts a reload: the file is read and the next hop resolved in a task, which hands the
+    /// result to `reload`.
+    pub fn start_reload(&self, reply: Option<Reply<()>>) {
+        let (path, done) = (self.config_path.clone(), self.out.reload.clone());
+        tokio::spawn(async move {
+            let prepared = prepare_reload(path).await;
+            let _ = done.send((prepared, reply)).await;
+        });
+    }
+
+    /// Installs a reload prepared off the loop. A rejected reload keeps the running state.
+    pub fn reload(&mut self, prepared: Result<Prepared, AdminError>, reply: Option<Reply<()>>) {
+        let started = std::time::Instant::now();
+        let read = prepared.as_ref().map_or(Duration::ZERO, |p| p.took);
+        let result = prepared.and_then(|p| {
+            let config = effective_config(&p.file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            let mac = match (config.forwarding.next_hop, p.resolved) {
+                (NextHop::Mac(mac), _) => mac,
+                (NextHop::Ip(ip), Some((resolved, mac))) if ip == resolved => mac,
+                (NextHop::Ip(ip), _) => return Err(AdminError::Conflict(format!("next hop {ip} was not resolved"))),
+            };
+            self.install(config, mac)?;
+            self.file = p.file;
+            Ok(())
+        });
+        match &result {
+            Ok(()) => {
+                self.reloads_ok += 1;
+                let applied = started.elapsed();
+                info!(
+                    vips = self.config.vips.len(),
+                    read_ms = read.as_millis() as u64,
+                    apply_ms = applied.as_millis() as u64,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                self.reloads_failed += 1;
+                warn!(error = %e, "config reload rejected; running state kept");
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}

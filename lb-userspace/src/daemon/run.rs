@@ -1,0 +1,152 @@
+//! `lb run` and `lb stop`: read the config and the journal, bind the API, load and attach the
+//! data plane (pinned), start the tasks, and run the loop that owns the state until a signal.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use lb_common::programs;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use super::{effective_config, Daemon, Outputs};
+use crate::{
+    admin,
+    bgp::{self, BirdRouter, RouterEvent},
+    config::{self, InterfaceCheck},
+    dataplane::{pins, Counters, Dataplane, LiveMaps, LoadOptions},
+    journal,
+    next_hop,
+    reconcile::Reconciler,
+};
+
+/// How long one BIRD step (connect, write, reply) may take.
+const BIRD_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long `lb` waits at exit for BIRD to withdraw the VIPs.
+const EXIT_WITHDRAW_LIMIT: Duration = Duration::from_millis(1500);
+
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    let interfaces = InterfaceCheck::OnThisHost;
+    let file_config = config::load(&config_path, interfaces)?; // the file alone must be valid
+    let journal_path = journal::path(&file_config.instance);
+    let journal = journal::load(&journal_path)?;
+    let file = config::load_raw(&config_path)?;
+    let config = effective_config(&file, &journal, interfaces)?;
+    let mac = next_hop::resolve(&config.forwarding.next_hop).await?;
+    // Before the data plane is touched: a second `lb` of a running instance stops here.
+    let bound = admin::server::bind(&config.api, config.metrics_listen).await?;
+    let pins = pins::balancer(&config.instance);
+    let rec = start_dataplane(&config, mac, &pins)?;
+
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
+    let (router_tx, mut router_rx) = mpsc::channel(16);
+    let (next_hop_tx, mut next_hop_rx) = mpsc::channel(16);
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let (journal_tx, journal_rx) = mpsc::unbounded_channel();
+    let (announce_tx, announce_rx) = watch::channel(Vec::new());
+    tokio::spawn(journal::run_writer(journal_path, journal_rx));
+    let (metrics_listen, api, bgp) = (config.metrics_listen, config.api.clone(), config.bgp.clone());
+    let (graceful_tx, mut graceful_rx) = mpsc::channel(4);
+    let out = Outputs {
+        announce: announce_tx,
+        journal: journal_tx,
+        health: health_tx,
+        next_hop: next_hop_tx,
+        reload: reload_tx,
+        graceful_over: graceful_tx,
+    };
+    let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
+    if let Some(bgp) = bgp {
+        let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
+        tokio::spawn(bgp::run_router(bird, announce_rx, router_tx, bgp::Backoff::DEFAULT));
+    }
+    let counters = Arc::new(Counters::open(&pins)?);
+    bound.serve(cmd_tx, counters, LiveMaps::open(&pins)?);
+    let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            Some(event) = health_rx.recv() => daemon.health(event),
+            Some(cmd) = cmd_rx.recv() => daemon.command(cmd),
+            Some(event) = router_rx.recv() => daemon.router_event(event),
+            Some(change) = next_hop_rx.recv() => daemon.next_hop_changed(change),
+            Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
+            Some(number) = graceful_rx.recv() => daemon.graceful_shutdown_over(number),
+            _ = hangup.recv() => daemon.start_reload(None),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    if daemon.begin_exit() {
+        // The graceful shutdown's own timer ends the wait (an earlier, cancelled one's end is
+        // ignored by `graceful_shutdown_over`).
+        while daemon.graceful_remaining().is_some() {
+            match graceful_rx.recv().await {
+                Some(number) => daemon.graceful_shutdown_over(number),
+                None => break,
+            }
+        }
+        let withdrawn = tokio::time::timeout(EXIT_WITHDRAW_LIMIT, async {
+            while let Some(event) = router_rx.recv().await {
+                if event == RouterEvent::Applied(Vec::new()) {
+                    return true;
+                }
+            }
+            false
+        });
+        match withdrawn.await {
+            Ok(true) => info!("every VIP withdrawn before exit"),
+            _ => warn!(waited_ms = EXIT_WITHDRAW_LIMIT.as_millis() as u64, "BIRD did not confirm the withdrawal before exit"),
+        }
+    }
+    let _ = std::fs::remove_file(&api.socket);
+    info!(instance = %daemon.config().instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
+    Ok(())
+}
+
+/// Loads the data plane onto the pinned maps, picks up what an earlier `lb` left there,
+/// programs the config, and only then attaches the program (replacing a running one in one
+/// step), so the program starts on maps that are whole: a pre-filter made anew by an upgrade is
+/// filled before any packet meets it.
+fn start_dataplane(config: &config::Config, mac: [u8; 6], pins: &Path) -> Result<Reconciler<Dataplane>> {
+    let dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: config.conn_table_size, ring_slots: config.ring_slots }, pins)?;
+    let programmed = dp.programmed()?;
+    if !programmed.vips.is_empty() {
+        info!(vips = programmed.vips.len(), reals = programmed.reals.len(), "picked up the running data plane");
+    }
+    let mut rec = Reconciler::recover(dp, &programmed);
+    rec.apply(config, mac)?;
+    for iface in &config.interfaces {
+        let link = pins::link(pins, &iface.name);
+        let reused = link.exists();
+        rec.dataplane_mut()
+            .attach_pinned(programs::BALANCER, &iface.name, iface.mode, &link)
+            .with_context(|| format!("attaching to {}", iface.name))?;
+        info!(interface = %iface.name, mode = ?iface.mode, replaced_running_program = reused, "balancer attached");
+    }
+    Ok(rec)
+}
+
+/// `lb stop`: detaches the programs and removes the maps of an instance.
+pub fn stop(instance: &str) -> Result<()> {
+    let pins = pins::balancer(instance);
+    if !pins.exists() {
+        bail!("no instance {instance:?} ({} does not exist)", pins.display());
+    }
+    Dataplane::remove_pins(&pins)?;
+    info!(%instance, "data plane detached and removed");
+    Ok(())
+}
+

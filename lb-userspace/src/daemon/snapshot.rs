@@ -1,0 +1,79 @@
+//! What the loop hands to readers that work off it: `lb doctor`'s evidence (health flips,
+//! latency, BIRD's state) and the control plane's part of a metrics scrape.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use super::Daemon;
+use crate::{
+    config::VipId,
+    dataplane::DataplaneOps,
+    metrics,
+    operator::doctor::{self, DoctorInputs},
+};
+
+/// Each real's recent health flips.
+pub(super) type Flips = HashMap<(VipId, IpAddr), VecDeque<Instant>>;
+
+/// Health flips within this window count towards "flapping".
+pub(super) const FLAP_WINDOW: Duration = Duration::from_secs(doctor::FLAP_WINDOW_SECS);
+
+impl<D: DataplaneOps> Daemon<D> {
+    /// The loop's part of `lb doctor`'s evidence, and what to compare the config file with.
+    pub(super) fn doctor_inputs(&self) -> DoctorInputs {
+        let name_of = |vip: &VipId| self.config.vips.iter().find(|v| v.id == *vip).map_or_else(|| vip.to_string(), |v| v.name.clone());
+        let flips = self
+            .flips
+            .iter()
+            .map(|((vip, real), times)| (name_of(vip), *real, times.iter().filter(|t| t.elapsed() <= FLAP_WINDOW).count() as u32))
+            .collect();
+        let latency = self
+            .samples
+            .iter()
+            .filter(|(_, s)| s.recent_ms > 0.0)
+            .map(|((vip, real), s)| (name_of(vip), *real, s.recent_ms, s.long_run_ms))
+            .collect();
+        let view = doctor::LoopView {
+            status: self.status(),
+            site: Some(self.site_stage()),
+            prepend_below: self.config.bgp.as_ref().and_then(|b| b.prepend_below),
+            bird_errors: self.bird_errors,
+            bird_failing: self.bird_failing.clone(),
+            peers: self.handoff_peers(),
+            flips,
+            latency,
+            conn_table_size: self.config.conn_table_size,
+        };
+        DoctorInputs { view, config_path: self.config_path.clone(), running: Box::new(self.file.clone()) }
+    }
+
+    /// The control plane's side of a metrics scrape.
+    pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
+        metrics::Snapshot {
+            status: self.status(),
+            samples: self.samples.clone(),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            bgp: metrics::BgpState {
+                enabled: self.config.bgp.is_some(),
+                errors: self.bird_errors,
+                drained: self.journal.site_drained,
+                graceful_shutdown: self.graceful.is_some(),
+            },
+            handoff_peers: self.handoff_peers(),
+            rebuilds: self.rec.rebuilds(),
+        }
+    }
+
+    /// Counts a health flip of `real` of `vip`, forgetting those older than `FLAP_WINDOW`.
+    pub(super) fn record_flip(&mut self, vip: VipId, real: IpAddr) {
+        let flips = self.flips.entry((vip, real)).or_default();
+        flips.push_back(Instant::now());
+        while flips.front().is_some_and(|t| t.elapsed() > FLAP_WINDOW) {
+            flips.pop_front();
+        }
+    }
+}

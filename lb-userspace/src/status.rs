@@ -1,0 +1,93 @@
+//! What `lb status`, `GET /status`, metrics and `lb doctor` show: the state of VIPs, reals, the
+//! site's announcements and handoff. A leaf: it imports only the config's VIP id, so the daemon
+//! that fills these in and every reader (API, CLI, metrics, doctor) can share them.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VipId;
+
+/// Rebuild figures, for metrics.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct RebuildStats {
+    pub count: u64,
+    pub last: Duration,
+    pub total: Duration,
+}
+
+/// A real as `lb status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RealStatus {
+    pub address: IpAddr,
+    pub id: u32,
+    pub up: bool,
+    pub config_weight: u32,
+    pub weight: u32,
+    /// Slots of the live ring: its share of new flows is slots / ring_size.
+    pub slots: u32,
+    /// Its backend says it drains: weight 0, established flows kept.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub vip: VipId,
+    pub index: u32,
+    pub ring_size: u32,
+    pub min_healthy: u32,
+    pub reals: Vec<RealStatus>,
+    /// Announced over BGP right now (filled in by the daemon).
+    #[serde(default)]
+    pub announced: bool,
+}
+
+impl VipStatus {
+    pub fn healthy(&self) -> u32 {
+        self.reals.iter().filter(|r| r.up).count() as u32
+    }
+
+    /// The site can serve this VIP: enough reals up.
+    pub fn servable(&self) -> bool {
+        self.healthy() >= self.min_healthy
+    }
+
+    /// Share of the configured weight that up reals carry (1.0 with no weight configured).
+    pub fn capacity(&self) -> f64 {
+        let total: u32 = self.reals.iter().map(|r| r.config_weight).sum();
+        let up: u32 = self.reals.iter().filter(|r| r.up).map(|r| r.weight).sum();
+        if total == 0 {
+            1.0
+        } else {
+            up as f64 / total as f64
+        }
+    }
+}
+
+/// Where the site's announcements stand, as `lb status` and GET /site show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum SiteStage {
+    /// Servable VIPs are announced.
+    Announcing,
+    /// Drained or exiting: the VIPs are announced with GRACEFUL_SHUTDOWN (RFC 8326) so
+    /// upstreams move traffic away; withdrawn in `withdraw_in_ms`.
+    GracefulShutdown { withdraw_in_ms: u64 },
+    /// Drained or exiting: nothing is announced.
+    Withdrawn,
+    /// No `[bgp]`: this site announces nothing.
+    NoBgp,
+}
+
+/// Cross-site handoff as `GET /handoff` and `lb status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffStatus {
+    /// This node's handoff address (`None`: no `[handoff]`).
+    pub node: Option<IpAddr>,
+    /// Peers in config order, with whether they pass their checks.
+    pub peers: Vec<(IpAddr, bool)>,
+    /// Unknown handed-off flows are taken here (the site withdrew by choice).
+    pub adopt: bool,
+}
