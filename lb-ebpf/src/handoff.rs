@@ -12,10 +12,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, HANDOFF_REQUEST, HANDOFF_RETURN, MAX_PEERS};
 
 use crate::{
-    packet::{Arrival, ClientPacket, Scratch},
     decap,
     encap::Outer,
     maps::{HANDOFF, PEERS, PEER_SOURCES},
+    packet::{Arrival, ClientPacket, Scratch},
     parse::{self, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
     pkt, stats,
     step::Step,

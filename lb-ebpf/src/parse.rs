@@ -16,8 +16,8 @@ use network_types::{
 };
 
 use crate::{
-    packet::ClientPacket,
     maps::{VIP_ADDRS, VIP_FILTER},
+    packet::ClientPacket,
     pkt,
 };
 

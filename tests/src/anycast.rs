@@ -16,7 +16,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use lb_common::programs;
-use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
+use lb_userspace::{
+    config::AttachMode,
+    dataplane::{Dataplane, LoadOptions},
+};
 
 use crate::{
     backend::BackendDaemon,
@@ -249,7 +252,7 @@ impl Anycast {
                 .zip(&node_addrs[s])
                 .map(|(ns, &k)| {
                     let include = dir.join(format!("vips-{k}.conf"));
-                    std::fs::write(&include, lb_userspace::bird::render(&[])).expect("include");
+                    std::fs::write(&include, lb_userspace::bgp::bird::render(&[])).expect("include");
                     let mut conf = edge_config(&node_addr(k), 65001 + s as u32, &format!("10.20.{k}.1"), 65000, &include);
                     if s > 0 {
                         let n = opts.backup_prepend.unwrap_or(1); // a backup site

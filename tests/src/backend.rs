@@ -89,7 +89,7 @@ impl Drop for BackendDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(lb_userspace::backend::pin_dir(&self.instance));
+        let _ = std::fs::remove_dir_all(lb_userspace::dataplane::pins::backend(&self.instance));
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use lb_userspace::test_run::{action_name, TestRun};
+use crate::test_run::{action_name, TestRun};
 
 use crate::packet::{parse_encapsulated, Encapsulated, Outer, LB_MAC, ROUTER_MAC};
 

@@ -10,12 +10,14 @@ use lb_common::{
 };
 use lb_userspace::{
     config::{self, CheckKind, Config, Forwarding, HealthCheck, InterfaceCheck, NextHop, Proto, RealConfig, VipId},
-    dataplane::{Dataplane, LoadOptions},
-    reconcile::{lb_config, Handoff, ReconcileError, Reconciler},
-    test_run::{self, TestRun},
+    dataplane::{Dataplane, Handoff, LoadOptions},
+    reconcile::{lb_config, ReconcileError, Reconciler},
 };
 
-use crate::packet::{ip, Frame, L4, ROUTER_MAC};
+use crate::{
+    packet::{ip, Frame, L4, ROUTER_MAC},
+    test_run::{self, TestRun},
+};
 
 pub const MTU: u32 = 1500;
 /// ICMP "too big" answers per CPU per second, as `lb`'s default.
@@ -74,15 +76,43 @@ impl Balancer {
     }
 
     /// Readies program `name` of an object loaded by the caller (e.g. onto maps it made).
-    pub fn with_dataplane(mut dp: Dataplane, name: &str) -> Self {
+    pub fn with_dataplane(dp: Dataplane, name: &str) -> Self {
+        let mut lb = Self::with_dataplane_unapplied(dp, name, Reconciler::new);
+        lb.apply();
+        lb
+    }
+
+    /// The base config (forwarding, no flood limits, no VIPs), not yet applied.
+    fn with_dataplane_unapplied(mut dp: Dataplane, name: &str, reconciler: impl FnOnce(Dataplane) -> Reconciler<Dataplane>) -> Self {
         let prog = dp.program_fd(name).unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         let mut config = config::parse("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n", InterfaceCheck::Skip).expect("base config");
         config.forwarding = forwarding();
         // No flood limits unless a test sets them: tests and benches make flows fast.
         config.flood = config::Flood { inserts_per_sec: u32::MAX, handoffs_per_sec: u32::MAX };
-        let mut rec = Reconciler::new(dp);
-        rec.apply(&config, ROUTER_MAC).expect("forwarding settings");
-        Self { rec, prog, config }
+        Self { rec: reconciler(dp), prog, config }
+    }
+
+    /// A balancer over maps an earlier one left (pinned): the reconciler picks up what they
+    /// hold, as `lb run` does after a restart, and `config` (the earlier one's) is applied.
+    pub fn recovered(dp: Dataplane, name: &str, config: Config) -> Self {
+        let mut lb = Self::with_dataplane_unapplied(dp, name, |dp| {
+            let programmed = dp.programmed().expect("read the pinned maps");
+            Reconciler::recover(dp, &programmed)
+        });
+        lb.config = config;
+        lb.apply();
+        lb
+    }
+
+    /// What the fixture asked for so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Takes the VIP out of the config, as a reload without it does.
+    pub fn remove_vip(&mut self, vip: &Vip) {
+        self.config.vips.retain(|v| v.id != vip.id);
+        self.apply();
     }
 
     pub fn dp(&self) -> &Dataplane {

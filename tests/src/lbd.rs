@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::reconcile::VipStatus;
+use lb_userspace::status::VipStatus;
 
 use crate::netns::NetNs;
 
@@ -143,7 +143,7 @@ impl Drop for LbDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(lb_userspace::daemon::pin_dir(&self.instance));
+        let _ = std::fs::remove_dir_all(lb_userspace::dataplane::pins::balancer(&self.instance));
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

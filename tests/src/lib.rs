@@ -11,6 +11,7 @@ pub mod netns;
 pub mod packet;
 pub mod packetgen;
 pub mod scale;
+pub mod test_run;
 pub mod topology;
 
 /// Whether a privileged test may run. Without root it skips with a line saying so, except when

@@ -69,7 +69,7 @@ impl ScaleSite {
         let dir = std::env::temp_dir().join(format!("lbt-scale-{}", net.lb.name));
         std::fs::create_dir_all(&dir).expect("scale dir");
         let include = dir.join("vips.conf");
-        std::fs::write(&include, lb_userspace::bird::render(&[])).expect("empty include");
+        std::fs::write(&include, lb_userspace::bgp::bird::render(&[])).expect("empty include");
         let edge = Bird::start(&net.lb, "edge", &edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include));
         // The session first, so that "routed" times what lb's announcements take, not BGP's start.
         wait_for(Duration::from_secs(30), "the BGP session", || router.birdc("show protocols site_a").contains("Established"));
@@ -105,7 +105,7 @@ impl ScaleSite {
 
     /// Bytes the kernel charges for each map of `lb`'s instance (`bpftool map show`), by name.
     pub fn map_memory(d: &LbDaemon) -> Vec<(String, u64)> {
-        let maps = lb_userspace::daemon::pin_dir(&d.instance).join("maps");
+        let maps = lb_userspace::dataplane::pins::balancer(&d.instance).join("maps");
         let mut out: Vec<(String, u64)> = std::fs::read_dir(&maps)
             .expect("pinned maps")
             .map(|e| {

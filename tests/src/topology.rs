@@ -21,7 +21,10 @@ use std::{
 };
 
 use lb_common::programs;
-use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
+use lb_userspace::{
+    config::AttachMode,
+    dataplane::{Dataplane, LoadOptions},
+};
 
 use crate::{
     backend::BackendDaemon,

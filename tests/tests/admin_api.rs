@@ -90,7 +90,7 @@ fn a_token_file_others_can_read_stops_lb_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("readable by others (mode 644)"), "{stderr}");
-    let pins = lb_userspace::daemon::pin_dir(&format!("once{}", std::process::id()));
+    let pins = lb_userspace::dataplane::pins::balancer(&format!("once{}", std::process::id()));
     let touched = pins.exists();
     let _ = std::fs::remove_dir_all(&pins);
     assert!(!touched, "refused before the data plane was touched");

@@ -22,7 +22,7 @@ fn host_state(b: &BackendDaemon, net_ns: &lb_tests::netns::NetNs) -> Vec<String>
     state.push(format!("lo has {VIP}: {}", lo.contains(&format!("{VIP}/32"))));
     state.push(format!("lo has {VIP6}: {}", lo.contains(&format!("{VIP6}/128"))));
     state.push(format!("b0 has XDP: {}", net_ns.ip(&["link", "show", "dev", "b0"]).contains("xdp")));
-    state.push(format!("pinned: {}", lb_userspace::backend::pin_dir(&b.instance).exists()));
+    state.push(format!("pinned: {}", lb_userspace::dataplane::pins::backend(&b.instance).exists()));
     state
 }
 

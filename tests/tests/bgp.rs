@@ -39,7 +39,7 @@ impl Bgp {
         std::fs::create_dir_all(&dir).unwrap();
         let include = dir.join("vips.conf");
         // BIRD starts before lb: the include must exist (empty) from the start.
-        std::fs::write(&include, lb_userspace::bird::render(&[])).unwrap();
+        std::fs::write(&include, lb_userspace::bgp::bird::render(&[])).unwrap();
         let mut edge_conf = edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include);
         if bfd {
             edge_conf = lb_tests::bird::with_bfd(&edge_conf);

@@ -7,12 +7,12 @@
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
 use fastrand::Rng;
+use lb_tests::test_run::action_name;
 use lb_tests::{
     fixture::{Balancer, TEST_RING_SIZE},
     packet::{fold, icmpv4_checksum_ok, icmpv6_checksum_ok, ip, parse_encapsulated, sum16, Frame, Outer},
     require_root,
 };
-use lb_userspace::test_run::action_name;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -148,7 +148,12 @@ fn too_big_answers_verify_for_random_packets_of_both_families() {
     lb.add_vip("10.0.0.1", 0, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
     lb.add_vip("2001:db8::10", 0, TCP, 0, TEST_RING_SIZE, &[("fd00:1::1", 1)]);
     // No rate limit in the way.
-    lb.dp_mut().set_rate_limit(lb_common::limits::TOO_BIG, &lb_common::RateLimit::per_sec(1_000_000)).unwrap();
+    lb_userspace::dataplane::DataplaneOps::set_rate_limit(
+        lb.dp_mut(),
+        lb_common::limits::TOO_BIG,
+        &lb_common::RateLimit::per_sec(1_000_000),
+    )
+    .unwrap();
     for _ in 0..CASES {
         // IPv4 with DF, 1481 ..= 1500 bytes: over 1500 once in IPIP.
         let len = rng.usize(1481..=1500);

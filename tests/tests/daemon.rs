@@ -141,7 +141,7 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
     assert!(metrics.contains("lb_vip_new_flows_total{vip=\"web\"}"), "{metrics}");
     let out = d.cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!lb_userspace::daemon::pin_dir(&d.instance).exists());
+    assert!(!lb_userspace::dataplane::pins::balancer(&d.instance).exists());
 }
 
 #[test]

@@ -6,11 +6,9 @@ use lb_tests::{
     fixture::{Balancer, TEST_RING_SIZE},
     packet::{ip, Frame},
     require_root,
-};
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
     test_run::{self, action_name},
 };
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 struct Decap {
     dp: Dataplane,
@@ -21,9 +19,7 @@ impl Decap {
     fn new(local: &[&str]) -> Self {
         let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }).expect("load");
         let fd = dp.program_fd(programs::DECAP).expect("load lb_decap");
-        for a in local {
-            dp.add_decap_addr(ip(a)).unwrap();
-        }
+        dp.set_decap_addrs(&local.iter().map(|a| ip(a)).collect::<Vec<_>>()).unwrap();
         Self { dp, fd }
     }
     fn run(&self, frame: &[u8]) -> test_run::TestRun {

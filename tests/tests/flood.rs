@@ -11,8 +11,9 @@ use lb_tests::{
     fixture::{flow_of, Balancer, Vip, TEST_RING_SIZE},
     packet::{ip, parse_encapsulated, Frame},
     require_root,
+    test_run::action_name,
 };
-use lb_userspace::test_run::action_name;
+use lb_userspace::dataplane::DataplaneOps as _;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

@@ -26,7 +26,7 @@ use lb_tests::{
     packetgen, require_root,
     topology::{backend_addr, LineConn, Site, PORT, VIP},
 };
-use lb_userspace::dataplane::AttachMode;
+use lb_userspace::{config::AttachMode, dataplane::DataplaneOps as _};
 
 const LONG_LIVED: usize = 50;
 /// Distinct spoofed flows per phase (sent round and round).
@@ -172,8 +172,8 @@ fn a_flood_of_spoofed_syns_then_acks_breaks_no_connection_across_ring_changes() 
     let mut site = Site::new(3);
     let _peer = Peer::new(&mut site);
     flood_link(&mut site);
+    site.balancer.set_handoff(Some(ip(NODE)), &[ip(PEER)], false).unwrap();
     let dp = site.balancer.dp_mut();
-    dp.set_handoff(Some(ip(NODE)), &[ip(PEER)], &[ip(PEER)], false).unwrap();
     dp.set_rate_limit(limits::INSERTS, &RateLimit::per_sec(INSERTS_PER_SEC)).unwrap();
     dp.set_rate_limit(limits::HANDOFFS, &RateLimit::per_sec(HANDOFFS_PER_SEC)).unwrap();
     let (syns, acks) = (spoofed(0x5eed_0001, true), spoofed(0x5eed_0002, false));

@@ -3,13 +3,13 @@
 use std::collections::{HashMap, HashSet};
 
 use lb_common::{stats::Counter, DEFAULT_RING_SIZE, VIP_F_SOURCE_AFFINITY};
+use lb_tests::test_run::action_name;
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
     fixture::{Balancer, MTU, TEST_RING_SIZE},
     packet::{ip, Frame},
     require_root,
 };
-use lb_userspace::test_run::action_name;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -312,7 +312,7 @@ fn without_config_packets_to_a_vip_are_dropped() {
     require_root!();
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
-    lb.dp_mut().set_config(&lb_common::LbConfig::default()).unwrap();
+    lb_userspace::dataplane::DataplaneOps::set_config(lb.dp_mut(), &lb_common::LbConfig::default()).unwrap();
     let out = lb.run(&Frame::tcp("192.0.2.1", 1, "10.0.0.1", 80).build());
     assert_eq!(action_name(out.action), "XDP_DROP");
     assert_eq!(lb.dp().counter(Counter::DropNoConfig).unwrap(), 1);
@@ -337,10 +337,10 @@ fn removing_a_vip_retires_its_flows_and_re_adding_starts_afresh() {
     let f = Frame::tcp("192.0.2.1", 4000, "10.0.0.1", 80);
     encapsulated_to(&lb.run(&f.build()), &f.build(), 14, ip("10.1.0.1"));
     assert!(lb.dp_conn_real(&f).is_some());
-    lb.dp_mut().remove_vip(&vip.key).unwrap();
+    lb.remove_vip(&vip);
     let input = f.build();
     passed_untouched(&lb.run(&input), &input); // the entry is still in the table, but retired
-    lb.set_reals(&mut vip, &REALS4[1..2]); // the VIP comes back with another real
+    vip = lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4[1..2]); // the VIP comes back with another real
     encapsulated_to(&lb.run(&input), &input, 14, ip("10.1.0.2"));
     let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
     assert_eq!((stats.new_flows, stats.conn_hits), (2, 0), "the flow started afresh");
@@ -391,21 +391,21 @@ fn the_pre_filter_is_counted_again_from_the_pinned_maps_after_a_restart() {
     let opts = LoadOptions { conn_table_size: 1024, ring_slots: 4 * TEST_RING_SIZE };
     let mut first = Balancer::with_dataplane(Dataplane::load_pinned(&opts, &pins.0).unwrap(), lb_common::programs::BALANCER);
     let web = first.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
-    first.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
+    let dns = first.add_vip("10.0.0.1", 53, UDP, 0, TEST_RING_SIZE, &REALS4);
     first.set_handoff(Some(ip("10.20.9.2")), &[ip("10.20.1.2")], false).unwrap();
+    let config = first.config().clone();
     drop(first);
-    let mut second = Dataplane::load_pinned(&opts, &pins.0).unwrap();
+    let mut second = Balancer::recovered(Dataplane::load_pinned(&opts, &pins.0).unwrap(), lb_common::programs::BALANCER, config);
     for addr in ["10.0.0.1", "10.20.9.2"] {
-        assert!(second.vip_filter_bit(ip(addr)).unwrap(), "{addr} in the filter");
+        assert!(second.dp().vip_filter_bit(ip(addr)).unwrap(), "{addr} in the filter");
     }
     // Two VIPs on the address: it stays until the second goes (counted again, not just read).
-    second.remove_vip(&web.key).unwrap();
-    assert!(second.vip_filter_bit(ip("10.0.0.1")).unwrap(), "one VIP left on the address");
-    let dns = lb_common::VipKey { port_be: 53u16.to_be(), proto: UDP, ..web.key };
-    second.remove_vip(&dns).unwrap();
-    assert!(!second.vip_filter_bit(ip("10.0.0.1")).unwrap(), "the address's bit is clear with its last VIP");
-    second.set_handoff(None, &[], &[], false).unwrap();
-    assert!(!second.vip_filter_bit(ip("10.20.9.2")).unwrap(), "and the handoff address's without handoff");
+    second.remove_vip(&web);
+    assert!(second.dp().vip_filter_bit(ip("10.0.0.1")).unwrap(), "one VIP left on the address");
+    second.remove_vip(&dns);
+    assert!(!second.dp().vip_filter_bit(ip("10.0.0.1")).unwrap(), "the address's bit is clear with its last VIP");
+    second.set_handoff(None, &[], false).unwrap();
+    assert!(!second.dp().vip_filter_bit(ip("10.20.9.2")).unwrap(), "and the handoff address's without handoff");
 }
 
 #[test]

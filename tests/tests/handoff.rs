@@ -3,13 +3,13 @@
 //! known (or adopted) and returned when not; a returned one is balanced here.
 
 use lb_common::{stats::Counter, HANDOFF_REQUEST, HANDOFF_RETURN, REAL_ID_PEER};
+use lb_tests::test_run::action_name;
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
     fixture::{flow_of, Balancer, Vip, TEST_RING_SIZE},
     packet::{ip, parse_encapsulated, tunnel, Encapsulated, Frame, Outer, LB_MAC, ROUTER_MAC},
     require_root,
 };
-use lb_userspace::test_run::action_name;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -26,7 +26,7 @@ fn balancer(adopt: bool) -> (Balancer, Vip) {
 }
 
 /// Asserts `out` is `inner` (a client frame) tunnelled from our node to `to` with marker `id`.
-fn tunnelled_to(out: &lb_userspace::test_run::TestRun, inner: &Frame, from: &str, to: &str, id: u32) -> Encapsulated {
+fn tunnelled_to(out: &lb_tests::test_run::TestRun, inner: &Frame, from: &str, to: &str, id: u32) -> Encapsulated {
     assert_eq!(action_name(out.action), "XDP_TX", "verdict");
     let e = parse_encapsulated(&out.data);
     assert_eq!((e.eth.destination, e.eth.source), (ROUTER_MAC, LB_MAC), "to the next hop, from our MAC");

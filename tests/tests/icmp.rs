@@ -3,13 +3,13 @@
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
 use lb_common::stats::Counter;
+use lb_tests::test_run::action_name;
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
     fixture::{Balancer, TEST_RING_SIZE},
     packet::{icmp_too_big, icmpv4_checksum_ok, icmpv6_checksum_ok, ip, Frame, CLIENT_MAC, LB_MAC},
     require_root,
 };
-use lb_userspace::test_run::action_name;
 
 const TCP: u8 = 6;
 const REALS4: [(&str, u32); 3] = [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)];

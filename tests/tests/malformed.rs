@@ -2,12 +2,12 @@
 //! (A frame cut before its destination address passes: nothing says it is for a VIP.)
 
 use lb_common::stats::Counter;
+use lb_tests::test_run::action_name;
 use lb_tests::{
     fixture::{Balancer, TEST_RING_SIZE},
     packet::Frame,
     require_root,
 };
-use lb_userspace::test_run::action_name;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

@@ -13,7 +13,7 @@ use lb_tests::{
     require_root,
     topology::{backend_addr, lb_config, who, LineConn, Net, Site, CLIENT, VIP},
 };
-use lb_userspace::flow::{Choice, FlowList, FlowReport};
+use lb_userspace::operator::flow::{Choice, FlowList, FlowReport};
 
 fn cli_ok(d: &LbDaemon, args: &[&str]) -> String {
     let out = d.cli(args);
@@ -142,7 +142,7 @@ fn fill_conns(d: &LbDaemon, n: u32, real_of: impl Fn(u32) -> u32) {
     use lb_common::{ConnEntry, FlowKey};
 
     let vip_index = d.status()[0].index;
-    let pin = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CONNS);
+    let pin = lb_userspace::dataplane::pins::balancer(&d.instance).join("maps").join(lb_common::maps::CONNS);
     let mut conns: HashMap<MapData, FlowKey, ConnEntry> =
         HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).expect("pinned CONNS"))).expect("CONNS");
     for i in 0..n {
@@ -261,7 +261,7 @@ fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start lb capture");
-    let ctl_pin = lb_userspace::daemon::pin_dir(&d.instance).join("maps").join(lb_common::maps::CAPTURE_CTL);
+    let ctl_pin = lb_userspace::dataplane::pins::balancer(&d.instance).join("maps").join(lb_common::maps::CAPTURE_CTL);
     let ctl: Array<MapData, lb_common::CaptureCtl> = Array::try_from(Map::Array(MapData::from_pin(&ctl_pin).expect("pin"))).unwrap();
     wait_for(Duration::from_secs(5), "the capture on", || ctl.get(&0, 0).unwrap().what == lb_common::capture::DROP);
 
@@ -330,14 +330,14 @@ fn lb_capture_writes_dropped_packets_with_their_reasons_and_tcpdump_reads_them()
 }
 
 /// `lb doctor --json` against `d`: its exit code and report.
-fn doctor(d: &LbDaemon) -> (i32, lb_userspace::doctor::Report) {
+fn doctor(d: &LbDaemon) -> (i32, lb_userspace::operator::doctor::Report) {
     let out = d.cli(&["doctor", "--json", "--window-ms", "500"]);
     let body = String::from_utf8_lossy(&out.stdout);
     let report = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body} {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().expect("an exit code"), report)
 }
 
-fn checks(report: &lb_userspace::doctor::Report) -> Vec<String> {
+fn checks(report: &lb_userspace::operator::doctor::Report) -> Vec<String> {
     let mut c: Vec<String> = report.findings.iter().map(|f| format!("{:?} {} {}", f.severity, f.check, f.subject)).collect();
     c.sort();
     c

@@ -5,12 +5,13 @@
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
 use lb_common::{limits, stats::Counter, RateLimit};
+use lb_tests::test_run::action_name;
 use lb_tests::{
     fixture::{Balancer, MTU, TEST_RING_SIZE},
     packet::{icmpv4_checksum_ok, icmpv6_checksum_ok, ip, Frame, CLIENT_MAC, LB_MAC},
     require_root,
 };
-use lb_userspace::{dataplane::addr16, test_run::action_name};
+use lb_userspace::dataplane::{addr16, DataplaneOps as _};
 
 const TCP: u8 = 6;
 const REALS4: [(&str, u32); 2] = [("10.1.0.1", 1), ("10.1.0.2", 1)];
@@ -24,7 +25,7 @@ fn full_size(src: &str, dst: &str) -> Frame {
 
 /// Checks an ICMPv4 "fragmentation needed" answer to `input` (an IPv4 frame with `l2` bytes of
 /// L2 header) from `vip` naming `mtu`; returns the ICMP message.
-fn frag_needed(out: &lb_userspace::test_run::TestRun, input: &[u8], l2: usize, vip: &str, mtu: u16) -> Vec<u8> {
+fn frag_needed(out: &lb_tests::test_run::TestRun, input: &[u8], l2: usize, vip: &str, mtu: u16) -> Vec<u8> {
     assert_eq!(action_name(out.action), "XDP_TX", "sent back");
     assert_eq!(out.data.len(), l2 + 576, "576 bytes of IP packet (RFC 1812)");
     let (eth, _) = Ethernet2Header::from_slice(&out.data).unwrap();

@@ -40,7 +40,7 @@ fn four_thousand_and_ninety_six_vips_are_programmed_announced_and_reloaded_one_r
     assert_eq!(ids.len(), VIPS * REALS, "a real id per real of each VIP");
 
     // The data plane: each VIP's live ring, where its VipMeta says, holds that VIP's reals only.
-    let pins = lb_userspace::daemon::pin_dir(&d.instance).join("maps");
+    let pins = lb_userspace::dataplane::pins::balancer(&d.instance).join("maps");
     let vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(MapData::from_pin(pins.join(maps::VIPS)).unwrap())).unwrap();
     let maglev: Array<_, SlotPair> = Array::try_from(Map::Array(MapData::from_pin(pins.join(maps::MAGLEV)).unwrap())).unwrap();
     let metas: Vec<VipMeta> = vips.iter().map(|kv| kv.unwrap().1).collect();

@@ -102,4 +102,3 @@ pub struct RealRequest {
 pub struct VipName {
     pub name: String,
 }
-

@@ -169,10 +169,14 @@ struct DoctorQuery {
 }
 
 /// `lb doctor`: the loop's view, then the counters sampled over the window on a blocking thread.
-async fn doctor(State(r): State<Readers>, Query(q): Query<DoctorQuery>) -> Result<Json<crate::operator::doctor::Report>, (StatusCode, String)> {
+async fn doctor(
+    State(r): State<Readers>,
+    Query(q): Query<DoctorQuery>,
+) -> Result<Json<crate::operator::doctor::Report>, (StatusCode, String)> {
     let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
     let inputs = ask(&r.cmds, Command::Doctor).await?;
-    let (sampled, inputs) = blocking(move || crate::operator::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
+    let (sampled, inputs) =
+        blocking(move || crate::operator::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
     let findings = crate::operator::doctor::diagnose(&inputs.view, &sampled);
     Ok(Json(crate::operator::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }

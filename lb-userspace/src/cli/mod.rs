@@ -417,7 +417,8 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         Cmd::Capture { file, what, vip, count, seconds, rate } => {
             let mut bits = 0;
             for w in &what {
-                bits |= crate::operator::capture::what_of(w).with_context(|| format!("--what {w}: one of drop, handoff, miss, icmp, all"))?;
+                bits |=
+                    crate::operator::capture::what_of(w).with_context(|| format!("--what {w}: one of drop, handoff, miss, icmp, all"))?;
             }
             let vip = match vip {
                 None => None,

@@ -20,11 +20,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::validate::{validate_instance, validate_interfaces};
 pub use self::{
     raw::*,
     validate::{interface_exists, ring_slots_needed},
 };
-pub(crate) use self::validate::{validate_instance, validate_interfaces};
 
 /// Largest weight a real may have (0 drains it).
 pub const MAX_WEIGHT: u32 = 1000;

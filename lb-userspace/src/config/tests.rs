@@ -151,12 +151,7 @@ fn ring_size_must_be_prime() {
 #[test]
 fn unknown_interface_is_named() {
     assert_problem("name = \"lo\"", "name = \"nosuch0\"", "interface[0].name", "unknown interface");
-    assert_problem(
-        "name = \"lo\"\n",
-        "name = \"lo\"\n        mode = \"turbo\"\n",
-        "interface[0].mode",
-        "not \"native\" or \"generic\"",
-    );
+    assert_problem("name = \"lo\"\n", "name = \"lo\"\n        mode = \"turbo\"\n", "interface[0].mode", "not \"native\" or \"generic\"");
 }
 
 #[test]
@@ -164,29 +159,18 @@ fn forwarding_problems_are_named() {
     assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_mac = \"02:00:00:00:03\"", "forwarding.next_hop_mac", "not a MAC");
     assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
     assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
-    assert_problem(
-        "[forwarding]\n",
-        "[forwarding]\n        source_v6 = \"fd00::/64\"\n",
-        "forwarding.source_v6",
-        "at most 32 host bits",
-    );
+    assert_problem("[forwarding]\n", "[forwarding]\n        source_v6 = \"fd00::/64\"\n", "forwarding.source_v6", "at most 32 host bits");
 }
 
 #[test]
 fn handoff_validates_and_its_problems_are_named() {
     let with = |h: &str| GOOD.replacen("[[vip]]", &format!("{h}\n        [[vip]]"), 1);
-    let c = parse(
-        &with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"),
-        InterfaceCheck::Skip,
-    )
-    .unwrap();
+    let c =
+        parse(&with("[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.1.2\", \"10.20.2.2\"]"), InterfaceCheck::Skip)
+            .unwrap();
     let h = c.handoff.expect("handoff");
     assert_eq!(h.peers, ["10.20.1.2".parse::<IpAddr>().unwrap(), "10.20.2.2".parse().unwrap()]);
-    assert_eq!(
-        (h.health.kind.clone(), h.health.port, h.health.fall),
-        (CheckKind::Tcp, 9100, 3),
-        "the peer lb's metrics port by default"
-    );
+    assert_eq!((h.health.kind.clone(), h.health.port, h.health.fall), (CheckKind::Tcp, 9100, 3), "the peer lb's metrics port by default");
     let bad = |h: &str| parse(&with(h), InterfaceCheck::Skip).unwrap_err().problems().to_vec();
     let found = bad(
         "[handoff]\n        address = \"10.20.3.2\"\n        peers = [\"10.20.3.2\", \"fd00::1\", \"10.20.1.2\", \"10.20.1.2\", \"x\"]",

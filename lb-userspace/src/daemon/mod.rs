@@ -28,11 +28,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use self::{announce::GracefulShutdown, snapshot::Flips};
 pub use self::{
     reload::{effective_config, prepare_reload, Prepared, PreparedReload},
     run::{run, stop},
 };
-use self::{announce::GracefulShutdown, snapshot::Flips};
 use crate::{
     admin::{AdminError, Command},
     bgp::bird::Announcement,

@@ -21,8 +21,7 @@ use crate::{
     bgp::{self, BirdRouter, RouterEvent},
     config::{self, InterfaceCheck},
     dataplane::{pins, Counters, Dataplane, LiveMaps, LoadOptions},
-    journal,
-    next_hop,
+    journal, next_hop,
     reconcile::Reconciler,
 };
 
@@ -149,4 +148,3 @@ pub fn stop(instance: &str) -> Result<()> {
     info!(%instance, "data plane detached and removed");
     Ok(())
 }
-

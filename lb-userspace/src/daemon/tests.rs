@@ -281,8 +281,7 @@ async fn bird_failures_are_counted_and_recovery_shows_in_status() {
 
 #[tokio::test]
 async fn a_new_mac_of_the_next_hop_is_written_and_other_addresses_are_ignored() {
-    let text =
-        config::parse_raw(&format!("[forwarding]\nnext_hop_ip = \"10.255.255.254\"\n[health]\nkind = \"none\"\n{VIPS}")).unwrap();
+    let text = config::parse_raw(&format!("[forwarding]\nnext_hop_ip = \"10.255.255.254\"\n[health]\nkind = \"none\"\n{VIPS}")).unwrap();
     let h = &mut start(text, Journal::default());
     let mac = |h: &Harness| h.d.rec.dataplane().config.unwrap().next_hop_mac;
     assert_eq!(mac(h), [1; 6]);

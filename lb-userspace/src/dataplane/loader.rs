@@ -263,7 +263,7 @@ impl Dataplane {
         Ok(())
     }
 
-/// Names of the maps in the loaded object.
+    /// Names of the maps in the loaded object.
     pub fn map_names(&self) -> Vec<String> {
         self.ebpf.maps().map(|(name, _)| name.to_owned()).collect()
     }

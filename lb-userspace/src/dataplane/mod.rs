@@ -16,7 +16,10 @@ pub mod pins;
 mod ring_memory;
 mod writer;
 
-use std::{net::IpAddr, path::{Path, PathBuf}};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::MapData;
 use lb_common::{LbConfig, RateLimit, Real, VipKey, VipMeta};

@@ -117,7 +117,8 @@ impl State {
     pub(super) fn forget_written(&mut self) {
         // Generations and address counts are kept: a generation must never go back (entries of
         // it may still be in the connection table), and the counts are what the maps count.
-        let kept = (self.written.generations.clone(), self.written.vip_addrs.clone(), self.written.filter.clone(), self.written.handoff_node);
+        let kept =
+            (self.written.generations.clone(), self.written.vip_addrs.clone(), self.written.filter.clone(), self.written.handoff_node);
         self.written = Written::default();
         (self.written.generations, self.written.vip_addrs, self.written.filter, self.written.handoff_node) = kept;
         let ids: Vec<VipId> = self.vips.keys().copied().collect();

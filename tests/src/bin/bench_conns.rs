@@ -17,11 +17,13 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_common::{maps, programs, ConnEntry, FlowKey, VipStats};
-use lb_tests::{fixture::Balancer, packet::Frame, PinDir};
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
+use lb_tests::{
+    fixture::Balancer,
+    packet::Frame,
     test_run::{self, action_name},
+    PinDir,
 };
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 const VIP: &str = "10.0.0.1";
 const XDP_TX: u32 = 3;

@@ -119,7 +119,7 @@ fn scale() {
 
 /// Live ring of the only VIP, read from the daemon's pinned map.
 fn live_ring(instance: &str) -> u32 {
-    let path = lb_userspace::daemon::pin_dir(instance).join("maps").join(maps::VIPS);
+    let path = lb_userspace::dataplane::pins::balancer(instance).join("maps").join(maps::VIPS);
     let data = MapData::from_pin(&path).expect("pinned VIPS");
     let vips: HashMap<_, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(data)).expect("hash map");
     vips.iter().next().expect("a VIP").expect("read").1.ring_base

@@ -20,7 +20,10 @@ use lb_tests::{
     netns::{veth, End, NetNs},
     topology::{ask, Site},
 };
-use lb_userspace::dataplane::{AttachMode, Dataplane, LoadOptions};
+use lb_userspace::{
+    config::AttachMode,
+    dataplane::{Dataplane, LoadOptions},
+};
 
 const PACKETS: usize = 2_000_000;
 const BATCH: usize = 256;

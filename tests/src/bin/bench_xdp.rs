@@ -19,11 +19,9 @@ use lb_common::{programs, stats::Counter, FlowKey};
 use lb_tests::{
     fixture::{flow_of, Balancer},
     packet::{ip, Frame},
-};
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
     test_run::{self, action_name},
 };
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 /// Calls per case per round, and rounds (`LB_BENCH_CALLS`, `LB_BENCH_ROUNDS` change them for a
 /// quick look).
