@@ -7,12 +7,14 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpStream, UdpSocket},
     sync::{mpsc, watch},
 };
 
-use crate::config::{CheckKind, HealthCheck, VipId};
+use crate::{
+    config::{CheckKind, HealthCheck, VipId},
+    http,
+};
 
 /// Consecutive-result thresholds. A real starts up, so a restart of `lb` never takes traffic
 /// away; a real that is really down leaves after `fall` failed checks.
@@ -73,7 +75,7 @@ pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Passed, String> 
             CheckKind::None => Ok(false),
             CheckKind::Tcp => TcpStream::connect(target).await.map(|_| false).map_err(|e| format!("connect {target}: {e}")),
             CheckKind::Http { path, expect_status, body_contains } => {
-                http_get(target, path, *expect_status, body_contains.as_deref()).await
+                http_get(target, path, *expect_status, body_contains.as_deref(), check.timeout).await
             }
             CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await.map(|()| false),
         }
@@ -87,29 +89,25 @@ pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Passed, String> 
 pub const DRAINING_MARK: &str = "\"draining\":true";
 
 /// `Ok(true)`: a draining backend (503 with `DRAINING_MARK`).
-async fn http_get(target: SocketAddr, path: &str, expect_status: u16, body_contains: Option<&str>) -> Result<bool, String> {
-    let mut conn = TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: anycast-lb\r\nConnection: close\r\n\r\n", target.ip());
-    conn.write_all(request.as_bytes()).await.map_err(|e| format!("send to {target}: {e}"))?;
-    let mut reply = Vec::new();
-    conn.take(64 * 1024).read_to_end(&mut reply).await.map_err(|e| format!("read from {target}: {e}"))?;
-    let reply = String::from_utf8_lossy(&reply);
-    let status = reply
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("{target}{path}: no HTTP status line"))?;
-    if status == 503 && reply.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains(DRAINING_MARK)) {
+async fn http_get(
+    target: SocketAddr,
+    path: &str,
+    expect_status: u16,
+    body_contains: Option<&str>,
+    limit: Duration,
+) -> Result<bool, String> {
+    // 64 KiB is more than any health page.
+    let call =
+        http::Call { headers: vec![("user-agent", "anycast-lb".to_owned())], limit, max_body: 64 * 1024, ..http::Call::new("GET", path) };
+    let reply = http::request(&http::Endpoint::Tcp(target), call).await.map_err(|e| format!("{target}{path}: {e:#}"))?;
+    if reply.status == 503 && reply.body.contains(DRAINING_MARK) {
         return Ok(true);
     }
-    if status != expect_status {
-        return Err(format!("{target}{path}: status {status}, want {expect_status}"));
+    if reply.status != expect_status {
+        return Err(format!("{target}{path}: status {}, want {expect_status}", reply.status));
     }
     match body_contains {
-        Some(want) if !reply.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains(want)) => {
-            Err(format!("{target}{path}: body lacks {want:?}"))
-        }
+        Some(want) if !reply.body.contains(want) => Err(format!("{target}{path}: body lacks {want:?}")),
         _ => Ok(false),
     }
 }
@@ -243,7 +241,10 @@ mod tests {
 
     #[tokio::test]
     async fn probes_pass_and_fail_against_local_servers() {
-        use tokio::net::TcpListener;
+        use tokio::{
+            io::{AsyncReadExt as _, AsyncWriteExt as _},
+            net::TcpListener,
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {

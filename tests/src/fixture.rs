@@ -240,12 +240,5 @@ pub fn flow_of(frame: &Frame) -> FlowKey {
         L4::Udp { src, dst } => (17, src, dst),
         L4::EchoRequest { .. } => panic!("echo has no flow"),
     };
-    FlowKey {
-        src: lb_userspace::dataplane::addr16(frame.src),
-        dst: lb_userspace::dataplane::addr16(frame.dst),
-        src_port_be: src_port.to_be(),
-        dst_port_be: dst_port.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
+    lb_userspace::dataplane::flow_key(frame.src, src_port, frame.dst, dst_port, proto)
 }

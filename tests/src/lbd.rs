@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::status::VipStatus;
+use lb_userspace::{
+    http::{self, Call, Endpoint},
+    status::VipStatus,
+};
 
 use crate::netns::NetNs;
 
@@ -112,11 +115,8 @@ impl LbDaemon {
         let path = format!("/run/netns/{}", self.ns);
         std::thread::spawn(move || {
             crate::netns::enter_path(&path);
-            let mut conn = std::net::TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
-            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("send");
-            let mut text = String::new();
-            conn.read_to_string(&mut text).expect("read");
-            text
+            let endpoint = Endpoint::Tcp("127.0.0.1:9100".parse().expect("literal"));
+            http::request_blocking(&endpoint, Call::new("GET", "/metrics")).expect("metrics endpoint").body
         })
         .join()
         .expect("scrape thread")

@@ -146,14 +146,8 @@ fn fill_conns(d: &LbDaemon, n: u32, real_of: impl Fn(u32) -> u32) {
     let mut conns: HashMap<MapData, FlowKey, ConnEntry> =
         HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).expect("pinned CONNS"))).expect("CONNS");
     for i in 0..n {
-        let key = FlowKey {
-            src: lb_common::ipv4_mapped((0x0b00_0000 + i).to_be_bytes()),
-            dst: lb_common::ipv4_mapped([10, 99, 0, 1]),
-            src_port_be: 1000u16.to_be(),
-            dst_port_be: 8080u16.to_be(),
-            proto: 6,
-            _pad: [0; 3],
-        };
+        let src = std::net::Ipv4Addr::from(0x0b00_0000 + i).into();
+        let key = lb_userspace::dataplane::flow_key(src, 1000, [10, 99, 0, 1].into(), 8080, 6);
         conns.insert(key, ConnEntry { real_id: real_of(i), flow_hash: i, vip_index, vip_generation: 1 }, 0).expect("insert");
     }
 }

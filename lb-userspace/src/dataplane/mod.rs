@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use lb_common::{LbConfig, RateLimit, Real, VipKey, VipMeta};
+use lb_common::{FlowKey, LbConfig, RateLimit, Real, VipKey, VipMeta};
 
 pub use self::{
     capture::{CaptureBuffer, CaptureMaps},
@@ -115,6 +115,11 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
 pub fn ip_of(addr: [u8; 16]) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(addr);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// The connection-table key of a flow (ports in host order here, in network order in the key).
+pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> FlowKey {
+    FlowKey { src: addr16(src), dst: addr16(dst), src_port_be: src_port.to_be(), dst_port_be: dst_port.to_be(), proto, _pad: [0; 3] }
 }
 
 /// Cross-site handoff as the data plane holds it: this node's address, the peers that are up

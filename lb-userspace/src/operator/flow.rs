@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Proto,
-    dataplane::{addr16, ip_of, DataplaneError, LiveMaps},
+    dataplane::{flow_key, ip_of, DataplaneError, LiveMaps},
     status::VipStatus,
 };
 
@@ -40,14 +40,7 @@ pub struct FlowQuery {
 
 impl FlowQuery {
     pub fn key(&self) -> FlowKey {
-        FlowKey {
-            src: addr16(self.src),
-            dst: addr16(self.dst),
-            src_port_be: self.src_port.to_be(),
-            dst_port_be: self.dst_port.to_be(),
-            proto: self.proto.number(),
-            _pad: [0; 3],
-        }
+        flow_key(self.src, self.src_port, self.dst, self.dst_port, self.proto.number())
     }
 }
 

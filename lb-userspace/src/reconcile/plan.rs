@@ -321,18 +321,13 @@ impl State {
             return Ok(None);
         }
         let spare = 1 - state.active;
+        let old_spare = state.rings[spare].take();
         // The spare ring must have this ring size (a VIP's ring_size may have changed).
-        let ring = match state.rings[spare].take() {
+        let ring = match old_spare {
             Some(ring) if ring.region.len == ring_size => ring,
             other => {
                 if let Some(old) = other {
-                    match &old.table {
-                        Some(t) => {
-                            self.pool.free(old.region);
-                            self.freed.push((old.region, t.clone()));
-                        }
-                        None => self.deferred_frees.push(old.region),
-                    }
+                    self.free_ring(&old);
                 }
                 let (free, pool) = (self.pool.free_slots(), self.pool.size());
                 let region = self.pool.alloc(ring_size).ok_or(ReconcileError::PoolFragmented { len: ring_size, free, pool })?;
@@ -366,6 +361,7 @@ impl State {
             }
         };
         self.plan.push((write, undo));
+        let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
         let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
         let meta = VipMeta { flags, vip_index: state.index, ring_base: base, ring_size, generation: 0 };
         state.slots.clear();

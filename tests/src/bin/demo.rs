@@ -99,9 +99,9 @@ fn main() {
     );
     let learned = until_routes(&net, started, "via site A", |hops| hops.len() == 2);
     println!(
-        "[2/7] router learned {VIP}/32 and {VIP6}/128 over BGP (one IPv4 session per node carries both) after {:?} / {:?}: next hops {:?} and {:?} (ECMP across site A)",
-        learned[0],
-        learned[1],
+        "[2/7] router learned {VIP}/32 and {VIP6}/128 over BGP (one IPv4 session per node carries both) after {} / {}: next hops {:?} and {:?} (ECMP across site A)",
+        ms(learned[0]),
+        ms(learned[1]),
         net.next_hops(),
         net.next_hops6()
     );
@@ -116,7 +116,7 @@ fn main() {
         net.sites[0].nodes.iter().all(|n| n.lb.status().iter().all(|vip| vip.reals[1].slots == 0))
     });
     let backend_failover = killed.elapsed();
-    println!("      both site A nodes took it out of both VIPs' Maglev tables after {backend_failover:?}");
+    println!("      both site A nodes took it out of both VIPs' Maglev tables after {}", ms(backend_failover));
     both(&net, "60 more requests", 60);
 
     println!("[5/7] killing all of site A's backends: site A can no longer serve and withdraws both VIPs");
@@ -126,8 +126,11 @@ fn main() {
     let withdrawn = until_routes(&net, site_down, "to site B", |hops| hops == [node_addr(3)] || hops == [node_addr6(3)]);
     let first_b: Vec<Duration> = families().iter().map(|f| until_answered_by(&net, f, site_down, "site B")).collect();
     println!(
-        "      router moved to site B after {:?} (IPv4) / {:?} (IPv6); first answer from site B after {:?} / {:?}",
-        withdrawn[0], withdrawn[1], first_b[0], first_b[1]
+        "      router moved to site B after {} (IPv4) / {} (IPv6); first answer from site B after {} / {}",
+        ms(withdrawn[0]),
+        ms(withdrawn[1]),
+        ms(first_b[0]),
+        ms(first_b[1])
     );
     both(&net, "60 requests", 60);
 
@@ -136,7 +139,7 @@ fn main() {
     let _a = net.sites[0].servers();
     let back_at = Instant::now();
     let back = until_routes(&net, back_at, "back to site A", |hops| hops.len() == 2);
-    println!("      router back on site A after {:?} (IPv4) / {:?} (IPv6)", back[0], back[1]);
+    println!("      router back on site A after {} (IPv4) / {} (IPv6)", ms(back[0]), ms(back[1]));
     both(&net, "60 requests", 60);
 
     println!("[7/7] maintenance on site A: `lb site drain` on both nodes with 10 connections of each family open and requests running");
@@ -187,9 +190,20 @@ fn main() {
     }
 
     println!(
-        "\nfailover times: backend {backend_failover:?} (fall 2 x 100 ms); site A down: withdrawal {:?} (IPv4) / {:?} (IPv6), first answer from site B {:?} / {:?}; return {:?} / {:?}",
-        withdrawn[0], withdrawn[1], first_b[0], first_b[1], back[0], back[1]
+        "\nfailover times: backend {} (fall 2 x 100 ms); site A down: withdrawal {} (IPv4) / {} (IPv6), first answer from site B {} / {}; return {} / {}",
+        ms(backend_failover),
+        ms(withdrawn[0]),
+        ms(withdrawn[1]),
+        ms(first_b[0]),
+        ms(first_b[1]),
+        ms(back[0]),
+        ms(back[1])
     );
     drop(net);
     println!("harness torn down");
+}
+
+/// A duration as milliseconds with one decimal ("196.5 ms").
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }

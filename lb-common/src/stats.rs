@@ -1,0 +1,99 @@
+//! Global counters (`STATS`, per CPU; every drop has its own reason) and the decapsulator's
+//! (`DECAP_STATS`): each enum's variants, `ALL` list and names come from one list.
+
+/// Defines a counter enum (`#[repr(u32)]`, numbered in order: the index in its map) with its
+/// `ALL` list and each counter's stable snake_case name for metrics and the CLI, all from one
+/// list, so a counter cannot be added to one and forgotten in another.
+macro_rules! counters {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name for metrics and the CLI.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// The balancer's counters (`STATS`): verdicts, drop and pass reasons, handoffs.
+    Counter {
+        /// Verdicts of the balancer, one per packet.
+        Pass = "pass",
+        Tx = "tx",
+        Drop = "drop",
+        Aborted = "aborted",
+        /// Passed because the frame is too short to tell whether it is for a VIP.
+        PassTruncated = "pass_truncated",
+        /// Echo requests to a VIP address answered by the balancer.
+        IcmpEchoReplied = "icmp_echo_replied",
+        /// Frag-needed / packet-too-big forwarded to the real of the quoted flow.
+        IcmpToReal = "icmp_to_real",
+        /// The connection table refused an insert; the packet was still forwarded.
+        ConnInsertFailed = "conn_insert_failed",
+        /// Drop reasons, for packets to a VIP address.
+        DropBadIpHeader = "drop_bad_ip_header",
+        DropFragment = "drop_fragment",
+        DropIpv6ExtHeader = "drop_ipv6_ext_header",
+        DropBadL4Header = "drop_bad_l4_header",
+        DropBadIcmp = "drop_bad_icmp",
+        DropNoReal = "drop_no_real",
+        /// Over the MTU once encapsulated and nothing to tell the client: IPv4 without DF (we do
+        /// not fragment), or an ICMP error being forwarded.
+        DropMtuExceeded = "drop_mtu_exceeded",
+        DropFamilyMismatch = "drop_family_mismatch",
+        DropEncapFailed = "drop_encap_failed",
+        DropNoConfig = "drop_no_config",
+        /// Mid-flow TCP packets of unknown flows tunnelled to a peer site's node.
+        HandoffSent = "handoff_sent",
+        /// Handoffs from peers (forwarded to our real unless counted as returned).
+        HandoffReceived = "handoff_received",
+        /// Handoffs from peers for flows we do not know either, sent back.
+        HandoffReturned = "handoff_returned",
+        /// Our handoffs that came back; balanced here.
+        HandoffCameBack = "handoff_came_back",
+        /// A tunnel to our handoff address whose inner packet is not for a VIP or is malformed.
+        DropBadHandoff = "drop_bad_handoff",
+        /// Packets over the MTU once encapsulated, answered with ICMP "fragmentation needed" /
+        /// "packet too big" (the packet itself is not sent: the answer is).
+        IcmpTooBigSent = "icmp_too_big_sent",
+        /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
+        DropTooBigSuppressed = "drop_too_big_suppressed",
+        /// New flows forwarded by the ring but not recorded: inserts were over their rate limit.
+        FlowUnrecorded = "flow_unrecorded",
+        /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their
+        /// rate limit.
+        HandoffSuppressed = "handoff_suppressed",
+        /// A tunnel to our handoff address from a source that is not a configured peer.
+        DropHandoffNotPeer = "drop_handoff_not_peer",
+    }
+}
+
+counters! {
+    /// Counters of the decapsulation program (`DECAP_STATS`, per CPU).
+    DecapCounter {
+        /// Tunnelled packets for a local address, stripped and passed up.
+        Decapsulated = "decapsulated",
+        /// Everything else, passed untouched.
+        Pass = "pass",
+        /// Tunnelled to a local address but the inner packet is cut short.
+        DropMalformed = "drop_malformed",
+        DropAdjustFailed = "drop_adjust_failed",
+        /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
+        Ipip = "ipip",
+        Ip6ip6 = "ip6ip6",
+        Ip4in6 = "ip4in6",
+    }
+}

@@ -1,0 +1,130 @@
+//! The backend's HTTP endpoint: `/healthz` (503 while draining), `/load` and `/metrics` (the
+//! decapsulator's counters), and the load sampling behind them.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{extract::State, http::StatusCode, Json};
+use lb_common::stats::DecapCounter;
+use serde::{Deserialize, Serialize};
+
+use super::LoadSource;
+use crate::dataplane::Dataplane;
+
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    pub(super) dp: Arc<Dataplane>,
+    pub(super) drain_file: PathBuf,
+    pub(super) load: Arc<Mutex<Option<f64>>>,
+    pub(super) vips: Vec<IpAddr>,
+}
+
+/// What `/healthz` and `/load` answer (documented in docs/operations.md): whether the node
+/// drains, and its load as a share 0..1 (`null` until the first sample).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub draining: bool,
+    pub load: Option<f64>,
+    pub source: String,
+}
+
+impl Endpoint {
+    fn report(&self) -> LoadReport {
+        let source = "see [backend.health] load".to_owned();
+        LoadReport { draining: self.drain_file.exists(), load: *self.load.lock().expect("not poisoned"), source }
+    }
+}
+
+pub(super) async fn healthz(State(e): State<Endpoint>) -> (StatusCode, Json<LoadReport>) {
+    let report = e.report();
+    (if report.draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }, Json(report))
+}
+
+pub(super) async fn load_report(State(e): State<Endpoint>) -> Json<LoadReport> {
+    Json(e.report())
+}
+
+pub(super) async fn metrics(State(e): State<Endpoint>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP lb_backend_packets_total Packets seen by the decapsulator, by what it did");
+    let _ = writeln!(out, "# TYPE lb_backend_packets_total counter");
+    for c in DecapCounter::ALL {
+        let _ = writeln!(out, "lb_backend_packets_total{{what=\"{}\"}} {}", c.name(), e.dp.decap_counter(c).unwrap_or(0));
+    }
+    let report = e.report();
+    let _ = writeln!(out, "# HELP lb_backend_draining 1 while the drain file exists (/healthz answers 503)");
+    let _ = writeln!(out, "# TYPE lb_backend_draining gauge");
+    let _ = writeln!(out, "lb_backend_draining {}", u8::from(report.draining));
+    if let Some(load) = report.load {
+        let _ = writeln!(out, "# HELP lb_backend_load Load share 0..1 as /load reports it");
+        let _ = writeln!(out, "# TYPE lb_backend_load gauge");
+        let _ = writeln!(out, "lb_backend_load {load}");
+    }
+    let _ = writeln!(out, "# HELP lb_backend_vips VIPs held on lo");
+    let _ = writeln!(out, "# TYPE lb_backend_vips gauge");
+    let _ = writeln!(out, "lb_backend_vips {}", e.vips.len());
+    out.push_str("# EOF\n");
+    out
+}
+
+/// CPU busy share between two /proc/stat readings of the "cpu" line: (busy, total) jiffies.
+pub fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let total: u64 = v.iter().take(8).sum(); // user nice system idle iowait irq softirq steal
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// A load number from a file or a command's output: the first word, a share 0..1.
+pub fn parse_load(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse::<f64>().ok().filter(|x| (0.0..=1.0).contains(x))
+}
+
+pub(super) async fn sample_load(source: LoadSource, interval: Duration, into: Arc<Mutex<Option<f64>>>) {
+    let mut last: Option<(u64, u64)> = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let value = match &source {
+            LoadSource::Cpu => {
+                let now = tokio::fs::read_to_string("/proc/stat").await.ok().as_deref().and_then(cpu_times);
+                let share = match (last, now) {
+                    (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+                    _ => None,
+                };
+                last = now;
+                share
+            }
+            LoadSource::File(path) => tokio::fs::read_to_string(path).await.ok().as_deref().and_then(parse_load),
+            LoadSource::Command(cmd) => {
+                let out = tokio::time::timeout(interval, tokio::process::Command::new("sh").args(["-c", cmd]).output()).await;
+                out.ok().and_then(Result::ok).and_then(|o| parse_load(&String::from_utf8_lossy(&o.stdout)))
+            }
+        };
+        if value.is_some() || !matches!(source, LoadSource::Cpu) {
+            *into.lock().expect("not poisoned") = value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_share_and_load_numbers() {
+        let a = cpu_times("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
+        let b = cpu_times("cpu  150 0 150 750 150 0 0 0 0 0\n").unwrap();
+        assert_eq!((a, b), ((200, 1000), (300, 1200)));
+        assert_eq!((b.0 - a.0) as f64 / (b.1 - a.1) as f64, 0.5);
+        assert_eq!(parse_load("0.25\n"), Some(0.25));
+        assert_eq!(parse_load("1.5"), None, "a share is 0..1");
+        assert_eq!(parse_load("busy"), None);
+    }
+}

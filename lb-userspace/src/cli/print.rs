@@ -1,0 +1,47 @@
+//! Tables the CLI prints from the API's answers.
+
+use crate::status::{HandoffStatus, SiteStage, VipStatus};
+
+pub fn print_status(vips: &[VipStatus]) {
+    for v in vips {
+        let bgp = if v.announced { "  announced" } else { "" };
+        println!("VIP {} {}  ring {}  healthy {}/{} (min {}){bgp}", v.name, v.vip, v.ring_size, v.healthy(), v.reals.len(), v.min_healthy);
+        println!("  {:<40} {:>4}  {:<5} {:>6} {:>7}", "REAL", "ID", "STATE", "WEIGHT", "SHARE");
+        for r in &v.reals {
+            let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
+            let share = 100.0 * r.slots as f64 / v.ring_size as f64;
+            let state = match (r.up, r.draining) {
+                (false, _) => "down",
+                (true, true) => "drain",
+                (true, false) => "up",
+            };
+            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%", r.address, r.id, state, weight, share);
+        }
+    }
+    if vips.iter().any(|v| v.reals.iter().any(|r| r.weight != r.config_weight)) {
+        println!("(* weight set at run time, or 0 while the backend drains)");
+    }
+}
+
+pub fn print_site(stage: &SiteStage) {
+    match stage {
+        SiteStage::NoBgp => {}
+        SiteStage::Announcing => println!("SITE announcing"),
+        SiteStage::GracefulShutdown { withdraw_in_ms } => {
+            println!(
+                "SITE graceful shutdown: announced with GRACEFUL_SHUTDOWN (65535:0), withdrawing in {:.1} s",
+                *withdraw_in_ms as f64 / 1e3
+            )
+        }
+        SiteStage::Withdrawn => println!("SITE withdrawn (drained or exiting; forwarding continues)"),
+    }
+}
+
+pub fn print_handoff(h: &HandoffStatus) {
+    let Some(node) = h.node else { return };
+    let adopt = if h.adopt { "  adopting (site withdrawn: handed-off flows it does not know are taken here)" } else { "" };
+    println!("HANDOFF node {node}{adopt}");
+    for (peer, up) in &h.peers {
+        println!("  peer {peer:<38} {}", if *up { "up" } else { "down" });
+    }
+}
