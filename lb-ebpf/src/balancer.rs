@@ -22,12 +22,10 @@ use lb_common::{stats::Counter, IP6_OVERHEAD, IPIP_OVERHEAD};
 use crate::{
     capture,
     conntrack::{self, Chosen},
-    encap::{self, Outer},
-    handoff, icmp,
+    encap, handoff, icmp,
     maps::{CONFIG, REALS, SCRATCH},
-    packet::{Arrival, ClientPacket},
-    parse::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP},
-    pkt, stats,
+    packet::{Arrival, ClientPacket, Outer, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+    parse, pkt, stats,
 };
 
 /// Runs the balancer on one frame and counts its verdict (and the reason, for drops).

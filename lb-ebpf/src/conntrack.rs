@@ -14,8 +14,7 @@ use lb_common::{
 use crate::{
     handoff, limit, maglev,
     maps::{CONNS, REALS, SYN_SEEN, VIP_GEN},
-    packet::{Arrival, ClientPacket},
-    parse::L3,
+    packet::{Arrival, ClientPacket, L3},
     stats,
     step::Step,
 };

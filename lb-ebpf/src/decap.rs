@@ -12,8 +12,8 @@ use network_types::{
 
 use crate::{
     maps::DECAP_ADDRS,
-    parse::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6},
-    pkt,
+    packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6},
+    parse, pkt,
 };
 
 #[inline(always)]

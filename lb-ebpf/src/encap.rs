@@ -9,7 +9,7 @@ use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     csum,
-    parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3},
+    packet::{Outer, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3},
     pkt,
 };
 
@@ -23,16 +23,6 @@ fn host_mask(bits: u32) -> u32 {
     } else {
         (1u32 << bits) - 1
     }
-}
-
-/// The outer header to put in front of a packet.
-pub struct Outer {
-    pub dst: [u8; 16],
-    pub ipv6: bool,
-    /// IPv4 sources use the last four bytes.
-    pub src: [u8; 16],
-    /// IPv4 ID, or IPv6 flow label (20 bits).
-    pub id: u32,
 }
 
 impl Outer {

@@ -13,11 +13,9 @@ use lb_common::{hash::flow_hash, stats::Counter, HANDOFF_F_ADOPT, HANDOFF_F_IPV6
 
 use crate::{
     decap,
-    encap::Outer,
     maps::{HANDOFF, PEERS, PEER_SOURCES},
-    packet::{Arrival, ClientPacket, Scratch},
-    parse::{self, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
-    pkt, stats,
+    packet::{Arrival, ClientPacket, Outer, Scratch, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, L3},
+    parse, pkt, stats,
     step::Step,
 };
 

@@ -12,7 +12,7 @@ use network_types::{
 
 use crate::{
     csum, limit,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
+    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
     pkt, stats,
     step::Step,
 };

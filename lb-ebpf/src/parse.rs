@@ -17,38 +17,9 @@ use network_types::{
 
 use crate::{
     maps::{VIP_ADDRS, VIP_FILTER},
-    packet::ClientPacket,
+    packet::{ClientPacket, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, L3},
     pkt,
 };
-
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_IPV6: u8 = 41;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
-/// What the parser learned about an IP packet to a VIP address.
-#[derive(Clone, Copy)]
-pub struct L3 {
-    /// Bytes of Ethernet header (+ VLAN tag) before the IP header.
-    pub l2_len: usize,
-    pub ipv6: bool,
-    /// Bytes of the IP packet, header included, as its header says (frame padding excluded).
-    pub ip_len: u32,
-    /// Offset of the transport header and bytes from there to the IP packet's end.
-    pub l4_off: usize,
-    pub l4_len: u32,
-    pub proto: u8,
-    /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
-    pub tos: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
 
 /// Length of the L2 header and the EtherType after it.
 #[inline(always)]

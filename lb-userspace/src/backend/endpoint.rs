@@ -12,7 +12,7 @@ use axum::{extract::State, http::StatusCode, Json};
 use lb_common::stats::DecapCounter;
 use serde::{Deserialize, Serialize};
 
-use super::LoadSource;
+use super::config::LoadSource;
 use crate::dataplane::Dataplane;
 
 #[derive(Clone)]

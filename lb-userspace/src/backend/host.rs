@@ -14,7 +14,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::BackendConfig;
+use super::config::BackendConfig;
 
 /// What `run` changed on the host, so that `stop` puts it back: kept in
 /// `<state dir>/<instance>.backend.json`, written before each change.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{Target, DEFAULT_INSTANCE};
+use super::args::{Target, DEFAULT_INSTANCE};
 use crate::{
     config::default_api_socket,
     http::{self, Call, Endpoint, HttpError},

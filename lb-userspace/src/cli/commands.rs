@@ -7,9 +7,9 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::{bail, Context as _, Result};
 
 use super::{
+    args::{BackendAction, Cmd, FlowsAction, Opt, RealAction, Shell, SiteAction, Target, VipAction, DEFAULT_INSTANCE},
     client::AdminClient,
     print::{print_handoff, print_site, print_status},
-    BackendAction, Cmd, FlowsAction, Opt, RealAction, Shell, SiteAction, Target, VipAction, DEFAULT_INSTANCE,
 };
 use crate::{
     admin::{RealRequest, VipName},

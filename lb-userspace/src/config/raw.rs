@@ -50,13 +50,6 @@ pub struct RawFlood {
     pub handoffs_per_sec: Option<u32>,
 }
 
-/// Per-CPU limits against floods of spoofed packets (see docs/operations.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flood {
-    pub inserts_per_sec: u32,
-    pub handoffs_per_sec: u32,
-}
-
 /// Defaults, from bench-xdp on the test machine: a new flow (SYN and ACK) costs about 1.5 us of
 /// kernel time and a handoff 0.27 us, so 50,000 inserts and 10,000 handoffs a second take at most
 /// 7.5% and 0.3% of a CPU, far above what legitimate traffic makes on one CPU of an edge node.

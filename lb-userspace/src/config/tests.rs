@@ -1,5 +1,11 @@
 //! Loading and rejecting configs: defaults, every problem with its field.
 
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    time::Duration,
+};
+
 use super::*;
 
 const GOOD: &str = r#"

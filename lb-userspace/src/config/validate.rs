@@ -9,7 +9,11 @@ use std::{
 
 use lb_common::{MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
 
-use super::*;
+use super::{
+    error::{ConfigError, Problems},
+    raw::*,
+    types::*,
+};
 use crate::maglev::is_prime;
 
 /// An instance name: it names a bpffs folder and state files.

@@ -6,21 +6,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::state::{Daemon, GracefulShutdown};
 use crate::{
     admin::{AdminError, Reply},
     bgp::{bird::Announcement, RouterEvent},
     dataplane::DataplaneOps,
     status::SiteStage,
 };
-
-/// A graceful shutdown under way: announced with GRACEFUL_SHUTDOWN until `until`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct GracefulShutdown {
-    pub(super) until: tokio::time::Instant,
-    /// Told apart from an earlier one that an undrain cancelled.
-    pub(super) number: u64,
-}
 
 impl<D: DataplaneOps> Daemon<D> {
     /// The site withdraws by choice: drained, or `lb` exiting.

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::state::Daemon;
 use crate::{
     admin::{AdminError, Reply},
     config::{self, Config, RawVip},

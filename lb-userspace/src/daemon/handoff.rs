@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::state::Daemon;
 use crate::dataplane::{DataplaneOps, Handoff};
 
 impl<D: DataplaneOps> Daemon<D> {

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::state::{Daemon, Prepared};
 use crate::{
     admin::{AdminError, Reply},
     config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig},
@@ -13,19 +13,6 @@ use crate::{
     journal::Journal,
     next_hop,
 };
-
-/// A prepared reload, and who asked for it (None: SIGHUP).
-pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
-
-/// A reload read off the loop: the config file, and the MAC of its next hop when the file names
-/// it by address (validation is left to the loop, which validates the file with the journal).
-#[derive(Debug)]
-pub struct Prepared {
-    pub file: RawConfig,
-    pub resolved: Option<(IpAddr, [u8; 6])>,
-    /// How long reading, parsing and resolving took.
-    pub took: Duration,
-}
 
 /// The config to run: the file with the journal's VIP changes; if those no longer fit the file
 /// (say the file now has a conflicting VIP), the file alone, with a warning.

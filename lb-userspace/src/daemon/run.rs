@@ -15,7 +15,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{effective_config, Daemon, Outputs};
+use super::{
+    reload::effective_config,
+    state::{Daemon, Outputs},
+};
 use crate::{
     admin,
     bgp::{self, BirdRouter, RouterEvent},

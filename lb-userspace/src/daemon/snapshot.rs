@@ -2,21 +2,17 @@
 //! latency, BIRD's state) and the control plane's part of a metrics scrape.
 
 use std::{
-    collections::{HashMap, VecDeque},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
-use super::Daemon;
+use super::state::Daemon;
 use crate::{
     config::VipId,
     dataplane::DataplaneOps,
     metrics,
     operator::doctor::{self, DoctorInputs},
 };
-
-/// Each real's recent health flips.
-pub(super) type Flips = HashMap<(VipId, IpAddr), VecDeque<Instant>>;
 
 /// Health flips within this window count towards "flapping".
 pub(super) const FLAP_WINDOW: Duration = Duration::from_secs(doctor::FLAP_WINDOW_SECS);

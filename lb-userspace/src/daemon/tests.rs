@@ -4,16 +4,24 @@ use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use tokio::sync::oneshot;
 
+use tokio::sync::{mpsc, watch};
+
 use super::*;
 use crate::{
-    admin::Reply,
+    admin::{AdminError, Command, Reply},
+    bgp::bird::Announcement,
     bgp::{
         self,
         tests::{FakeRouter, FAST},
         RouterEvent,
     },
+    config::{self, InterfaceCheck, RawConfig},
     dataplane::Handoff,
+    health::{HealthEvent, Target},
+    journal::{self, Journal},
+    next_hop::NextHopChanged,
     reconcile::tests::{ip, Fake},
+    reconcile::Reconciler,
     status::SiteStage,
 };
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use aya::maps::{Array, MapData, PerCpuArray};
 use lb_common::{maps, CaptureCtl, CaptureState};
 
-use super::{map_err, open_pinned, DataplaneError, Result};
+use super::error::{map_err, open_pinned, DataplaneError, Result};
 
 pub struct CaptureMaps {
     ctl: Array<MapData, CaptureCtl>,

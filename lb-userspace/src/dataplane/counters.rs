@@ -15,7 +15,11 @@ use lb_common::{
     ConnEntry, FlowKey, LimitState, RealStats, VipStats,
 };
 
-use super::{live::count_keys, map_err, Dataplane, DataplaneError, Result};
+use super::{
+    error::{map_err, DataplaneError, Result},
+    live::count_keys,
+    loader::Dataplane,
+};
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns` (which lags it by a tick at most).
 pub fn monotonic_ns() -> u64 {

@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{maps, slot_place, ConnEntry, FlowKey, Handoff, Real, SlotPair, VipKey, VipMeta};
 
-use super::{found, map_err, open_pinned, DataplaneError, Result};
+use super::error::{found, map_err, open_pinned, DataplaneError, Result};
 
 /// Handles on the maps that decide where a flow goes, opened from an instance's pins: `lb flow`
 /// reads them and `lb flows` walks (and purges) the connection table, on the API's blocking

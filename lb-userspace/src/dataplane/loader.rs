@@ -17,7 +17,10 @@ use aya::{
 };
 use lb_common::{maps, Real, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, MAX_RING_SIZE, MAX_VIPS, SLOTS_PER_ELEMENT, VIP_FILTER_BITS};
 
-use super::{map_err, ring_memory::RingMemory, DataplaneError, Result};
+use super::{
+    error::{map_err, DataplaneError, Result},
+    ring_memory::RingMemory,
+};
 use crate::{config::AttachMode, LB_EBPF};
 
 /// Knobs fixed when the object is loaded.

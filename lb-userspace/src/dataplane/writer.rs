@@ -8,7 +8,12 @@ use lb_common::{
     maps, slot_place, ConnEntry, FlowKey, LbConfig, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS,
 };
 
-use super::{addr16, found, ip_of, map_err, Dataplane, DataplaneError, DataplaneOps, Handoff, Result};
+use super::{
+    addr::{addr16, ip_of},
+    error::{found, map_err, DataplaneError, Result},
+    loader::Dataplane,
+    ops::{DataplaneOps, Handoff},
+};
 
 impl Dataplane {
     fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>> {

@@ -8,14 +8,13 @@ use std::{
     time::Instant,
 };
 
-use lb_common::{limits, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SOURCE_AFFINITY};
+use lb_common::{limits, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SOURCE_AFFINITY};
 
 use super::{
-    lb_config,
+    entries::{lb_config, real_flags, vip_key},
+    error::ReconcileError,
     ring_pool::{Region, RingPool},
-    vip_key,
-    write::{Write, Written},
-    ReconcileError,
+    write::{Write, Writes},
 };
 use crate::{
     config::{Config, RealConfig, Vip, VipId},
@@ -101,11 +100,9 @@ pub(super) struct State {
     /// Where the rings live in `MAGLEV`.
     pub(super) pool: RingPool,
     pub(super) recovered_down: imbl::HashSet<(u32, IpAddr)>,
-    pub(super) written: Written,
+    /// What every entry holds, and the writes this change plans.
+    pub(super) writes: Writes,
     pub(super) rebuilds: RebuildStats,
-    /// The planned writes in order, each with the write that undoes it (None: nothing a packet
-    /// could see changes, e.g. slots of a ring no VIP uses).
-    pub(super) plan: Vec<(Write, Option<Write>)>,
     /// Rings freed by this transaction with their content, so a write that reuses them can be
     /// undone. A ring whose content is unknown is freed only once the plan is complete.
     pub(super) freed: Vec<(Region, Arc<Vec<u32>>)>,
@@ -115,12 +112,7 @@ pub(super) struct State {
 impl State {
     /// After an undo failed: nothing written is known, so the next change writes everything.
     pub(super) fn forget_written(&mut self) {
-        // Generations and address counts are kept: a generation must never go back (entries of
-        // it may still be in the connection table), and the counts are what the maps count.
-        let kept =
-            (self.written.generations.clone(), self.written.vip_addrs.clone(), self.written.filter.clone(), self.written.handoff_node);
-        self.written = Written::default();
-        (self.written.generations, self.written.vip_addrs, self.written.filter, self.written.handoff_node) = kept;
+        self.writes.written.forget();
         let ids: Vec<VipId> = self.vips.keys().copied().collect();
         for id in ids {
             let v = Arc::make_mut(self.vips.get_mut(&id).expect("listed"));
@@ -177,10 +169,10 @@ impl State {
         if needed > self.pool.size() as u64 {
             return Err(ReconcileError::PoolTooSmall { needed, pool: self.pool.size() });
         }
-        self.write(Write::Config(lb_config(&config.forwarding, next_hop_mac)));
-        self.write(Write::RateLimit(limits::TOO_BIG, RateLimit::per_sec(config.forwarding.too_big_per_sec)));
-        self.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
-        self.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
+        self.writes.write(Write::Config(lb_config(&config.forwarding, next_hop_mac)));
+        self.writes.write(Write::RateLimit(limits::TOO_BIG, RateLimit::per_sec(config.forwarding.too_big_per_sec)));
+        self.writes.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
+        self.writes.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         // Indexes of VIPs going away stay taken in this change: no new VIP shares one with them.
         let mut indexes: BTreeSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
@@ -218,18 +210,18 @@ impl State {
         }
         // VIPs an earlier run left that the config no longer has.
         for (id, (_, live)) in std::mem::take(&mut self.recovered) {
-            self.remove_vip(vip_key(&id));
+            self.writes.remove_vip(vip_key(&id));
             if live.len > 0 {
                 self.deferred_frees.push(live);
             }
         }
-        self.sync_filter();
+        self.writes.sync_filter();
         Ok(())
     }
 
     pub(super) fn remove(&mut self, id: &VipId) -> Result<(), ReconcileError> {
         let Some(state) = self.vips.remove(id) else { return Ok(()) };
-        self.remove_vip(vip_key(id));
+        self.writes.remove_vip(vip_key(id));
         for ring in state.rings.iter().flatten() {
             self.free_ring(ring);
         }
@@ -242,7 +234,7 @@ impl State {
     /// Marks the real down in the maps (its flows move on) and frees its id.
     pub(super) fn retire_real(&mut self, vip_index: u32, addr: IpAddr) {
         if let Some(id) = self.real_ids.remove(&(vip_index, addr)) {
-            self.write(Write::Real(id, Real { addr: addr16(addr), flags: real_flags(addr, false), vip_index }));
+            self.writes.write(Write::Real(id, Real { addr: addr16(addr), flags: real_flags(addr, false), vip_index }));
             self.retired_ids.push_back(id);
         }
     }
@@ -286,7 +278,7 @@ impl State {
         let set_reals = |s: &mut Self, up: bool| {
             for (&(addr, real_up, _, _), &real_id) in reals.iter().zip(&ids) {
                 if real_up == up {
-                    s.write(Write::Real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, up), vip_index: index }));
+                    s.writes.write(Write::Real(real_id, Real { addr: addr16(addr), flags: real_flags(addr, up), vip_index: index }));
                 }
             }
         };
@@ -295,7 +287,7 @@ impl State {
         let switch = self.plan_ring(id, maglev)?;
         let switched = switch.is_some();
         if let Some(meta) = switch {
-            self.write_vip(vip_key(id), meta);
+            self.writes.write_vip(vip_key(id), meta);
             self.rebuilds.count += 1;
             self.rebuilds.last = started.elapsed();
             self.rebuilds.total += self.rebuilds.last;
@@ -360,7 +352,7 @@ impl State {
                 )
             }
         };
-        self.plan.push((write, undo));
+        self.writes.plan.push((write, undo));
         let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
         let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
         let meta = VipMeta { flags, vip_index: state.index, ring_base: base, ring_size, generation: 0 };
@@ -372,8 +364,4 @@ impl State {
         state.active = spare;
         Ok(Some(meta))
     }
-}
-
-fn real_flags(addr: IpAddr, up: bool) -> u32 {
-    (if addr.is_ipv6() { REAL_F_IPV6 } else { 0 }) | (if up { 0 } else { REAL_F_DOWN })
 }

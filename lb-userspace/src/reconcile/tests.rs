@@ -3,10 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::RateLimit;
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::{LbConfig, RateLimit, Real, VipKey, VipMeta, REAL_F_DOWN};
 
 use super::*;
-use crate::config::{parse, InterfaceCheck};
+use crate::{
+    config::{parse, Config, InterfaceCheck},
+    dataplane::{DataplaneError, DataplaneOps, Handoff, Programmed},
+};
 
 /// Records what the reconciler writes, and the maps as the kernel would hold them; fails
 /// the write numbered `fail_at` (counting from 1) when set.

@@ -14,7 +14,6 @@ use std::{
 
 use lb_common::{hash::addr_filter_bit, LbConfig, RateLimit, Real, VipKey, VipMeta};
 
-use super::plan::State;
 use crate::dataplane::{DataplaneError, DataplaneOps, Handoff};
 
 /// One map write.
@@ -89,7 +88,31 @@ pub(super) struct Written {
     pub handoff_node: Option<[u8; 16]>,
 }
 
-impl State {
+/// What every entry holds, and the writes a change plans in order, each with the write that
+/// undoes it (None: nothing a packet could see changes, e.g. slots of a ring no VIP uses).
+#[derive(Clone, Default)]
+pub(super) struct Writes {
+    pub written: Written,
+    pub plan: Vec<(Write, Option<Write>)>,
+}
+
+impl Written {
+    /// After an undo failed, what the maps hold is not known: the next change writes every entry
+    /// whole. Generations and address counts are kept: a generation must never go back (entries
+    /// of it may still be in the connection table), and the counts are what the maps count.
+    pub(super) fn forget(&mut self) {
+        let kept = std::mem::take(self);
+        *self = Written {
+            generations: kept.generations,
+            vip_addrs: kept.vip_addrs,
+            filter: kept.filter,
+            handoff_node: kept.handoff_node,
+            ..Written::default()
+        };
+    }
+}
+
+impl Writes {
     /// Plans `write` unless the entry already holds exactly that; returns whether it did.
     pub(super) fn write(&mut self, write: Write) -> bool {
         let w = &mut self.written;

@@ -1,0 +1,229 @@
+//! The `lb` command line as clap reads it: subcommands, their options, and which running `lb`
+//! the admin commands talk to.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use clap::{Parser, Subcommand};
+
+/// The instance the CLI talks to when none is named.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+#[derive(Parser)]
+#[command(name = "lb", about = "anycast-lb: XDP Maglev load balancer")]
+pub struct Opt {
+    #[command(subcommand)]
+    pub command: Cmd,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Which `lb run` the admin commands talk to, and how.
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// The instance (its admin socket is /run/anycast-lb/<instance>.sock; default "default").
+    /// `stop` needs it named.
+    #[arg(long, global = true)]
+    pub instance: Option<String>,
+    /// The admin socket, when the config names another one.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Talk to the API over TCP at this address instead (the config's `[api] listen`).
+    #[arg(long, global = true)]
+    pub api: Option<SocketAddr>,
+    /// File holding the bearer token for `--api` (needed for changes).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Load and attach the data plane, program it from the config, run health checks.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file (the balancer's, or a backend's with `[backend]`) without touching
+    /// the kernel.
+    CheckConfig { file: PathBuf },
+    /// The real host's side: decapsulate the balancer's tunnels, hold the VIPs, report health.
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+        /// The backend's config file.
+        #[arg(long, global = true, default_value = "/etc/anycast-lb/backend.toml")]
+        config: PathBuf,
+    },
+    /// Detach the programs and remove the pinned maps of an instance (`--instance`).
+    Stop,
+    /// VIPs, reals, health, weights and traffic shares; handoff peers.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a real at run time (kept across reloads and restarts).
+    Real {
+        #[command(subcommand)]
+        action: RealAction,
+    },
+    /// Add or remove a VIP at run time (kept across reloads and restarts).
+    Vip {
+        #[command(subcommand)]
+        action: VipAction,
+    },
+    /// Withdraw every VIP of this site over BGP while forwarding continues (maintenance), or
+    /// announce again.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
+    /// Re-read the config file of the running `lb` (like SIGHUP).
+    Reload,
+    /// Where a flow goes now and why: the connection table's entry or the ring slot, what a
+    /// mid-flow packet the table does not know would do, and whether the VIP is announced.
+    Flow {
+        /// The client: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+        src: String,
+        /// The VIP: ADDR:PORT ([ADDR]:PORT for IPv6).
+        vip: String,
+        #[arg(default_value = "tcp")]
+        proto: crate::config::Proto,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List connection-table entries (or purge a real's).
+    ///
+    /// The walk reads the table until `--limit` entries match: on a full table of millions with a filter that matches few, that
+    /// is the whole table (2.3 s for a million entries, measured).
+    Flows {
+        #[command(subcommand)]
+        action: Option<FlowsAction>,
+        /// Only this VIP's entries.
+        #[arg(long)]
+        vip: Option<String>,
+        /// Only entries of the real at this address.
+        #[arg(long)]
+        real: Option<IpAddr>,
+        /// Stop after this many entries.
+        #[arg(long, default_value_t = crate::operator::flow::DEFAULT_LIMIT)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write packets the balancer dropped (with the reason), handed off, saw as unknown
+    /// mid-flow TCP, or ICMP to a VIP, to a pcapng file (tcpdump -r, Wireshark; the reason is
+    /// each packet's comment). Needs the rights `lb run` has (it opens the pinned maps).
+    Capture {
+        /// The pcapng file to write.
+        #[arg(short = 'w')]
+        file: PathBuf,
+        /// What to capture: drop, handoff, miss, icmp or all (comma-separated).
+        #[arg(long, default_value = "drop", value_delimiter = ',')]
+        what: Vec<String>,
+        /// Only packets to this VIP (its address; and its port and protocol when the packet
+        /// shows them).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c')]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Packets a second each CPU copies at most (the rest are counted, not copied).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
+    /// Findings about this node, each with its evidence and the action to take: reals down or
+    /// flapping, traffic off its ring share, a healthy VIP not announced, BIRD errors, handoff
+    /// peers down, capacity under the prepend threshold, health checks slowing, MTU drops, a
+    /// full connection table, a config file changed but not reloaded. Exit code 0 fine, 1
+    /// warnings, 2 critical (or lb unreachable).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds to sample the counters over (traffic shares, drops, MTU answers).
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+    },
+    /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
+    Completions { shell: Shell },
+    /// Write the man pages (lb.1, and lb-SUBCOMMAND.1 for each subcommand) into DIR (`cargo
+    /// xtask dist` does).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// Shells `lb completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Subcommand)]
+pub enum FlowsAction {
+    /// Delete every entry of a real: its clients' next packets take the ring (or a peer) again.
+    Purge {
+        #[arg(long)]
+        real: IpAddr,
+        /// Only this VIP's entries of that real.
+        #[arg(long)]
+        vip: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackendAction {
+    /// Attach the decapsulator, hold the VIPs, set the sysctls DSR needs, serve /healthz,
+    /// /load and /metrics. Idempotent; the data plane stays after exit.
+    Run,
+    /// Detach it, remove the VIPs `run` added, put the sysctls back.
+    Stop,
+    /// /healthz answers 503 (the balancer takes this backend out) until `undrain`.
+    Drain,
+    Undrain,
+    /// Counters, VIPs and drain state.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum SiteAction {
+    Drain,
+    Undrain,
+}
+
+#[derive(Subcommand)]
+pub enum VipAction {
+    /// Add the `[[vip]]` entries of a TOML file written like the config file's.
+    Add {
+        file: PathBuf,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RealAction {
+    /// Weight 0: no new flows, established flows kept.
+    Drain {
+        vip: String,
+        real: IpAddr,
+    },
+    /// Back to the config's weight.
+    Enable {
+        vip: String,
+        real: IpAddr,
+    },
+    SetWeight {
+        vip: String,
+        real: IpAddr,
+        weight: u32,
+    },
+}

@@ -1,0 +1,193 @@
+//! The validated config the rest of `lb` runs on: VIPs, reals and their checks, forwarding,
+//! BGP, handoff and the admin API, each field a domain type.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Per-CPU limits against floods of spoofed packets (see docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flood {
+    pub inserts_per_sec: u32,
+    pub handoffs_per_sec: u32,
+}
+
+/// Largest weight a real may have (0 drains it).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// How to attach to an interface: native (driver) XDP, or generic as a fallback the operator
+/// chooses explicitly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// `[bgp] graceful_shutdown_ms` when the config does not say.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_MS: u64 = 2000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bgp {
+    pub bird_socket: std::path::PathBuf,
+    pub include_file: std::path::PathBuf,
+    pub prepend_below: Option<f64>,
+    pub withdraw_on_exit: bool,
+    /// How long a withdrawal is preceded by GRACEFUL_SHUTDOWN announcements (zero: not at all).
+    pub graceful_shutdown: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handoff {
+    pub address: IpAddr,
+    pub peers: Vec<IpAddr>,
+    pub health: HealthCheck,
+}
+
+/// Where the admin API listens and who may use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Api {
+    pub socket: PathBuf,
+    pub group: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin socket of an instance when the config names none.
+pub fn default_api_socket(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/anycast-lb/{instance}.sock"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub bgp: Option<Bgp>,
+    pub handoff: Option<Handoff>,
+    pub flood: Flood,
+    pub instance: String,
+    pub conn_table_size: u32,
+    /// Slots of the Maglev ring pool (`ring_pool_slots` when not configured).
+    pub ring_slots: u32,
+    pub interfaces: Vec<Interface>,
+    pub forwarding: Forwarding,
+    pub metrics_listen: SocketAddr,
+    pub api: Api,
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    pub mode: AttachMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    Mac([u8; 6]),
+    /// Looked up in the neighbour table at start and on reload.
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarding {
+    pub next_hop: NextHop,
+    pub mtu: u32,
+    pub source_v4: (Ipv4Addr, u32),
+    pub source_v6: (Ipv6Addr, u32),
+    pub too_big_per_sec: u32,
+}
+
+/// A VIP's identity: what a packet's destination must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VipId {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", std::net::SocketAddr::new(self.addr, self.port), self.proto)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    pub name: String,
+    pub id: VipId,
+    pub source_affinity: bool,
+    pub ring_size: u32,
+    pub min_healthy: u32,
+    pub reals: Vec<RealConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealConfig {
+    pub addr: IpAddr,
+    pub weight: u32,
+    pub health: HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// Always healthy (no probing).
+    None,
+    Tcp,
+    Http {
+        path: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+    },
+    Udp {
+        request: String,
+        expect: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// Port of the metrics endpoint when the config names none; also what handoff peers check.
+pub const DEFAULT_METRICS_PORT: u16 = 9100;
+
+/// Whether `validate` looks interface names up on this host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceCheck {
+    OnThisHost,
+    Skip,
+}
