@@ -113,6 +113,20 @@ pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
 }
 
+/// An address in the maps' 16-byte form (IPv4 is IPv4-mapped).
+pub const fn addr16(addr: core::net::IpAddr) -> [u8; 16] {
+    match addr {
+        core::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address `addr16` wrote: a v4-mapped one is IPv4.
+pub fn ip_of(addr: [u8; 16]) -> core::net::IpAddr {
+    let v6 = core::net::Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(core::net::IpAddr::V6(v6), core::net::IpAddr::V4)
+}
+
 /// Key of the `VIPS` map: what a packet's destination must match to be balanced.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -181,6 +195,13 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// The key of a flow (ports in host order here, in network order in the key).
+    pub const fn new(src: core::net::IpAddr, src_port: u16, dst: core::net::IpAddr, dst_port: u16, proto: u8) -> Self {
+        Self { src: addr16(src), dst: addr16(dst), src_port_be: src_port.to_be(), dst_port_be: dst_port.to_be(), proto, _pad: [0; 3] }
+    }
+}
 
 /// Value of the `CONNS` connection table.
 #[repr(C)]

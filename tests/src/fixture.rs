@@ -240,5 +240,5 @@ pub fn flow_of(frame: &Frame) -> FlowKey {
         L4::Udp { src, dst } => (17, src, dst),
         L4::EchoRequest { .. } => panic!("echo has no flow"),
     };
-    lb_userspace::dataplane::flow_key(frame.src, src_port, frame.dst, dst_port, proto)
+    lb_common::FlowKey::new(frame.src, src_port, frame.dst, dst_port, proto)
 }

@@ -58,8 +58,8 @@ fn echo_request_to_an_ipv6_vip_is_answered() {
     let (eth, rest) = Ethernet2Header::from_slice(&out.data).unwrap();
     assert_eq!((eth.destination, eth.source), (CLIENT_MAC, LB_MAC));
     let (h, icmp) = Ipv6Header::from_slice(rest).unwrap();
-    assert_eq!(h.source, lb_userspace::dataplane::addr16(ip("2001:db8::10")));
-    assert_eq!(h.destination, lb_userspace::dataplane::addr16(ip("2001:db8:c::1")));
+    assert_eq!(h.source, lb_common::addr16(ip("2001:db8::10")));
+    assert_eq!(h.destination, lb_common::addr16(ip("2001:db8:c::1")));
     assert_eq!(icmp[0], 129, "echo reply");
     assert!(icmpv6_checksum_ok(h.source, h.destination, icmp), "ICMPv6 checksum");
 }

@@ -147,7 +147,7 @@ fn fill_conns(d: &LbDaemon, n: u32, real_of: impl Fn(u32) -> u32) {
         HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).expect("pinned CONNS"))).expect("CONNS");
     for i in 0..n {
         let src = std::net::Ipv4Addr::from(0x0b00_0000 + i).into();
-        let key = lb_userspace::dataplane::flow_key(src, 1000, [10, 99, 0, 1].into(), 8080, 6);
+        let key = lb_common::FlowKey::new(src, 1000, [10, 99, 0, 1].into(), 8080, 6);
         conns.insert(key, ConnEntry { real_id: real_of(i), flow_hash: i, vip_index, vip_generation: 1 }, 0).expect("insert");
     }
 }

@@ -4,6 +4,7 @@
 //! start byte for byte; IPv4 without DF is dropped; the answers are rate limited per CPU.
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
+use lb_common::addr16;
 use lb_common::{limits, stats::Counter, RateLimit};
 use lb_tests::test_run::action_name;
 use lb_tests::{
@@ -11,7 +12,7 @@ use lb_tests::{
     packet::{icmpv4_checksum_ok, icmpv6_checksum_ok, ip, Frame, CLIENT_MAC, LB_MAC},
     require_root,
 };
-use lb_userspace::dataplane::{addr16, DataplaneOps as _};
+use lb_userspace::dataplane::DataplaneOps as _;
 
 const TCP: u8 = 6;
 const REALS4: [(&str, u32); 2] = [("10.1.0.1", 1), ("10.1.0.2", 1)];

@@ -7,9 +7,8 @@
 //! - `counters`, `live`, `capture`: readers opened from the pins, for metrics, `lb flow` /
 //!   `lb doctor` and `lb capture`, off the loop that owns the writer;
 //! - `pins`: where each program's pins live;
-//! - `ops`: the seam the reconciler writes through; `addr`: the maps' address forms; `error`.
+//! - `ops`: the seam the reconciler writes through; `error`.
 
-mod addr;
 mod capture;
 mod counters;
 mod error;
@@ -21,7 +20,6 @@ mod ring_memory;
 mod writer;
 
 pub use self::{
-    addr::{addr16, flow_key, ip_of},
     capture::{CaptureBuffer, CaptureMaps},
     counters::{monotonic_ns, Counters},
     error::DataplaneError,

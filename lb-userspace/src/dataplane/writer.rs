@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    maps, slot_place, ConnEntry, FlowKey, LbConfig, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT, HANDOFF_F_IPV6, MAX_PEERS,
+    addr16, ip_of, maps, slot_place, ConnEntry, FlowKey, LbConfig, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT,
+    HANDOFF_F_IPV6, MAX_PEERS,
 };
 
 use super::{
-    addr::{addr16, ip_of},
     error::{found, map_err, DataplaneError, Result},
     loader::Dataplane,
     ops::{DataplaneOps, Handoff},

@@ -9,6 +9,7 @@
 //! address's hash for source-affinity VIPs), except that a mid-flow TCP packet of an unknown
 //! flow goes to a peer site when handoff is on.
 
+use lb_common::ip_of;
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Proto,
-    dataplane::{flow_key, ip_of, DataplaneError, LiveMaps},
+    dataplane::{DataplaneError, LiveMaps},
     status::VipStatus,
 };
 
@@ -40,7 +41,7 @@ pub struct FlowQuery {
 
 impl FlowQuery {
     pub fn key(&self) -> FlowKey {
-        flow_key(self.src, self.src_port, self.dst, self.dst_port, self.proto.number())
+        FlowKey::new(self.src, self.src_port, self.dst, self.dst_port, self.proto.number())
     }
 }
 

@@ -2,12 +2,9 @@
 
 use std::net::IpAddr;
 
-use lb_common::{LbConfig, Real, VipKey, REAL_F_DOWN, REAL_F_IPV6};
+use lb_common::{addr16, ip_of, LbConfig, Real, VipKey, REAL_F_DOWN, REAL_F_IPV6};
 
-use crate::{
-    config::{Forwarding, Proto, VipId},
-    dataplane::{addr16, ip_of},
-};
+use crate::config::{Forwarding, Proto, VipId};
 
 pub fn vip_key(id: &VipId) -> VipKey {
     VipKey { addr: addr16(id.addr), port_be: id.port.to_be(), proto: id.proto.number(), _pad: 0 }

@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use lb_common::{limits, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SOURCE_AFFINITY};
+use lb_common::{addr16, limits, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SOURCE_AFFINITY};
 
 use super::{
     entries::{lb_config, real_flags, vip_key},
@@ -18,7 +18,6 @@ use super::{
 };
 use crate::{
     config::{Config, RealConfig, Vip, VipId},
-    dataplane::addr16,
     maglev::{build_table, MaglevReal},
     status::RebuildStats,
 };

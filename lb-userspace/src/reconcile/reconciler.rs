@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use lb_common::{LbConfig, VipMeta, REAL_F_DOWN};
+use lb_common::{addr16, LbConfig, VipMeta, REAL_F_DOWN};
 
 use super::{
     entries::{real_addr, vip_id, vip_key},
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     config::{Config, VipId},
-    dataplane::{addr16, DataplaneOps, Handoff, Programmed},
+    dataplane::{DataplaneOps, Handoff, Programmed},
     status::{RealStatus, RebuildStats, VipStatus},
 };
 

@@ -134,7 +134,7 @@ impl DataplaneOps for Fake {
         Ok(())
     }
     fn set_vip_addr(&mut self, addr: &[u8; 16], vips: u32) -> Result<(), DataplaneError> {
-        self.attempt(format!("vip addr {} {vips}", crate::dataplane::ip_of(*addr)))?;
+        self.attempt(format!("vip addr {} {vips}", lb_common::ip_of(*addr)))?;
         match vips {
             0 => self.vip_addrs.remove(addr),
             n => self.vip_addrs.insert(*addr, n),

@@ -196,8 +196,7 @@ fn balancer(others: usize, handoff: Option<(&str, [&str; 2])>) -> Result<Balance
 /// 4,096 destinations that are no VIP (198.18.0.0/15, 2001:db8:ffff::/48), and how many of them
 /// share a pre-filter bit with a VIP address, so take the hash lookup as well.
 fn non_vip_destinations(ipv6: bool, vips: &[String]) -> (Vec<Vec<u8>>, usize) {
-    let bits: std::collections::HashSet<u32> =
-        vips.iter().map(|v| lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(v)))).collect();
+    let bits: std::collections::HashSet<u32> = vips.iter().map(|v| lb_common::hash::addr_filter_bit(&lb_common::addr16(ip(v)))).collect();
     let dsts: Vec<String> = (0..4096u32)
         .map(|i| {
             if ipv6 {
@@ -207,7 +206,7 @@ fn non_vip_destinations(ipv6: bool, vips: &[String]) -> (Vec<Vec<u8>>, usize) {
             }
         })
         .collect();
-    let shared = dsts.iter().filter(|d| bits.contains(&lb_common::hash::addr_filter_bit(&lb_userspace::dataplane::addr16(ip(d))))).count();
+    let shared = dsts.iter().filter(|d| bits.contains(&lb_common::hash::addr_filter_bit(&lb_common::addr16(ip(d))))).count();
     let src = if ipv6 { "2001:db8:c::1" } else { "192.0.2.1" };
     (dsts.iter().map(|d| Frame::tcp(src, 40_000, d, 80).build()).collect(), shared)
 }
