@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{
-    http::{self, Call, Endpoint},
-    status::VipStatus,
-};
+use lb_userspace::status::VipStatus;
 
 use crate::netns::NetNs;
 
@@ -110,13 +107,17 @@ impl LbDaemon {
         self.try_status().unwrap_or_else(|| panic!("lb status failed:\n{}", self.log()))
     }
 
-    /// Scrapes the metrics endpoint from inside the namespace.
+    /// Scrapes the metrics endpoint from inside the namespace: the whole HTTP reply, headers
+    /// included (tests look at both, as a scraper sees them).
     pub fn metrics(&self) -> String {
         let path = format!("/run/netns/{}", self.ns);
         std::thread::spawn(move || {
             crate::netns::enter_path(&path);
-            let endpoint = Endpoint::Tcp("127.0.0.1:9100".parse().expect("literal"));
-            http::request_blocking(&endpoint, Call::new("GET", "/metrics")).expect("metrics endpoint").body
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
+            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("send");
+            let mut text = String::new();
+            conn.read_to_string(&mut text).expect("read");
+            text
         })
         .join()
         .expect("scrape thread")
