@@ -38,6 +38,13 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
 }
 
+impl Target {
+    /// The instance named with `--instance`, else `DEFAULT_INSTANCE`.
+    pub fn instance_name(&self) -> &str {
+        self.instance.as_deref().unwrap_or(DEFAULT_INSTANCE)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Load and attach the data plane, program it from the config, run health checks.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use super::args::{Target, DEFAULT_INSTANCE};
+use super::args::Target;
 use crate::{
     config::default_api_socket,
     http::{self, Call, Endpoint, HttpError},
@@ -19,7 +19,7 @@ pub(super) struct AdminClient {
 
 impl AdminClient {
     pub(super) fn new(target: &Target) -> Result<Self> {
-        let instance = target.instance.clone().unwrap_or_else(|| DEFAULT_INSTANCE.to_owned());
+        let instance = target.instance_name().to_owned();
         let (endpoint, token) = match target.api {
             Some(api) => {
                 let token = match &target.token_file {

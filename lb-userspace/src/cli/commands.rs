@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    args::{BackendAction, Cmd, FlowsAction, Opt, RealAction, Shell, SiteAction, Target, VipAction, DEFAULT_INSTANCE},
+    args::{BackendAction, Cmd, FlowsAction, Opt, RealAction, Shell, SiteAction, Target, VipAction},
     client::AdminClient,
     print::{print_handoff, print_site, print_status},
 };
@@ -72,7 +72,7 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
                 }
             };
             let opts = capture::Options { what: bits, vip, count, duration: seconds.map(Duration::from_secs), rate };
-            let pins = pins::balancer(target.instance.as_deref().unwrap_or(DEFAULT_INSTANCE));
+            let pins = pins::balancer(target.instance_name());
             eprintln!("capturing {} into {} (Ctrl-C stops)", what.join(","), file.display());
             let s = capture::run(&pins, &file, &opts)?;
             eprintln!(

@@ -15,7 +15,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use lb_common::{maps, Real, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, MAX_RING_SIZE, MAX_VIPS, SLOTS_PER_ELEMENT, VIP_FILTER_BITS};
+use lb_common::{
+    maps, Real, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, MAX_REALS, MAX_RING_SIZE, MAX_VIPS, SLOTS_PER_ELEMENT, VIP_FILTER_BITS,
+};
 
 use super::{
     error::{map_err, DataplaneError, Result},
@@ -202,25 +204,22 @@ impl Dataplane {
     /// What the maps hold: VIPs and the reals with an address (after a restart, what an earlier
     /// `lb` programmed).
     pub fn programmed(&self) -> Result<Programmed> {
-        let vips_map = self.ebpf.map(maps::VIPS).ok_or(DataplaneError::NoMap { name: maps::VIPS })?;
-        let vips = HashMap::<_, VipKey, VipMeta>::try_from(vips_map).map_err(map_err(maps::VIPS))?;
-        let vips = vips.iter().collect::<std::result::Result<Vec<_>, _>>().map_err(map_err(maps::VIPS))?;
-        let reals_map = self.ebpf.map(maps::REALS).ok_or(DataplaneError::NoMap { name: maps::REALS })?;
-        let reals = Array::<_, Real>::try_from(reals_map).map_err(map_err(maps::REALS))?;
-        let reals = (1..lb_common::MAX_REALS)
-            .filter_map(|id| match reals.get(&id, 0) {
-                Ok(real) if real.addr != [0; 16] => Some(Ok((id, real))),
-                Ok(_) => None,
-                Err(e) => Some(Err(DataplaneError::Map { name: maps::REALS, source: e })),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let generations = self.array_entries::<u32>(maps::VIP_GEN, MAX_VIPS)?;
-        let filter = self.array_entries::<u64>(maps::VIP_FILTER, VIP_FILTER_BITS / 64)?;
-        let addrs_map = self.ebpf.map(maps::VIP_ADDRS).ok_or(DataplaneError::NoMap { name: maps::VIP_ADDRS })?;
-        let addrs = HashMap::<_, [u8; 16], u32>::try_from(addrs_map).map_err(map_err(maps::VIP_ADDRS))?;
-        let vip_addrs = addrs.iter().collect::<std::result::Result<Vec<_>, _>>().map_err(map_err(maps::VIP_ADDRS))?;
-        let handoff_node = self.handoff()?.node_addr;
-        Ok(Programmed { vips, reals, generations, vip_addrs, filter, handoff_node })
+        Ok(Programmed {
+            vips: self.hash_entries(maps::VIPS)?,
+            // A real never written, or whose write was undone, is all zeroes (id 0 is never used).
+            reals: self.array_entries::<Real>(maps::REALS, MAX_REALS)?,
+            generations: self.array_entries(maps::VIP_GEN, MAX_VIPS)?,
+            vip_addrs: self.hash_entries(maps::VIP_ADDRS)?,
+            filter: self.array_entries(maps::VIP_FILTER, VIP_FILTER_BITS / 64)?,
+            handoff_node: self.handoff()?.node_addr,
+        })
+    }
+
+    /// Every entry of the hash map `name`.
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::NoMap { name })?;
+        let hash = HashMap::<_, K, V>::try_from(map).map_err(map_err(name))?;
+        hash.iter().collect::<std::result::Result<_, _>>().map_err(map_err(name))
     }
 
     /// The nonzero entries among the first `len` of the array `name`.

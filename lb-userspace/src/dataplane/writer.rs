@@ -1,5 +1,7 @@
 //! The map writes, one entry each, as `DataplaneOps` gives them to the reconciler, which plans
-//! them (and their undo) in order. Nothing here reads an entry to decide what to write.
+//! them (and their undo) in order. What to write is decided there; the one read here is
+//! `set_handoff`'s of the live peer count, to order its writes so no packet sees a half-written
+//! peer.
 
 use std::net::IpAddr;
 

@@ -144,21 +144,21 @@ impl Writes {
             },
             Write::RemoveVip(key) => w.vips.remove(key).map(|old| Write::Vip(*key, old)),
             Write::VipGeneration(index, generation) => {
-                let old = replace_or_remove(&mut w.generations, *index, *generation, 0);
+                let old = replace_or_remove(&mut w.generations, *index, *generation);
                 if old == *generation {
                     return false;
                 }
                 Some(Write::VipGeneration(*index, old))
             }
             Write::VipAddr(addr, vips) => {
-                let old = replace_or_remove(&mut w.vip_addrs, *addr, *vips, 0);
+                let old = replace_or_remove(&mut w.vip_addrs, *addr, *vips);
                 if old == *vips {
                     return false;
                 }
                 Some(Write::VipAddr(*addr, old))
             }
             Write::FilterWord(word, bits) => {
-                let old = replace_or_remove(&mut w.filter, *word, *bits, 0);
+                let old = replace_or_remove(&mut w.filter, *word, *bits);
                 if old == *bits {
                     return false;
                 }
@@ -228,9 +228,13 @@ impl Writes {
     }
 }
 
-/// Sets `map[key]` to `value` (removing it when `value` is `zero`, what a map holds unwritten)
+/// Sets `map[key]` to `value` (removing it when `value` is zero, what a map holds unwritten)
 /// and returns what it held.
-fn replace_or_remove<K: Clone + std::hash::Hash + Eq, V: Clone + PartialEq>(map: &mut imbl::HashMap<K, V>, key: K, value: V, zero: V) -> V {
-    let old = if value == zero { map.remove(&key) } else { map.insert(key, value) };
-    old.unwrap_or(zero)
+fn replace_or_remove<K: Clone + std::hash::Hash + Eq, V: Clone + Default + PartialEq>(
+    map: &mut imbl::HashMap<K, V>,
+    key: K,
+    value: V,
+) -> V {
+    let old = if value == V::default() { map.remove(&key) } else { map.insert(key, value) };
+    old.unwrap_or_default()
 }
