@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod next_hop;
 pub mod operator;
 pub mod reconcile;
+pub mod serve;
 pub mod status;
 /// The eBPF object, embedded so the binary runs from anywhere and tests load the same bytes.
 pub const LB_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

@@ -13,6 +13,7 @@ use prometheus_client::{
 use crate::{
     config::VipId,
     dataplane::Counters,
+    serve::ListenerCounters,
     status::{RealStatus, RebuildStats, VipStatus},
 };
 
@@ -64,6 +65,34 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+/// What the API's listeners and handlers refused, for metrics.
+#[derive(Debug)]
+pub struct ApiCounters {
+    pub listeners: Vec<(&'static str, std::sync::Arc<ListenerCounters>)>,
+    /// `/doctor` calls refused because `[limits] doctor_calls` were being answered.
+    pub doctor_refused: std::sync::atomic::AtomicU64,
+}
+
+/// The listener families (`lb_<prefix>listener_connections`, `lb_<prefix>listener_events_total`),
+/// as text: `lb run` and `lb backend` both write them.
+pub fn listener_families(out: &mut String, prefix: &str, listeners: &[(&'static str, std::sync::Arc<ListenerCounters>)]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    family(
+        out,
+        &format!("{prefix}listener_connections"),
+        GAUGE,
+        "Open connections per listener",
+        listeners.iter().map(|(name, c)| (format!("listener=\"{name}\""), c.open.load(Relaxed))),
+    );
+    family(
+        out,
+        &format!("{prefix}listener_events"),
+        COUNTER,
+        "Connections accepted, and those closed by a limit: evicted (idle, to make room at the cap), refused (at the cap, all busy), timed_out (request not in time), too_large (body over the limit)",
+        listeners.iter().flat_map(|(name, c)| c.snapshot().map(|(event, n)| (format!("listener=\"{name}\",event=\"{event}\""), n))),
+    );
+}
+
 /// The control plane's side of a scrape: a copy the loop hands over, so that reading the
 /// counter maps and writing the text happen elsewhere.
 #[derive(Debug)]
@@ -78,7 +107,7 @@ pub struct Snapshot {
     pub rebuilds: RebuildStats,
 }
 
-pub fn render(dp: &Counters, snapshot: &Snapshot) -> String {
+pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
@@ -150,6 +179,14 @@ pub fn render(dp: &Counters, snapshot: &Snapshot) -> String {
     let end = out.rfind("# EOF\n").unwrap_or(out.len());
     out.truncate(end);
     per_vip_families(&mut out, dp, status, samples, bgp.enabled);
+    listener_families(&mut out, "", &api.listeners);
+    family(
+        &mut out,
+        "doctor_refused",
+        COUNTER,
+        "/doctor calls answered 429 because [limits] doctor_calls were being answered",
+        std::iter::once(("", api.doctor_refused.load(std::sync::atomic::Ordering::Relaxed))),
+    );
     out += "# EOF\n";
     out
 }

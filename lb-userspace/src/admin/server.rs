@@ -2,11 +2,11 @@
 //! the metrics endpoint. Handlers only pass
 //! commands to the loop that owns the state and return its answer.
 
-use std::{future::IntoFuture as _, net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{bail, Context as _, Result};
 use axum::{
-    extract::{DefaultBodyLimit, Query, Request, State},
+    extract::{Query, Request, State},
     http::{header, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse as _, Response},
@@ -17,9 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     admin::{AdminError, Command, RealRequest, Reply, VipName},
-    config::{Api, RawVip},
+    config::{Api, Limits, RawVip},
     dataplane::{Counters, LiveMaps},
+    metrics::ApiCounters,
     operator::flow::{self, FlowFilter, FlowList, FlowQuery, FlowReport, Purged},
+    serve::{self, ListenerCounters},
     status::{HandoffStatus, SiteStage, VipStatus},
 };
 
@@ -59,7 +61,7 @@ async fn reload(State(cmds): State<Commands>) -> (StatusCode, String) {
 }
 
 /// A JSON body, or 400 naming where it is wrong ("real: invalid IP address syntax", "unknown
-/// field `x`"). The size limit is `MAX_BODY` (413 above it).
+/// field `x`"). Its size and time are bounded where it is read (`crate::serve`).
 struct Body<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
@@ -98,12 +100,12 @@ async fn site(cmds: Commands, drained: bool) -> (StatusCode, String) {
 /// here, on a blocking thread, so the loop never waits on either. OpenMetrics when the scraper
 /// asks for it (Prometheus does), else the classic text format.
 async fn metrics(
-    State((cmds, counters)): State<(Commands, Arc<Counters>)>,
+    State((cmds, counters, api)): State<(Commands, Arc<Counters>, Arc<ApiCounters>)>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, (StatusCode, String)> {
     let openmetrics = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
     let snapshot = ask(&cmds, Command::Metrics).await?;
-    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&counters, &snapshot))
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&counters, &snapshot, &api))
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering metrics: {e}\n")))?;
     Ok(if openmetrics {
@@ -113,8 +115,9 @@ async fn metrics(
     })
 }
 
-/// The live maps, shared by the flow handlers (a purge takes them whole while it deletes).
-type Live = Arc<std::sync::Mutex<LiveMaps>>;
+/// The live maps, shared by the flow handlers: listings read them together, a purge takes
+/// them whole while it deletes.
+type Live = Arc<std::sync::RwLock<LiveMaps>>;
 
 /// What the flow and doctor handlers read besides asking the loop.
 #[derive(Clone)]
@@ -122,6 +125,11 @@ struct Readers {
     cmds: Commands,
     live: Live,
     counters: Arc<Counters>,
+    /// `[limits] flows_listed`.
+    flows_listed: u32,
+    /// `[limits] doctor_calls`: a permit per `/doctor` being answered.
+    doctor_calls: Arc<tokio::sync::Semaphore>,
+    api_counters: Arc<ApiCounters>,
 }
 
 /// Runs `work` on a blocking thread: its answer, or 500 with the error.
@@ -135,30 +143,37 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| internal(format!("{:#}", anyhow::Error::from(e))))
 }
 
-/// Runs `work` on the live maps on a blocking thread, with the loop's status for names.
-async fn with_live_maps<T: Send + 'static>(
+/// Runs `work` on the live maps (shared) on a blocking thread, with the loop's status for names.
+async fn reading_live_maps<T: Send + 'static>(
     Readers { cmds, live, .. }: &Readers,
-    work: impl FnOnce(&mut LiveMaps, &[VipStatus]) -> Result<T, crate::dataplane::DataplaneError> + Send + 'static,
+    work: impl FnOnce(&LiveMaps, &[VipStatus]) -> Result<T, crate::dataplane::DataplaneError> + Send + 'static,
 ) -> Result<Json<T>, (StatusCode, String)> {
     let status = ask(cmds, Command::Status).await?;
     let live = live.clone();
-    blocking(move || work(&mut live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), &status)).await.map(Json)
+    blocking(move || work(&live.read().unwrap_or_else(|poisoned| poisoned.into_inner()), &status)).await.map(Json)
 }
 
 async fn flow(State(r): State<Readers>, Query(q): Query<FlowQuery>) -> Result<Json<FlowReport>, (StatusCode, String)> {
     let bgp = ask(&r.cmds, Command::Site).await? != SiteStage::NoBgp;
-    with_live_maps(&r, move |maps, status| flow::explain(maps, status, bgp, q)).await
+    reading_live_maps(&r, move |maps, status| flow::explain(maps, status, bgp, q)).await
 }
 
 async fn flows(State(r): State<Readers>, Query(f): Query<FlowFilter>) -> Result<Json<FlowList>, (StatusCode, String)> {
-    with_live_maps(&r, move |maps, status| flow::list(maps, status, &f)).await
+    let most = r.flows_listed as usize;
+    if f.limit.is_some_and(|l| l > most) {
+        return Err((StatusCode::BAD_REQUEST, format!("at most {most} entries in one answer ([limits] flows_listed)\n")));
+    }
+    let f = FlowFilter { limit: Some(f.limit.unwrap_or(flow::DEFAULT_LIMIT).min(most)), ..f };
+    reading_live_maps(&r, move |maps, status| flow::list(maps, status, &f)).await
 }
 
 async fn purge(State(r): State<Readers>, Body(f): Body<FlowFilter>) -> Result<Json<Purged>, (StatusCode, String)> {
     if f.real.is_none() {
         return Err((StatusCode::BAD_REQUEST, "a purge needs the real whose entries go (\"real\")\n".into()));
     }
-    with_live_maps(&r, move |maps, status| flow::purge(maps, status, &f)).await
+    let status = ask(&r.cmds, Command::Status).await?;
+    let live = r.live.clone();
+    blocking(move || flow::purge(&mut live.write().unwrap_or_else(|poisoned| poisoned.into_inner()), &status, &f)).await.map(Json)
 }
 
 #[derive(serde::Deserialize)]
@@ -174,6 +189,11 @@ async fn doctor(
     Query(q): Query<DoctorQuery>,
 ) -> Result<Json<crate::operator::doctor::Report>, (StatusCode, String)> {
     let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
+    // Each call holds a blocking thread for its window: only `doctor_calls` at once.
+    let Ok(_permit) = r.doctor_calls.clone().try_acquire_owned() else {
+        r.api_counters.doctor_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err((StatusCode::TOO_MANY_REQUESTS, "another lb doctor is sampling: try again when it is done ([limits] doctor_calls)\n".into()));
+    };
     let inputs = ask(&r.cmds, Command::Doctor).await?;
     let (sampled, inputs) =
         blocking(move || crate::operator::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
@@ -181,17 +201,14 @@ async fn doctor(
     Ok(Json(crate::operator::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }
 
-/// Request bodies larger than this are refused (413) before they are read.
-pub const MAX_BODY: usize = 64 * 1024;
-
-fn admin_router(cmds: Commands, live: Live, counters: Arc<Counters>) -> Router {
+fn admin_router(readers: Readers) -> Router {
+    let cmds = readers.cmds.clone();
     let readers = Router::new()
         .route("/flow", get(flow))
         .route("/flows", get(flows))
         .route("/flows/purge", post(purge))
         .route("/doctor", get(doctor))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Readers { cmds: cmds.clone(), live, counters });
+        .with_state(readers);
     Router::new()
         .route("/status", get(status))
         .route("/handoff", get(handoff))
@@ -212,7 +229,6 @@ fn admin_router(cmds: Commands, live: Live, counters: Arc<Counters>) -> Router {
                 }
             }),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cmds)
         .merge(readers)
 }
@@ -326,15 +342,26 @@ pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
 }
 
 impl Bound {
-    /// Serves in the background.
-    pub fn serve(self, cmds: Commands, counters: Arc<Counters>, live: LiveMaps) {
-        let router = admin_router(cmds.clone(), Arc::new(std::sync::Mutex::new(live)), counters.clone());
+    /// Serves in the background, each listener under `limits`.
+    pub fn serve(self, cmds: Commands, counters: Arc<Counters>, live: LiveMaps, limits: &Limits) {
+        let counted = |name: &'static str| (name, Arc::new(ListenerCounters::default()));
+        let listeners = vec![counted("api_tcp"), counted("api_socket"), counted("metrics")];
+        let api_counters = Arc::new(ApiCounters { listeners: listeners.clone(), doctor_refused: Default::default() });
+        let router = admin_router(Readers {
+            cmds: cmds.clone(),
+            live: Arc::new(std::sync::RwLock::new(live)),
+            counters: counters.clone(),
+            flows_listed: limits.flows_listed,
+            doctor_calls: Arc::new(tokio::sync::Semaphore::new(limits.doctor_calls)),
+            api_counters: api_counters.clone(),
+        });
+        let [(_, tcp), (_, socket), (_, metrics_counters)] = [0, 1, 2].map(|i| listeners[i].clone());
         if let Some((listener, guard_state)) = self.tcp {
             let guarded = router.clone().layer(middleware::from_fn_with_state(guard_state, guard));
-            tokio::spawn(axum::serve(listener, guarded).into_future());
+            tokio::spawn(serve::serve(listener, guarded, limits.listener, tcp));
         }
-        tokio::spawn(axum::serve(self.socket, router).into_future());
-        let metrics_router = Router::new().route("/metrics", get(metrics)).with_state((cmds, counters));
-        tokio::spawn(axum::serve(self.metrics, metrics_router).into_future());
+        tokio::spawn(serve::serve(self.socket, router, limits.listener, socket));
+        let metrics_router = Router::new().route("/metrics", get(metrics)).with_state((cmds, counters, api_counters));
+        tokio::spawn(serve::serve(self.metrics, metrics_router, limits.listener, metrics_counters));
     }
 }

@@ -57,6 +57,11 @@ pub struct RawBackendHealth {
     pub load: Option<String>,
     /// How often the load is sampled (default 1000).
     pub interval_ms: Option<u64>,
+    /// Open connections to the endpoint; at the cap the one idle the longest is closed
+    /// (default 256).
+    pub max_connections: Option<usize>,
+    /// From connect or the last answer, a request must arrive within this (default 10000).
+    pub request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +83,7 @@ pub struct BackendConfig {
     pub drain_file: PathBuf,
     pub load: LoadSource,
     pub interval: Duration,
+    pub limits: crate::serve::ListenerLimits,
 }
 
 /// The health, load and metrics port when the config names none.
@@ -131,6 +137,12 @@ impl RawBackendFile {
         if !(100..=60_000).contains(&interval_ms) {
             p.add("backend.health.interval_ms", format!("{interval_ms} is outside 100 ..= 60000"));
         }
+        let limits = config::validate_listener_limits(
+            ("backend.health.max_connections", "backend.health.request_timeout_ms"),
+            b.health.max_connections,
+            b.health.request_timeout_ms,
+            &mut p,
+        );
         let drain_file =
             b.health.drain_file.clone().map_or_else(|| crate::journal::state_dir().join(format!("{}.drain", self.instance)), PathBuf::from);
         p.or(|| BackendConfig {
@@ -143,6 +155,7 @@ impl RawBackendFile {
             drain_file,
             load,
             interval: Duration::from_millis(interval_ms),
+            limits,
         })
     }
 }

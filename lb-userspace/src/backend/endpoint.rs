@@ -21,6 +21,7 @@ pub(super) struct Endpoint {
     pub(super) drain_file: PathBuf,
     pub(super) load: Arc<Mutex<Option<f64>>>,
     pub(super) vips: Vec<IpAddr>,
+    pub(super) listener: Arc<crate::serve::ListenerCounters>,
 }
 
 /// What `/healthz` and `/load` answer (documented in docs/operations.md): whether the node
@@ -68,6 +69,7 @@ pub(super) async fn metrics(State(e): State<Endpoint>) -> String {
     let _ = writeln!(out, "# HELP lb_backend_vips VIPs held on lo");
     let _ = writeln!(out, "# TYPE lb_backend_vips gauge");
     let _ = writeln!(out, "lb_backend_vips {}", e.vips.len());
+    crate::metrics::listener_families(&mut out, "backend_", &[("endpoint", e.listener.clone())]);
     out.push_str("# EOF\n");
     out
 }

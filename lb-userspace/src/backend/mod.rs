@@ -15,7 +15,6 @@ mod endpoint;
 mod host;
 
 use std::{
-    future::IntoFuture as _,
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
@@ -38,12 +37,15 @@ use self::{
 use crate::{
     config::InterfaceCheck,
     dataplane::{pins, Dataplane, LoadOptions},
+    serve::{self, ListenerCounters},
 };
 
 /// `lb backend run`: makes the host decapsulate and hold the VIPs, then serves health, load
 /// and metrics until SIGTERM. The data plane and host changes stay after exit.
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = load(config_path, InterfaceCheck::OnThisHost)?;
+    let descriptors = serve::raise_descriptor_limit()?;
+    info!(descriptors, "open-file limit");
     let mut changes = load_changes(&config.instance)?;
     let pins = pins::backend(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }, &pins)?;
@@ -63,14 +65,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let load = Arc::new(Mutex::new(None));
     tokio::spawn(sample_load(config.load.clone(), config.interval, load.clone()));
-    let state = Endpoint { dp: Arc::new(dp), drain_file: config.drain_file.clone(), load, vips: config.vips.clone() };
+    let listener_counters = Arc::new(ListenerCounters::default());
+    let state = Endpoint {
+        dp: Arc::new(dp),
+        drain_file: config.drain_file.clone(),
+        load,
+        vips: config.vips.clone(),
+        listener: listener_counters.clone(),
+    };
     let app =
         Router::new().route("/healthz", get(healthz)).route("/load", get(load_report)).route("/metrics", get(metrics)).with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     info!(listen = %config.listen, drain_file = %config.drain_file.display(), "backend running");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        served = axum::serve(listener, app).into_future() => served?,
+        () = serve::serve(listener, app, config.limits, listener_counters) => {}
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }

@@ -153,8 +153,9 @@ pub enum Cmd {
     Doctor {
         #[arg(long)]
         json: bool,
-        /// Milliseconds to sample the counters over (traffic shares, drops, MTU answers).
-        #[arg(long, default_value_t = 2000)]
+        /// Milliseconds to sample the counters over (traffic shares, drops, MTU answers), at
+        /// most 30000.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=30_000))]
         window_ms: u64,
     },
     /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.

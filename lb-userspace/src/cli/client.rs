@@ -40,6 +40,11 @@ impl AdminClient {
         self.call(Call::new("GET", path))
     }
 
+    /// GET `path`, waiting up to `limit` for the answer.
+    pub(super) fn get_within(&self, path: &str, limit: std::time::Duration) -> Result<String> {
+        self.call(Call { limit, ..Call::new("GET", path) })
+    }
+
     /// POST `path` with a JSON `body`: the body of a 200, else the error lb answered.
     pub(super) fn post(&self, path: &str, body: Option<String>) -> Result<String> {
         self.call(Call { body: Some(body.unwrap_or_default()), ..Call::new("POST", path) })

@@ -18,7 +18,7 @@ mod validate;
 
 pub(crate) use self::{
     error::Problems,
-    validate::{validate_instance, validate_interfaces},
+    validate::{validate_instance, validate_interfaces, validate_listener_limits},
 };
 pub use self::{
     error::{ConfigError, Problem},

@@ -37,6 +37,10 @@ pub struct RawConfig {
     /// Per-CPU limits against floods of spoofed packets.
     #[serde(default)]
     pub flood: RawFlood,
+    /// Limits on what clients of the listeners and health probes may hold (docs/operations.md,
+    /// "Limits").
+    #[serde(default)]
+    pub limits: RawLimits,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
 }
@@ -48,6 +52,23 @@ pub struct RawFlood {
     pub inserts_per_sec: Option<u32>,
     /// Handoffs to peer sites per CPU per second (default 10000; 0: hand off nothing).
     pub handoffs_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Open connections per listener (admin socket, admin TCP, metrics); at the cap the one
+    /// idle the longest is closed (default 256).
+    pub connections_per_listener: Option<usize>,
+    /// From connect or the last answer, a request's head and body must arrive within this
+    /// (default 10000).
+    pub request_timeout_ms: Option<u64>,
+    /// Most entries `/flows` lists in one answer (default 100000).
+    pub flows_listed: Option<u32>,
+    /// `/doctor` calls answered at once; more get 429 (default 2).
+    pub doctor_calls: Option<usize>,
+    /// Health probes in flight to one host at once (default 64).
+    pub probes_per_host: Option<usize>,
 }
 
 /// Defaults, from bench-xdp on the test machine: a new flow (SYN and ACK) costs about 1.5 us of

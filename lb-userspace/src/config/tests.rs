@@ -231,3 +231,47 @@ fn example_config_in_the_repository_validates() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb.example.toml");
     load(&path, InterfaceCheck::Skip).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A unit's setting, as systemd reads `Key=value`.
+fn unit_setting(unit: &str, key: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(unit);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let prefix = format!("{key}=");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{unit} sets no {key}")).to_owned()
+}
+
+/// `systemctl stop` must not kill lb during its longest graceful shutdown (then BIRD would go on
+/// announcing the VIPs of a dead lb), and both units raise the open-file limit above systemd's
+/// 1,024.
+#[test]
+fn the_units_outlast_the_longest_graceful_shutdown_and_raise_the_descriptor_limit() {
+    let stop: u64 = unit_setting("anycast-lb.service", "TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    // The longest graceful shutdown, the wait for BIRD's confirmation (at most 2 s), and room.
+    assert!(stop * 1000 >= MAX_GRACEFUL_SHUTDOWN_MS + 2_000 + 5_000, "TimeoutStopSec={stop}s");
+    for unit in ["anycast-lb.service", "anycast-lb-backend.service"] {
+        let files: u64 = unit_setting(unit, "LimitNOFILE").parse().unwrap();
+        assert!(files >= 65_536, "{unit}: LimitNOFILE={files}");
+    }
+}
+
+#[test]
+fn limits_have_defaults_and_are_checked() {
+    let c = parse(GOOD, InterfaceCheck::Skip).unwrap();
+    assert_eq!(c.limits.listener.max_connections, crate::serve::DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(c.limits.listener.request_timeout, Duration::from_millis(crate::serve::DEFAULT_REQUEST_TIMEOUT_MS));
+    assert_eq!((c.limits.flows_listed, c.limits.doctor_calls, c.limits.probes_per_host), (100_000, 2, 64));
+    let bad = format!(
+        "{GOOD}\n[limits]\nconnections_per_listener = 1\nrequest_timeout_ms = 0\nflows_listed = 0\ndoctor_calls = 0\nprobes_per_host = 0\n"
+    );
+    let problems = parse(&bad, InterfaceCheck::Skip).unwrap_err().problems().iter().map(|p| p.field.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        problems,
+        [
+            "limits.connections_per_listener",
+            "limits.request_timeout_ms",
+            "limits.flows_listed",
+            "limits.doctor_calls",
+            "limits.probes_per_host"
+        ]
+    );
+}

@@ -17,6 +17,19 @@ pub struct Flood {
     pub handoffs_per_sec: u32,
 }
 
+/// What clients of the listeners and health probes may hold (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub listener: crate::serve::ListenerLimits,
+    pub flows_listed: u32,
+    pub doctor_calls: usize,
+    pub probes_per_host: usize,
+}
+
+pub const DEFAULT_FLOWS_LISTED: u32 = 100_000;
+pub const DEFAULT_DOCTOR_CALLS: usize = 2;
+pub const DEFAULT_PROBES_PER_HOST: usize = 64;
+
 /// Largest weight a real may have (0 drains it).
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -55,6 +68,8 @@ impl fmt::Display for Proto {
 
 /// `[bgp] graceful_shutdown_ms` when the config does not say.
 pub const DEFAULT_GRACEFUL_SHUTDOWN_MS: u64 = 2000;
+/// The most `[bgp] graceful_shutdown_ms` may be: the unit's `TimeoutStopSec` leaves room for it.
+pub const MAX_GRACEFUL_SHUTDOWN_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bgp {
@@ -92,6 +107,7 @@ pub struct Config {
     pub bgp: Option<Bgp>,
     pub handoff: Option<Handoff>,
     pub flood: Flood,
+    pub limits: Limits,
     pub instance: String,
     pub conn_table_size: u32,
     /// Slots of the Maglev ring pool (`ring_pool_slots` when not configured).

@@ -16,6 +16,44 @@ use super::{
 };
 use crate::maglev::is_prime;
 
+/// A listener's limits from two fields, named for problems as `(connections, timeout)`.
+pub(crate) fn validate_listener_limits(
+    fields: (&str, &str),
+    connections: Option<usize>,
+    timeout_ms: Option<u64>,
+    p: &mut Problems,
+) -> crate::serve::ListenerLimits {
+    use crate::serve::{DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_MS};
+    let max_connections = connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(4..=65_536).contains(&max_connections) {
+        p.add(fields.0, format!("{max_connections} is outside 4 ..= 65536"));
+    }
+    let timeout_ms = timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
+    if !(100..=120_000).contains(&timeout_ms) {
+        p.add(fields.1, format!("{timeout_ms} is outside 100 ..= 120000"));
+    }
+    crate::serve::ListenerLimits { max_connections, request_timeout: Duration::from_millis(timeout_ms), max_body: DEFAULT_MAX_BODY }
+}
+
+impl RawLimits {
+    fn validate(&self, p: &mut Problems) -> Limits {
+        let listener = validate_listener_limits(("limits.connections_per_listener", "limits.request_timeout_ms"), self.connections_per_listener, self.request_timeout_ms, p);
+        let flows_listed = self.flows_listed.unwrap_or(DEFAULT_FLOWS_LISTED);
+        if flows_listed == 0 || flows_listed > 10_000_000 {
+            p.add("limits.flows_listed", format!("{flows_listed} is outside 1 ..= 10000000"));
+        }
+        let doctor_calls = self.doctor_calls.unwrap_or(DEFAULT_DOCTOR_CALLS);
+        if !(1..=64).contains(&doctor_calls) {
+            p.add("limits.doctor_calls", format!("{doctor_calls} is outside 1 ..= 64"));
+        }
+        let probes_per_host = self.probes_per_host.unwrap_or(DEFAULT_PROBES_PER_HOST);
+        if !(1..=65_536).contains(&probes_per_host) {
+            p.add("limits.probes_per_host", format!("{probes_per_host} is outside 1 ..= 65536"));
+        }
+        Limits { listener, flows_listed, doctor_calls, probes_per_host }
+    }
+}
+
 /// An instance name: it names a bpffs folder and state files.
 pub(crate) fn validate_instance(instance: &str, p: &mut Problems) {
     if instance.is_empty() || !instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -119,8 +157,8 @@ impl RawConfig {
                 }
             }
             let graceful_ms = b.graceful_shutdown_ms.unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_MS);
-            if graceful_ms > 60_000 {
-                p.add("bgp.graceful_shutdown_ms", format!("{graceful_ms} is more than 60000 (a minute)"));
+            if graceful_ms > MAX_GRACEFUL_SHUTDOWN_MS {
+                p.add("bgp.graceful_shutdown_ms", format!("{graceful_ms} is more than {MAX_GRACEFUL_SHUTDOWN_MS} (a minute)"));
             }
             Bgp {
                 bird_socket: b.bird_socket.as_deref().unwrap_or("/run/bird/bird.ctl").into(),
@@ -150,6 +188,10 @@ impl RawConfig {
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
         }
+        let limits = self.limits.validate(&mut p);
+        if !p.0.is_empty() {
+            return Err(ConfigError::Invalid { problems: p.0 });
+        }
         let flood = Flood {
             inserts_per_sec: self.flood.inserts_per_sec.unwrap_or(DEFAULT_INSERTS_PER_SEC),
             handoffs_per_sec: self.flood.handoffs_per_sec.unwrap_or(DEFAULT_HANDOFFS_PER_SEC),
@@ -158,6 +200,7 @@ impl RawConfig {
             bgp,
             handoff,
             flood,
+            limits,
             instance: self.instance.clone(),
             conn_table_size: self.conn_table_size,
             ring_slots,

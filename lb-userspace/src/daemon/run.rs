@@ -41,6 +41,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let journal = journal::load(&journal_path)?;
     let file = config::load_raw(&config_path)?;
     let config = effective_config(&file, &journal, interfaces)?;
+    let descriptors = crate::serve::raise_descriptor_limit()?;
+    info!(descriptors, "open-file limit");
     let mac = next_hop::resolve(&config.forwarding.next_hop).await?;
     // Before the data plane is touched: a second `lb` of a running instance stops here.
     let bound = admin::server::bind(&config.api, config.metrics_listen).await?;
@@ -55,7 +57,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (journal_tx, journal_rx) = mpsc::unbounded_channel();
     let (announce_tx, announce_rx) = watch::channel(Vec::new());
     tokio::spawn(journal::run_writer(journal_path, journal_rx));
-    let (metrics_listen, api, bgp) = (config.metrics_listen, config.api.clone(), config.bgp.clone());
+    let (metrics_listen, api, bgp, limits) = (config.metrics_listen, config.api.clone(), config.bgp.clone(), config.limits);
     let (graceful_tx, mut graceful_rx) = mpsc::channel(4);
     let out = Outputs {
         announce: announce_tx,
@@ -71,7 +73,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         tokio::spawn(bgp::run_router(bird, announce_rx, router_tx, bgp::Backoff::DEFAULT));
     }
     let counters = Arc::new(Counters::open(&pins)?);
-    bound.serve(cmd_tx, counters, LiveMaps::open(&pins)?);
+    bound.serve(cmd_tx, counters, LiveMaps::open(&pins)?, &limits);
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 

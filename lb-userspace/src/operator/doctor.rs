@@ -290,7 +290,7 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
 /// file with the one that runs.
 pub fn sample(
     counters: &crate::dataplane::Counters,
-    live: &std::sync::Mutex<crate::dataplane::LiveMaps>,
+    live: &std::sync::RwLock<crate::dataplane::LiveMaps>,
     window: std::time::Duration,
     inputs: &crate::operator::doctor::DoctorInputs,
 ) -> Result<Sampled, crate::dataplane::DataplaneError> {
@@ -306,7 +306,7 @@ pub fn sample(
         .map(|(id, (a, b))| (id as u32, a.packets - b.packets))
         .collect();
     // The whole table's keys.
-    let conn_entries = live.lock().unwrap_or_else(|p| p.into_inner()).conn_entries();
+    let conn_entries = live.read().unwrap_or_else(|p| p.into_inner()).conn_entries();
     let config_file = match crate::config::load_raw(&inputs.config_path) {
         Ok(raw) if raw == *inputs.running => ConfigFile::AsRunning,
         Ok(_) => ConfigFile::Changed,
