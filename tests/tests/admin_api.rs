@@ -149,3 +149,37 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (status, _) = d.over_socket(&http_request("POST", "/real/drain", &[], &format!("{{\"vip\":\"web\",\"real\":\"{real}\"}}")));
     assert_eq!(status, 200, "and a good request still works");
 }
+
+/// `lb check-config` refuses every token file `lb run` would: 0644, missing, empty, blank,
+/// shorter than 16 characters; a good one passes.
+#[test]
+fn check_config_refuses_the_token_files_run_refuses() {
+    let dir = std::env::temp_dir().join(format!("lbt-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, Option<(&str, u32)>, &str); 6] = [
+        ("good", Some((TOKEN, 0o600)), ""),
+        ("readable", Some((TOKEN, 0o644)), "readable by others (mode 644)"),
+        ("missing", None, "No such file"),
+        ("empty", Some(("", 0o600)), "shorter than 16"),
+        ("blank", Some(("                    \n", 0o600)), "shorter than 16"),
+        ("short", Some(("0123456789abcde", 0o600)), "shorter than 16"),
+    ];
+    for (name, content, refusal) in cases {
+        let token = dir.join(name);
+        if let Some((text, mode)) = content {
+            std::fs::write(&token, text).unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let file = dir.join(format!("{name}.toml"));
+        let conf = config(&format!("[api]\nlisten = \"127.0.0.1:9101\"\ntoken_file = \"{}\"\n", token.display())).replace("lb0", "lo");
+        std::fs::write(&file, conf).unwrap();
+        let out = std::process::Command::new(lb_tests::lbd::lb_bin()).arg("check-config").arg(&file).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if refusal.is_empty() {
+            assert!(out.status.success(), "{name}: {said}");
+        } else {
+            assert!(!out.status.success() && said.contains("api.token_file") && said.contains(refusal), "{name}: {said}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -263,21 +263,6 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token in `file`, which only its owner may read.
-fn read_token(file: &Path) -> Result<Arc<str>> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(file).with_context(|| format!("reading the API token file {}", file.display()))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        bail!("the API token file {} is readable by others (mode {:o}): chmod 600 it", file.display(), mode & 0o777);
-    }
-    let token = std::fs::read_to_string(file).with_context(|| format!("reading the API token file {}", file.display()))?;
-    let token = token.trim();
-    if token.len() < 16 {
-        bail!("the API token in {} is shorter than 16 characters", file.display());
-    }
-    Ok(token.into())
-}
-
 /// Binds the admin socket: mode 0600, or 0660 for `group`. A socket file left by an `lb` that
 /// is gone is replaced; one that answers belongs to a running `lb`, and is left alone.
 fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener> {
@@ -331,7 +316,7 @@ pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
     let socket = bind_socket(&api.socket, api.group.as_deref())?;
     let tcp = match api.listen {
         Some(addr) => {
-            let token = api.token_file.as_deref().map(read_token).transpose()?;
+            let token = api.token_file.as_deref().map(crate::config::read_token).transpose()?;
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
             Some((listener, TcpGuard { token, loopback: addr.ip().is_loopback() }))
         }

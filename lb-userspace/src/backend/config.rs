@@ -102,10 +102,7 @@ impl RawBackendFile {
             if list.is_empty() {
                 p.add(field, "empty");
             }
-            list.iter()
-                .enumerate()
-                .filter_map(|(i, a)| a.parse().map_err(|_| p.add(format!("{field}[{i}]"), format!("{a:?} is not an IP address"))).ok())
-                .collect()
+            config::usable_addresses(field, list, &mut p)
         };
         let addresses = addrs("backend.addresses", &b.addresses);
         let vips = addrs("backend.vips", &b.vips);

@@ -104,10 +104,7 @@ pub(super) async fn sample_load(source: LoadSource, interval: Duration, into: Ar
                 share
             }
             LoadSource::File(path) => tokio::fs::read_to_string(path).await.ok().as_deref().and_then(parse_load),
-            LoadSource::Command(cmd) => {
-                let out = tokio::time::timeout(interval, tokio::process::Command::new("sh").args(["-c", cmd]).output()).await;
-                out.ok().and_then(Result::ok).and_then(|o| parse_load(&String::from_utf8_lossy(&o.stdout)))
-            }
+            LoadSource::Command(cmd) => load_from_command(cmd, interval).await,
         };
         if value.is_some() || !matches!(source, LoadSource::Cpu) {
             *into.lock().expect("not poisoned") = value;
@@ -115,9 +112,64 @@ pub(super) async fn sample_load(source: LoadSource, interval: Duration, into: Ar
     }
 }
 
+/// Runs `sh -c cmd` in its own process group and reads a load number from its output. A
+/// command still running after `limit` is killed with everything it started, so a stuck
+/// command leaves nothing behind, interval after interval.
+async fn load_from_command(cmd: &str, limit: Duration) -> Option<f64> {
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let group = child.id();
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.ok().and_then(|o| parse_load(&String::from_utf8_lossy(&o.stdout))),
+        Err(_) => {
+            if let Some(group) = group {
+                // SAFETY: a plain syscall; the group is the one the command was started in
+                // (its id is the shell's pid), which kill_on_drop alone would leave running.
+                unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
+            }
+            tracing::warn!(command = cmd, limit_ms = limit.as_millis() as u64, "the load command did not finish in time: killed");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Processes whose command line contains `marker`.
+    fn running(marker: &str) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(marker))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_stuck_load_command_is_killed_with_its_children() {
+        assert_eq!(load_from_command("echo 0.25", Duration::from_secs(5)).await, Some(0.25));
+        // A shell that waits on a child: both must go when the limit passes.
+        let marker = format!("{}.{}", 31, std::process::id());
+        let started = std::time::Instant::now();
+        assert_eq!(load_from_command(&format!("sleep {marker}; echo 0.5"), Duration::from_millis(300)).await, None);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let mut left = running(&marker);
+        for _ in 0..20 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = running(&marker);
+        }
+        assert_eq!(left, 0, "processes left behind");
+    }
 
     #[test]
     fn cpu_share_and_load_numbers() {

@@ -147,6 +147,7 @@ fn check_config(file: &Path) -> Result<()> {
         return Ok(());
     }
     let config = config::load(file, InterfaceCheck::OnThisHost)?;
+    config::check_files(&config)?;
     let reals: usize = config.vips.iter().map(|v| v.reals.len()).sum();
     println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
     Ok(())

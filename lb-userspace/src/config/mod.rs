@@ -6,9 +6,11 @@
 //! - `validate`: raw -> domain types, every problem named by its field;
 //! - `types`: the domain types the rest of `lb` uses;
 //! - `error`: what is wrong with a file;
+//! - `files`: the files a config names (the token file), checked as `lb run` reads them;
 //! - `load`: reading and parsing.
 
 mod error;
+mod files;
 mod load;
 mod raw;
 #[cfg(test)]
@@ -18,10 +20,11 @@ mod validate;
 
 pub(crate) use self::{
     error::Problems,
-    validate::{validate_instance, validate_interfaces, validate_listener_limits},
+    validate::{usable_addresses, validate_instance, validate_interfaces, validate_listener_limits},
 };
 pub use self::{
     error::{ConfigError, Problem},
+    files::{check_files, read_token, MIN_TOKEN_LEN},
     load::{format_mac, load, load_raw, parse, parse_raw},
     raw::*,
     types::*,

@@ -165,6 +165,9 @@ fn forwarding_problems_are_named() {
     assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "next_hop_mac = \"02:00:00:00:03\"", "forwarding.next_hop_mac", "not a MAC");
     assert_problem("next_hop_mac = \"02:00:00:00:00:03\"", "", "forwarding", "exactly one of");
     assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 100\n", "forwarding.mtu", "outside");
+    // Below 1,320 the IPv6 too-big answer (mtu - 40) would advertise less than 1,280.
+    assert_problem("[forwarding]\n", "[forwarding]\n        mtu = 1319\n", "forwarding.mtu", "at least 1280");
+    assert!(problems("[forwarding]\n", "[forwarding]\n        mtu = 1320\n").is_empty());
     assert_problem("[forwarding]\n", "[forwarding]\n        source_v6 = \"fd00::/64\"\n", "forwarding.source_v6", "at most 32 host bits");
 }
 
@@ -274,4 +277,20 @@ fn limits_have_defaults_and_are_checked() {
             "limits.probes_per_host"
         ]
     );
+}
+
+/// Addresses that cannot be tunnelled to or announced are refused wherever an address is named.
+#[test]
+fn unusable_addresses_are_refused() {
+    let vip = "vip[1] \"dns6\".address";
+    assert_problem("address = \"2001:db8::53\"", "address = \"::ffff:10.99.0.1\"", vip, "IPv4-mapped: write it as 10.99.0.1");
+    assert_problem("address = \"10.99.0.1\"", "address = \"224.0.0.1\"", "vip[0] \"web\".address", "multicast");
+    assert_problem("address = \"10.99.0.1\"", "address = \"255.255.255.255\"", "vip[0] \"web\".address", "broadcast");
+    assert_problem("address = \"10.99.0.1\"", "address = \"127.0.0.1\"", "vip[0] \"web\".address", "loopback");
+    assert_problem("address = \"2001:db8::53\"", "address = \"::\"", vip, "unspecified");
+    assert_problem("address = \"10.1.0.1\"", "address = \"0.0.0.0\"", "vip[0] \"web\".real[0].address", "unspecified");
+    assert_problem("address = \"fd00::1\"", "address = \"fe80::1\"", "vip[1] \"dns6\".real[0].address", "link-local");
+    let handoff = format!("{GOOD}\n[handoff]\naddress = \"0.0.0.0\"\npeers = [\"224.0.0.5\"]\n");
+    let found: Vec<_> = parse(&handoff, InterfaceCheck::Skip).unwrap_err().problems().iter().map(|p| p.field.clone()).collect();
+    assert_eq!(found, ["handoff.address", "handoff.peers[0]"]);
 }

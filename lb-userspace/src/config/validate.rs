@@ -54,6 +54,48 @@ impl RawLimits {
     }
 }
 
+/// Why `addr` cannot be a VIP, a real, a handoff address or a backend's address: none of these
+/// can be reached through a tunnel or announced (IPv4-mapped IPv6 would share the IPv4
+/// address's key in the data plane, and be announced as an IPv6 /128).
+pub(crate) fn unusable_address(addr: IpAddr) -> Option<String> {
+    let why = match addr {
+        IpAddr::V4(a) if a.is_unspecified() || a.octets()[0] == 0 => "is unspecified (0.0.0.0/8)",
+        IpAddr::V4(a) if a.is_loopback() => "is a loopback address",
+        IpAddr::V4(a) if a.is_multicast() => "is a multicast address",
+        IpAddr::V4(a) if a.is_broadcast() => "is the broadcast address",
+        IpAddr::V4(a) if a.is_link_local() => "is link-local (169.254.0.0/16)",
+        IpAddr::V6(a) if a.is_unspecified() => "is unspecified (::)",
+        IpAddr::V6(a) if a.is_loopback() => "is the loopback address",
+        IpAddr::V6(a) if a.is_multicast() => "is a multicast address",
+        IpAddr::V6(a) if a.is_unicast_link_local() => "is link-local (fe80::/10)",
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            return Some(format!("{addr} is IPv4-mapped: write it as {}", a.to_ipv4_mapped().expect("mapped")));
+        }
+        _ => return None,
+    };
+    Some(format!("{addr} {why}"))
+}
+
+/// Parses a list of addresses under `field`, each usable (see `unusable_address`).
+pub(crate) fn usable_addresses(field: &str, list: &[String], p: &mut Problems) -> Vec<IpAddr> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a.parse::<IpAddr>() {
+            Err(_) => {
+                p.add(format!("{field}[{i}]"), format!("{a:?} is not an IP address"));
+                None
+            }
+            Ok(addr) => match unusable_address(addr) {
+                Some(why) => {
+                    p.add(format!("{field}[{i}]"), why);
+                    None
+                }
+                None => Some(addr),
+            },
+        })
+        .collect()
+}
+
 /// An instance name: it names a bpffs folder and state files.
 pub(crate) fn validate_instance(instance: &str, p: &mut Problems) {
     if instance.is_empty() || !instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -229,9 +271,10 @@ impl RawConfig {
             }
         };
         let mtu = f.mtu.unwrap_or(1500);
-        // At least IPv6's minimum link MTU: the "too big" answers quote a fixed 1232 bytes.
-        if !(1280..=9216).contains(&mtu) {
-            p.add("forwarding.mtu", format!("{mtu} is outside 1280 ..= 9216"));
+        // The too-big answer advertises the MTU less the 40-byte outer IPv6 header, and IPv6
+        // forbids advertising less than its minimum link MTU, 1,280: so at least 1,320.
+        if !(1320..=9216).contains(&mtu) {
+            p.add("forwarding.mtu", format!("{mtu} is outside 1320 ..= 9216 (the IPv6 too-big answer advertises mtu - 40, at least 1280)"));
         }
         let v4 = f.source_v4.as_deref().unwrap_or("10.255.0.0/16");
         let source_v4 = match parse_prefix(v4) {
@@ -273,8 +316,13 @@ impl RawConfig {
             }
             let field = format!("vip[{i}] {:?}", raw.name);
             let addr: Option<IpAddr> = raw.address.parse().ok();
-            if addr.is_none() {
-                p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address));
+            match addr {
+                None => p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address)),
+                Some(a) => {
+                    if let Some(why) = unusable_address(a) {
+                        p.add(format!("{field}.address"), why);
+                    }
+                }
             }
             let proto = match raw.protocol.as_str() {
                 "tcp" => Some(Proto::Tcp),
@@ -309,6 +357,9 @@ impl RawConfig {
                 if !real_addrs.insert(raddr) {
                     p.add(format!("{rfield}.address"), format!("{raddr} is listed twice in this VIP"));
                 }
+                if let Some(why) = unusable_address(raddr) {
+                    p.add(format!("{rfield}.address"), why);
+                }
                 if addr.is_ipv6() && raddr.is_ipv4() {
                     p.add(format!("{rfield}.address"), format!("IPv4 real {raddr} cannot carry an IPv6 VIP"));
                 }
@@ -342,6 +393,9 @@ pub fn ring_slots_needed(vips: &[Vip]) -> u64 {
 fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
     let before = p.0.len();
     let address = h.address.parse::<IpAddr>().map_err(|_| p.add("handoff.address", format!("{:?} is not an IP address", h.address))).ok();
+    if let Some(why) = address.and_then(unusable_address) {
+        p.add("handoff.address", why);
+    }
     if h.peers.is_empty() || h.peers.len() > lb_common::MAX_PEERS as usize {
         p.add("handoff.peers", format!("{} peers: give 1 ..= {}", h.peers.len(), lb_common::MAX_PEERS));
     }
@@ -352,6 +406,7 @@ fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
             Err(_) => p.add(field, format!("{raw:?} is not an IP address")),
             Ok(peer) if Some(peer) == address => p.add(field, format!("{peer} is this node's own address")),
             Ok(peer) if peers.contains(&peer) => p.add(field, format!("{peer} is listed twice")),
+            Ok(peer) if unusable_address(peer).is_some() => p.add(field, unusable_address(peer).expect("unusable")),
             Ok(peer) if address.is_some_and(|a| a.is_ipv4() != peer.is_ipv4()) => {
                 p.add(field, format!("{peer} is not the same address family as handoff.address"))
             }
