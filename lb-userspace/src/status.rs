@@ -49,9 +49,15 @@ impl VipStatus {
         self.reals.iter().filter(|r| r.up).count() as u32
     }
 
-    /// The site can serve this VIP: enough reals up.
+    /// Reals that take new flows: up, with a weight above 0 (not drained).
+    pub fn serving(&self) -> u32 {
+        self.reals.iter().filter(|r| r.up && r.weight > 0).count() as u32
+    }
+
+    /// The site can serve this VIP: enough reals up, and at least one of them takes new flows
+    /// (with every up real drained the ring is empty and every new flow would be dropped).
     pub fn servable(&self) -> bool {
-        self.healthy() >= self.min_healthy
+        self.healthy() >= self.min_healthy && self.serving() > 0
     }
 
     /// Share of the configured weight that up reals carry (1.0 with no weight configured).

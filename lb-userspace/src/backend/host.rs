@@ -44,8 +44,12 @@ fn save_changes(instance: &str, changes: &HostChanges) -> Result<()> {
     crate::durable::write(&path, &serde_json::to_vec_pretty(changes)?).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A key is written with '/' between its parts ("net/ipv4/conf/eth0.100/rp_filter"), as
+/// sysctl(8) also accepts, because an interface name may hold dots (VLANs: eth0.100). Keys
+/// recorded by earlier versions use dots and name no dotted interface.
 fn sysctl_path(key: &str) -> PathBuf {
-    Path::new("/proc/sys").join(key.replace('.', "/"))
+    let parts = if key.contains('/') { key.to_owned() } else { key.replace('.', "/") };
+    Path::new("/proc/sys").join(parts)
 }
 
 fn read_sysctl(key: &str) -> Result<String> {
@@ -61,16 +65,22 @@ pub(super) fn write_sysctl(key: &str, value: &str) -> Result<()> {
 fn wanted_sysctls(config: &BackendConfig) -> Vec<(String, String)> {
     let mut list = Vec::new();
     if config.vips.iter().any(IpAddr::is_ipv4) {
-        list.push(("net.ipv4.conf.all.arp_ignore".to_owned(), "1".to_owned()));
-        list.push(("net.ipv4.conf.all.arp_announce".to_owned(), "2".to_owned()));
+        list.push(("net/ipv4/conf/all/arp_ignore".to_owned(), "1".to_owned()));
+        list.push(("net/ipv4/conf/all/arp_announce".to_owned(), "2".to_owned()));
     }
     // The effective rp_filter of a NIC is the larger of `all` and its own.
     let rp = config.rp_filter.to_string();
-    list.push(("net.ipv4.conf.all.rp_filter".to_owned(), rp.clone()));
+    list.push(("net/ipv4/conf/all/rp_filter".to_owned(), rp.clone()));
     for iface in &config.interfaces {
-        list.push((format!("net.ipv4.conf.{}.rp_filter", iface.name), rp.clone()));
+        list.push((format!("net/ipv4/conf/{}/rp_filter", iface.name), rp.clone()));
     }
     list
+}
+
+/// Reads every sysctl `run` will set, so that one it cannot read stops `run` before it has
+/// attached anything or changed any of them.
+pub(super) fn check_sysctls(config: &BackendConfig) -> Result<()> {
+    wanted_sysctls(config).iter().try_for_each(|(key, _)| read_sysctl(key).map(drop))
 }
 
 /// Sets each wanted sysctl that differs, recording its first value; returns what changed.
@@ -156,4 +166,26 @@ pub(super) async fn release_vips(changes: &HostChanges) -> Result<()> {
         info!(%vip, "VIP removed from lo");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VLAN interface's name has a dot: its sysctl is a folder named with the dot, not two.
+    #[test]
+    fn sysctl_paths_keep_dots_in_interface_names() {
+        assert_eq!(sysctl_path("net/ipv4/conf/eth0.100/rp_filter"), Path::new("/proc/sys/net/ipv4/conf/eth0.100/rp_filter"));
+        assert_eq!(sysctl_path("net.ipv4.conf.all.rp_filter"), Path::new("/proc/sys/net/ipv4/conf/all/rp_filter"), "recorded by earlier versions");
+        let config = crate::backend::parse(
+            "[backend]\ninterface = [{ name = \"lo\" }, { name = \"eth0.100\" }]\naddresses = [\"10.1.0.1\"]\nvips = [\"10.99.0.1\"]\n",
+            crate::config::InterfaceCheck::Skip,
+        )
+        .unwrap();
+        let keys: Vec<String> = wanted_sysctls(&config).into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"net/ipv4/conf/eth0.100/rp_filter".to_owned()), "{keys:?}");
+        assert!(read_sysctl("net/ipv4/conf/lo/rp_filter").is_ok());
+        let missing = check_sysctls(&config).unwrap_err();
+        assert!(format!("{missing:#}").contains("eth0.100"), "{missing:#}");
+    }
 }

@@ -32,7 +32,7 @@ pub use self::{
 };
 use self::{
     endpoint::{healthz, load_report, metrics, sample_load, Endpoint},
-    host::{apply_sysctls, changes_path, hold_vips, load_changes, release_vips, write_sysctl},
+    host::{apply_sysctls, changes_path, check_sysctls, hold_vips, load_changes, release_vips, write_sysctl},
 };
 use crate::{
     config::InterfaceCheck,
@@ -47,6 +47,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let descriptors = serve::raise_descriptor_limit()?;
     info!(descriptors, "open-file limit");
     let mut changes = load_changes(&config.instance)?;
+    check_sysctls(&config)?;
     let pins = pins::backend(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }, &pins)?;
     for iface in &config.interfaces {

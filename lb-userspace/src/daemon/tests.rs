@@ -166,6 +166,20 @@ async fn health_decides_what_is_announced() {
     assert_eq!(announced(&h), ["10.99.0.1", "10.99.0.2"]);
 }
 
+/// A VIP whose up reals are all drained has an empty ring: it is withdrawn, not announced to
+/// drop every new flow, and comes back with the first real undrained.
+#[tokio::test]
+async fn a_vip_with_every_real_drained_is_withdrawn() {
+    let mut h = start(file(""), Journal::default());
+    let drain = |h: &mut Harness, weight| {
+        change(h, |reply| Command::SetWeight { vip: "dns".into(), real: ip("10.1.0.3"), weight, reply }).unwrap();
+    };
+    drain(&mut h, Some(0));
+    assert_eq!(announced(&h), ["10.99.0.1"], "dns's only real is drained");
+    drain(&mut h, None);
+    assert_eq!(announced(&h), ["10.99.0.1", "10.99.0.2"]);
+}
+
 #[tokio::test]
 async fn a_rejected_reload_keeps_the_running_state() {
     let mut h = start(file(""), Journal::default());

@@ -130,13 +130,14 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
                 "vip_below_min_healthy",
                 subject(),
                 format!(
-                    "{} of {} reals healthy, min_healthy {}{}",
+                    "{} of {} reals healthy, {} of them with weight above 0, min_healthy {}{}",
                     v.healthy(),
                     v.reals.len(),
+                    v.serving(),
                     v.min_healthy,
-                    if bgp { ": withdrawn" } else { "" }
+                    if bgp { ": withdrawn" } else { ": new flows are dropped (drop_no_real)" }
                 ),
-                "Bring backends back (see the reals down below), or lower min_healthy.",
+                "Bring backends back (see the reals down below), undrain one (`lb real enable`, `lb backend undrain`), or lower min_healthy.",
             );
         } else if bgp && announcing && !v.announced {
             let why = view.bird_failing.as_deref().map_or_else(|| "BIRD has not confirmed it yet".to_owned(), |e| format!("BIRD: {e}"));
@@ -173,7 +174,10 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
             );
         }
         let total: u64 = v.reals.iter().map(|r| s.real_packets.get(&r.id).copied().unwrap_or(0)).sum();
-        if total >= SHARE_MIN_PACKETS && v.ring_size > 0 {
+        // With an empty ring (every real drained or down) only established flows flow: no share
+        // to compare with.
+        let ring_slots: u32 = v.reals.iter().map(|r| r.slots).sum();
+        if total >= SHARE_MIN_PACKETS && v.ring_size > 0 && ring_slots > 0 {
             for r in &v.reals {
                 let got = s.real_packets.get(&r.id).copied().unwrap_or(0) as f64 / total as f64;
                 let ring = r.slots as f64 / v.ring_size as f64;
@@ -405,6 +409,17 @@ mod tests {
                     v.status[0].announced = false;
                 }),
                 vec![(Severity::Critical, "vip_below_min_healthy"), (Severity::Warning, "real_down")],
+            ),
+            (
+                "every up real drained",
+                Box::new(|v, _| {
+                    for r in &mut v.status[0].reals {
+                        r.weight = 0;
+                        r.slots = 0;
+                    }
+                    v.status[0].announced = false;
+                }),
+                vec![(Severity::Critical, "vip_below_min_healthy")],
             ),
             (
                 "healthy but not announced, BIRD failing",
