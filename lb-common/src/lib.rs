@@ -67,6 +67,18 @@ pub mod maps {
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_CTL: &str = "CAPTURE_CTL";
     pub const CAPTURE_STATE: &str = "CAPTURE_STATE";
+    /// Maps whose layout changed since version 1, with their version. Bump a map's version
+    /// when the meaning of its bytes changes at the same sizes (a field moved, a counter
+    /// renamed): the version is in the pin's name, and `lb` recreates or refuses a pin of
+    /// another version (see lb-userspace's `dataplane::layout`). Size changes are caught
+    /// without a bump.
+    pub const LAYOUT_VERSIONS: &[(&str, u32)] = &[];
+
+    /// The layout version of map `name`.
+    pub fn layout_version(name: &str) -> u32 {
+        LAYOUT_VERSIONS.iter().find(|(n, _)| *n == name).map_or(1, |(_, v)| *v)
+    }
+
     pub const ALL: &[&str] = &[
         VIPS,
         VIP_ADDRS,

@@ -103,7 +103,7 @@ impl Counters {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         let mut maps = StdHashMap::new();
         for name in [maps::STATS, maps::VIP_STATS, maps::REAL_STATS, maps::LIMIT_STATE] {
-            let path = pin_dir.join("maps").join(name);
+            let path = super::pins::map(pin_dir, name);
             let data = MapData::from_pin(&path).map_err(map_err(name))?;
             maps.insert(name, aya::maps::Map::PerCpuArray(data));
         }
@@ -182,7 +182,13 @@ fn per_cpu_totals<T: aya::Pod + Default + std::ops::Add<Output = T>>(maps_of: &i
     let batch_err = |source| DataplaneError::Batch { name, source };
     let map = maps_of.lookup(name).ok_or(DataplaneError::NoMap { name })?;
     let aya::maps::Map::PerCpuArray(data) = map else { return Err(DataplaneError::NoMap { name }) };
-    let entries = data.info().map_err(map_err(name))?.max_entries() as usize;
+    let info = data.info().map_err(map_err(name))?;
+    // The kernel writes values of the pinned map's size: a buffer sized from T must match it.
+    let wanted = std::mem::size_of::<T>() as u32;
+    if info.value_size() != wanted {
+        return Err(DataplaneError::ValueSize { name, pinned: info.value_size(), wanted });
+    }
+    let entries = info.max_entries() as usize;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| batch_err(e))?;
     // The kernel lays each entry out as one value per possible CPU, each rounded up to 8 bytes.
     let stride = std::mem::size_of::<T>().next_multiple_of(8);

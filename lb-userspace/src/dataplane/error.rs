@@ -32,6 +32,12 @@ pub enum DataplaneError {
     },
     #[error("the connection table pinned at {path} holds {pinned} entries, the config asks for {wanted}: `lb stop` the instance first (this drops established flows: drain before)")]
     PinnedSizeMismatch { path: PathBuf, pinned: u32, wanted: u32 },
+    #[error("pinned maps: {why}")]
+    Layout { why: String },
+    #[error("map {name} pinned with {pinned}-byte values, this lb reads {wanted}-byte values")]
+    ValueSize { name: &'static str, pinned: u32, wanted: u32 },
+    #[error("refusing the pin directory {path}: {why}. Nothing was loaded or attached; remove it (`rm -r {path}` as root, after checking what it holds) and start again")]
+    UnsafePinDir { path: PathBuf, why: String },
     #[error("reading map {name} in one batch")]
     Batch {
         name: &'static str,
@@ -72,6 +78,6 @@ pub(super) fn open_pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError
     name: &'static str,
     variant: fn(MapData) -> aya::maps::Map,
 ) -> Result<T> {
-    let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(map_err(name))?;
+    let data = MapData::from_pin(super::pins::map(pin_dir, name)).map_err(map_err(name))?;
     T::try_from(variant(data)).map_err(map_err(name))
 }

@@ -99,24 +99,28 @@ impl Dataplane {
     /// (by an earlier `lb run` of this instance) are reused with their contents, so a restart or
     /// upgrade keeps the connection table and the rings.
     pub fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Self> {
-        let maps_dir = pin_dir.join("maps");
-        std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Pin { path: maps_dir.clone(), source })?;
-        // aya would silently reuse a pinned map of another size.
-        let conns = maps_dir.join(maps::CONNS);
+        let maps_dir = super::pins::maps_dir(pin_dir);
+        for dir in [pin_dir, &maps_dir] {
+            super::pins::secure_dir(dir).map_err(|why| DataplaneError::UnsafePinDir { path: dir.to_owned(), why })?;
+        }
+        // aya would silently reuse a pinned map of any layout.
+        for (name, why) in super::layout::prepare(&maps_dir, LB_EBPF)? {
+            tracing::warn!(map = name, %why, "pinned map of another layout recreated (its counters or config start afresh)");
+        }
+        let conns = super::layout::pin_path(&maps_dir, maps::CONNS);
         if conns.exists() {
             let pinned = aya::maps::MapInfo::from_pin(&conns).map_err(map_err(maps::CONNS))?.max_entries();
             if pinned != opts.conn_table_size {
                 return Err(DataplaneError::PinnedSizeMismatch { path: conns, pinned, wanted: opts.conn_table_size });
             }
         }
-        let earlier_rings = Self::pinned_rings(&maps_dir.join(maps::MAGLEV), opts.ring_slots)?;
-        Self::unpin_if_other_layout(maps::VIP_FILTER, &maps_dir.join(maps::VIP_FILTER), 8, lb_common::VIP_FILTER_BITS / 64)?;
+        let earlier_rings = Self::pinned_rings(&super::layout::pin_path(&maps_dir, maps::MAGLEV), opts.ring_slots)?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNS, opts.conn_table_size);
         // A pinned pool at least this large is reused as it is.
         loader.map_max_entries(maps::MAGLEV, ring_elements(opts.ring_slots));
         for name in maps::ALL {
-            loader.map_pin_path(name, maps_dir.join(name));
+            loader.map_pin_path(name, super::layout::pin_path(&maps_dir, name));
         }
         let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
         let mut dp = Self::new(ebpf)?;
@@ -129,21 +133,6 @@ impl Dataplane {
             }
         }
         Ok(dp)
-    }
-
-    /// Unpins the map at `path` if its values or entries are not what this object has (the
-    /// pre-filter of an older `lb`): the loader then makes a new one, which the reconciler's first change fills
-    /// (before the new program is attached).
-    /// The running program keeps its own until it is replaced.
-    fn unpin_if_other_layout(name: &'static str, path: &Path, value_size: u32, max_entries: u32) -> Result<()> {
-        if !path.exists() {
-            return Ok(());
-        }
-        let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
-        if info.value_size() != value_size || info.max_entries() != max_entries {
-            std::fs::remove_file(path).map_err(|source| DataplaneError::Pin { path: path.to_owned(), source })?;
-        }
-        Ok(())
     }
 
     /// The pinned ring pool, if there is one. One at least `wanted` slots large is reused (with

@@ -6,12 +6,14 @@
 //! - `ring_memory`: the Maglev slot pool mapped into this process;
 //! - `counters`, `live`, `capture`: readers opened from the pins, for metrics, `lb flow` /
 //!   `lb doctor` and `lb capture`, off the loop that owns the writer;
-//! - `pins`: where each program's pins live;
+//! - `pins`: where each program's pins live; `layout`: the pinned maps' layouts, checked
+//!   before a start reuses them;
 //! - `ops`: the seam the reconciler writes through; `error`.
 
 mod capture;
 mod counters;
 mod error;
+mod layout;
 mod live;
 mod loader;
 mod ops;
