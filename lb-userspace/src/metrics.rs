@@ -332,7 +332,8 @@ fn family<L: AsRef<str>, V: SampleValue>(out: &mut String, name: &str, counter: 
         out.push_str(part);
     }
     for (labels, value) in series {
-        for part in ["lb_", name, suffix, "{", labels.as_ref(), "} "] {
+        let (open, close) = if labels.as_ref().is_empty() { ("", " ") } else { ("{", "} ") };
+        for part in ["lb_", name, suffix, open, labels.as_ref(), close] {
             out.push_str(part);
         }
         value.write_to(out);

@@ -55,7 +55,7 @@ impl LbDaemon {
 
     /// As `start`, with `lb run` run under `wrapper` inside the namespace.
     pub fn start_wrapped(ns: &NetNs, config_body: &str, wrapper: &[String]) -> Self {
-        let instance = format!("t{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"));
+        let instance = Self::instance_for(ns);
         // On tmpfs: lb answers a change once its journal is fsynced, and on this disk one fsync
         // took 490 ms during other writeback (a build's output). The harness times lb (a drain
         // under a frozen BIRD is answered within 100 ms), not the disk.
@@ -68,6 +68,11 @@ impl LbDaemon {
         d
     }
 
+    /// The instance name `start` gives an `lb` in `ns` (its pins: `pins::balancer(name)`).
+    pub fn instance_for(ns: &NetNs) -> String {
+        format!("t{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"))
+    }
+
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("lb.log")).expect("log file");
         let cmd = lb_command(&self.ns, &self.wrapper, &["run"], &self.config, &self.dir);
@@ -76,6 +81,12 @@ impl LbDaemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// Another `lb run` of this instance's config, for a start expected to fail (killed after
+    /// 20 s): its output.
+    pub fn run_expecting_failure(&self) -> std::process::Output {
+        output_within_20s(lb_command(&self.ns, &self.wrapper, &["run"], &self.config, &self.dir))
     }
 
     /// Runs `lb ARGS` (the CLI) in the namespace, against this instance's admin socket.
@@ -203,23 +214,20 @@ pub fn run_once(ns: &NetNs, config_body: &str) -> std::process::Output {
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("lb.toml");
     std::fs::write(&config, format!("instance = \"once{}\"\n{config_body}", std::process::id())).expect("config");
-    let mut child = in_netns(&ns.name)
-        .arg(lb_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("LB_STATE_DIR", &dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lb");
+    let out = output_within_20s(lb_command(&ns.name, &[], &["run"], &config, &dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Runs `cmd` to its end, or kills it after 20 s; its output.
+fn output_within_20s(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start lb");
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    let _ = std::fs::remove_dir_all(&dir);
-    out
+    child.wait_with_output().expect("output")
 }
 
 /// The capabilities a unit in deploy/ grants (`CapabilityBoundingSet=`), as setpriv names them:
