@@ -156,7 +156,9 @@ fn bad_requests_are_refused_and_change_nothing() {
 fn check_config_refuses_the_token_files_run_refuses() {
     let dir = std::env::temp_dir().join(format!("lbt-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cases: [(&str, Option<(&str, u32)>, &str); 6] = [
+    // (case, the file's text and mode or none, what the refusal says: empty for none)
+    type Case<'a> = (&'a str, Option<(&'a str, u32)>, &'a str);
+    let cases: [Case; 6] = [
         ("good", Some((TOKEN, 0o600)), ""),
         ("readable", Some((TOKEN, 0o644)), "readable by others (mode 644)"),
         ("missing", None, "No such file"),

@@ -192,7 +192,10 @@ async fn doctor(
     // Each call holds a blocking thread for its window: only `doctor_calls` at once.
     let Ok(_permit) = r.doctor_calls.clone().try_acquire_owned() else {
         r.api_counters.doctor_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err((StatusCode::TOO_MANY_REQUESTS, "another lb doctor is sampling: try again when it is done ([limits] doctor_calls)\n".into()));
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            "another lb doctor is sampling: try again when it is done ([limits] doctor_calls)\n".into(),
+        ));
     };
     let inputs = ask(&r.cmds, Command::Doctor).await?;
     let (sampled, inputs) =

@@ -176,7 +176,11 @@ mod tests {
     #[test]
     fn sysctl_paths_keep_dots_in_interface_names() {
         assert_eq!(sysctl_path("net/ipv4/conf/eth0.100/rp_filter"), Path::new("/proc/sys/net/ipv4/conf/eth0.100/rp_filter"));
-        assert_eq!(sysctl_path("net.ipv4.conf.all.rp_filter"), Path::new("/proc/sys/net/ipv4/conf/all/rp_filter"), "recorded by earlier versions");
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.all.rp_filter"),
+            Path::new("/proc/sys/net/ipv4/conf/all/rp_filter"),
+            "recorded by earlier versions"
+        );
         let config = crate::backend::parse(
             "[backend]\ninterface = [{ name = \"lo\" }, { name = \"eth0.100\" }]\naddresses = [\"10.1.0.1\"]\nvips = [\"10.99.0.1\"]\n",
             crate::config::InterfaceCheck::Skip,

@@ -195,14 +195,16 @@ fn add_vips(api: &AdminClient, file: &Path) -> Result<()> {
 
 /// `lb doctor`: prints the findings; returns the exit code (2 when lb cannot be asked).
 pub fn doctor(target: &Target, json: bool, window_ms: u64) -> u8 {
-    let report = AdminClient::new(target).and_then(|api| {
-        // The answer comes after the window: wait for it, and for lb's own time to answer.
-        let limit = std::time::Duration::from_millis(window_ms) + std::time::Duration::from_secs(10);
-        api.get_within(&format!("/doctor?window_ms={window_ms}"), limit)
-    }).and_then(|body| {
-        let report: doctor::Report = serde_json::from_str(&body).context("parsing the doctor's report")?;
-        Ok((body, report))
-    });
+    let report = AdminClient::new(target)
+        .and_then(|api| {
+            // The answer comes after the window: wait for it, and for lb's own time to answer.
+            let limit = std::time::Duration::from_millis(window_ms) + std::time::Duration::from_secs(10);
+            api.get_within(&format!("/doctor?window_ms={window_ms}"), limit)
+        })
+        .and_then(|body| {
+            let report: doctor::Report = serde_json::from_str(&body).context("parsing the doctor's report")?;
+            Ok((body, report))
+        });
     match report {
         Ok((body, report)) => {
             if json {

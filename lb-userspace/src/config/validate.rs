@@ -37,7 +37,12 @@ pub(crate) fn validate_listener_limits(
 
 impl RawLimits {
     fn validate(&self, p: &mut Problems) -> Limits {
-        let listener = validate_listener_limits(("limits.connections_per_listener", "limits.request_timeout_ms"), self.connections_per_listener, self.request_timeout_ms, p);
+        let listener = validate_listener_limits(
+            ("limits.connections_per_listener", "limits.request_timeout_ms"),
+            self.connections_per_listener,
+            self.request_timeout_ms,
+            p,
+        );
         let flows_listed = self.flows_listed.unwrap_or(DEFAULT_FLOWS_LISTED);
         if flows_listed == 0 || flows_listed > 10_000_000 {
             p.add("limits.flows_listed", format!("{flows_listed} is outside 1 ..= 10000000"));

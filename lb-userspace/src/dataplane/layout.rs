@@ -121,8 +121,13 @@ fn wanted_shapes(object: &[u8]) -> Result<Vec<(&'static str, Shape)>> {
         .map(|&name| {
             let def = parsed.maps.get(name).ok_or(DataplaneError::NoMap { name })?;
             let max_entries = (!SIZED_BY_OPTIONS.contains(&name)).then(|| def.max_entries());
-            let shape =
-                Shape { map_type: def.map_type(), key_size: def.key_size(), value_size: def.value_size(), max_entries, flags: def.map_flags() };
+            let shape = Shape {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries,
+                flags: def.map_flags(),
+            };
             Ok((name, shape))
         })
         .collect()

@@ -57,10 +57,8 @@ fn main() {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-    let mut targets: Vec<Target> = addrs
-        .iter()
-        .map(|a| Target { addr: a.parse().expect("address"), open: Vec::new(), opened: 0, closed: 0, failed: 0 })
-        .collect();
+    let mut targets: Vec<Target> =
+        addrs.iter().map(|a| Target { addr: a.parse().expect("address"), open: Vec::new(), opened: 0, closed: 0, failed: 0 }).collect();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         for t in &mut targets {
