@@ -155,25 +155,69 @@ pub enum HealthEvent {
     Checked { target: Target, latency: Option<Duration> },
 }
 
-/// Checks `target` every interval until `shutdown` changes or the receiver goes away.
+/// Probes in flight to each host at once (`[limits] probes_per_host`): a host that black-holes
+/// its probes holds at most this many sockets, and the others keep theirs.
+#[derive(Debug)]
+pub struct HostBudget {
+    per_host: usize,
+    hosts: std::sync::Mutex<std::collections::HashMap<IpAddr, std::sync::Arc<tokio::sync::Semaphore>>>,
+    /// Checks that found no free slot within their timeout (counted as failed).
+    pub starved: std::sync::atomic::AtomicU64,
+}
+
+impl HostBudget {
+    pub fn new(per_host: usize) -> Self {
+        Self { per_host, hosts: Default::default(), starved: Default::default() }
+    }
+
+    fn of(&self, host: IpAddr) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.entry(host).or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_host))).clone()
+    }
+
+    /// Runs `check` against `addr` once a slot of its host is free; a slot not free within the
+    /// check's timeout fails the check.
+    async fn probe(&self, check: &HealthCheck, addr: IpAddr) -> Result<Passed, String> {
+        let host = self.of(addr);
+        let Ok(Ok(_slot)) = tokio::time::timeout(check.timeout, host.acquire()).await else {
+            self.starved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(format!("{} probes to {addr} in flight for {:?}: it answers none of them", self.per_host, check.timeout));
+        };
+        probe(check, addr).await
+    }
+}
+
+/// Where in its interval `target` is checked: spread over the interval by a hash of the target,
+/// so that thousands of probers do not fire at the same instant.
+pub fn phase(target: &Target, interval: Duration) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    target.hash(&mut h);
+    let nanos = interval.as_nanos().max(1) as u64;
+    Duration::from_nanos(h.finish() % nanos)
+}
+
+/// Checks `target` every interval, first after its `phase`, until `shutdown` changes or the
+/// receiver goes away.
 pub async fn run_prober(
     target: Target,
     check: HealthCheck,
     start_up: bool,
+    budget: std::sync::Arc<HostBudget>,
     events: mpsc::Sender<HealthEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut state = HealthState::starting(start_up, check.rise, check.fall);
     // "Up" here: not draining.
     let mut serving = HealthState::new(check.rise, check.fall);
-    let mut next = tokio::time::Instant::now();
+    let mut next = tokio::time::Instant::now() + phase(&target, check.interval);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
         next += check.interval;
-        let result = probe(&check, target.addr()).await;
+        let result = budget.probe(&check, target.addr()).await;
         let checked = HealthEvent::Checked { target, latency: result.as_ref().ok().map(|p| p.latency) };
         if events.send(checked).await.is_err() {
             return;
@@ -239,6 +283,103 @@ mod tests {
         assert_eq!(flips, [false, false, true, true, false]);
     }
 
+    /// Probers are spread over their interval, not fired at one instant.
+    #[test]
+    fn probers_are_spread_over_the_interval() {
+        let interval = Duration::from_millis(1000);
+        let vip = |i: u16| VipId { addr: "10.99.0.1".parse().unwrap(), port: i, proto: crate::config::Proto::Tcp };
+        let phases: Vec<Duration> = (0..1000).map(|i| phase(&Target::Real(vip(i), "10.1.0.1".parse().unwrap()), interval)).collect();
+        assert!(phases.iter().all(|p| *p < interval));
+        // Each tenth of the interval holds about a tenth of them.
+        for tenth in 0..10u32 {
+            let n = phases.iter().filter(|p| p.as_millis() as u32 / 100 == tenth).count();
+            assert!((50..=150).contains(&n), "{n} probers in tenth {tenth}");
+        }
+    }
+
+    /// 200 probers of a host that accepts connections and never answers, for a second, under a
+    /// budget of `per_host`: the most sockets the host saw open at once, the starved checks, and
+    /// the passed and failed checks of a healthy host's prober meanwhile.
+    async fn black_hole(per_host: usize) -> (usize, u64, u32, u32) {
+        use std::sync::{
+            atomic::{AtomicUsize, Ordering::SeqCst},
+            Arc,
+        };
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, m) = (open.clone(), most.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = silent.accept().await.unwrap();
+                let (o, m) = (o.clone(), m.clone());
+                m.fetch_max(o.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while tokio::io::AsyncReadExt::read(&mut c, &mut buf).await.is_ok_and(|n| n > 0) {}
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        let healthy = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let hport = healthy.local_addr().unwrap().port();
+        let healthy_server = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = healthy.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let _ = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut c, b"HTTP/1.0 200 OK\r\n\r\nok").await;
+                });
+            }
+        });
+        let check = |port| HealthCheck {
+            kind: CheckKind::Http { path: "/".into(), expect_status: 200, body_contains: None },
+            port,
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(150),
+            rise: 1,
+            fall: 1,
+        };
+        let budget = Arc::new(HostBudget::new(per_host));
+        let (events, mut results) = mpsc::channel(10_000);
+        let (stop, stop_rx) = watch::channel(false);
+        let vip = |i: u16| VipId { addr: "10.99.0.1".parse().unwrap(), port: i, proto: crate::config::Proto::Tcp };
+        for i in 0..200 {
+            let target = Target::Real(vip(i), "127.0.0.1".parse().unwrap());
+            tokio::spawn(run_prober(target, check(port), true, budget.clone(), events.clone(), stop_rx.clone()));
+        }
+        let good = Target::Real(vip(0), "127.0.0.2".parse().unwrap());
+        tokio::spawn(run_prober(good, check(hport), true, budget.clone(), events.clone(), stop_rx.clone()));
+        let (mut passed, mut failed) = (0, 0);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(e)) = tokio::time::timeout_at(until, results.recv()).await {
+            match e {
+                HealthEvent::Checked { target, latency: Some(_) } if target == good => passed += 1,
+                HealthEvent::Checked { target, latency: None } if target == good => failed += 1,
+                _ => {}
+            }
+        }
+        let _ = stop.send(true);
+        server.abort();
+        healthy_server.abort();
+        (most.load(SeqCst), budget.starved.load(std::sync::atomic::Ordering::Relaxed), passed, failed)
+    }
+
+    #[tokio::test]
+    async fn a_black_holing_host_holds_only_its_budget_of_sockets() {
+        let (most, starved, passed, failed) = black_hole(8).await;
+        println!("budget 8: most sockets open at the silent host {most}, starved checks {starved}; healthy host {passed} passed");
+        // The host counts a socket until it reads the close: a few more than 8 may overlap.
+        assert!(most <= 16, "{most} sockets");
+        assert!(starved > 100, "{starved}");
+        assert!(passed >= 4 && failed == 0, "{passed} passed, {failed} failed");
+        // Without a budget that bites, every prober holds a socket for its whole timeout.
+        let (most, starved, ..) = black_hole(10_000).await;
+        println!("budget 10000: most sockets open {most}, starved {starved}");
+        assert!(most >= 150 && starved == 0, "{most} sockets, {starved} starved");
+    }
+
     #[tokio::test]
     async fn probes_pass_and_fail_against_local_servers() {
         use tokio::{
@@ -291,12 +432,16 @@ mod tests {
 
 /// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
 /// config or changes.
-#[derive(Default)]
 pub struct Probers {
     running: std::collections::HashMap<Target, (HealthCheck, watch::Sender<bool>)>,
+    pub budget: std::sync::Arc<HostBudget>,
 }
 
 impl Probers {
+    pub fn new(probes_per_host: usize) -> Self {
+        Self { running: Default::default(), budget: std::sync::Arc::new(HostBudget::new(probes_per_host)) }
+    }
+
     /// Starts and stops probers to match `config`; a new prober of a real starts in the state
     /// `starts_up` gives (what the maps say after a restart).
     pub fn sync(&mut self, config: &crate::config::Config, starts_up: impl Fn(&VipId, IpAddr) -> bool, events: &mpsc::Sender<HealthEvent>) {
@@ -327,7 +472,7 @@ impl Probers {
                 Target::Real(vip, real) => starts_up(&vip, real),
                 Target::Peer(_) => true,
             };
-            tokio::spawn(run_prober(key, check.clone(), start_up, events.clone(), stop_rx));
+            tokio::spawn(run_prober(key, check.clone(), start_up, self.budget.clone(), events.clone(), stop_rx));
             self.running.insert(key, (check, stop_tx));
         }
     }

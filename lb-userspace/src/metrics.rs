@@ -105,10 +105,14 @@ pub struct Snapshot {
     pub bgp: BgpState,
     pub handoff_peers: Vec<(IpAddr, bool)>,
     pub rebuilds: RebuildStats,
+    /// Health checks failed for want of a free probe slot of their host (`[limits]
+    /// probes_per_host`).
+    pub probes_starved: u64,
 }
 
 pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
-    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats } = *snapshot;
+    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats, probes_starved } =
+        *snapshot;
     let mut r = Registry::with_prefix("lb");
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");
@@ -145,6 +149,13 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     let rebuild_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     rebuild_seconds.set(rebuild_stats.last.as_secs_f64());
     r.register("ring_rebuild_last_seconds", "Time to build the last Maglev table and plan its writes", rebuild_seconds);
+    let starved: Counter = Counter::default();
+    starved.inc_by(probes_starved);
+    r.register(
+        "health_probes_starved",
+        "Health checks failed because [limits] probes_per_host probes to the same host were in flight for the whole timeout",
+        starved,
+    );
     let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
     reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);
     reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);

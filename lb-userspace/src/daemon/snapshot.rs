@@ -61,6 +61,7 @@ impl<D: DataplaneOps> Daemon<D> {
             },
             handoff_peers: self.handoff_peers(),
             rebuilds: self.rec.rebuilds(),
+            probes_starved: self.probers.budget.starved.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -109,6 +109,7 @@ impl<D: DataplaneOps> Daemon<D> {
         interfaces: InterfaceCheck,
         out: Outputs,
     ) -> Self {
+        let probers = Probers::new(config.limits.probes_per_host);
         let mut d = Self {
             config_path,
             config,
@@ -116,7 +117,7 @@ impl<D: DataplaneOps> Daemon<D> {
             interfaces,
             rec,
             journal,
-            probers: Probers::default(),
+            probers,
             samples: HashMap::new(),
             reloads_ok: 0,
             reloads_failed: 0,
