@@ -90,15 +90,27 @@ fn parse_line(line: &str) -> Result<Line<'_>, BirdError> {
     Ok(Line::Coded { code, last, text: &line[5..] })
 }
 
+/// The longest reply line, and the most a whole reply may hold: far above what the commands
+/// lb sends get back (a few lines), so a confused peer on the socket cannot grow lb's memory.
+pub const MAX_LINE: usize = 16 * 1024;
+pub const MAX_REPLY: usize = 1024 * 1024;
+
 /// Reads lines until the last line of a reply and classifies it.
 pub async fn read_reply(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, BirdError> {
+    use tokio::io::AsyncReadExt as _;
     let mut text = Vec::new();
     let mut buf = Vec::new();
+    let mut total = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).await.map_err(|source| BirdError::Socket { path: "(reading)".into(), source })?;
+        let mut line_limited = (&mut *reader).take(MAX_LINE as u64 + 1);
+        let n = line_limited.read_until(b'\n', &mut buf).await.map_err(|source| BirdError::Socket { path: "(reading)".into(), source })?;
         if n == 0 {
             return Err(BirdError::Garbled("connection closed".into()));
+        }
+        total += n;
+        if n > MAX_LINE || total > MAX_REPLY {
+            return Err(BirdError::Garbled(format!("a reply line over {MAX_LINE} bytes or a reply over {MAX_REPLY} bytes")));
         }
         let line = std::str::from_utf8(&buf).map_err(|_| BirdError::Garbled(String::from_utf8_lossy(&buf).into_owned()))?;
         let line = line.strip_suffix('\n').unwrap_or(line);
@@ -218,6 +230,15 @@ mod tests {
     fn multi_line_replies_end_at_the_space_line() {
         let r = reply("0002-Reading configuration from /etc/bird.conf\n continued\n0003 Reconfigured\n0001 next\n").unwrap();
         assert_eq!(r, Reply::Ok { code: 3, text: "Reading configuration from /etc/bird.conf\ncontinued\nReconfigured".into() });
+    }
+
+    #[test]
+    fn overlong_lines_and_replies_are_refused() {
+        let long_line = format!("0001-{}\n0000 done\n", "x".repeat(MAX_LINE));
+        assert!(matches!(reply(&long_line), Err(BirdError::Garbled(e)) if e.contains("over")));
+        let many = "0001-a line of text that is not short\n".repeat(MAX_REPLY / 30) + "0000 done\n";
+        assert!(matches!(reply(&many), Err(BirdError::Garbled(e)) if e.contains("over")));
+        assert!(matches!(reply(&format!("0001-{}\n0000 done\n", "x".repeat(MAX_LINE - 10))), Ok(Reply::Ok { .. })));
     }
 
     #[test]
