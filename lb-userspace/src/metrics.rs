@@ -108,10 +108,12 @@ pub struct Snapshot {
     /// Health checks failed for want of a free probe slot of their host (`[limits]
     /// probes_per_host`).
     pub probes_starved: u64,
+    /// BIRD's BGP sessions at its last answer: (protocol name, established).
+    pub bgp_sessions: Vec<(String, bool)>,
 }
 
 pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
-    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats, probes_starved } =
+    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats, probes_starved, ref bgp_sessions } =
         *snapshot;
     let mut r = Registry::with_prefix("lb");
 
@@ -169,6 +171,10 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
         r.register("site_drained", "1 while `lb site drain` holds every VIP withdrawn", drained);
         let graceful = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         graceful.set(if bgp.graceful_shutdown { 1.0 } else { 0.0 });
+        let sessions = gauge_family(&mut r, "bgp_session_established", "1 if BIRD's BGP protocol is Established (from `show protocols`)");
+        for (name, up) in bgp_sessions {
+            sessions.get_or_create(&vec![("protocol", name.clone())]).set(if *up { 1.0 } else { 0.0 });
+        }
         r.register(
             "bgp_graceful_shutdown",
             "1 while the VIPs are announced with GRACEFUL_SHUTDOWN (65535:0) before a withdrawal",

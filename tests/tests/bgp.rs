@@ -28,8 +28,13 @@ struct Bgp {
 impl Bgp {
     /// `bfd`: run BFD (100 ms x 3) on both sides of the session.
     fn start(net: &Net, bfd: bool) -> Self {
+        Self::start_edited(net, bfd, |conf| conf)
+    }
+
+    /// As `start`, with both BIRD configs passed through `edit` first.
+    fn start_edited(net: &Net, bfd: bool, edit: fn(String) -> String) -> Self {
         net.router.ip(&["route", "del", &format!("{VIP}/32")]);
-        let mut router_conf = std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap();
+        let mut router_conf = edit(std::fs::read_to_string(lb_tests::bird::config_dir().join("e2e/router.conf")).unwrap());
         if bfd {
             router_conf = router_conf.replace("  connect retry time 1;", "  connect retry time 1;\n  bfd on;")
                 + "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
@@ -40,7 +45,7 @@ impl Bgp {
         let include = dir.join("vips.conf");
         // BIRD starts before lb: the include must exist (empty) from the start.
         std::fs::write(&include, lb_userspace::bgp::bird::render(&[])).unwrap();
-        let mut edge_conf = edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include);
+        let mut edge_conf = edit(edge_config("10.10.2.2", 65001, "10.10.2.1", 65000, &include));
         if bfd {
             edge_conf = lb_tests::bird::with_bfd(&edge_conf);
         }
@@ -123,6 +128,50 @@ fn vip_is_announced_while_servable_and_withdrawn_otherwise() {
     d.terminate();
     wait_for(Duration::from_secs(10), "withdrawal when lb exits", || !routed(&net));
     assert!(d.log().contains("every VIP withdrawn before exit"), "{}", d.log());
+}
+
+/// The node's BIRD frozen longer than the hold time (3 s), then thawed. With the shipped
+/// `error wait time 1, 30` the route is back within seconds; with BIRD's default (60, 300) the
+/// router still has no route 20 s later, and `lb doctor` names the session that is down.
+#[test]
+fn a_session_error_heals_in_seconds_with_the_shipped_error_wait() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    fn without_error_wait(conf: String) -> String {
+        conf.lines().filter(|l| !l.trim_start().starts_with("error wait time")).collect::<Vec<_>>().join("\n") + "\n"
+    }
+    for shipped in [true, false] {
+        let net = Net::new(1);
+        let bgp = if shipped { Bgp::start(&net, false) } else { Bgp::start_edited(&net, false, without_error_wait) };
+        let _servers = net.servers();
+        let d = LbDaemon::start(&net.lb, &bgp.lb_config(1));
+        wait_for(Duration::from_secs(20), "the VIP route", || routed(&net));
+        let edge = bgp.edge.as_ref().expect("edge BIRD");
+        edge.freeze();
+        let gone = wait_for(Duration::from_secs(10), "the route to go with the hold timer", || !routed(&net));
+        std::thread::sleep(Duration::from_secs(1));
+        edge.thaw();
+        let thawed = std::time::Instant::now();
+        let mut back = None;
+        while thawed.elapsed() < Duration::from_secs(20) {
+            if routed(&net) {
+                back = Some(thawed.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let label = if shipped { "shipped error wait 1, 30" } else { "BIRD's default error wait" };
+        println!("{label}: route gone {gone:?} after the freeze; back {back:?} after the thaw");
+        if shipped {
+            assert!(back.is_some_and(|t| t < Duration::from_secs(10)), "{label}: {back:?}\n{}", bgp.router.log());
+        } else {
+            assert_eq!(back, None, "{label}: the route came back");
+            let doctor = String::from_utf8_lossy(&d.cli(&["doctor", "--window-ms", "100"]).stdout).into_owned();
+            println!("{doctor}");
+            assert!(doctor.contains("bgp_session_down") && doctor.contains("BGP session upstream"), "{doctor}");
+            assert_eq!(metric(&d.metrics(), "lb_bgp_session_established{protocol=\"upstream\"}"), 0.0);
+        }
+    }
 }
 
 #[test]

@@ -37,6 +37,50 @@ pub enum RouterEvent {
     Applied(Vec<Announcement>),
     /// An attempt failed; the task retries after `retry_in` (sooner if the wanted list changes).
     Failed { error: String, retry_in: Duration },
+    /// BIRD's BGP sessions, as `show protocols` lists them (`None`: BIRD did not answer).
+    Sessions(Option<Vec<Session>>),
+}
+
+/// One BGP protocol of BIRD's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    pub name: String,
+    pub established: bool,
+    /// BIRD's state and info columns ("start  Active  Socket: Connection refused").
+    pub info: String,
+}
+
+/// The BGP sessions in a `show protocols` reply's text (its lines without their codes).
+pub fn parse_sessions(text: &str) -> Vec<Session> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (name, proto) = (words.next()?, words.next()?);
+            if proto != "BGP" {
+                return None;
+            }
+            // Table, state, since (date and time in some formats), info: keep what follows the table.
+            let rest: Vec<&str> = words.skip(1).collect();
+            Some(Session { name: name.to_owned(), established: rest.contains(&"Established"), info: rest.join(" ") })
+        })
+        .collect()
+}
+
+/// Asks BIRD for its BGP sessions every `every`, reporting each answer (or its absence), until
+/// the receiver is gone. Its own task: a frozen BIRD delays only these reports.
+pub async fn watch_sessions(socket: PathBuf, every: Duration, limit: Duration, events: mpsc::Sender<RouterEvent>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sessions = match bird::command(&socket, "show protocols", limit).await {
+            Ok(bird::Reply::Ok { text, .. }) => Some(parse_sessions(&text)),
+            _ => None,
+        };
+        if events.send(RouterEvent::Sessions(sessions)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Retry delays after consecutive failures: doubling from `first` up to `max`.
@@ -149,6 +193,18 @@ pub(crate) mod tests {
         drop(wanted_tx);
         task.await.unwrap();
         assert_eq!(router.calls.lock().unwrap().len(), 6, "4 tries of the first list, then 2 lists");
+    }
+
+    #[test]
+    fn sessions_are_read_from_show_protocols() {
+        let text = "Name       Proto      Table      State  Since         Info\n\
+                    device1    Device     ---        up     10:00:01.000  \n\
+                    upstream   BGP        ---        up     10:00:02.000  Established   \n\
+                    backup     BGP        ---        start  10:00:03.000  Active        Socket: Connection refused\n\
+                    lb_vips4   Static     master4    up     10:00:01.000  ";
+        let sessions = parse_sessions(text);
+        assert_eq!(sessions.iter().map(|s| (s.name.as_str(), s.established)).collect::<Vec<_>>(), [("upstream", true), ("backup", false)]);
+        assert!(sessions[1].info.contains("Connection refused"), "{:?}", sessions[1]);
     }
 
     #[tokio::test]

@@ -74,6 +74,15 @@ impl<D: DataplaneOps> Daemon<D> {
                 self.bird_failing = Some(error.to_string());
                 warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "BIRD did not take the announcements; forwarding continues");
             }
+            RouterEvent::Sessions(sessions) => {
+                let down = |s: &Option<Vec<crate::bgp::Session>>| -> Vec<String> {
+                    s.iter().flatten().filter(|s| !s.established).map(|s| s.name.clone()).collect()
+                };
+                if down(&sessions) != down(&self.bgp_sessions) {
+                    warn!(down = ?down(&sessions), "BGP sessions not established changed");
+                }
+                self.bgp_sessions = sessions;
+            }
         }
     }
 

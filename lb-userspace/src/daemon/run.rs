@@ -30,6 +30,8 @@ use crate::{
 
 /// How long one BIRD step (connect, write, reply) may take.
 const BIRD_LIMIT: Duration = Duration::from_secs(2);
+/// How often BIRD is asked for its BGP sessions (for `lb doctor` and metrics).
+const SESSION_CHECK: Duration = Duration::from_secs(2);
 
 /// How long `lb` waits at exit for BIRD to withdraw the VIPs.
 const EXIT_WITHDRAW_LIMIT: Duration = Duration::from_millis(1500);
@@ -69,6 +71,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
     if let Some(bgp) = bgp {
+        tokio::spawn(bgp::watch_sessions(bgp.bird_socket.clone(), SESSION_CHECK, BIRD_LIMIT, router_tx.clone()));
         let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
         tokio::spawn(bgp::run_router(bird, announce_rx, router_tx, bgp::Backoff::DEFAULT));
     }

@@ -38,6 +38,7 @@ impl<D: DataplaneOps> Daemon<D> {
             prepend_below: self.config.bgp.as_ref().and_then(|b| b.prepend_below),
             bird_errors: self.bird_errors,
             bird_failing: self.bird_failing.clone(),
+            bgp_sessions: self.bgp_sessions.clone(),
             peers: self.handoff_peers(),
             flips,
             latency,
@@ -62,6 +63,7 @@ impl<D: DataplaneOps> Daemon<D> {
             handoff_peers: self.handoff_peers(),
             rebuilds: self.rec.rebuilds(),
             probes_starved: self.probers.budget.starved.load(std::sync::atomic::Ordering::Relaxed),
+            bgp_sessions: self.bgp_sessions.iter().flatten().map(|s| (s.name.clone(), s.established)).collect(),
         }
     }
 

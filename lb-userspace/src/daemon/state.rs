@@ -69,6 +69,9 @@ pub struct Daemon<D> {
     pub(super) flips: Flips,
     /// BIRD's last failure, until the router task next succeeds.
     pub(super) bird_failing: Option<String>,
+    /// BIRD's BGP sessions at its last answer to `show protocols` (`None`: not asked yet, or
+    /// BIRD did not answer).
+    pub(super) bgp_sessions: Option<Vec<crate::bgp::Session>>,
     pub(super) graceful_count: u64,
     pub(super) out: Outputs,
 }
@@ -130,6 +133,7 @@ impl<D: DataplaneOps> Daemon<D> {
             graceful_count: 0,
             flips: HashMap::new(),
             bird_failing: None,
+            bgp_sessions: None,
             out,
         };
         d.reapply_journal();

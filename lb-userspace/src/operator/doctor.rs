@@ -68,6 +68,8 @@ pub struct LoopView {
     pub bird_errors: u64,
     /// BIRD's last refusal or failure while the router task has not caught up since.
     pub bird_failing: Option<String>,
+    /// BIRD's BGP sessions at its last answer (`None`: not known).
+    pub bgp_sessions: Option<Vec<crate::bgp::Session>>,
     /// Handoff peers and whether they pass their checks.
     pub peers: Vec<(IpAddr, bool)>,
     /// (VIP name, real, health flips in the last `FLAP_WINDOW_SECS`).
@@ -224,6 +226,18 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
             "BIRD".into(),
             format!("{} failures so far; the last: {error}", view.bird_errors),
             "Announcements may be stale: check that bird runs and its control socket is [bgp] bird_socket.",
+        );
+    }
+    // Announcements are wanted (the site announces, some VIP is servable) but a session that
+    // would carry them is not up: the routers do not hear them.
+    let wanted = announcing && view.status.iter().any(|v| v.servable());
+    for session in view.bgp_sessions.iter().flatten().filter(|s| wanted && !s.established) {
+        add(
+            Severity::Critical,
+            "bgp_session_down",
+            format!("BGP session {}", session.name),
+            format!("not established ({}) while servable VIPs should be announced", session.info),
+            "Check the neighbour (`birdc show protocols all NAME`); after a hold-timer expiry BIRD waits its `error wait time` before trying again (the shipped bird.conf: 1 to 30 s).",
         );
     }
     for (peer, up) in &view.peers {
@@ -429,6 +443,16 @@ mod tests {
                     v.bird_errors = 3;
                 }),
                 vec![(Severity::Critical, "healthy_vip_not_announced"), (Severity::Critical, "bird_errors")],
+            ),
+            (
+                "a BGP session down while announcing",
+                Box::new(|v, _| {
+                    v.bgp_sessions = Some(vec![
+                        crate::bgp::Session { name: "upstream".into(), established: true, info: "up Established".into() },
+                        crate::bgp::Session { name: "backup".into(), established: false, info: "start Active".into() },
+                    ])
+                }),
+                vec![(Severity::Critical, "bgp_session_down")],
             ),
             ("flapping", Box::new(|v, _| v.flips[0].2 = 5), vec![(Severity::Warning, "real_flapping")]),
             ("latency rising", Box::new(|v, _| v.latency[0].2 = 30.0), vec![(Severity::Warning, "health_latency_rising")]),
