@@ -36,6 +36,9 @@ pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 pub const VIP_FILTER_BITS: u32 = 1 << 17;
 /// Local addresses the decapsulation program accepts tunnelled packets for.
 pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Balancer source prefixes a backend accepts tunnels from, and VIPs it accepts inside them.
+pub const MAX_DECAP_SOURCES: u32 = 64;
+pub const MAX_DECAP_VIPS: u32 = 4096;
 /// LB nodes of other sites a node may hand unknown mid-flow packets to (`PEERS`).
 pub const MAX_PEERS: u32 = 16;
 
@@ -58,6 +61,8 @@ pub mod maps {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const HANDOFF: &str = "HANDOFF";
     pub const PEERS: &str = "PEERS";
     pub const PEER_SOURCES: &str = "PEER_SOURCES";
@@ -93,6 +98,8 @@ pub mod maps {
         REAL_STATS,
         DECAP_ADDRS,
         DECAP_STATS,
+        DECAP_SOURCES,
+        DECAP_VIPS,
         HANDOFF,
         PEERS,
         PEER_SOURCES,

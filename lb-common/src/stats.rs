@@ -91,6 +91,12 @@ counters! {
         /// Tunnelled to a local address but the inner packet is cut short.
         DropMalformed = "drop_malformed",
         DropAdjustFailed = "drop_adjust_failed",
+        /// A tunnel to a local address from outside the balancers' source prefixes: anyone who
+        /// can reach the real could otherwise inject spoofed-source packets.
+        DropForeignSource = "drop_foreign_source",
+        /// A tunnel whose inner packet is not for one of this backend's VIPs (with forwarding
+        /// on, the host would relay it anywhere).
+        DropNotVip = "drop_not_vip",
         /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
         Ipip = "ipip",
         Ip6ip6 = "ip6ip6",

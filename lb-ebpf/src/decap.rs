@@ -1,6 +1,8 @@
 //! Backend side: strips IPIP / IPv6-in-IPv6 / IPv4-in-IPv6 addressed to a local address
 //! (`DECAP_ADDRS`) and passes the inner packet up the stack, which delivers it to the VIP on
-//! loopback. Everything else passes untouched.
+//! loopback. A tunnel is taken only from a balancer's source prefix (`DECAP_SOURCES`) and only
+//! for one of this backend's VIPs (`DECAP_VIPS`); other tunnels to us are dropped and counted.
+//! Everything else passes untouched.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::stats::DecapCounter;
@@ -10,8 +12,10 @@ use network_types::{
     vlan::VlanHdr,
 };
 
+use aya_ebpf::maps::lpm_trie::Key;
+
 use crate::{
-    maps::DECAP_ADDRS,
+    maps::{DECAP_ADDRS, DECAP_SOURCES, DECAP_VIPS},
     packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6},
     parse, pkt,
 };
@@ -26,13 +30,13 @@ fn is_local(addr: &[u8; 16]) -> bool {
 #[inline(always)]
 pub fn try_decap(ctx: &XdpContext) -> Result<Option<DecapCounter>, DecapCounter> {
     let Ok((l2_len, ether_type)) = parse::l2(ctx) else { return Ok(None) };
-    let (outer_len, inner_type, tunnel) = match ether_type {
+    let (outer_len, inner_type, tunnel, source) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = pkt::read::<Ipv4Hdr>(ctx, l2_len) else { return Ok(None) };
             if ip.proto != IPPROTO_IPIP || !is_local(&lb_common::ipv4_mapped(ip.dst_addr)) {
                 return Ok(None);
             }
-            (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP, DecapCounter::Ipip)
+            (((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP, DecapCounter::Ipip, lb_common::ipv4_mapped(ip.src_addr))
         }
         ETH_P_IPV6 => {
             let Some(ip) = pkt::read::<Ipv6Hdr>(ctx, l2_len) else { return Ok(None) };
@@ -44,7 +48,7 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Option<DecapCounter>, DecapCounter>
             if !is_local(&ip.dst_addr) {
                 return Ok(None);
             }
-            (Ipv6Hdr::LEN, inner_type, tunnel)
+            (Ipv6Hdr::LEN, inner_type, tunnel, ip.src_addr)
         }
         _ => return Ok(None),
     };
@@ -52,6 +56,19 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Option<DecapCounter>, DecapCounter>
     let inner_min = if inner_type == ETH_P_IP { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     if outer_len < Ipv4Hdr::LEN || pkt::ptr_at::<[u8; 2]>(ctx, l2_len + outer_len + inner_min - 2).is_none() {
         return Err(DecapCounter::DropMalformed);
+    }
+    if DECAP_SOURCES.get(Key::new(128, source)).is_none() {
+        return Err(DecapCounter::DropForeignSource);
+    }
+    let inner = l2_len + outer_len;
+    let inner_dst = if inner_type == ETH_P_IP {
+        lb_common::ipv4_mapped(pkt::read::<[u8; 4]>(ctx, inner + 16).ok_or(DecapCounter::DropMalformed)?)
+    } else {
+        pkt::read::<[u8; 16]>(ctx, inner + 24).ok_or(DecapCounter::DropMalformed)?
+    };
+    // SAFETY: only the presence of the value is used, not the reference.
+    if unsafe { DECAP_VIPS.get(&inner_dst) }.is_none() {
+        return Err(DecapCounter::DropNotVip);
     }
 
     strip(ctx, l2_len, outer_len, inner_type).ok_or(DecapCounter::DropAdjustFailed)?;

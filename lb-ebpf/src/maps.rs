@@ -4,13 +4,13 @@
 use crate::packet::Scratch;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
     limits,
     stats::{Counter, DecapCounter},
     CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, SlotPair, VipKey,
-    VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_PEERS, MAX_REALS, MAX_VIPS, SYN_SEEN_SLOTS, VIP_FILTER_BITS,
+    VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_SOURCES, MAX_DECAP_VIPS, MAX_PEERS, MAX_REALS, MAX_VIPS, SYN_SEEN_SLOTS, VIP_FILTER_BITS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.
@@ -65,6 +65,15 @@ pub static REAL_STATS: PerCpuArray<RealStats> = PerCpuArray::with_max_entries(MA
 /// Local addresses the decapsulation program strips tunnels for.
 #[map]
 pub static DECAP_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// The balancers' outer source prefixes (IPv4 as IPv4-mapped, /96 + its length): tunnels from
+/// elsewhere are dropped.
+#[map]
+pub static DECAP_SOURCES: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
+
+/// This backend's VIPs: the only inner destinations a tunnel may carry.
+#[map]
+pub static DECAP_VIPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
 
 #[map]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);

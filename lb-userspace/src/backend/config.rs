@@ -33,8 +33,12 @@ pub struct RawBackend {
     pub interfaces: Vec<RawInterface>,
     /// This host's addresses the balancer tunnels to (the reals' addresses).
     pub addresses: Vec<String>,
-    /// VIPs this host serves: held on `lo`.
+    /// VIPs this host serves: held on `lo`, and the only inner destinations a tunnel may carry.
     pub vips: Vec<String>,
+    /// The balancers' outer source prefixes (their `[forwarding] source_v4` / `source_v6`):
+    /// tunnels from anywhere else are dropped (default ["10.255.0.0/16", "fd00:ffff::/96"],
+    /// the balancer's defaults).
+    pub balancer_sources: Option<Vec<String>>,
     /// Reverse-path filtering on the tunnel NICs: "loose" (default) or "off" (the inner source
     /// is the client, which routes back some other way than the NIC only when routing is
     /// asymmetric).
@@ -77,6 +81,8 @@ pub struct BackendConfig {
     pub interfaces: Vec<Interface>,
     pub addresses: Vec<IpAddr>,
     pub vips: Vec<IpAddr>,
+    /// (address, prefix length) the balancers' tunnels come from.
+    pub balancer_sources: Vec<(IpAddr, u8)>,
     /// The value for `rp_filter` on the tunnel NICs (2 loose, 0 off).
     pub rp_filter: u8,
     pub listen: SocketAddr,
@@ -85,6 +91,9 @@ pub struct BackendConfig {
     pub interval: Duration,
     pub limits: crate::serve::ListenerLimits,
 }
+
+/// The balancer's default outer source prefixes (`[forwarding] source_v4` / `source_v6`).
+pub const DEFAULT_BALANCER_SOURCES: [&str; 2] = ["10.255.0.0/16", "fd00:ffff::/96"];
 
 /// The health, load and metrics port when the config names none.
 pub const DEFAULT_PORT: u16 = 9180;
@@ -106,6 +115,21 @@ impl RawBackendFile {
         };
         let addresses = addrs("backend.addresses", &b.addresses);
         let vips = addrs("backend.vips", &b.vips);
+        let sources = b.balancer_sources.clone().unwrap_or_else(|| DEFAULT_BALANCER_SOURCES.map(String::from).to_vec());
+        if sources.is_empty() || sources.len() > lb_common::MAX_DECAP_SOURCES as usize {
+            p.add("backend.balancer_sources", format!("{} prefixes: give 1 ..= {}", sources.len(), lb_common::MAX_DECAP_SOURCES));
+        }
+        let balancer_sources = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                config::parse_prefix_len(text)
+                    .or_else(|| {
+                        p.add(format!("backend.balancer_sources[{i}]"), format!("{text:?} is not a prefix like 10.255.0.0/16"));
+                        None
+                    })
+            })
+            .collect();
         let rp_filter = match b.rp_filter.as_deref().unwrap_or("loose") {
             "loose" => 2,
             "off" => 0,
@@ -147,6 +171,7 @@ impl RawBackendFile {
             interfaces,
             addresses,
             vips,
+            balancer_sources,
             rp_filter,
             listen,
             drain_file,

@@ -50,14 +50,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
     check_sysctls(&config)?;
     let pins = pins::backend(&config.instance);
     let mut dp = Dataplane::load_pinned(&LoadOptions { conn_table_size: 1024, ring_slots: 2 }, &pins)?;
+    // The maps first: the program attached next drops tunnels its maps do not allow.
+    let stale = dp.set_decap_addrs(&config.addresses)?;
+    dp.set_decap_sources(&config.balancer_sources)?;
+    dp.set_decap_vips(&config.vips)?;
+    let sources: Vec<String> = config.balancer_sources.iter().map(|(a, len)| format!("{a}/{len}")).collect();
+    info!(addresses = ?config.addresses, removed = ?stale, from = ?sources, vips = ?config.vips, "tunnels to these addresses, from these sources, for these VIPs are stripped");
     for iface in &config.interfaces {
         let link = pins::link(&pins, &iface.name);
         let reused = link.exists();
         dp.attach_pinned(programs::DECAP, &iface.name, iface.mode, &link).with_context(|| format!("attaching to {}", iface.name))?;
         info!(interface = %iface.name, mode = ?iface.mode, replaced_running_program = reused, "decapsulator attached");
     }
-    let stale = dp.set_decap_addrs(&config.addresses)?;
-    info!(addresses = ?config.addresses, removed = ?stale, "tunnels to these addresses are stripped");
     let sysctls = apply_sysctls(&config, &mut changes)?;
     let vips = hold_vips(&config, &mut changes).await?;
     if sysctls.is_empty() && vips.is_empty() {

@@ -20,7 +20,7 @@ mod validate;
 
 pub(crate) use self::{
     error::Problems,
-    validate::{usable_addresses, validate_instance, validate_interfaces, validate_listener_limits},
+    validate::{parse_prefix_len, usable_addresses, validate_instance, validate_interfaces, validate_listener_limits},
 };
 pub use self::{
     error::{ConfigError, Problem},

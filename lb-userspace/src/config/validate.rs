@@ -148,6 +148,13 @@ fn parse_prefix(s: &str) -> Option<(IpAddr, u32)> {
     (len <= bits).then_some((addr, bits - len))
 }
 
+/// "a.b.c.d/len" or "x::/len" -> (address, prefix length).
+pub(crate) fn parse_prefix_len(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, host_bits) = parse_prefix(s)?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    Some((addr, (bits - host_bits) as u8))
+}
+
 pub fn interface_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else { return false };
     // SAFETY: a NUL-terminated name that lives through the call.

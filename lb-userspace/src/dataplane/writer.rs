@@ -102,6 +102,33 @@ impl Dataplane {
         Ok(removed.into_iter().map(ip_of).collect())
     }
 
+    /// The VIPs tunnels to this backend may carry (`lb backend`); returns the ones removed.
+    pub fn set_decap_vips(&mut self, vips: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        let removed = self.set_address_set::<u32>(maps::DECAP_VIPS, vips, 1)?;
+        Ok(removed.into_iter().map(ip_of).collect())
+    }
+
+    /// The balancers' source prefixes tunnels are taken from (`lb backend`), as (address, prefix
+    /// length): exactly these, new ones first.
+    pub fn set_decap_sources(&mut self, prefixes: &[(IpAddr, u8)]) -> Result<()> {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        let name = maps::DECAP_SOURCES;
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap { name })?;
+        let mut trie = LpmTrie::<_, [u8; 16], u8>::try_from(map).map_err(map_err(name))?;
+        // IPv4 prefixes are IPv4-mapped: 96 bits of ::ffff:0:0/96 before theirs.
+        let key = |&(addr, len): &(IpAddr, u8)| (u32::from(len) + if addr.is_ipv4() { 96 } else { 0 }, addr16(addr));
+        let wanted: Vec<(u32, [u8; 16])> = prefixes.iter().map(key).collect();
+        let present: Vec<(u32, [u8; 16])> =
+            trie.keys().map(|k| k.map(|k| (k.prefix_len(), k.data()))).collect::<Result<_, _>>().map_err(map_err(name))?;
+        for (len, data) in wanted.iter().filter(|k| !present.contains(k)) {
+            trie.insert(&Key::new(*len, *data), 1, 0).map_err(map_err(name))?;
+        }
+        for (len, data) in present.iter().filter(|k| !wanted.contains(k)) {
+            trie.remove(&Key::new(*len, *data)).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
     /// The hash map `name`, keyed by address, to exactly `addrs` (each with `value`): new ones
     /// first, then the ones that left, which it returns.
     fn set_address_set<V: aya::Pod>(&mut self, name: &'static str, addrs: &[IpAddr], value: V) -> Result<Vec<[u8; 16]>> {
