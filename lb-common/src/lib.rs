@@ -299,7 +299,9 @@ pub mod limits {
     pub const INSERTS: u32 = 1;
     /// Mid-flow packets of unknown flows handed off to peer sites.
     pub const HANDOFFS: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Echo replies to pings of a VIP address.
+    pub const ECHO: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Value of `LIMIT_STATE` (per CPU, per limit).

@@ -71,6 +71,9 @@ counters! {
         IcmpTooBigSent = "icmp_too_big_sent",
         /// Over the MTU, and the too-big answers are over their rate limit: dropped unanswered.
         DropTooBigSuppressed = "drop_too_big_suppressed",
+        /// Echo requests to a VIP over their rate limit: dropped unanswered (a spoofed flood
+        /// would otherwise be reflected 1:1).
+        DropEchoSuppressed = "drop_echo_suppressed",
         /// New flows forwarded by the ring but not recorded: inserts were over their rate limit.
         FlowUnrecorded = "flow_unrecorded",
         /// Unknown mid-flow packets balanced here instead of handed off: handoffs were over their

@@ -48,7 +48,12 @@ fn try_handle(ctx: &XdpContext, l3: &L3, flow: &mut FlowKey) -> Result<u32, Coun
     let [kind, code]: [u8; 2] = pkt::read(ctx, l3.l4_off).ok_or(bad)?;
     let inner = l3.l4_off + ICMP_HEADER_LEN;
     match (l3.ipv6, kind, code) {
-        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => echo_reply(ctx, l3).map(|()| REPLIED),
+        (false, ICMP_ECHO_REQUEST, 0) | (true, ICMPV6_ECHO_REQUEST, 0) => {
+            if !limit::allow(limits::ECHO) {
+                return Err(Counter::DropEchoSuppressed);
+            }
+            echo_reply(ctx, l3).map(|()| REPLIED)
+        }
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) => {
             *flow = quoted_flow_v4(ctx, l3, inner)?;
             Ok(ABOUT_FLOW)

@@ -20,7 +20,7 @@ use crate::{
 };
 
 pub const MTU: u32 = 1500;
-/// ICMP "too big" answers per CPU per second, as `lb`'s default.
+/// ICMP "too big" answers (and echo replies) per CPU per second, as `lb`'s defaults.
 pub const TOO_BIG_PER_SEC: u32 = 1000;
 /// A small prime keeps ring writes quick; one test uses the full default size.
 pub const TEST_RING_SIZE: u32 = 257;
@@ -36,6 +36,7 @@ pub fn forwarding() -> Forwarding {
         source_v4: ("10.255.0.0".parse().unwrap(), 16),
         source_v6: ("fd00:ffff::".parse().unwrap(), 32),
         too_big_per_sec: TOO_BIG_PER_SEC,
+        echo_per_sec: TOO_BIG_PER_SEC,
     }
 }
 

@@ -2,7 +2,8 @@
 //! forwarded to the real of the quoted flow, everything else to the kernel.
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
-use lb_common::stats::Counter;
+use lb_common::{limits, stats::Counter, RateLimit};
+use lb_userspace::dataplane::DataplaneOps as _;
 use lb_tests::test_run::action_name;
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
@@ -123,4 +124,23 @@ fn other_icmp_to_a_vip_goes_to_the_kernel() {
     // An error about a flow of no VIP (quoted source port 81) also goes to the kernel.
     let other = icmp_too_big("198.51.100.1", "10.0.0.1", ("10.0.0.1", 81), ("192.0.2.1", 1), 8);
     passed_untouched(&lb.run(&other), &other);
+}
+
+/// Echo replies are rate limited per CPU (a spoofed ping flood is not reflected 1:1): a burst's
+/// worth answered, the rest dropped and counted; with a limit that never bites, all answered.
+#[test]
+fn echo_replies_are_rate_limited_per_cpu() {
+    require_root!();
+    let mut lb = Balancer::new();
+    lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &REALS4);
+    let ping = Frame::echo("192.0.2.1", "10.0.0.1").build();
+    // 100 a second in bursts of 10: 30 pings at once get 10 answers.
+    lb.dp_mut().set_rate_limit(limits::ECHO, &RateLimit::per_sec(100)).unwrap();
+    let answered = (0..30).filter(|_| action_name(lb.run(&ping).action) == "XDP_TX").count();
+    assert_eq!(answered, 10);
+    assert_eq!(lb.dp().counter(Counter::DropEchoSuppressed).unwrap(), 20);
+    lb.dp_mut().set_rate_limit(limits::ECHO, &RateLimit::per_sec(1_000_000)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the earlier burst's debt runs out
+    let answered = (0..30).filter(|_| action_name(lb.run(&ping).action) == "XDP_TX").count();
+    assert_eq!(answered, 30, "a limit that does not bite answers every ping");
 }

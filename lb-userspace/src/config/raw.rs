@@ -102,6 +102,9 @@ pub struct RawForwarding {
     /// ICMP "fragmentation needed" / "packet too big" answers to clients whose packets do not
     /// fit the tunnel, per CPU per second (default 1000; 0: never answer, drop).
     pub too_big_per_sec: Option<u32>,
+    /// Echo replies to pings of a VIP address, per CPU per second (default 1000; 0: never
+    /// answer). Bounds what a spoofed ping flood has the balancer reflect.
+    pub echo_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

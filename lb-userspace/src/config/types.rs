@@ -139,6 +139,8 @@ pub struct Forwarding {
     pub source_v4: (Ipv4Addr, u32),
     pub source_v6: (Ipv6Addr, u32),
     pub too_big_per_sec: u32,
+    /// Echo replies per CPU per second (`[forwarding] echo_per_sec`).
+    pub echo_per_sec: u32,
 }
 
 /// A VIP's identity: what a packet's destination must match.

@@ -309,7 +309,8 @@ impl RawConfig {
             }
         };
         let too_big_per_sec = f.too_big_per_sec.unwrap_or(1000);
-        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6?, too_big_per_sec })
+        let echo_per_sec = f.echo_per_sec.unwrap_or(1000);
+        Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6?, too_big_per_sec, echo_per_sec })
     }
 
     fn validate_vips(&self, p: &mut Problems) -> Vec<Vip> {

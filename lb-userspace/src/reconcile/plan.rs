@@ -172,6 +172,7 @@ impl State {
         self.writes.write(Write::RateLimit(limits::TOO_BIG, RateLimit::per_sec(config.forwarding.too_big_per_sec)));
         self.writes.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
         self.writes.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
+        self.writes.write(Write::RateLimit(limits::ECHO, RateLimit::per_sec(config.forwarding.echo_per_sec)));
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         // Indexes of VIPs going away stay taken in this change: no new VIP shares one with them.
         let mut indexes: BTreeSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
