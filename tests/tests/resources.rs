@@ -311,3 +311,56 @@ fn pinned_maps_of_an_older_layout_are_recreated_or_refused() {
     assert!(std::fs::metadata(pins::map(&dir, maps::CONNS)).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `trace` (strace -f output) shows `file` written durably: the temp file beside it
+/// opened, fsynced and renamed over it, then its folder opened and fsynced, by one thread.
+fn written_durably(trace: &str, file: &Path) -> bool {
+    let (file, tmp) = (file.display().to_string(), format!("{}.tmp", file.display()));
+    let dir = Path::new(&file).parent().unwrap().display().to_string();
+    let lines: Vec<(&str, &str)> = trace.lines().filter_map(|l| l.split_once(' ')).map(|(pid, call)| (pid, call.trim_start())).collect();
+    let fd_of = |call: &str| call.rsplit("= ").next().and_then(|fd| fd.trim().parse::<i32>().ok());
+    lines.iter().enumerate().any(|(i, (pid, call))| {
+        if !call.starts_with(&format!("rename(\"{tmp}\", \"{file}\")")) && !call.contains(&format!("\"{tmp}\", AT_FDCWD, \"{file}\"")) {
+            return false;
+        }
+        let before: Vec<&str> = lines[..i].iter().filter(|(p, _)| p == pid).map(|(_, c)| *c).collect();
+        let after: Vec<&str> = lines[i + 1..].iter().filter(|(p, _)| p == pid).map(|(_, c)| *c).collect();
+        let tmp_fd = before.iter().rev().find(|c| c.starts_with("openat(") && c.contains(&format!("\"{tmp}\""))).and_then(|c| fd_of(c));
+        let synced = |calls: &[&str], fd: Option<i32>| fd.is_some_and(|fd| calls.iter().any(|c| c.starts_with(&format!("fsync({fd}"))));
+        let dir_fd = after.iter().find(|c| c.starts_with("openat(") && c.contains(&format!("\"{dir}\""))).and_then(|c| fd_of(c));
+        synced(&before, tmp_fd) && synced(&after, dir_fd)
+    })
+}
+
+/// The journal and the BIRD include file are written so that a power cut leaves the old file or
+/// the new one, whole (seen in lb's own system calls).
+#[test]
+fn state_files_are_written_durably() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Net::new(1);
+    let include = std::env::temp_dir().join(format!("lbt-durable-{}", std::process::id())).join("vips.conf");
+    let trace = include.with_file_name("strace.txt");
+    std::fs::create_dir_all(include.parent().unwrap()).unwrap();
+    let bgp = format!("[bgp]\nbird_socket = \"/nonexistent/bird.ctl\"\ninclude_file = \"{}\"\n", include.display());
+    let mut d = LbDaemon::start(&net.lb, &config(&bgp));
+    // strace attached to the running lb, every thread: the drain's journal write, and the
+    // include file lb rewrites while it retries the BIRD that is not there (backoff up to 4 s).
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-p", &d.pid().to_string(), "-o"])
+        .arg(&trace)
+        .spawn()
+        .expect("strace");
+    std::thread::sleep(Duration::from_millis(500));
+    let drained = d.cli(&["real", "drain", "web", &backend_addr(0)]);
+    assert!(drained.status.success(), "{drained:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    lb_tests::netns::sh(&["kill", "-INT", &strace.id().to_string()]);
+    strace.wait().unwrap();
+    d.terminate();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let journal = d.dir.join(format!("{}.json", d.instance));
+    assert!(written_durably(&text, &journal), "the journal {}:\n{}", journal.display(), &text[text.len().saturating_sub(4000)..]);
+    assert!(written_durably(&text, &include), "the include file {}", include.display());
+    let _ = std::fs::remove_dir_all(include.parent().unwrap());
+}

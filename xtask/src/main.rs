@@ -92,6 +92,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bird", "bird2"),
     ("tcpdump", "tcpdump"),
     ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("strace", "strace"),
     ("capsh", "libcap2-bin"),
     ("systemd-analyze", "systemd"),
     ("prometheus", "prometheus"),
