@@ -67,7 +67,7 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Option<DecapCounter>, DecapCounter>
         pkt::read::<[u8; 16]>(ctx, inner + 24).ok_or(DecapCounter::DropMalformed)?
     };
     // SAFETY: only the presence of the value is used, not the reference.
-    if unsafe { DECAP_VIPS.get(&inner_dst) }.is_none() {
+    if unsafe { DECAP_VIPS.get(inner_dst) }.is_none() {
         return Err(DecapCounter::DropNotVip);
     }
 

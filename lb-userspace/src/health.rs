@@ -240,6 +240,60 @@ pub async fn run_prober(
     }
 }
 
+/// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
+/// config or changes.
+pub struct Probers {
+    running: std::collections::HashMap<Target, (HealthCheck, watch::Sender<bool>)>,
+    pub budget: std::sync::Arc<HostBudget>,
+}
+
+impl Probers {
+    pub fn new(probes_per_host: usize) -> Self {
+        Self { running: Default::default(), budget: std::sync::Arc::new(HostBudget::new(probes_per_host)) }
+    }
+
+    /// Starts and stops probers to match `config`; a new prober of a real starts in the state
+    /// `starts_up` gives (what the maps say after a restart).
+    pub fn sync(&mut self, config: &crate::config::Config, starts_up: impl Fn(&VipId, IpAddr) -> bool, events: &mpsc::Sender<HealthEvent>) {
+        let mut wanted = std::collections::HashMap::new();
+        for vip in &config.vips {
+            for real in &vip.reals {
+                wanted.insert(Target::Real(vip.id, real.addr), real.health.clone());
+            }
+        }
+        if let Some(h) = &config.handoff {
+            for &peer in &h.peers {
+                wanted.insert(Target::Peer(peer), h.health.clone());
+            }
+        }
+        self.running.retain(|key, (check, stop)| {
+            let keep = wanted.get(key) == Some(check);
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        for (key, check) in wanted {
+            if self.running.contains_key(&key) || check.kind == CheckKind::None {
+                continue;
+            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let start_up = match key {
+                Target::Real(vip, real) => starts_up(&vip, real),
+                Target::Peer(_) => true,
+            };
+            tokio::spawn(run_prober(key, check.clone(), start_up, self.budget.clone(), events.clone(), stop_rx));
+            self.running.insert(key, (check, stop_tx));
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, (_, stop)) in self.running.drain() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,59 +481,5 @@ mod tests {
         let timeout = HealthCheck { timeout: Duration::from_millis(50), ..check };
         let err = probe(&timeout, lo).await.unwrap_err();
         assert!(err.contains("refused") || err.contains("no answer"), "{err}");
-    }
-}
-
-/// One prober task per real of each VIP and per handoff peer, stopped when its check leaves the
-/// config or changes.
-pub struct Probers {
-    running: std::collections::HashMap<Target, (HealthCheck, watch::Sender<bool>)>,
-    pub budget: std::sync::Arc<HostBudget>,
-}
-
-impl Probers {
-    pub fn new(probes_per_host: usize) -> Self {
-        Self { running: Default::default(), budget: std::sync::Arc::new(HostBudget::new(probes_per_host)) }
-    }
-
-    /// Starts and stops probers to match `config`; a new prober of a real starts in the state
-    /// `starts_up` gives (what the maps say after a restart).
-    pub fn sync(&mut self, config: &crate::config::Config, starts_up: impl Fn(&VipId, IpAddr) -> bool, events: &mpsc::Sender<HealthEvent>) {
-        let mut wanted = std::collections::HashMap::new();
-        for vip in &config.vips {
-            for real in &vip.reals {
-                wanted.insert(Target::Real(vip.id, real.addr), real.health.clone());
-            }
-        }
-        if let Some(h) = &config.handoff {
-            for &peer in &h.peers {
-                wanted.insert(Target::Peer(peer), h.health.clone());
-            }
-        }
-        self.running.retain(|key, (check, stop)| {
-            let keep = wanted.get(key) == Some(check);
-            if !keep {
-                let _ = stop.send(true);
-            }
-            keep
-        });
-        for (key, check) in wanted {
-            if self.running.contains_key(&key) || check.kind == CheckKind::None {
-                continue;
-            }
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let start_up = match key {
-                Target::Real(vip, real) => starts_up(&vip, real),
-                Target::Peer(_) => true,
-            };
-            tokio::spawn(run_prober(key, check.clone(), start_up, self.budget.clone(), events.clone(), stop_rx));
-            self.running.insert(key, (check, stop_tx));
-        }
-    }
-
-    pub fn stop_all(&mut self) {
-        for (_, (_, stop)) in self.running.drain() {
-            let _ = stop.send(true);
-        }
     }
 }

@@ -113,8 +113,17 @@ pub struct Snapshot {
 }
 
 pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
-    let Snapshot { ref status, ref samples, reloads_ok, reloads_failed, ref bgp, ref handoff_peers, rebuilds: rebuild_stats, probes_starved, ref bgp_sessions } =
-        *snapshot;
+    let Snapshot {
+        ref status,
+        ref samples,
+        reloads_ok,
+        reloads_failed,
+        ref bgp,
+        ref handoff_peers,
+        rebuilds: rebuild_stats,
+        probes_starved,
+        ref bgp_sessions,
+    } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
     let packets = counter_family(&mut r, "xdp_packets", "Packets by the balancer's verdict");

@@ -125,10 +125,7 @@ fn decap_takes_tunnels_only_from_balancers_and_only_for_its_vips() {
     assert_eq!(action_name(decap.run(&foreign).action), "XDP_DROP");
     assert_eq!(action_name(decap.run(&to_other_vip).action), "XDP_DROP");
     let count = |c| decap.dp.decap_counter(c).unwrap();
-    assert_eq!(
-        (count(DecapCounter::Decapsulated), count(DecapCounter::DropForeignSource), count(DecapCounter::DropNotVip)),
-        (1, 1, 1)
-    );
+    assert_eq!((count(DecapCounter::Decapsulated), count(DecapCounter::DropForeignSource), count(DecapCounter::DropNotVip)), (1, 1, 1));
 
     let open = Decap::from_sources(&["10.1.0.1"], &["10.0.0.1"], &[("0.0.0.0", 0), ("::", 0)]);
     assert_eq!(action_name(open.run(&foreign).action), "XDP_PASS", "without the filter a spoofed tunnel is taken");

@@ -3,7 +3,6 @@
 
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
 use lb_common::{limits, stats::Counter, RateLimit};
-use lb_userspace::dataplane::DataplaneOps as _;
 use lb_tests::test_run::action_name;
 use lb_tests::{
     expect::{encapsulated_to, passed_untouched},
@@ -11,6 +10,7 @@ use lb_tests::{
     packet::{icmp_too_big, icmpv4_checksum_ok, icmpv6_checksum_ok, ip, Frame, CLIENT_MAC, LB_MAC},
     require_root,
 };
+use lb_userspace::dataplane::DataplaneOps as _;
 
 const TCP: u8 = 6;
 const REALS4: [(&str, u32); 3] = [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)];

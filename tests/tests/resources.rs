@@ -151,6 +151,9 @@ fn unauthenticated_reads_are_bounded_and_a_pipelined_change_needs_the_token() {
     let flows = d.cli(&["flows", "--limit", "1"]);
     let flows_took = t.elapsed();
     assert!(matches!(scrape, Some((200, _))) && flows.status.success());
+    let too_many = d.cli(&["flows", "--limit", "100001"]);
+    let said = String::from_utf8_lossy(&too_many.stderr);
+    assert!(!too_many.status.success() && said.contains("at most 100000 entries") && said.contains("flows_listed"), "{said}");
     // The two sampling doctors finish after their window; the rest were answered already.
     let answers: Vec<Option<u16>> = doctors.into_iter().map(|t| t.join().expect("doctor")).collect();
     let refused = answers.iter().filter(|a| **a == Some(429)).count();
@@ -233,6 +236,38 @@ fn pin_directories_someone_else_made_are_refused() {
         assert!(!out.status.success() && stderr.contains("refusing the pin directory") && stderr.contains(says), "{what}: {stderr}");
         assert!(untouched && !attached, "{what}: nothing pinned or attached");
     }
+
+    // `lb backend run` the same: its pin directory owned by nobody.
+    let instance = format!("bonce{}", std::process::id());
+    let dir = pins::backend(&instance);
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let state = std::env::temp_dir().join(format!("lbt-{instance}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let config = state.join("backend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "instance = \"{instance}\"\n[backend]\ninterface = [{{ name = \"b0\" }}]\naddresses = [\"{}\"]\nvips = [\"10.99.0.1\"]\n",
+            backend_addr(0)
+        ),
+    )
+    .unwrap();
+    // nsenter, not `ip netns exec`, which mounts a /sys without bpffs.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.backends[0].name))
+        .arg(lb_tests::lbd::lb_bin())
+        .args(["backend", "run", "--config"])
+        .arg(&config)
+        .env("LB_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let untouched = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) == 0;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(!out.status.success() && stderr.contains("refusing the pin directory") && stderr.contains("owned by uid 65534"), "{stderr}");
+    assert!(untouched, "lb backend pinned nothing");
 }
 
 /// A map made and pinned by hand, as an older lb would have left it.

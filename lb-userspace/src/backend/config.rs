@@ -123,11 +123,10 @@ impl RawBackendFile {
             .iter()
             .enumerate()
             .filter_map(|(i, text)| {
-                config::parse_prefix_len(text)
-                    .or_else(|| {
-                        p.add(format!("backend.balancer_sources[{i}]"), format!("{text:?} is not a prefix like 10.255.0.0/16"));
-                        None
-                    })
+                config::parse_prefix_len(text).or_else(|| {
+                    p.add(format!("backend.balancer_sources[{i}]"), format!("{text:?} is not a prefix like 10.255.0.0/16"));
+                    None
+                })
             })
             .collect();
         let rp_filter = match b.rp_filter.as_deref().unwrap_or("loose") {

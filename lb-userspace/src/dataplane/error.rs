@@ -24,7 +24,7 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("pinning under {path}")]
+    #[error("pinning under {path} (is bpffs mounted at /sys/fs/bpf?)")]
     Pin {
         path: PathBuf,
         #[source]

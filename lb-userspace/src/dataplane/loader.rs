@@ -101,7 +101,7 @@ impl Dataplane {
     pub fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Self> {
         let maps_dir = super::pins::maps_dir(pin_dir);
         for dir in [pin_dir, &maps_dir] {
-            super::pins::secure_dir(dir).map_err(|why| DataplaneError::UnsafePinDir { path: dir.to_owned(), why })?;
+            super::pins::secure_dir(dir)?;
         }
         // aya would silently reuse a pinned map of any layout.
         for (name, why) in super::layout::prepare(&maps_dir, LB_EBPF)? {
