@@ -41,6 +41,15 @@ impl BackendDaemon {
         b
     }
 
+    /// Restarts `lb backend run` serving `vip` too (held on `lo`, and taken inside tunnels).
+    pub fn serve_also(&mut self, vip: &str) {
+        self.terminate();
+        let text = std::fs::read_to_string(&self.config).expect("backend config");
+        let text = text.replace(&format!("vips = [\"{VIP}\""), &format!("vips = [\"{vip}\", \"{VIP}\""));
+        std::fs::write(&self.config, text).expect("backend config");
+        self.spawn();
+    }
+
     pub fn spawn(&mut self) {
         // Appended: a restart's log follows the first run's.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("backend.log")).expect("log");

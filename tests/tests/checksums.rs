@@ -105,6 +105,9 @@ fn echo_replies_verify_for_random_requests_of_both_families() {
     let mut lb = Balancer::new();
     lb.add_vip("10.0.0.1", 80, TCP, 0, TEST_RING_SIZE, &[("10.1.0.1", 1)]);
     lb.add_vip("2001:db8::10", 80, TCP, 0, TEST_RING_SIZE, &[("fd00:1::1", 1)]);
+    // Thousands of pings at once: over the default echo limit (tests/tests/icmp.rs tests it).
+    use lb_userspace::dataplane::DataplaneOps as _;
+    lb.dp_mut().set_rate_limit(lb_common::limits::ECHO, &lb_common::RateLimit::per_sec(u32::MAX)).unwrap();
     let mut all_zero = 0;
     for _ in 0..CASES {
         let (id, seq) = if rng.u8(..) < 32 { (0, 0) } else { (rng.u16(..), rng.u16(..)) };

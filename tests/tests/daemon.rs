@@ -148,10 +148,10 @@ fn restarting_lb_keeps_a_long_lived_connection_and_runtime_changes() {
 fn vips_added_and_removed_at_run_time_survive_a_restart() {
     require_root!();
     let _serial = lb_tests::serial();
-    let net = Net::new(2);
+    let mut net = Net::new(2);
     net.router.ip(&["route", "add", "10.99.0.2/32", "via", "10.10.2.2"]);
-    for b in &net.backends {
-        b.ip(&["addr", "add", "10.99.0.2/32", "dev", "lo"]);
+    for b in &mut net.decaps {
+        b.serve_also("10.99.0.2");
     }
     let _servers = net.servers();
     let mut d = LbDaemon::start(&net.lb, &lb_config(2));

@@ -367,6 +367,15 @@ fn written_durably(trace: &str, file: &Path) -> bool {
     })
 }
 
+/// Waits (up to 15 s) until the strace output at `trace` mentions `what`.
+fn wait_for_trace(trace: &Path, what: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(trace).unwrap_or_default().contains(what) {
+        assert!(start.elapsed() < Duration::from_secs(15), "strace never saw {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The journal and the BIRD include file are written so that a power cut leaves the old file or
 /// the new one, whole (seen in lb's own system calls).
 #[test]
@@ -386,7 +395,8 @@ fn state_files_are_written_durably() {
         .arg(&trace)
         .spawn()
         .expect("strace");
-    std::thread::sleep(Duration::from_millis(500));
+    // Attached once the include file's next rewrite (a retry, at most 4 s apart) is in the trace.
+    wait_for_trace(&trace, "vips.conf.tmp");
     let drained = d.cli(&["real", "drain", "web", &backend_addr(0)]);
     assert!(drained.status.success(), "{drained:?}");
     std::thread::sleep(Duration::from_secs(5));
