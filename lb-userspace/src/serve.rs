@@ -34,7 +34,7 @@ pub struct ListenerLimits {
     pub max_body: usize,
 }
 
-/// Defaults of `[limits]` (lb) and `[backend.limits]` (lb backend).
+/// Defaults of `[limits]` (lb) and `[backend.health]` (lb backend).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;

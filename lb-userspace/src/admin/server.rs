@@ -179,7 +179,7 @@ async fn purge(State(r): State<Readers>, Body(f): Body<FlowFilter>) -> Result<Js
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DoctorQuery {
-    /// How long to sample the counters (default 2000, at most 30000).
+    /// How long to sample the counters (default 2000, at most `doctor::MAX_WINDOW_MS`).
     window_ms: Option<u64>,
 }
 
@@ -188,7 +188,7 @@ async fn doctor(
     State(r): State<Readers>,
     Query(q): Query<DoctorQuery>,
 ) -> Result<Json<crate::operator::doctor::Report>, (StatusCode, String)> {
-    let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(30_000));
+    let window = std::time::Duration::from_millis(q.window_ms.unwrap_or(2000).min(crate::operator::doctor::MAX_WINDOW_MS));
     // Each call holds a blocking thread for its window: only `doctor_calls` at once.
     let Ok(_permit) = r.doctor_calls.clone().try_acquire_owned() else {
         r.api_counters.doctor_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -332,9 +332,9 @@ pub async fn bind(api: &Api, metrics_addr: SocketAddr) -> Result<Bound> {
 impl Bound {
     /// Serves in the background, each listener under `limits`.
     pub fn serve(self, cmds: Commands, counters: Arc<Counters>, live: LiveMaps, limits: &Limits) {
-        let counted = |name: &'static str| (name, Arc::new(ListenerCounters::default()));
-        let listeners = vec![counted("api_tcp"), counted("api_socket"), counted("metrics")];
-        let api_counters = Arc::new(ApiCounters { listeners: listeners.clone(), doctor_refused: Default::default() });
+        let [tcp, socket, metrics_counters] = [(); 3].map(|()| Arc::new(ListenerCounters::default()));
+        let listeners = vec![("api_tcp", tcp.clone()), ("api_socket", socket.clone()), ("metrics", metrics_counters.clone())];
+        let api_counters = Arc::new(ApiCounters { listeners, doctor_refused: Default::default() });
         let router = admin_router(Readers {
             cmds: cmds.clone(),
             live: Arc::new(std::sync::RwLock::new(live)),
@@ -343,7 +343,6 @@ impl Bound {
             doctor_calls: Arc::new(tokio::sync::Semaphore::new(limits.doctor_calls)),
             api_counters: api_counters.clone(),
         });
-        let [(_, tcp), (_, socket), (_, metrics_counters)] = [0, 1, 2].map(|i| listeners[i].clone());
         if let Some((listener, guard_state)) = self.tcp {
             let guarded = router.clone().layer(middleware::from_fn_with_state(guard_state, guard));
             tokio::spawn(serve::serve(listener, guarded, limits.listener, tcp));

@@ -155,7 +155,7 @@ pub enum Cmd {
         json: bool,
         /// Milliseconds to sample the counters over (traffic shares, drops, MTU answers), at
         /// most 30000.
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=30_000))]
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=crate::operator::doctor::MAX_WINDOW_MS))]
         window_ms: u64,
     },
     /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.

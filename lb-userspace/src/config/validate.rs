@@ -239,9 +239,6 @@ impl RawConfig {
             Some(n) => n,
             None => (needed + 2 * MAX_RING_SIZE as u64).min(u32::MAX as u64) as u32,
         };
-        if !p.0.is_empty() {
-            return Err(ConfigError::Invalid { problems: p.0 });
-        }
         let limits = self.limits.validate(&mut p);
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
@@ -329,13 +326,11 @@ impl RawConfig {
             }
             let field = format!("vip[{i}] {:?}", raw.name);
             let addr: Option<IpAddr> = raw.address.parse().ok();
-            match addr {
-                None => p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address)),
-                Some(a) => {
-                    if let Some(why) = unusable_address(a) {
-                        p.add(format!("{field}.address"), why);
-                    }
-                }
+            if addr.is_none() {
+                p.add(format!("{field}.address"), format!("{:?} is not an IP address", raw.address));
+            }
+            if let Some(why) = addr.and_then(unusable_address) {
+                p.add(format!("{field}.address"), why);
             }
             let proto = match raw.protocol.as_str() {
                 "tcp" => Some(Proto::Tcp),
@@ -419,11 +414,13 @@ fn validate_handoff(h: &RawHandoff, p: &mut Problems) -> Option<Handoff> {
             Err(_) => p.add(field, format!("{raw:?} is not an IP address")),
             Ok(peer) if Some(peer) == address => p.add(field, format!("{peer} is this node's own address")),
             Ok(peer) if peers.contains(&peer) => p.add(field, format!("{peer} is listed twice")),
-            Ok(peer) if unusable_address(peer).is_some() => p.add(field, unusable_address(peer).expect("unusable")),
-            Ok(peer) if address.is_some_and(|a| a.is_ipv4() != peer.is_ipv4()) => {
-                p.add(field, format!("{peer} is not the same address family as handoff.address"))
-            }
-            Ok(peer) => peers.push(peer),
+            Ok(peer) => match unusable_address(peer) {
+                Some(why) => p.add(field, why),
+                None if address.is_some_and(|a| a.is_ipv4() != peer.is_ipv4()) => {
+                    p.add(field, format!("{peer} is not the same address family as handoff.address"))
+                }
+                None => peers.push(peer),
+            },
         }
     }
     let health = validate_health(&h.health, DEFAULT_METRICS_PORT, "handoff.health", p);

@@ -52,8 +52,6 @@ pub enum DataplaneError {
     Link { path: PathBuf, detail: String },
     #[error("a ring of {slots} slots at pool slot {base} does not fit the pool of {pool} slots")]
     RingOutOfRange { base: u32, slots: usize, pool: u32 },
-    #[error("the Maglev rings pinned at {path} have the layout of an older lb (one slot per element, a fixed stride per ring): `lb stop` the instance first (this drops established flows: drain before)")]
-    PinnedRingLayout { path: PathBuf },
 }
 
 /// Knobs fixed when the object is loaded.

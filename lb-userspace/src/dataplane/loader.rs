@@ -107,20 +107,20 @@ impl Dataplane {
         for (name, why) in super::layout::prepare(&maps_dir, LB_EBPF)? {
             tracing::warn!(map = name, %why, "pinned map of another layout recreated (its counters or config start afresh)");
         }
-        let conns = super::layout::pin_path(&maps_dir, maps::CONNS);
+        let conns = super::pins::map(pin_dir, maps::CONNS);
         if conns.exists() {
             let pinned = aya::maps::MapInfo::from_pin(&conns).map_err(map_err(maps::CONNS))?.max_entries();
             if pinned != opts.conn_table_size {
                 return Err(DataplaneError::PinnedSizeMismatch { path: conns, pinned, wanted: opts.conn_table_size });
             }
         }
-        let earlier_rings = Self::pinned_rings(&super::layout::pin_path(&maps_dir, maps::MAGLEV), opts.ring_slots)?;
+        let earlier_rings = Self::pinned_rings(&super::pins::map(pin_dir, maps::MAGLEV), opts.ring_slots)?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNS, opts.conn_table_size);
         // A pinned pool at least this large is reused as it is.
         loader.map_max_entries(maps::MAGLEV, ring_elements(opts.ring_slots));
         for name in maps::ALL {
-            loader.map_pin_path(name, super::layout::pin_path(&maps_dir, name));
+            loader.map_pin_path(name, super::pins::map(pin_dir, name));
         }
         let ebpf = loader.load(LB_EBPF).map_err(DataplaneError::Load)?;
         let mut dp = Self::new(ebpf)?;
@@ -144,10 +144,8 @@ impl Dataplane {
             return Ok(None);
         }
         let data = MapData::from_pin(path).map_err(map_err(maps::MAGLEV))?;
+        // Its value layout was checked with every pin's (`layout::prepare`, before this).
         let info = data.info().map_err(map_err(maps::MAGLEV))?;
-        if info.value_size() != std::mem::size_of::<lb_common::SlotPair>() as u32 {
-            return Err(DataplaneError::PinnedRingLayout { path: path.to_owned() });
-        }
         if info.max_entries() * SLOTS_PER_ELEMENT >= wanted {
             return Ok(None);
         }

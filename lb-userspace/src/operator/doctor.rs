@@ -114,6 +114,10 @@ pub enum ConfigFile {
 /// Packets a VIP must get in the window before its reals' shares are compared with the ring.
 pub const SHARE_MIN_PACKETS: u64 = 200;
 /// How far a real's share of packets may stray from its ring share.
+/// The longest window `lb doctor` samples counters over (ms): the API clamps to it, the CLI
+/// refuses more.
+pub const MAX_WINDOW_MS: u64 = 30_000;
+
 pub const SHARE_TOLERANCE: f64 = 0.25;
 
 pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
