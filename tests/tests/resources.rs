@@ -347,12 +347,33 @@ fn pinned_maps_of_an_older_layout_are_recreated_or_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// strace -f's lines as (thread, whole call): a call another thread interrupted is printed as
+/// `NAME(ARGS <unfinished ...>` and later `<... NAME resumed>REST`; the two are joined here.
+fn whole_calls(trace: &str) -> Vec<(String, String)> {
+    let mut pending: std::collections::HashMap<&str, (usize, &str)> = std::collections::HashMap::new();
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (pid, call) in trace.lines().filter_map(|l| l.split_once(' ')).map(|(pid, call)| (pid, call.trim_start())) {
+        if let Some(start) = call.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, (calls.len(), start));
+            calls.push((pid.to_owned(), start.to_owned()));
+        } else if let Some(rest) = call.strip_prefix("<... ").and_then(|c| c.split_once(" resumed>")).map(|(_, rest)| rest) {
+            if let Some((at, start)) = pending.remove(pid) {
+                calls[at].1 = format!("{start}{rest}");
+            }
+        } else {
+            calls.push((pid.to_owned(), call.to_owned()));
+        }
+    }
+    calls
+}
+
 /// Whether `trace` (strace -f output) shows `file` written durably: the temp file beside it
 /// opened, fsynced and renamed over it, then its folder opened and fsynced, by one thread.
 fn written_durably(trace: &str, file: &Path) -> bool {
     let (file, tmp) = (file.display().to_string(), format!("{}.tmp", file.display()));
     let dir = Path::new(&file).parent().unwrap().display().to_string();
-    let lines: Vec<(&str, &str)> = trace.lines().filter_map(|l| l.split_once(' ')).map(|(pid, call)| (pid, call.trim_start())).collect();
+    let lines = whole_calls(trace);
+    let lines: Vec<(&str, &str)> = lines.iter().map(|(pid, call)| (pid.as_str(), call.as_str())).collect();
     let fd_of = |call: &str| call.rsplit("= ").next().and_then(|fd| fd.trim().parse::<i32>().ok());
     lines.iter().enumerate().any(|(i, (pid, call))| {
         if !call.starts_with(&format!("rename(\"{tmp}\", \"{file}\")")) && !call.contains(&format!("\"{tmp}\", AT_FDCWD, \"{file}\"")) {
@@ -408,4 +429,27 @@ fn state_files_are_written_durably() {
     assert!(written_durably(&text, &journal), "the journal {}:\n{}", journal.display(), &text[text.len().saturating_sub(4000)..]);
     assert!(written_durably(&text, &include), "the include file {}", include.display());
     let _ = std::fs::remove_dir_all(include.parent().unwrap());
+}
+
+/// The reader of strace's output follows a call another thread interrupted (as in a CI run
+/// where the journal's rename and the include file's overlapped).
+#[test]
+fn the_strace_reader_joins_interrupted_calls() {
+    let trace = "\
+13766 rename(\"/x/vips.conf.tmp\", \"/x/vips.conf\" <unfinished ...>
+13771 openat(AT_FDCWD, \"/s/j.json.tmp\", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 53
+13771 fsync(53)                         = 0
+13771 rename(\"/s/j.json.tmp\", \"/s/j.json\" <unfinished ...>
+13766 <... rename resumed>)             = 0
+13771 <... rename resumed>)             = 0
+13771 openat(AT_FDCWD, \"/s\", O_RDONLY|O_CLOEXEC <unfinished ...>
+13766 openat(AT_FDCWD, \"/x\", O_RDONLY|O_CLOEXEC) = 54
+13771 <... openat resumed>)             = 55
+13771 fsync(55 <unfinished ...>
+13766 fsync(54)                         = 0
+13771 <... fsync resumed>)              = 0
+";
+    assert!(written_durably(trace, Path::new("/s/j.json")));
+    assert!(!written_durably(trace, Path::new("/x/vips.conf")), "its temp file was never opened and fsynced here");
+    assert!(!written_durably(&trace.replace("13771 fsync(53)", "13771 close(53)"), Path::new("/s/j.json")), "no fsync before the rename");
 }
