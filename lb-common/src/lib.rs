@@ -5,6 +5,7 @@
 //! one key type serves both families. Ports are in network byte order (`_be`), as on the wire.
 
 pub mod hash;
+pub mod second_chance;
 pub mod stats;
 
 /// Largest Maglev table a VIP may have.
@@ -72,6 +73,7 @@ pub mod maps {
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_CTL: &str = "CAPTURE_CTL";
     pub const CAPTURE_STATE: &str = "CAPTURE_STATE";
+    pub const VIP_PREV: &str = "VIP_PREV";
     /// Maps whose layout changed since version 1, with their version. Bump a map's version
     /// when the meaning of its bytes changes at the same sizes (a field moved, a counter
     /// renamed): the version is in the pin's name, and `lb` recreates or refuses a pin of
@@ -109,6 +111,7 @@ pub mod maps {
         CAPTURE,
         CAPTURE_CTL,
         CAPTURE_STATE,
+        VIP_PREV,
     ];
 }
 
@@ -163,6 +166,21 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
 /// `VipMeta::flags`: new flows are hashed on the source address alone, so a client keeps its real.
 pub const VIP_F_SOURCE_AFFINITY: u32 = 1 << 0;
+/// `VipMeta::flags`: a mid-flow TCP packet the connection table does not hold carries the real
+/// of the VIP's previous ring (`VIP_PREV`) when it differs (`second_chance`).
+pub const VIP_F_SECOND_CHANCE: u32 = 1 << 1;
+
+/// Value of the `VIP_PREV` array (by VIP index): the ring a VIP had before its last change, kept
+/// in `MAGLEV`'s pool until the next change overwrites it, and until when it is used
+/// (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns` reads it). `ring_size` 0: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrevRing {
+    pub ring_base: u32,
+    pub ring_size: u32,
+    pub until_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PrevRing>() == 16);
 
 /// Value of the `VIPS` map.
 #[repr(C)]
@@ -229,12 +247,37 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// The flow's hash, kept so a hit need not recompute it for the outer source's entropy.
     pub flow_hash: u32,
-    /// The VIP the flow belongs to and its generation: the entry counts only while
-    /// `VIP_GEN[vip_index] == vip_generation`, so removing a VIP retires its flows at once.
-    pub vip_index: u32,
+    /// The VIP the flow belongs to (low `VIP_INDEX_BITS` bits; `vip_index()`) and the flow's
+    /// alternative real (the bits above; `alt_real_id()`, 0: none). Packed so the entry keeps
+    /// its size: entries pinned by an `lb` without alternatives read as "no alternative".
+    pub vip_and_alt: u32,
+    /// The VIP's generation: the entry counts only while `VIP_GEN[vip_index] == vip_generation`,
+    /// so removing a VIP retires its flows at once.
     pub vip_generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
+
+/// Bits of `ConnEntry::vip_and_alt` that hold the VIP index.
+pub const VIP_INDEX_BITS: u32 = 12;
+const _: () = assert!(MAX_VIPS <= 1 << VIP_INDEX_BITS && MAX_REALS <= 1 << (32 - VIP_INDEX_BITS));
+
+impl ConnEntry {
+    #[inline(always)]
+    pub const fn new(real_id: u32, flow_hash: u32, vip_index: u32, vip_generation: u32, alt_real_id: u32) -> Self {
+        Self { real_id, flow_hash, vip_and_alt: vip_index | alt_real_id << VIP_INDEX_BITS, vip_generation }
+    }
+
+    #[inline(always)]
+    pub const fn vip_index(&self) -> u32 {
+        self.vip_and_alt & ((1 << VIP_INDEX_BITS) - 1)
+    }
+
+    /// The real a backend forwards the flow's packets to when it has no socket for them.
+    #[inline(always)]
+    pub const fn alt_real_id(&self) -> u32 {
+        self.vip_and_alt >> VIP_INDEX_BITS
+    }
+}
 
 /// `ConnEntry::real_id` of a flow handed off to a peer node that kept it (did not return it):
 /// its later packets are handed off again without taking from the handoff limit, so the open
@@ -482,6 +525,8 @@ mod pod {
     unsafe impl aya::Pod for CaptureCtl {}
     // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for CaptureState {}
+    // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
+    unsafe impl aya::Pod for PrevRing {}
 }
 
 #[cfg(test)]

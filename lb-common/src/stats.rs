@@ -81,6 +81,10 @@ counters! {
         HandoffSuppressed = "handoff_suppressed",
         /// A tunnel to our handoff address from a source that is not a configured peer.
         DropHandoffNotPeer = "drop_handoff_not_peer",
+        /// Sent to a real with an alternative (the second chance): a mid-flow TCP packet the
+        /// table did not hold whose previous ring named another real, or a hit on an entry made
+        /// so.
+        SecondChanceSent = "second_chance_sent",
     }
 }
 
@@ -100,9 +104,22 @@ counters! {
         /// A tunnel whose inner packet is not for one of this backend's VIPs (with forwarding
         /// on, the host would relay it anywhere).
         DropNotVip = "drop_not_vip",
-        /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6.
+        /// Of `Decapsulated`, by tunnel: IPv4 in IPv4 (IPIP), IPv6 in IPv6, IPv4 in IPv6, GUE.
         Ipip = "ipip",
         Ip6ip6 = "ip6ip6",
         Ip4in6 = "ip4in6",
+        /// GUE over UDP to `second_chance::GUE_PORT`, IPv4 or IPv6 outside and in.
+        Gue = "gue",
+        /// Of `Decapsulated`: GUE tunnels with an alternative real (the second chance), by what
+        /// became of them: a local socket held the flow, or it came forwarded by another backend.
+        SecondChanceDelivered = "second_chance_delivered",
+        SecondChanceReceived = "second_chance_received",
+        /// GUE tunnels sent on to their alternative real: no local socket held the flow.
+        SecondChanceForwarded = "second_chance_forwarded",
+        /// The alternative could not be reached from here (no route or no neighbour entry), or it
+        /// is of the other family than the tunnel.
+        DropSecondChanceNoRoute = "drop_second_chance_no_route",
+        /// A GUE tunnel whose header or data is not ours (version, kind, length, inner protocol).
+        DropSecondChanceMalformed = "drop_second_chance_malformed",
     }
 }

@@ -17,7 +17,11 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{stats::Counter, IP6_OVERHEAD, IPIP_OVERHEAD};
+use lb_common::{
+    second_chance::{GUE4_OVERHEAD, GUE6_OVERHEAD},
+    stats::Counter,
+    IP6_OVERHEAD, IPIP_OVERHEAD,
+};
 
 use crate::{
     capture,
@@ -135,10 +139,24 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     };
 
     let bytes = pkt::len(ctx) as u64;
-    match encap::encapsulate(ctx, l3, &scratch.outer, cfg) {
+    let alt_real_id = match sent {
+        Sent::Real { chosen, .. } => chosen.alt_real_id,
+        Sent::Peer => 0,
+    };
+    let encapsulated = if alt_real_id == 0 {
+        encap::encapsulate(ctx, l3, &scratch.outer, cfg)
+    } else {
+        encap::with_alternative(ctx, l3, scratch, alt_real_id, cfg).get().map(|_| ())
+    };
+    match encapsulated {
         // Too big for the tunnel: tell the client what fits (not about an ICMP error, though).
         Err(Counter::DropMtuExceeded) if arrival != Arrival::IcmpError => {
-            let overhead = if scratch.outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
+            let overhead = match (scratch.outer.ipv6, alt_real_id != 0) {
+                (false, false) => IPIP_OVERHEAD,
+                (true, false) => IP6_OVERHEAD,
+                (false, true) => GUE4_OVERHEAD,
+                (true, true) => GUE6_OVERHEAD,
+            };
             return icmp::too_big(ctx, l3, cfg.mtu - overhead).get();
         }
         done => done?,
@@ -149,6 +167,9 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
             stats::count_real(chosen.real_id, bytes);
             if arrival == Arrival::IcmpError {
                 stats::count(Counter::IcmpToReal);
+            }
+            if alt_real_id != 0 {
+                stats::count(Counter::SecondChanceSent);
             }
         }
         Sent::Peer if arrival == Arrival::Handoff => stats::count(Counter::HandoffReturned),

@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     handoff, limit, maglev,
     maps::{CONNS, REALS, SYN_SEEN, VIP_GEN},
-    packet::{Arrival, ClientPacket, L3},
+    packet::{Arrival, ClientPacket, IPPROTO_TCP, L3},
     stats,
     step::Step,
 };
@@ -31,6 +31,9 @@ pub struct Chosen {
     /// A client's mid-flow TCP packet whose connection neither the table nor `SYN_SEEN` knew,
     /// balanced here (for `lb capture`).
     pub unknown_mid_flow: bool,
+    /// The real the backend forwards the packet to when it has no socket for it (the second
+    /// chance); 0: none.
+    pub alt_real_id: u32,
 }
 
 /// `new_flow`'s `Step` value: the flow goes to the real written into `out` ...
@@ -44,15 +47,25 @@ pub const TO_PEER: u32 = 1;
 pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     // SAFETY: the entry is copied out at once.
     let entry = *unsafe { CONNS.get(flow) }?;
-    if VIP_GEN.get(entry.vip_index).copied() != Some(entry.vip_generation) {
+    if VIP_GEN.get(entry.vip_index()).copied() != Some(entry.vip_generation) {
         return None;
     }
     let real = REALS.get(entry.real_id)?;
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
-    let chosen =
-        Chosen { real_id: entry.real_id, vip_index: entry.vip_index, flow_hash: entry.flow_hash, recorded: false, unknown_mid_flow: false };
+    let mut alt_real_id = entry.alt_real_id();
+    if alt_real_id != 0 && !REALS.get(alt_real_id).is_some_and(|other| maglev::usable_alternative(real, other)) {
+        alt_real_id = 0;
+    }
+    let chosen = Chosen {
+        real_id: entry.real_id,
+        vip_index: entry.vip_index(),
+        flow_hash: entry.flow_hash,
+        recorded: false,
+        unknown_mid_flow: false,
+        alt_real_id,
+    };
     Some((chosen, real))
 }
 
@@ -111,12 +124,7 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
                 (true, true) => {
                     // Marked as the peer's until it comes back (then the real's entry replaces it).
                     if limit::allow(limits::INSERTS) {
-                        let entry = ConnEntry {
-                            real_id: REAL_ID_PEER,
-                            flow_hash: hash,
-                            vip_index: meta.vip_index,
-                            vip_generation: meta.generation,
-                        };
+                        let entry = ConnEntry::new(REAL_ID_PEER, hash, meta.vip_index, meta.generation, 0);
                         let _ = CONNS.insert(flow, entry, 0);
                     }
                     return Ok(None);
@@ -134,9 +142,13 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
     };
     let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
     let real_id = maglev::real_in_ring(meta, ring_hash)?;
+    // The second chance: a TCP packet that does not start a connection may belong to one the
+    // previous ring placed. Recorded with the flow, so it outlives the ring's window.
+    let mid_flow_tcp = flow.proto == IPPROTO_TCP && !matches!(arrival, Arrival::Client(ClientPacket::Syn) | Arrival::IcmpError);
+    let alt_real_id = if mid_flow_tcp { maglev::alternative(meta, ring_hash, real_id) } else { 0 };
     let recorded = record && {
         if limit::allow(limits::INSERTS) {
-            let entry = ConnEntry { real_id, flow_hash: hash, vip_index: meta.vip_index, vip_generation: meta.generation };
+            let entry = ConnEntry::new(real_id, hash, meta.vip_index, meta.generation, alt_real_id);
             let inserted = CONNS.insert(flow, entry, 0).is_ok();
             if !inserted {
                 stats::count(Counter::ConnInsertFailed);
@@ -147,7 +159,7 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
             false
         }
     };
-    Ok(Some(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow }))
+    Ok(Some(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow, alt_real_id }))
 }
 
 /// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a

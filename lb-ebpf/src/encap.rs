@@ -1,16 +1,23 @@
 //! Encapsulation toward a real (or a peer node, for a handoff): IPIP for IPv4 targets;
-//! IPv6-in-IPv6 and IPv4-in-IPv6 for IPv6 ones. The inner packet is not touched (TTL included);
+//! IPv6-in-IPv6 and IPv4-in-IPv6 for IPv6 ones; GUE when an alternative real goes along (the
+//! second chance, `lb_common::second_chance`). The inner packet is not touched (TTL included);
 //! toward a real the outer source carries per-flow entropy so the backend side's ECMP / RSS
 //! spreads flows.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{stats::Counter, LbConfig, Real, IP6_OVERHEAD, IPIP_OVERHEAD, REAL_F_IPV6};
+use lb_common::{
+    second_chance::{self, Tunnel},
+    stats::Counter,
+    LbConfig, Real, IP6_OVERHEAD, IPIP_OVERHEAD, REAL_F_IPV6,
+};
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     csum,
-    packet::{Outer, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3},
+    maps::REALS,
+    packet::{Outer, Scratch, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, L3},
     pkt,
+    step::Step,
 };
 
 const OUTER_TTL: u8 = 64;
@@ -60,10 +67,52 @@ const _: () = assert!(core::mem::size_of::<Ipv6Outer>() == 40);
 /// Prepends `outer` and points the frame at the next hop.
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> Result<(), Counter> {
+    let inner = if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    push_headers(ctx, l3, outer, cfg, 0, inner).map(|_| ())
+}
+
+/// `encapsulate`, with the real `alt_real_id` carried along for the backend (the second chance:
+/// GUE, `lb_common::second_chance`). A subprogram: only packets the table could not place with
+/// certainty come here. `Ok(0)` when sent.
+#[inline(never)]
+pub fn with_alternative(ctx: &XdpContext, l3: &L3, scratch: &Scratch, alt_real_id: u32, cfg: &LbConfig) -> Step {
+    Step::of(try_with_alternative(ctx, l3, scratch, alt_real_id, cfg))
+}
+
+#[inline(always)]
+fn try_with_alternative(ctx: &XdpContext, l3: &L3, scratch: &Scratch, alt_real_id: u32, cfg: &LbConfig) -> Result<u32, Counter> {
+    let outer = &scratch.outer;
+    let alternative = REALS.get(alt_real_id).ok_or(Counter::DropNoReal)?.addr;
+    let ip = push_headers(ctx, l3, outer, cfg, second_chance::TUNNEL_LEN, IPPROTO_UDP)?;
+    let outer_len = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD } as usize;
+    let tunnel = Tunnel {
+        // Entropy for the ECMP and RSS of the backend side (the client's port and address), kept
+        // out of the well-known ports.
+        src_port_be: (0x8000 | (scratch.flow.src_port_be ^ u16::from_ne_bytes([scratch.flow.src[14], scratch.flow.src[15]])) & 0x7fff)
+            .to_be(),
+        dst_port_be: second_chance::GUE_PORT.to_be(),
+        udp_len_be: ((l3.ip_len + second_chance::TUNNEL_LEN) as u16).to_be(),
+        udp_csum: 0,
+        gue_flags_hlen: second_chance::GUE_FLAGS_HLEN,
+        gue_proto: if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP },
+        gue_flags: 0,
+        kind: second_chance::KIND_ALTERNATIVE,
+        hops: 0,
+        _reserved: [0; 2],
+        alternative,
+    };
+    pkt::write(ctx, ip + outer_len, tunnel).ok_or(Counter::DropEncapFailed)?;
+    Ok(0)
+}
+
+/// Prepends the L2 header and `outer`'s IP header (protocol `protocol`), leaving `extra` bytes
+/// between it and the inner packet for the caller; returns the outer IP header's offset.
+#[inline(always)]
+fn push_headers(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig, extra: u32, protocol: u8) -> Result<usize, Counter> {
     if l3.ipv6 && !outer.ipv6 {
         return Err(Counter::DropFamilyMismatch);
     }
-    let overhead = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD };
+    let overhead = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD } + extra;
     if l3.ip_len + overhead > cfg.mtu {
         return Err(Counter::DropMtuExceeded);
     }
@@ -93,8 +142,8 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> 
         let vcf = (6u32 << 28) | ((l3.tos as u32) << 20) | (outer.id & 0x000f_ffff);
         let header = Ipv6Outer {
             vcf: vcf.to_be_bytes(),
-            payload_len: (l3.ip_len as u16).to_be_bytes(),
-            next_header: if l3.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP },
+            payload_len: ((l3.ip_len + extra) as u16).to_be_bytes(),
+            next_header: protocol,
             hop_limit: OUTER_TTL,
             src: outer.src,
             dst: outer.dst,
@@ -105,10 +154,10 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> 
         let dst = [outer.dst[12], outer.dst[13], outer.dst[14], outer.dst[15]];
         let mut words = [
             0x4500 | l3.tos as u16,
-            (l3.ip_len + IPIP_OVERHEAD) as u16,
+            (l3.ip_len + IPIP_OVERHEAD + extra) as u16,
             outer.id as u16,
             0x4000, // don't fragment: oversize packets were dropped above
-            (OUTER_TTL as u16) << 8 | IPPROTO_IPIP as u16,
+            (OUTER_TTL as u16) << 8 | protocol as u16,
             0, // checksum, below
             u16::from_be_bytes([src[0], src[1]]),
             u16::from_be_bytes([src[2], src[3]]),
@@ -118,5 +167,5 @@ pub fn encapsulate(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig) -> 
         words[5] = csum::ipv4_header(&words);
         pkt::write(ctx, ip, words.map(u16::to_be)).ok_or(fail)?;
     }
-    Ok(())
+    Ok(ip)
 }

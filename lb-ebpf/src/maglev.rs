@@ -2,9 +2,10 @@
 //! that VIP's live Maglev ring. Which flows are looked up here and which are recorded is the
 //! connection tracking's business (`conntrack`).
 
-use lb_common::{slot_place, stats::Counter, VipKey, VipMeta};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{slot_place, stats::Counter, Real, VipKey, VipMeta, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SECOND_CHANCE};
 
-use crate::maps::{MAGLEV, REALS, VIPS};
+use crate::maps::{MAGLEV, REALS, VIPS, VIP_PREV};
 
 /// The VIP for (address, port, protocol), falling back to the address's any-port VIP.
 // `&key`, not `key`: moved by value into aya's generic `get`, the key took stack the balancer's
@@ -37,4 +38,34 @@ pub fn real_in_ring(meta: &VipMeta, ring_hash: u32) -> Result<u32, Counter> {
         return Err(Counter::DropNoReal);
     }
     Ok(real_id)
+}
+
+/// The real of `ring_hash`'s slot in the VIP's previous ring, when the VIP has the second chance,
+/// that ring is still within its window, and it names another real than `real_id` that can take
+/// the packet from a backend (`usable_alternative`). 0: none.
+#[inline(always)]
+pub fn alternative(meta: &VipMeta, ring_hash: u32, real_id: u32) -> u32 {
+    if meta.flags & VIP_F_SECOND_CHANCE == 0 {
+        return 0;
+    }
+    let Some(prev) = VIP_PREV.get(meta.vip_index) else { return 0 };
+    // SAFETY: a helper without arguments.
+    if prev.ring_size == 0 || unsafe { bpf_ktime_get_ns() } >= prev.until_ns {
+        return 0;
+    }
+    let (element, place) = slot_place(prev.ring_base.wrapping_add(ring_hash % prev.ring_size));
+    let Some(pair) = MAGLEV.get(element) else { return 0 };
+    let alt = if place == 0 { pair[0] } else { pair[1] };
+    match (REALS.get(real_id), REALS.get(alt)) {
+        (Some(real), Some(other)) if alt != real_id && usable_alternative(real, other) => alt,
+        _ => 0,
+    }
+}
+
+/// Whether a backend holding a packet for `real` can forward it to `other`: programmed, not
+/// down (a failed real's connections are gone; forwarding would only delay the client's reset),
+/// and of the same family (the backend rewrites the outer destination only).
+#[inline(always)]
+pub fn usable_alternative(real: &Real, other: &Real) -> bool {
+    other.addr != [0; 16] && other.flags & REAL_F_DOWN == 0 && (other.flags ^ real.flags) & REAL_F_IPV6 == 0
 }

@@ -20,10 +20,12 @@ mod maps;
 mod packet;
 mod parse;
 mod pkt;
+mod redirect;
 mod stats;
 mod step;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use decap::Decap;
 use lb_common::stats::DecapCounter;
 
 /// The balancer, on the edge node's NIC.
@@ -36,11 +38,18 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     stats::count_decap(match decap::try_decap(&ctx) {
-        Ok(Some(tunnel)) => {
+        Ok(Decap::Stripped(tunnel, decided)) => {
             stats::count_decap(tunnel);
+            if let Some(why) = decided {
+                stats::count_decap(why);
+            }
             DecapCounter::Decapsulated
         }
-        Ok(None) => DecapCounter::Pass,
+        Ok(Decap::NotOurs) => DecapCounter::Pass,
+        Ok(Decap::Forwarded(action)) => {
+            stats::count_decap(DecapCounter::SecondChanceForwarded);
+            return action;
+        }
         Err(reason) => {
             stats::count_decap(reason);
             return xdp_action::XDP_DROP;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     limits,
     stats::{Counter, DecapCounter},
-    CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, RateLimit, Real, RealStats, SlotPair, VipKey,
+    CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, PrevRing, RateLimit, Real, RealStats, SlotPair, VipKey,
     VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_SOURCES, MAX_DECAP_VIPS, MAX_PEERS, MAX_REALS, MAX_VIPS,
     SYN_SEEN_SLOTS, VIP_FILTER_BITS,
 };
@@ -41,6 +41,12 @@ pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 #[map]
 pub static MAGLEV: Array<SlotPair> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Each VIP's previous ring and until when it gives alternatives (by VIP index): written by the
+/// control plane around every ring switch of a VIP with the second chance, read only on the
+/// new-flow path.
+#[map]
+pub static VIP_PREV: Array<PrevRing> = Array::with_max_entries(MAX_VIPS, 0);
 
 /// Real id -> address and flags.
 #[map]

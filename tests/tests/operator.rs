@@ -148,7 +148,7 @@ fn fill_conns(d: &LbDaemon, n: u32, real_of: impl Fn(u32) -> u32) {
     for i in 0..n {
         let src = std::net::Ipv4Addr::from(0x0b00_0000 + i).into();
         let key = lb_common::FlowKey::new(src, 1000, [10, 99, 0, 1].into(), 8080, 6);
-        conns.insert(key, ConnEntry { real_id: real_of(i), flow_hash: i, vip_index, vip_generation: 1 }, 0).expect("insert");
+        conns.insert(key, ConnEntry::new(real_of(i), i, vip_index, 1, 0), 0).expect("insert");
     }
 }
 

@@ -323,7 +323,7 @@ fn pinned_maps_of_an_older_layout_are_recreated_or_refused() {
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(pins::map(&dir, maps::CONNS)).unwrap()))
             .unwrap();
     let key = FlowKey::new("10.10.1.2".parse().unwrap(), 40_000, "10.99.0.1".parse().unwrap(), 8080, 6);
-    conns.insert(key, ConnEntry { real_id: 1, flow_hash: 7, vip_index: 0, vip_generation: 1 }, 0).unwrap();
+    conns.insert(key, ConnEntry::new(1, 7, 0, 1, 0), 0).unwrap();
 
     let mut d = LbDaemon::start(&net.lb, &config(""));
     assert!(d.log().contains("pinned map of another layout recreated") && d.log().contains("STATS"), "{}", d.log());

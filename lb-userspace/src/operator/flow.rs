@@ -171,7 +171,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
 }
 
 fn table_entry(maps: &LiveMaps, e: &ConnEntry) -> Result<TableEntry, DataplaneError> {
-    let current = maps.vip_generation(e.vip_index)?;
+    let current = maps.vip_generation(e.vip_index())?;
     let real = if e.real_id == REAL_ID_PEER { None } else { maps.real(e.real_id)? };
     let ignored = if current != Some(e.vip_generation) {
         Some(format!("made under VIP generation {}, the VIP is at {}", e.vip_generation, current.unwrap_or(0)))
@@ -292,7 +292,7 @@ impl Names {
 
     /// Whether `filter` selects entry `e`.
     fn selects(&self, filter: &FlowFilter, e: &ConnEntry) -> bool {
-        filter.vip.as_ref().is_none_or(|name| self.vips.get(&e.vip_index) == Some(name))
+        filter.vip.as_ref().is_none_or(|name| self.vips.get(&e.vip_index()) == Some(name))
             && filter.real.is_none_or(|real| self.reals.get(&e.real_id) == Some(&real))
     }
 }
@@ -322,7 +322,7 @@ pub fn list(maps: &LiveMaps, status: &[VipStatus], filter: &FlowFilter) -> Resul
             }
             entries.push(FlowEntry {
                 flow: query_of(key),
-                vip: names.vips.get(&e.vip_index).cloned(),
+                vip: names.vips.get(&e.vip_index()).cloned(),
                 real: names.reals.get(&e.real_id).copied(),
                 real_id: e.real_id,
                 vip_generation: e.vip_generation,
