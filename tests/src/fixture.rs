@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    programs, FlowKey, LbConfig, VipKey, VipMeta, VIP_F_SOURCE_AFFINITY,
+    programs, FlowKey, LbConfig, VipKey, VipMeta, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
 };
 use lb_userspace::{
     config::{self, CheckKind, Config, Forwarding, HealthCheck, InterfaceCheck, NextHop, Proto, RealConfig, VipId},
@@ -159,6 +159,7 @@ impl Balancer {
             source_affinity: flags & VIP_F_SOURCE_AFFINITY != 0,
             ring_size,
             min_healthy: 1,
+            second_chance: (flags & VIP_F_SECOND_CHANCE != 0).then(|| std::time::Duration::from_secs(600)),
             reals: Vec::new(),
         };
         self.config.vips.push(vip);

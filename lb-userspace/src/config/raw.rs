@@ -41,6 +41,9 @@ pub struct RawConfig {
     /// "Limits").
     #[serde(default)]
     pub limits: RawLimits,
+    /// The second chance at the backend, for every TCP VIP that does not say (docs/second-chance.md).
+    #[serde(default)]
+    pub second_chance: RawSecondChance,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
 }
@@ -69,6 +72,17 @@ pub struct RawLimits {
     pub doctor_calls: Option<usize>,
     /// Health probes in flight to one host at once (default 64).
     pub probes_per_host: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecondChance {
+    /// Mid-flow TCP packets the connection table does not hold carry the previous ring's real,
+    /// for `lb backend` to forward to when it has no socket for them (default false: every real
+    /// must run an `lb backend` that reads GUE first).
+    pub enabled: Option<bool>,
+    /// Seconds a VIP's previous ring gives alternatives after a change (default 600).
+    pub window_s: Option<u32>,
 }
 
 /// Defaults, from bench-xdp on the test machine: a new flow (SYN and ACK) costs about 1.5 us of
@@ -219,6 +233,9 @@ pub struct RawVip {
     /// Reals that must be up for the VIP to be announced (default 1; used by the anycast issue).
     pub min_healthy: Option<u32>,
     pub health: Option<RawHealth>,
+    /// Over `[second_chance]`, for this VIP (TCP only).
+    pub second_chance: Option<bool>,
+    pub second_chance_window_s: Option<u32>,
     #[serde(default, rename = "real")]
     pub reals: Vec<RawReal>,
 }

@@ -164,6 +164,9 @@ pub struct Vip {
     pub source_affinity: bool,
     pub ring_size: u32,
     pub min_healthy: u32,
+    /// The second chance's window: how long after a ring change the previous ring gives
+    /// alternatives (None: off).
+    pub second_chance: Option<std::time::Duration>,
     pub reals: Vec<RealConfig>,
 }
 

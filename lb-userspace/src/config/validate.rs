@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+use lb_common::{second_chance, MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
+
+/// The longest second-chance window: a week.
+pub const MAX_SECOND_CHANCE_WINDOW_S: u32 = 7 * 24 * 3600;
 
 use super::{
     error::{ConfigError, Problems},
@@ -310,6 +313,25 @@ impl RawConfig {
         Some(Forwarding { next_hop: next_hop?, mtu, source_v4: source_v4?, source_v6: source_v6?, too_big_per_sec, echo_per_sec })
     }
 
+    /// A VIP's second-chance window: its own setting over `[second_chance]`. UDP VIPs have none
+    /// (there is no socket to find), and saying so for one is an error.
+    fn second_chance_of(&self, raw: &RawVip, proto: Proto, field: &str, p: &mut Problems) -> Option<Duration> {
+        let window_s = raw.second_chance_window_s.or(self.second_chance.window_s).unwrap_or(second_chance::DEFAULT_WINDOW_S);
+        if !(1..=MAX_SECOND_CHANCE_WINDOW_S).contains(&window_s) {
+            let at = if raw.second_chance_window_s.is_some() { format!("{field}.second_chance_window_s") } else { "second_chance.window_s".into() };
+            p.add(at, format!("{window_s} is out of range 1 ..= {MAX_SECOND_CHANCE_WINDOW_S} seconds"));
+        }
+        match (raw.second_chance, proto) {
+            (Some(true), Proto::Udp) => {
+                p.add(format!("{field}.second_chance"), "is for TCP VIPs: a backend finds no UDP connection to keep");
+                None
+            }
+            (_, Proto::Udp) => None,
+            (Some(on), Proto::Tcp) => on.then(|| Duration::from_secs(window_s.into())),
+            (None, Proto::Tcp) => self.second_chance.enabled.unwrap_or(false).then(|| Duration::from_secs(window_s.into())),
+        }
+    }
+
     fn validate_vips(&self, p: &mut Problems) -> Vec<Vip> {
         if self.vips.len() > MAX_VIPS as usize {
             p.add("vip", format!("{} VIPs, at most {MAX_VIPS}", self.vips.len()));
@@ -380,7 +402,8 @@ impl RawConfig {
                     reals.push(RealConfig { addr: raddr, weight, health });
                 }
             }
-            vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, reals });
+            let second_chance = self.second_chance_of(raw, proto, &field, p);
+            vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, second_chance, reals });
         }
         // A real has an id per VIP it serves (its connection entries name the VIP's real).
         let real_ids: usize = vips.iter().map(|v| v.reals.len()).sum();

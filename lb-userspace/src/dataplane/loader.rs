@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps, Real, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, MAX_REALS, MAX_RING_SIZE, MAX_VIPS, SLOTS_PER_ELEMENT, VIP_FILTER_BITS,
+    maps, PrevRing, Real, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, MAX_REALS, MAX_RING_SIZE, MAX_VIPS, SLOTS_PER_ELEMENT, VIP_FILTER_BITS,
 };
 
 use super::{
@@ -61,6 +61,8 @@ pub struct Programmed {
     pub filter: Vec<(u32, u64)>,
     /// The handoff address the pre-filter counts (zeroes: none).
     pub handoff_node: [u8; 16],
+    /// `VIP_PREV`'s nonzero entries (VIP index, previous ring).
+    pub prev_rings: Vec<(u32, PrevRing)>,
 }
 
 /// The loaded object and typed access to its maps.
@@ -199,6 +201,7 @@ impl Dataplane {
             vip_addrs: self.hash_entries(maps::VIP_ADDRS)?,
             filter: self.array_entries(maps::VIP_FILTER, VIP_FILTER_BITS / 64)?,
             handoff_node: self.handoff()?.node_addr,
+            prev_rings: self.array_entries(maps::VIP_PREV, MAX_VIPS)?,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use lb_common::{LbConfig, RateLimit, Real, VipKey, VipMeta};
+use lb_common::{LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta};
 
 use super::error::DataplaneError;
 
@@ -30,6 +30,8 @@ pub trait DataplaneOps {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// `VIP_GEN[index]`: connection entries of another generation of that index stop counting.
     fn set_vip_generation(&mut self, index: u32, generation: u32) -> Result<(), DataplaneError>;
+    /// `VIP_PREV[index]`: the VIP's previous ring for the second chance (all zeroes: none).
+    fn set_prev_ring(&mut self, index: u32, prev: &PrevRing) -> Result<(), DataplaneError>;
     /// `VIP_ADDRS[addr]`: how many VIPs the address has (0 removes the entry).
     fn set_vip_addr(&mut self, addr: &[u8; 16], vips: u32) -> Result<(), DataplaneError>;
     /// One 64-bit word of the `VIP_FILTER` pre-filter.

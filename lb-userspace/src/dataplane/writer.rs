@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    addr16, ip_of, maps, slot_place, ConnEntry, FlowKey, LbConfig, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT,
+    addr16, ip_of, maps, slot_place, ConnEntry, FlowKey, LbConfig, PrevRing, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT,
     HANDOFF_F_IPV6, MAX_PEERS,
 };
 
@@ -176,6 +176,10 @@ impl DataplaneOps for Dataplane {
 
     fn set_vip_generation(&mut self, index: u32, generation: u32) -> Result<()> {
         self.array::<u32>(maps::VIP_GEN)?.set(index, generation, 0).map_err(map_err(maps::VIP_GEN))
+    }
+
+    fn set_prev_ring(&mut self, index: u32, prev: &PrevRing) -> Result<()> {
+        self.array::<PrevRing>(maps::VIP_PREV)?.set(index, *prev, 0).map_err(map_err(maps::VIP_PREV))
     }
 
     fn set_vip_addr(&mut self, addr: &[u8; 16], vips: u32) -> Result<()> {

@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use lb_common::{addr16, limits, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SOURCE_AFFINITY};
+use lb_common::{addr16, limits, PrevRing, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY};
 
 use super::{
     entries::{lb_config, real_flags, vip_key},
@@ -19,6 +19,7 @@ use super::{
 use crate::{
     config::{Config, RealConfig, Vip, VipId},
     maglev::{build_table, MaglevReal},
+    dataplane::monotonic_ns,
     status::RebuildStats,
 };
 
@@ -69,6 +70,18 @@ impl VipState {
             draining: HashSet::new(),
         }
     }
+    /// `VipMeta::flags` of this VIP's config.
+    pub(super) fn flags(&self) -> u32 {
+        let affinity = if self.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
+        affinity | if self.config.second_chance.is_some() { VIP_F_SECOND_CHANCE } else { 0 }
+    }
+
+    /// The `VIPS` entry of the live ring with the config's flags (None: no ring yet).
+    pub(super) fn live_meta(&self) -> Option<VipMeta> {
+        let region = self.rings[self.active].as_ref()?.region;
+        (region.len > 0).then_some(VipMeta { flags: self.flags(), vip_index: self.index, ring_base: region.base, ring_size: region.len, generation: 0 })
+    }
+
     pub(super) fn is_up(&self, real: IpAddr) -> bool {
         self.up.get(&real).copied().unwrap_or(true)
     }
@@ -173,6 +186,12 @@ impl State {
         self.writes.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
         self.writes.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
         self.writes.write(Write::RateLimit(limits::ECHO, RateLimit::per_sec(config.forwarding.echo_per_sec)));
+        // Previous rings an earlier `lb` left point at slots this change may give other rings.
+        let owned: HashSet<u32> = self.vips.values().map(|v| v.index).collect();
+        let stale: Vec<u32> = self.writes.written.prev_rings.keys().filter(|i| !owned.contains(i)).copied().collect();
+        for index in stale {
+            self.writes.write(Write::PrevRing(index, PrevRing::default()));
+        }
         let wanted: HashSet<VipId> = config.vips.iter().map(|v| v.id).collect();
         // Indexes of VIPs going away stay taken in this change: no new VIP shares one with them.
         let mut indexes: BTreeSet<u32> = self.vips.values().map(|v| v.index).chain(self.recovered.values().map(|r| r.0)).collect();
@@ -222,6 +241,8 @@ impl State {
     pub(super) fn remove(&mut self, id: &VipId) -> Result<(), ReconcileError> {
         let Some(state) = self.vips.remove(id) else { return Ok(()) };
         self.writes.remove_vip(vip_key(id));
+        // Its rings' slots go back to the pool: no previous ring may point at them.
+        self.writes.write(Write::PrevRing(state.index, PrevRing::default()));
         for ring in state.rings.iter().flatten() {
             self.free_ring(ring);
         }
@@ -286,11 +307,20 @@ impl State {
         set_reals(self, true);
         let switch = self.plan_ring(id, maglev)?;
         let switched = switch.is_some();
-        if let Some(meta) = switch {
+        if let Some((meta, previous)) = switch {
             self.writes.write_vip(vip_key(id), meta);
+            // After the switch, the ring left behind gives the second chance its alternatives.
+            let window = self.vips.get(id).and_then(|s| s.config.second_chance);
+            if let (Some(window), Some(previous)) = (window, previous) {
+                let until_ns = monotonic_ns().saturating_add(window.as_nanos() as u64);
+                self.writes.write(Write::PrevRing(index, PrevRing { ring_base: previous.base, ring_size: previous.len, until_ns }));
+            }
             self.rebuilds.count += 1;
             self.rebuilds.last = started.elapsed();
             self.rebuilds.total += self.rebuilds.last;
+        } else if let Some(meta) = self.vips.get(id).and_then(|s| s.live_meta()) {
+            // The same ring, other flags (second chance or source affinity switched).
+            self.writes.write_vip(vip_key(id), meta);
         }
         // Down after the switch: the ring no longer holds it; its flows move on.
         set_reals(self, false);
@@ -298,8 +328,8 @@ impl State {
     }
 
     /// Builds the table of `maglev` and, if the live ring does not hold it, plans writing it into
-    /// the spare ring; returns the `VIPS` entry that switches to it.
-    pub(super) fn plan_ring(&mut self, id: &VipId, maglev: Vec<MaglevReal>) -> Result<Option<VipMeta>, ReconcileError> {
+    /// the spare ring; returns the `VIPS` entry that switches to it, and the ring it leaves.
+    pub(super) fn plan_ring(&mut self, id: &VipId, maglev: Vec<MaglevReal>) -> Result<Option<(VipMeta, Option<Region>)>, ReconcileError> {
         let ring_size = self.vips.get(id).expect("planned by the caller").config.ring_size;
         let input = (ring_size, maglev);
         if self.vips.get(id).and_then(|s| s.built_from.as_ref()) == Some(&input) {
@@ -313,7 +343,12 @@ impl State {
             return Ok(None);
         }
         let spare = 1 - state.active;
+        let previous = state.rings[state.active].as_ref().map(|r| r.region).filter(|r| r.len > 0);
+        let index = state.index;
         let old_spare = state.rings[spare].take();
+        // The spare ring is the previous one the second chance reads: forgotten before it is
+        // rewritten (a no-op when the VIP has none).
+        self.writes.write(Write::PrevRing(index, PrevRing::default()));
         // The spare ring must have this ring size (a VIP's ring_size may have changed).
         let ring = match old_spare {
             Some(ring) if ring.region.len == ring_size => ring,
@@ -354,14 +389,14 @@ impl State {
         };
         self.writes.plan.push((write, undo));
         let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
-        let flags = if state.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
-        let meta = VipMeta { flags, vip_index: state.index, ring_base: base, ring_size, generation: 0 };
+        let meta = VipMeta { flags: state.flags(), vip_index: state.index, ring_base: base, ring_size, generation: 0 };
         state.slots.clear();
         for &real in table.iter() {
             *state.slots.entry(real).or_default() += 1;
         }
         state.rings[spare] = Some(Ring { region: ring.region, table: Some(table) });
         state.active = spare;
-        Ok(Some(meta))
+        Ok(Some((meta, previous)))
     }
 }
+

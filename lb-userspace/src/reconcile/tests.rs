@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::{LbConfig, RateLimit, Real, VipKey, VipMeta, REAL_F_DOWN};
+use lb_common::{LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta, REAL_F_DOWN};
 
 use super::*;
 use crate::{
@@ -27,6 +27,7 @@ pub(crate) struct Fake {
     pub generations: HashMap<u32, u32>,
     pub vip_addrs: HashMap<[u8; 16], u32>,
     pub filter: HashMap<u32, u64>,
+    pub prev_rings: HashMap<u32, PrevRing>,
     pub slot_writes: usize,
     /// Writes attempted so far, and the one to fail.
     pub writes: usize,
@@ -130,6 +131,15 @@ impl DataplaneOps for Fake {
         match generation {
             0 => self.generations.remove(&index),
             g => self.generations.insert(index, g),
+        };
+        Ok(())
+    }
+    fn set_prev_ring(&mut self, index: u32, prev: &PrevRing) -> Result<(), DataplaneError> {
+        self.attempt(format!("prev ring {index} {}", prev.ring_size))?;
+        // An array map: zeroes are what an entry never written holds.
+        match *prev == PrevRing::default() {
+            true => self.prev_rings.remove(&index),
+            false => self.prev_rings.insert(index, *prev),
         };
         Ok(())
     }
@@ -273,6 +283,7 @@ fn recovery_keeps_indexes_ids_and_down_reals() {
         vip_addrs: fake.vip_addrs.iter().map(|(a, n)| (*a, *n)).collect(),
         filter: fake.filter.iter().map(|(w, b)| (*w, *b)).collect(),
         handoff_node: [0; 16],
+        prev_rings: fake.prev_rings.iter().map(|(i, p)| (*i, *p)).collect(),
     };
     let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), ..Fake::default() }, &programmed);
     second.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
@@ -519,4 +530,76 @@ fn handoff_and_next_hop_are_written_once_and_kept_on_failure() {
     assert!(r.set_next_hop([7; 6]).unwrap());
     assert_eq!(r.dp.config.unwrap().next_hop_mac, [7; 6]);
     assert_eq!(r.dp.config.unwrap().mtu, 1500, "the other settings stay");
+}
+
+#[test]
+fn a_second_chance_vip_keeps_its_previous_ring_until_its_slots_are_rewritten() {
+    let with = |reals: &[(&str, u32)], on: bool| {
+        let mut c = config(reals);
+        c.vips[0].second_chance = on.then(|| std::time::Duration::from_secs(600));
+        c
+    };
+    let (two, three) = ([("10.1.0.1", 1), ("10.1.0.2", 1)], [("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
+    let mut r = Reconciler::new(Fake::with_pool(100));
+    r.apply(&with(&two, true), [0; 6]).unwrap();
+    assert!(r.dataplane().prev_rings.is_empty(), "the first ring has no previous one");
+    let meta = *r.dataplane().vips.values().next().unwrap();
+    assert_eq!(meta.flags, lb_common::VIP_F_SECOND_CHANCE);
+    let first = r.dataplane().live().to_vec();
+
+    r.dp.log.clear();
+    r.apply(&with(&three, true), [0; 6]).unwrap();
+    let prev = r.dataplane().prev_rings[&meta.vip_index];
+    assert_eq!((prev.ring_base, prev.ring_size), (meta.ring_base, 13), "the ring left behind");
+    assert_eq!(&r.dataplane().pool[prev.ring_base as usize..][..13], &first[..], "and it still holds the first table");
+    let now = crate::dataplane::monotonic_ns();
+    assert!((now + 590_000_000_000..=now + 600_000_000_000).contains(&prev.until_ns), "600 s from now");
+    let log = r.dataplane().log.clone();
+    let switch = log.iter().position(|l| l.starts_with("switch to ring")).expect("a switch");
+    assert!(log[switch + 1..].contains(&"prev ring 0 13".to_string()), "set after the switch: {log:?}");
+
+    // The next change rewrites the first ring's slots: the previous ring is forgotten before.
+    r.dp.log.clear();
+    r.apply(&with(&two, true), [0; 6]).unwrap();
+    let log = r.dataplane().log.clone();
+    let (clear, write) = (log.iter().position(|l| l == "prev ring 0 0"), log.iter().position(|l| l.starts_with("ring at")));
+    assert!(clear.is_some() && clear < write, "cleared before the slots are written: {log:?}");
+    assert_eq!(r.dataplane().prev_rings[&meta.vip_index].ring_size, 13, "and set again after the switch");
+
+    // Switched off: the flag goes at once, though the ring stays; the next change keeps no ring.
+    r.apply(&with(&two, false), [0; 6]).unwrap();
+    assert_eq!(r.dataplane().vips.values().next().unwrap().flags, 0);
+    r.apply(&with(&three, false), [0; 6]).unwrap();
+    assert!(r.dataplane().prev_rings.is_empty(), "{:?}", r.dataplane().prev_rings);
+
+    // Removing the VIP frees its slots and forgets its previous ring.
+    r.apply(&with(&two, true), [0; 6]).unwrap();
+    assert_eq!(r.dataplane().prev_rings.len(), 1);
+    let mut empty = with(&two, true);
+    empty.vips.clear();
+    r.apply(&empty, [0; 6]).unwrap();
+    assert!(r.dataplane().prev_rings.is_empty());
+}
+
+#[test]
+fn previous_rings_an_earlier_lb_left_are_forgotten_at_the_first_change() {
+    let mut first = Reconciler::new(Fake::with_pool(100));
+    let mut c = config(&[("10.1.0.1", 1)]);
+    c.vips[0].second_chance = Some(std::time::Duration::from_secs(600));
+    first.apply(&c, [0; 6]).unwrap();
+    c.vips[0].reals.push(config(&[("10.1.0.2", 1)]).vips[0].reals[0].clone());
+    first.apply(&c, [0; 6]).unwrap();
+    let fake = first.dp;
+    assert_eq!(fake.prev_rings.len(), 1);
+    let programmed = Programmed {
+        vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(),
+        reals: fake.reals.iter().map(|(id, r)| (*id, *r)).collect(),
+        prev_rings: fake.prev_rings.iter().map(|(i, p)| (*i, *p)).collect(),
+        ..Programmed::default()
+    };
+    let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), prev_rings: fake.prev_rings.clone(), ..Fake::default() }, &programmed);
+    second.apply(&c, [0; 6]).unwrap();
+    let log = &second.dataplane().log;
+    let (clear, write) = (log.iter().position(|l| l == "prev ring 0 0"), log.iter().position(|l| l.starts_with("ring at")));
+    assert!(clear.is_some() && clear < write, "the pool's slots it names are not reserved: cleared first: {log:?}");
 }

@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{hash::addr_filter_bit, LbConfig, RateLimit, Real, VipKey, VipMeta};
+use lb_common::{hash::addr_filter_bit, LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta};
 
 use crate::dataplane::{DataplaneError, DataplaneOps, Handoff};
 
@@ -30,6 +30,8 @@ pub(super) enum Write {
     VipAddr([u8; 16], u32),
     /// `VIP_FILTER[word] = bits`.
     FilterWord(u32, u64),
+    /// `VIP_PREV[index] = previous ring` (all zeroes: none).
+    PrevRing(u32, PrevRing),
     /// Slots of the ring at pool slot `base` from `table`: every slot, or the `changed` ones
     /// (the table is the ring state's own, not a copy).
     RingSlots {
@@ -57,6 +59,7 @@ impl Write {
             Write::VipGeneration(index, generation) => dp.set_vip_generation(*index, *generation),
             Write::VipAddr(addr, vips) => dp.set_vip_addr(addr, *vips),
             Write::FilterWord(word, bits) => dp.set_filter_word(*word, *bits),
+            Write::PrevRing(index, prev) => dp.set_prev_ring(*index, prev),
             Write::RingSlots { base, table, changed: None } => {
                 dp.write_ring_slots(*base, table.iter().enumerate().map(|(slot, &real)| (slot as u32, real)))
             }
@@ -83,6 +86,8 @@ pub(super) struct Written {
     pub vip_addrs: imbl::HashMap<[u8; 16], u32>,
     /// `VIP_FILTER`'s nonzero words.
     pub filter: imbl::HashMap<u32, u64>,
+    /// `VIP_PREV`'s nonzero entries.
+    pub prev_rings: imbl::HashMap<u32, PrevRing>,
     pub handoff: Option<Handoff>,
     /// The handoff address the pre-filter counts (known after a restart, when `handoff` is not).
     pub handoff_node: Option<[u8; 16]>,
@@ -107,6 +112,8 @@ impl Written {
             vip_addrs: kept.vip_addrs,
             filter: kept.filter,
             handoff_node: kept.handoff_node,
+            // Kept so a later clear is written: a previous ring must never outlive its slots.
+            prev_rings: kept.prev_rings,
             ..Written::default()
         };
     }
@@ -163,6 +170,13 @@ impl Writes {
                     return false;
                 }
                 Some(Write::FilterWord(*word, old))
+            }
+            Write::PrevRing(index, prev) => {
+                let old = replace_or_remove(&mut w.prev_rings, *index, *prev);
+                if old == *prev {
+                    return false;
+                }
+                Some(Write::PrevRing(*index, old))
             }
             Write::Handoff(h) => match w.handoff.replace(h.clone()) {
                 Some(old) if old == *h => return false,
