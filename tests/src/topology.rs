@@ -135,6 +135,10 @@ impl Net {
         let router_xdp = router.run(|| {
             let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
             dp.attach(programs::PASS, "r-lb", AttachMode::Native).expect("attach pass stub");
+            // And from the backends, which send the second chance's forwards back with XDP_TX.
+            for i in 0..backends {
+                dp.attach(programs::PASS, &format!("r-b{i}"), AttachMode::Native).expect("attach pass stub");
+            }
             dp
         });
         let decaps =

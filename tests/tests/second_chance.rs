@@ -1,0 +1,435 @@
+//! The second chance at the backend (docs/second-chance.md): connections that outlive the
+//! balancer's connection table. The real `lb run` on the LB node, the real `lb backend` on each
+//! of four backends, kernel TCP between them. 200 long-lived client connections each exchange a
+//! line every 100 ms while the table is lost one of four ways, and then the VIP's ring changes:
+//!
+//! - (a) every entry purged, then a real added;
+//! - (b) a random-source flood of SYN-then-ACK pairs twenty times the table, and a real drained
+//!   during it;
+//! - (c) one spoofed SYN with an established connection's 5-tuple, then that connection's real
+//!   drained;
+//! - (d) `lb stop` and `lb run` with new maps, then a weight change.
+//!
+//! Each scenario runs for both families, with the second chance off and then on. Off, the
+//! connections the ring moved break (printed: the test tests something); on, none does, and the
+//! counters show the path: the balancer sent alternatives, a backend forwarded, another
+//! delivered what was forwarded.
+//!
+//! Where the clients pause ((a), (c), (d)) they pause between the table's loss and the ring's
+//! change: a connection's next packet would otherwise put its entry back (an unknown mid-flow
+//! packet is recorded) before the change, and nothing would be left to save.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lbd::{metric, LbDaemon},
+    netns::{enter_path, veth, End},
+    packet::Frame,
+    packetgen, require_root,
+    topology::{backend_addr, backend_addr6, who, Net, Servers, PORT, VIP, VIP6},
+};
+
+const CONNS: usize = 200;
+/// Three serve the VIP; (a) adds the fourth.
+const BACKENDS: usize = 4;
+const SERVING: usize = 3;
+const EXCHANGE_EVERY: Duration = Duration::from_millis(100);
+const DRIVERS: usize = 4;
+/// Small, so the flood of (b) turns it over many times a second.
+const TABLE: u32 = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn vip(self) -> &'static str {
+        match self {
+            Family::V4 => VIP,
+            Family::V6 => VIP6,
+        }
+    }
+
+    fn real(self, i: usize) -> String {
+        match self {
+            Family::V4 => backend_addr(i),
+            Family::V6 => backend_addr6(i),
+        }
+    }
+
+    fn service(self) -> SocketAddr {
+        SocketAddr::new(self.vip().parse().unwrap(), PORT)
+    }
+}
+
+fn config(family: Family, on: bool, reals: usize) -> String {
+    let mut c = format!(
+        "conn_table_size = {TABLE}\n[[interface]]\nname = \"lb0\"\n[[interface]]\nname = \"lb1\"\n\
+         [forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
+         [second_chance]\nenabled = {on}\n\
+         [[vip]]\nname = \"web\"\naddress = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\n",
+        family.vip()
+    );
+    for i in 0..reals {
+        c += &format!("[[vip.real]]\naddress = \"{}\"\n", family.real(i));
+    }
+    c
+}
+
+/// A client connection that exchanges lines, with a timeout long enough for a restart's gap.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    local: SocketAddr,
+    backend: usize,
+}
+
+impl Conn {
+    fn open(to: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let local = stream.local_addr().unwrap();
+        let mut c = Self { reader: BufReader::new(stream), local, backend: 0 };
+        c.backend = who(&c.exchange().expect("first exchange"));
+        c
+    }
+
+    fn exchange(&mut self) -> std::io::Result<String> {
+        self.reader.get_mut().write_all(b"ping\n")?;
+        let mut text = String::new();
+        if self.reader.read_line(&mut text)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        Ok(text)
+    }
+}
+
+/// The clients' exchanges, driven by a few threads; pausable as a whole or one connection.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    held: Arc<Vec<AtomicBool>>,
+    broken: Arc<Mutex<Vec<String>>>,
+    drivers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(conns: Vec<Conn>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let held: Arc<Vec<AtomicBool>> = Arc::new((0..conns.len()).map(|_| AtomicBool::new(false)).collect());
+        let broken = Arc::new(Mutex::new(Vec::new()));
+        let mut groups: Vec<Vec<(usize, Conn)>> = (0..DRIVERS).map(|_| Vec::new()).collect();
+        for (i, c) in conns.into_iter().enumerate() {
+            groups[i % DRIVERS].push((i, c));
+        }
+        let drivers = groups
+            .into_iter()
+            .map(|mut group| {
+                let (stop, paused, held, broken) = (stop.clone(), paused.clone(), held.clone(), broken.clone());
+                thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let tick = Instant::now();
+                        if !paused.load(Ordering::Relaxed) {
+                            group.retain_mut(|(i, c)| {
+                                if held[*i].load(Ordering::Relaxed) {
+                                    return true;
+                                }
+                                let why = match c.exchange() {
+                                    Ok(answer) if who(&answer) == c.backend => return true,
+                                    Ok(answer) => format!("moved: {}", answer.trim()),
+                                    Err(e) => e.to_string(),
+                                };
+                                broken.lock().unwrap().push(format!("{} (backend {}): {why}", c.local, c.backend));
+                                false
+                            });
+                        }
+                        thread::sleep(EXCHANGE_EVERY.saturating_sub(tick.elapsed()));
+                    }
+                })
+            })
+            .collect();
+        Self { stop, paused, held, broken, drivers }
+    }
+
+    /// Stops the exchanges and waits out the ones in flight.
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(400));
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    fn hold(&self, i: usize, held: bool) {
+        self.held[i].store(held, Ordering::Relaxed);
+        if held {
+            thread::sleep(Duration::from_millis(400));
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for d in self.drivers.drain(..) {
+            d.join().expect("driver");
+        }
+        std::mem::take(&mut *self.broken.lock().unwrap())
+    }
+}
+
+/// One site with `lb run` and a flood link, the line servers, and 200 connections.
+struct Site {
+    net: Net,
+    lb: LbDaemon,
+    _servers: Servers,
+    family: Family,
+    on: bool,
+}
+
+impl Site {
+    fn new(family: Family, on: bool) -> Self {
+        let net = Net::new(BACKENDS);
+        // The flood's (and the spoofed SYN's) own link into the LB node, as in flood_netns.rs: the
+        // clients' link is not what is tested.
+        veth(
+            End { ns: &net.router, dev: "r-flood", mac: "02:00:00:00:00:03", addrs: &["10.10.8.1/24"] },
+            End { ns: &net.lb, dev: "lb1", mac: "02:00:00:00:08:02", addrs: &["10.10.8.2/24"] },
+        );
+        let mut net = net;
+        let router_xdp = &mut net.router_xdp;
+        net.router.run(|| {
+            router_xdp.attach(lb_common::programs::PASS, "r-flood", lb_userspace::config::AttachMode::Native).expect("pass stub")
+        });
+        let servers = net.servers();
+        let lb = LbDaemon::start(&net.lb, &config(family, on, SERVING));
+        let site = Self { net, lb, _servers: servers, family, on };
+        site.wait_up(SERVING);
+        site
+    }
+
+    fn wait_up(&self, reals: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.lb.status();
+            if status[0].reals.len() == reals && status[0].reals.iter().all(|r| r.up) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "reals never came up: {status:?}\n{}", self.lb.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn connect(&self) -> Vec<Conn> {
+        let to = self.family.service();
+        self.net.client.run(|| (0..CONNS).map(|_| Conn::open(to)).collect())
+    }
+
+    fn lb_cli(&self, args: &[&str]) {
+        let out = self.lb.cli(args);
+        assert!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Frames from the router into the LB node's second interface.
+    fn send(&self, frames: &[Vec<u8>], count: usize, limit: Duration) -> packetgen::Sent {
+        let router = format!("/run/netns/{}", self.net.router.name);
+        let frames = frames.to_vec();
+        thread::spawn(move || {
+            enter_path(&router);
+            packetgen::send("r-flood", &frames, count, limit)
+        })
+        .join()
+        .expect("generator")
+    }
+
+    /// The balancer's alternatives sent, and the backends' forwards and second hops.
+    fn counters(&self) -> [u64; 3] {
+        let sent = metric(&self.lb.metrics(), "lb_xdp_events_total{event=\"second_chance_sent\"}") as u64;
+        let backends = |name: &str| self.net.decaps.iter().map(|d| d.counter(name)).sum::<u64>();
+        [sent, backends("second_chance_forwarded"), backends("second_chance_received")]
+    }
+
+    /// Prints and checks what a scenario did: off, something broke; on, nothing did, and the
+    /// path shows in the counters.
+    fn verdict(&self, scenario: &str, broken: &[String], must_break: Option<&str>) {
+        let [sent, forwarded, received] = self.counters();
+        let mode = if self.on { "on" } else { "off" };
+        println!(
+            "{scenario} {:?} second chance {mode}: {} of {CONNS} connections broken; alternatives sent {sent}, forwarded {forwarded}, \
+             delivered after a forward {received}",
+            self.family,
+            broken.len()
+        );
+        if self.on {
+            assert!(broken.is_empty(), "{scenario}: broken with the second chance on: {broken:#?}");
+            assert!(sent > 0 && forwarded > 0 && received > 0, "{scenario}: the second chance's path: {sent} {forwarded} {received}");
+        } else {
+            assert!(!broken.is_empty(), "{scenario}: nothing broke without the second chance: the scenario saves nothing to save");
+            if let Some(conn) = must_break {
+                assert!(broken.iter().any(|b| b.starts_with(conn)), "{scenario}: {conn} should have broken: {broken:#?}");
+            }
+            assert_eq!([sent, forwarded, received], [0; 3], "{scenario}: no second chance when it is off");
+        }
+    }
+}
+
+/// (a) Every entry purged while the clients are idle, then a fourth real added by a reload.
+fn table_wiped(family: Family, on: bool) {
+    let site = Site::new(family, on);
+    let traffic = Traffic::start(site.connect());
+    thread::sleep(Duration::from_secs(1));
+    traffic.pause();
+    for i in 0..SERVING {
+        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
+    }
+    std::fs::write(&site.lb.config, format!("instance = \"{}\"\n{}", site.lb.instance, config(family, on, BACKENDS))).unwrap();
+    site.lb_cli(&["reload"]);
+    site.wait_up(BACKENDS);
+    traffic.resume();
+    thread::sleep(Duration::from_secs(2));
+    site.verdict("(a) table wiped, real added", &traffic.finish(), None);
+}
+
+/// (b) A flood of spoofed SYN-then-ACK pairs (65,536 flows, 64 times the table) for 4 s; real 0
+/// drained 1.5 s into it. The clients never pause.
+fn handshake_flood(family: Family, on: bool) {
+    let site = Site::new(family, on);
+    let traffic = Traffic::start(site.connect());
+    thread::sleep(Duration::from_secs(1));
+    let frames = spoofed_pairs(family, 0x5eed_0000 + on as u64);
+    let drained = family.real(0);
+    let sent = thread::scope(|s| {
+        let flood = s.spawn(|| site.send(&frames, 3_000_000, Duration::from_secs(4)));
+        thread::sleep(Duration::from_millis(1500));
+        site.lb_cli(&["real", "drain", "web", &drained]);
+        flood.join().expect("flood")
+    });
+    println!("(b) {family:?}: flood of {} frames in {:.2?} ({} refused by the link)", sent.sent, sent.took, sent.refused);
+    thread::sleep(Duration::from_secs(1));
+    site.verdict("(b) handshake flood, real drained", &traffic.finish(), None);
+}
+
+/// 32,768 spoofed flows' SYN then ACK, from sources the router has no route back to.
+fn spoofed_pairs(family: Family, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut frames = Vec::new();
+    for _ in 0..32_768 {
+        let r = next();
+        let src = match family {
+            Family::V4 => std::net::Ipv4Addr::from(0x6440_0000 | (r as u32 & 0x003f_ffff)).to_string(),
+            Family::V6 => std::net::Ipv6Addr::new(0xfd00, 0x6440, 0, 0, 0, 0, (r >> 16) as u16, r as u16).to_string(),
+        };
+        let frame = Frame::tcp(&src, 1024 + (r >> 32) as u16 % 64_000, family.vip(), PORT);
+        frames.push(frame.clone().syn().build());
+        frames.push(frame.build());
+    }
+    frames
+}
+
+/// (c) A spoofed SYN carrying one established connection's 5-tuple (the connection idle), then
+/// its real drained.
+fn spoofed_syn(family: Family, on: bool) {
+    let site = Site::new(family, on);
+    let conns = site.connect();
+    let (victim, local) = conns.iter().enumerate().find(|(_, c)| c.backend == 0).map(|(i, c)| (i, c.local)).expect("a connection on real 0");
+    let traffic = Traffic::start(conns);
+    thread::sleep(Duration::from_secs(1));
+    traffic.hold(victim, true);
+    let client = local.ip().to_canonical().to_string();
+    let syn = Frame::tcp(&client, local.port(), family.vip(), PORT).syn().build();
+    site.send(&[syn], 1, Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(100));
+    site.lb_cli(&["real", "drain", "web", &family.real(0)]);
+    traffic.hold(victim, false);
+    thread::sleep(Duration::from_millis(1500));
+    site.verdict("(c) spoofed SYN, its real drained", &traffic.finish(), Some(&local.to_string()));
+}
+
+/// (d) `lb stop` and `lb run` afresh (new maps: an empty table), then real 1's weight raised.
+fn fresh_node(family: Family, on: bool) {
+    let mut site = Site::new(family, on);
+    let traffic = Traffic::start(site.connect());
+    thread::sleep(Duration::from_secs(1));
+    traffic.pause();
+    site.lb_cli(&["stop"]);
+    assert!(!lb_userspace::dataplane::pins::balancer(&site.lb.instance).exists(), "lb stop removes the pins: the next start is fresh");
+    site.lb.terminate();
+    site.lb.spawn();
+    site.wait_up(SERVING);
+    site.lb_cli(&["real", "set-weight", "web", &family.real(1), "3"]);
+    traffic.resume();
+    thread::sleep(Duration::from_secs(2));
+    site.verdict("(d) fresh node, weight changed", &traffic.finish(), None);
+}
+
+fn both_modes(scenario: fn(Family, bool), family: Family) {
+    let _serial = lb_tests::serial();
+    scenario(family, false);
+    scenario(family, true);
+}
+
+#[test]
+fn a_wiped_table_then_a_real_added_breaks_nothing_v4() {
+    require_root!();
+    both_modes(table_wiped, Family::V4);
+}
+
+#[test]
+fn a_wiped_table_then_a_real_added_breaks_nothing_v6() {
+    require_root!();
+    both_modes(table_wiped, Family::V6);
+}
+
+#[test]
+fn a_blind_handshake_flood_then_a_drain_breaks_nothing_v4() {
+    require_root!();
+    both_modes(handshake_flood, Family::V4);
+}
+
+#[test]
+fn a_blind_handshake_flood_then_a_drain_breaks_nothing_v6() {
+    require_root!();
+    both_modes(handshake_flood, Family::V6);
+}
+
+#[test]
+fn a_spoofed_syn_then_a_drain_breaks_nothing_v4() {
+    require_root!();
+    both_modes(spoofed_syn, Family::V4);
+}
+
+#[test]
+fn a_spoofed_syn_then_a_drain_breaks_nothing_v6() {
+    require_root!();
+    both_modes(spoofed_syn, Family::V6);
+}
+
+#[test]
+fn a_fresh_node_then_a_weight_change_breaks_nothing_v4() {
+    require_root!();
+    both_modes(fresh_node, Family::V4);
+}
+
+#[test]
+fn a_fresh_node_then_a_weight_change_breaks_nothing_v6() {
+    require_root!();
+    both_modes(fresh_node, Family::V6);
+}
