@@ -4,8 +4,8 @@
 //! line every 100 ms while the table is lost one of four ways, and then the VIP's ring changes:
 //!
 //! - (a) every entry purged, then a real added;
-//! - (b) a random-source flood of SYN-then-ACK pairs twenty times the table, and a real drained
-//!   during it;
+//! - (b) a random-source flood of handshakes (SYN, ACK, and one more ACK) 32 times the table,
+//!   and a real drained during it;
 //! - (c) one spoofed SYN with an established connection's 5-tuple, then that connection's real
 //!   drained;
 //! - (d) `lb stop` and `lb run` with new maps, then a weight change.
@@ -15,7 +15,7 @@
 //! counters show the path: the balancer sent alternatives, a backend forwarded, another
 //! delivered what was forwarded.
 //!
-//! Where the clients pause ((a), (c), (d)) they pause between the table's loss and the ring's
+//! Where the clients pause ((a), (b), (d); (c) holds one connection) they pause between the table's loss and the ring's
 //! change: a connection's next packet would otherwise put its entry back (an unknown mid-flow
 //! packet is recorded) before the change, and nothing would be left to save.
 
@@ -302,13 +302,17 @@ fn table_wiped(family: Family, on: bool) {
     site.verdict("(a) table wiped, real added", &traffic.finish(), None);
 }
 
-/// (b) A flood of spoofed SYN-then-ACK pairs (65,536 flows, 64 times the table) for 4 s; real 0
-/// drained 1.5 s into it. The clients never pause.
+/// (b) A flood of spoofed handshakes (32,768 flows, 32 times the table) for 4 s while the
+/// clients are idle; real 0 drained 1.5 s into it. Each spoofed flow is a SYN, its ACK and one
+/// more ACK: with the SYN and ACK alone, the kernel's LRU kept all 200 idle entries (new entries
+/// that are never hit again only evict each other), so the second ACK, which hits its entry,
+/// is what a flood needs to evict established flows.
 fn handshake_flood(family: Family, on: bool) {
     let site = Site::new(family, on);
     let traffic = Traffic::start(site.connect());
     thread::sleep(Duration::from_secs(1));
-    let frames = spoofed_pairs(family, 0x5eed_0000 + on as u64);
+    traffic.pause();
+    let frames = spoofed_flows(family, 0x5eed_0000 + on as u64, true);
     let drained = family.real(0);
     let sent = thread::scope(|s| {
         let flood = s.spawn(|| site.send(&frames, 3_000_000, Duration::from_secs(4)));
@@ -317,12 +321,14 @@ fn handshake_flood(family: Family, on: bool) {
         flood.join().expect("flood")
     });
     println!("(b) {family:?}: flood of {} frames in {:.2?} ({} refused by the link)", sent.sent, sent.took, sent.refused);
-    thread::sleep(Duration::from_secs(1));
+    traffic.resume();
+    thread::sleep(Duration::from_secs(2));
     site.verdict("(b) handshake flood, real drained", &traffic.finish(), None);
 }
 
-/// 32,768 spoofed flows' SYN then ACK, from sources the router has no route back to.
-fn spoofed_pairs(family: Family, seed: u64) -> Vec<Vec<u8>> {
+/// 32,768 spoofed flows' SYN then ACK (then one more ACK with `triples`), from sources the
+/// router has no route back to.
+fn spoofed_flows(family: Family, seed: u64, triples: bool) -> Vec<Vec<u8>> {
     let mut x = seed | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -340,6 +346,9 @@ fn spoofed_pairs(family: Family, seed: u64) -> Vec<Vec<u8>> {
         let frame = Frame::tcp(&src, 1024 + (r >> 32) as u16 % 64_000, family.vip(), PORT);
         frames.push(frame.clone().syn().build());
         frames.push(frame.build());
+        if triples {
+            frames.push(frame.build());
+        }
     }
     frames
 }
