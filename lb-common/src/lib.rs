@@ -220,6 +220,17 @@ pub struct Real {
 }
 const _: () = assert!(core::mem::size_of::<Real>() == 24);
 
+impl Real {
+    /// Whether a backend holding a packet for this real can forward it to `other` (the second
+    /// chance): programmed, not down (a failed real's connections are gone; forwarding would only
+    /// delay the client's reset), and of the same family (the backend rewrites the outer
+    /// destination only).
+    #[inline(always)]
+    pub fn can_forward_to(&self, other: &Real) -> bool {
+        other.addr != [0; 16] && other.flags & REAL_F_DOWN == 0 && (other.flags ^ self.flags) & REAL_F_IPV6 == 0
+    }
+}
+
 /// Key of the `CONNS` connection table: a flow as the client sent it (client -> VIP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -55,7 +55,7 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
         return None;
     }
     let mut alt_real_id = entry.alt_real_id();
-    if alt_real_id != 0 && !REALS.get(alt_real_id).is_some_and(|other| maglev::usable_alternative(real, other)) {
+    if alt_real_id != 0 && !REALS.get(alt_real_id).is_some_and(|other| real.can_forward_to(other)) {
         alt_real_id = 0;
     }
     let chosen = Chosen {

@@ -3,7 +3,7 @@
 //! connection tracking's business (`conntrack`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{slot_place, stats::Counter, Real, VipKey, VipMeta, REAL_F_DOWN, REAL_F_IPV6, VIP_F_SECOND_CHANCE};
+use lb_common::{slot_place, stats::Counter, VipKey, VipMeta, VIP_F_SECOND_CHANCE};
 
 use crate::maps::{MAGLEV, REALS, VIPS, VIP_PREV};
 
@@ -42,7 +42,7 @@ pub fn real_in_ring(meta: &VipMeta, ring_hash: u32) -> Result<u32, Counter> {
 
 /// The real of `ring_hash`'s slot in the VIP's previous ring, when the VIP has the second chance,
 /// that ring is still within its window, and it names another real than `real_id` that can take
-/// the packet from a backend (`usable_alternative`). 0: none.
+/// the packet from a backend (`Real::can_forward_to`). 0: none.
 #[inline(always)]
 pub fn alternative(meta: &VipMeta, ring_hash: u32, real_id: u32) -> u32 {
     if meta.flags & VIP_F_SECOND_CHANCE == 0 {
@@ -57,15 +57,7 @@ pub fn alternative(meta: &VipMeta, ring_hash: u32, real_id: u32) -> u32 {
     let Some(pair) = MAGLEV.get(element) else { return 0 };
     let alt = if place == 0 { pair[0] } else { pair[1] };
     match (REALS.get(real_id), REALS.get(alt)) {
-        (Some(real), Some(other)) if alt != real_id && usable_alternative(real, other) => alt,
+        (Some(real), Some(other)) if alt != real_id && real.can_forward_to(other) => alt,
         _ => 0,
     }
-}
-
-/// Whether a backend holding a packet for `real` can forward it to `other`: programmed, not
-/// down (a failed real's connections are gone; forwarding would only delay the client's reset),
-/// and of the same family (the backend rewrites the outer destination only).
-#[inline(always)]
-pub fn usable_alternative(real: &Real, other: &Real) -> bool {
-    other.addr != [0; 16] && other.flags & REAL_F_DOWN == 0 && (other.flags ^ real.flags) & REAL_F_IPV6 == 0
 }

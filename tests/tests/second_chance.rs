@@ -242,6 +242,17 @@ impl Site {
         assert!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// `lb flow --json` for the client connection from `local`: the alternative a mid-flow
+    /// packet the table does not hold carries, or (`entry`) the one its table entry carries.
+    fn flow_alternative(&self, local: SocketAddr, entry: bool) -> Option<String> {
+        let vip = self.family.service().to_string();
+        let out = self.lb.cli(&["flow", &local.to_string(), &vip, "tcp", "--json"]);
+        assert!(out.status.success(), "lb flow: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lb flow --json");
+        let at = if entry { "/entry/alternative" } else { "/second_chance/alternative" };
+        report.pointer(at).and_then(|a| a.as_str()).map(str::to_owned)
+    }
+
     /// Frames from the router into the LB node's second interface.
     fn send(&self, frames: &[Vec<u8>], count: usize, limit: Duration) -> packetgen::Sent {
         let router = format!("/run/netns/{}", self.net.router.name);
@@ -288,7 +299,9 @@ impl Site {
 /// (a) Every entry purged while the clients are idle, then a fourth real added by a reload.
 fn table_wiped(family: Family, on: bool) {
     let site = Site::new(family, on);
-    let traffic = Traffic::start(site.connect());
+    let conns = site.connect();
+    let clients: Vec<(SocketAddr, usize)> = conns.iter().map(|c| (c.local, c.backend)).collect();
+    let traffic = Traffic::start(conns);
     thread::sleep(Duration::from_secs(1));
     traffic.pause();
     for i in 0..SERVING {
@@ -297,8 +310,24 @@ fn table_wiped(family: Family, on: bool) {
     std::fs::write(&site.lb.config, format!("instance = \"{}\"\n{}", site.lb.instance, config(family, on, BACKENDS))).unwrap();
     site.lb_cli(&["reload"]);
     site.wait_up(BACKENDS);
+    // What `lb flow` says of the first 40 connections, idle and out of the table: with the
+    // second chance on, those the change moved carry their own real as the alternative.
+    let alternatives: Vec<(SocketAddr, usize, Option<String>)> =
+        clients.iter().take(40).map(|&(local, backend)| (local, backend, site.flow_alternative(local, false))).collect();
+    let moved = alternatives.iter().filter(|(_, _, alt)| alt.is_some()).count();
+    for (local, backend, alt) in &alternatives {
+        if let Some(alt) = alt {
+            assert_eq!(alt, &family.real(*backend), "{local}: the previous ring's real is the one it is on");
+        }
+    }
+    assert_eq!(moved > 0, on, "lb flow names alternatives only with the second chance on: {alternatives:?}");
     traffic.resume();
     thread::sleep(Duration::from_secs(2));
+    if on {
+        // Their next packets made entries that carry the alternative along.
+        let (local, backend, _) = alternatives.iter().find(|(_, _, alt)| alt.is_some()).expect("one moved");
+        assert_eq!(site.flow_alternative(*local, true), Some(family.real(*backend)), "{local}'s table entry");
+    }
     site.verdict("(a) table wiped, real added", &traffic.finish(), None);
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData};
-use lb_common::{maps, slot_place, ConnEntry, FlowKey, Handoff, Real, SlotPair, VipKey, VipMeta};
+use lb_common::{maps, slot_place, ConnEntry, FlowKey, Handoff, PrevRing, Real, SlotPair, VipKey, VipMeta};
 
 use super::error::{found, map_err, open_pinned, DataplaneError, Result};
 
@@ -19,6 +19,7 @@ pub struct LiveMaps {
     conns: HashMap<MapData, FlowKey, ConnEntry>,
     handoff: Array<MapData, Handoff>,
     peers: Array<MapData, [u8; 16]>,
+    prev_rings: Array<MapData, PrevRing>,
 }
 
 /// Keys of a connection table, counted by walking them (a key evicted mid-walk ends nothing).
@@ -37,6 +38,7 @@ impl LiveMaps {
             conns: open_pinned(pin_dir, maps::CONNS, Map::LruHashMap)?,
             handoff: open_pinned(pin_dir, maps::HANDOFF, Map::Array)?,
             peers: open_pinned(pin_dir, maps::PEERS, Map::Array)?,
+            prev_rings: open_pinned(pin_dir, maps::VIP_PREV, Map::Array)?,
         })
     }
 
@@ -52,6 +54,11 @@ impl LiveMaps {
 
     pub fn real(&self, id: u32) -> Result<Option<Real>> {
         found(maps::REALS, self.reals.get(&id, 0))
+    }
+
+    /// The VIP's previous ring for the second chance (`ring_size` 0: none).
+    pub fn prev_ring(&self, vip_index: u32) -> Result<PrevRing> {
+        self.prev_rings.get(&vip_index, 0).map_err(map_err(maps::VIP_PREV))
     }
 
     pub fn vip_generation(&self, vip_index: u32) -> Result<Option<u32>> {

@@ -17,7 +17,8 @@ use std::{
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    ConnEntry, FlowKey, VipKey, HANDOFF_F_IPV6, MAX_PEERS, REAL_F_DOWN, REAL_ID_PEER, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_F_DOWN, REAL_ID_PEER, VIP_F_SECOND_CHANCE,
+    VIP_F_SOURCE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,9 @@ pub struct TableEntry {
     pub vip_generation: u32,
     /// Why the data plane ignores it (None: it counts).
     pub ignored: Option<String>,
+    /// The real the flow's packets carry along (the second chance; None: none).
+    #[serde(default)]
+    pub alternative: Option<IpAddr>,
 }
 
 /// `lb flow`'s answer.
@@ -92,6 +96,21 @@ pub struct FlowReport {
     pub new_flow: Choice,
     /// TCP: where a mid-flow packet goes when the table does not know the flow.
     pub unknown_mid_flow: Option<Choice>,
+    /// The second chance, for a TCP VIP that has it (None: off).
+    #[serde(default)]
+    pub second_chance: Option<SecondChance>,
+}
+
+/// What the second chance does for a flow's mid-flow packets (`maglev::alternative` in the data
+/// plane).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecondChance {
+    /// The real a mid-flow packet the table does not hold carries along, for its backend to
+    /// forward to (None: no previous ring, past its window, the same real, or one that cannot
+    /// take it: down or of the other family).
+    pub alternative: Option<IpAddr>,
+    /// Seconds the VIP's previous ring still gives alternatives (None: it has none).
+    pub window_left_s: Option<u64>,
 }
 
 /// Works out `query`'s path through the data plane from the live maps; `status` names VIPs
@@ -116,6 +135,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
             now: not.clone(),
             new_flow: not,
             unknown_mid_flow: None,
+            second_chance: None,
         });
     };
     let vip = status.iter().find(|v| v.index == meta.vip_index);
@@ -151,8 +171,13 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
     };
     let tcp = query.proto == Proto::Tcp;
     let unknown_mid_flow = if tcp { Some(unknown_mid_flow(maps, &key, &new_flow)?) } else { None };
+    let second_chance = match (&new_flow, tcp && meta.flags & VIP_F_SECOND_CHANCE != 0) {
+        (Choice::Ring { slot, real_id, .. }, true) => Some(second_chance(maps, &meta, *slot, *real_id)?),
+        (_, true) => Some(SecondChance { alternative: None, window_left_s: None }),
+        (_, false) => None,
+    };
     let now = match &entry {
-        Some(TableEntry { real: Some(real), real_id, vip_generation, ignored: None }) => {
+        Some(TableEntry { real: Some(real), real_id, vip_generation, ignored: None, .. }) => {
             Choice::Table { real: *real, real_id: *real_id, vip_generation: *vip_generation }
         }
         // No entry, or one that does not count (an entry marking a peer's flow included: that
@@ -167,8 +192,30 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
         now,
         new_flow,
         unknown_mid_flow,
+        second_chance,
     })
 }
+
+/// The alternative a mid-flow packet in ring slot `slot` (live real `real_id`) carries.
+fn second_chance(maps: &LiveMaps, meta: &VipMeta, slot: u32, real_id: u32) -> Result<SecondChance, DataplaneError> {
+    let prev = maps.prev_ring(meta.vip_index)?;
+    let now = crate::dataplane::monotonic_ns();
+    if prev.ring_size == 0 || now >= prev.until_ns {
+        return Ok(SecondChance { alternative: None, window_left_s: None });
+    }
+    let window_left_s = Some((prev.until_ns - now) / 1_000_000_000);
+    // The data plane takes the same hash modulo the previous ring's size; sizes only differ
+    // when the VIP's ring_size changed.
+    let hash_slot = if prev.ring_size == meta.ring_size { slot } else { return Ok(SecondChance { alternative: None, window_left_s }) };
+    let alt = maps.ring_slot(prev.ring_base + hash_slot)?;
+    let usable = match (maps.real(real_id)?, maps.real(alt)?) {
+        (Some(real), Some(other)) => alt != real_id && real.can_forward_to(&other),
+        _ => false,
+    };
+    let alternative = if usable { maps.real(alt)?.map(|r| ip_of(r.addr)) } else { None };
+    Ok(SecondChance { alternative, window_left_s })
+}
+
 
 fn table_entry(maps: &LiveMaps, e: &ConnEntry) -> Result<TableEntry, DataplaneError> {
     let current = maps.vip_generation(e.vip_index())?;
@@ -184,7 +231,11 @@ fn table_entry(maps: &LiveMaps, e: &ConnEntry) -> Result<TableEntry, DataplaneEr
             Some(_) => None,
         }
     };
-    Ok(TableEntry { real: real.map(|r| ip_of(r.addr)), real_id: e.real_id, vip_generation: e.vip_generation, ignored })
+    let alternative = match e.alt_real_id() {
+        0 => None,
+        id => maps.real(id)?.map(|r| ip_of(r.addr)),
+    };
+    Ok(TableEntry { real: real.map(|r| ip_of(r.addr)), real_id: e.real_id, vip_generation: e.vip_generation, ignored, alternative })
 }
 
 /// A mid-flow TCP packet the table does not know: handed to a peer when handoff is on for its
@@ -232,12 +283,24 @@ impl fmt::Display for FlowReport {
                 let real =
                     e.real.map_or_else(|| if e.real_id == REAL_ID_PEER { "a peer site".into() } else { "-".into() }, |r| r.to_string());
                 let counts = e.ignored.as_deref().map_or_else(|| "counts".to_owned(), |why| format!("ignored: {why}"));
-                writeln!(f, "  table entry:       real {real} (id {}, VIP generation {}), {counts}", e.real_id, e.vip_generation)?
+                let alt = e.alternative.map_or_else(String::new, |a| format!(", alternative {a} (second chance)"));
+                writeln!(f, "  table entry:       real {real} (id {}, VIP generation {}){alt}, {counts}", e.real_id, e.vip_generation)?
             }
         }
         writeln!(f, "  a new connection:  {}", self.new_flow)?;
         if let Some(c) = &self.unknown_mid_flow {
             writeln!(f, "  mid-flow, unknown: {c}")?;
+        }
+        match &self.second_chance {
+            None => {}
+            Some(SecondChance { window_left_s: None, .. }) => writeln!(f, "  second chance:     on, no previous ring (no change since start, or past its window)")?,
+            Some(SecondChance { alternative: None, window_left_s: Some(left) }) => {
+                writeln!(f, "  second chance:     none for this flow: the previous ring names the same real, or one down or of the other family ({left} s of the window left)")?
+            }
+            Some(SecondChance { alternative: Some(alt), window_left_s: Some(left) }) => writeln!(
+                f,
+                "  second chance:     a mid-flow packet the table does not hold carries {alt}, the previous ring's real: the backend forwards it there if it has no socket for it ({left} s of the window left)"
+            )?,
         }
         Ok(())
     }
