@@ -322,7 +322,12 @@ fn table_wiped(family: Family, on: bool) {
     }
     assert_eq!(moved > 0, on, "lb flow names alternatives only with the second chance on: {alternatives:?}");
     traffic.resume();
-    thread::sleep(Duration::from_secs(2));
+    // The new real forwards every packet of the connections it was given and does not hold.
+    let doctor = site.lb.cli(&["doctor", "--window-ms", "1000"]);
+    let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    let flagged = format!("backend {}", family.real(SERVING));
+    assert_eq!(doctor.contains("backend_forwarding") && doctor.contains(&flagged), on, "lb doctor:\n{doctor}");
+    thread::sleep(Duration::from_secs(1));
     if on {
         // Their next packets made entries that carry the alternative along.
         let (local, backend, _) = alternatives.iter().find(|(_, _, alt)| alt.is_some()).expect("one moved");

@@ -83,6 +83,9 @@ pub struct RawSecondChance {
     pub enabled: Option<bool>,
     /// Seconds a VIP's previous ring gives alternatives after a change (default 600).
     pub window_s: Option<u32>,
+    /// The port of `lb backend`'s endpoint on every real, where `lb doctor` reads how much each
+    /// forwards (default 9180).
+    pub backend_port: Option<u16>,
 }
 
 /// Defaults, from bench-xdp on the test machine: a new flow (SYN and ACK) costs about 1.5 us of

@@ -110,6 +110,8 @@ pub struct Config {
     pub limits: Limits,
     pub instance: String,
     pub conn_table_size: u32,
+    /// `lb backend`'s endpoint port on the reals (`[second_chance] backend_port`).
+    pub backend_port: u16,
     /// Slots of the Maglev ring pool (`ring_pool_slots` when not configured).
     pub ring_slots: u32,
     pub interfaces: Vec<Interface>,

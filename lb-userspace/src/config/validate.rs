@@ -257,6 +257,7 @@ impl RawConfig {
             limits,
             instance: self.instance.clone(),
             conn_table_size: self.conn_table_size,
+            backend_port: self.second_chance.backend_port.unwrap_or(crate::backend::DEFAULT_PORT),
             ring_slots,
             interfaces: ifaces,
             forwarding: forwarding.expect("no problems"),

@@ -44,7 +44,14 @@ impl<D: DataplaneOps> Daemon<D> {
             latency,
             conn_table_size: self.config.conn_table_size,
         };
-        DoctorInputs { view, config_path: self.config_path.clone(), running: Box::new(self.file.clone()) }
+        let mut backends: Vec<std::net::SocketAddr> = Vec::new();
+        for real in self.config.vips.iter().filter(|v| v.second_chance.is_some()).flat_map(|v| &v.reals) {
+            let endpoint = std::net::SocketAddr::new(real.addr, self.config.backend_port);
+            if backends.len() < doctor::BACKENDS_SAMPLED && !backends.contains(&endpoint) {
+                backends.push(endpoint);
+            }
+        }
+        DoctorInputs { view, backends, config_path: self.config_path.clone(), running: Box::new(self.file.clone()) }
     }
 
     /// The control plane's side of a metrics scrape.

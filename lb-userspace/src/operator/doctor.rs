@@ -84,6 +84,9 @@ pub struct LoopView {
 #[derive(Debug)]
 pub struct DoctorInputs {
     pub view: LoopView,
+    /// `lb backend`'s endpoints on the reals of VIPs with the second chance (at most
+    /// `BACKENDS_SAMPLED`), whose forwards are sampled.
+    pub backends: Vec<std::net::SocketAddr>,
     pub config_path: PathBuf,
     pub running: Box<RawConfig>,
 }
@@ -98,7 +101,19 @@ pub struct Sampled {
     pub real_packets: HashMap<u32, u64>,
     pub conn_entries: usize,
     pub config_file: ConfigFile,
+    /// Of each backend sampled (the second chance), the tunnelled packets it took in the window
+    /// and how many of them it forwarded to their alternative real.
+    #[serde(default)]
+    pub backend_forwards: Vec<(IpAddr, u64, u64)>,
 }
+
+/// Backends `lb doctor` samples at most (the first reals of second-chance VIPs, in config order).
+pub const BACKENDS_SAMPLED: usize = 64;
+/// A backend forwarding this share of what it takes (with at least `FORWARD_MIN_PACKETS` in the
+/// window) is flagged: with the table intact a backend forwards only the packets of flows the
+/// table lost whose ring slot moved, next to nothing.
+pub const FORWARD_SHARE: f64 = 0.05;
+pub const FORWARD_MIN_PACKETS: u64 = 100;
 
 /// The config file now, against the config lb runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -304,6 +319,22 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
             add(Severity::Warning, "config_unreadable", "config file".into(), e.clone(), "A reload or restart would fail: fix the file.")
         }
     }
+    for &(backend, taken, forwarded) in &s.backend_forwards {
+        if taken >= FORWARD_MIN_PACKETS && forwarded as f64 >= taken as f64 * FORWARD_SHARE {
+            add(
+                Severity::Warning,
+                "backend_forwarding",
+                format!("backend {backend}"),
+                format!(
+                    "forwarded {forwarded} of the {taken} tunnelled packets it took ({:.0}%) to the previous ring's real: connections \
+                     are living on the second chance, so the connection table is losing flows",
+                    forwarded as f64 * 100.0 / taken as f64
+                ),
+                "Find what empties the table: a flood (lb_xdp_events_total{event=\"flow_unrecorded\"}, the table's fill here), a restart \
+                 with new maps, spoofed SYNs; `lb flows --real` shows what it holds. Past the window the connections it forwards break.",
+            );
+        }
+    }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
@@ -317,8 +348,10 @@ pub fn sample(
     inputs: &crate::operator::doctor::DoctorInputs,
 ) -> Result<Sampled, crate::dataplane::DataplaneError> {
     let (before, reals_before) = (counters.counters()?, counters.all_real_stats()?);
+    let backends_before = backend_counters(&inputs.backends);
     std::thread::sleep(window);
     let (after, reals_after) = (counters.counters()?, counters.all_real_stats()?);
+    let backends_after = backend_counters(&inputs.backends);
     let increase = after.iter().map(|(k, v)| (k.to_string(), v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
     let real_packets = reals_after
         .iter()
@@ -329,12 +362,47 @@ pub fn sample(
         .collect();
     // The whole table's keys.
     let conn_entries = live.read().unwrap_or_else(|p| p.into_inner()).conn_entries();
+    let backend_forwards = backends_after
+        .into_iter()
+        .filter_map(|(addr, after)| {
+            let before = backends_before.iter().find(|(a, _)| *a == addr)?.1?;
+            let after = after?;
+            Some((addr.ip(), after.0.saturating_sub(before.0), after.1.saturating_sub(before.1)))
+        })
+        .collect();
     let config_file = match crate::config::load_raw(&inputs.config_path) {
         Ok(raw) if raw == *inputs.running => ConfigFile::AsRunning,
         Ok(_) => ConfigFile::Changed,
         Err(e) => ConfigFile::Unreadable(format!("{e:#}")),
     };
-    Ok(Sampled { counters: after.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), increase, real_packets, conn_entries, config_file })
+    Ok(Sampled {
+        counters: after.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        increase,
+        real_packets,
+        conn_entries,
+        config_file,
+        backend_forwards,
+    })
+}
+
+/// Each backend endpoint's (taken, forwarded) tunnelled packets, from its /metrics, asked all at
+/// once with a second each (None: no answer).
+fn backend_counters(endpoints: &[std::net::SocketAddr]) -> Vec<(std::net::SocketAddr, Option<(u64, u64)>)> {
+    use crate::http::{request_blocking, Call, Endpoint};
+    let ask = |addr: std::net::SocketAddr| {
+        let call = Call { limit: std::time::Duration::from_secs(1), max_body: 1 << 20, ..Call::new("GET", "/metrics") };
+        let body = request_blocking(&Endpoint::Tcp(addr), call).ok().filter(|r| r.status == 200)?.body;
+        let count = |what: &str| {
+            let series = format!("lb_backend_packets_total{{what=\"{what}\"}} ");
+            body.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok())
+        };
+        let forwarded = count("second_chance_forwarded")?;
+        Some((count("decapsulated")? + forwarded, forwarded))
+    };
+    std::thread::scope(|s| {
+        let asked: Vec<_> = endpoints.iter().map(|&a| (a, s.spawn(move || ask(a)))).collect();
+        asked.into_iter().map(|(a, h)| (a, h.join().ok().flatten())).collect()
+    })
 }
 
 impl fmt::Display for Report {
@@ -427,6 +495,16 @@ mod tests {
                     v.status[0].announced = false;
                 }),
                 vec![(Severity::Critical, "vip_below_min_healthy"), (Severity::Warning, "real_down")],
+            ),
+            (
+                "a backend forwarding 5% of what it takes",
+                Box::new(|_, s| s.backend_forwards = vec![("10.0.0.1".parse().unwrap(), 1000, 50), ("10.0.0.2".parse().unwrap(), 1000, 49)]),
+                vec![(Severity::Warning, "backend_forwarding")],
+            ),
+            (
+                "a backend forwarding all of too few packets",
+                Box::new(|_, s| s.backend_forwards = vec![("10.0.0.1".parse().unwrap(), 99, 99)]),
+                vec![],
             ),
             (
                 "every up real drained",
