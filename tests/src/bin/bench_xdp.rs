@@ -15,7 +15,11 @@
 use std::sync::LazyLock;
 
 use anyhow::{ensure, Result};
-use lb_common::{programs, stats::Counter, FlowKey};
+use lb_common::{
+    programs,
+    stats::{Counter, DecapCounter},
+    FlowKey,
+};
 use lb_tests::{
     fixture::{flow_of, Balancer},
     packet::{ip, Frame},
@@ -58,6 +62,8 @@ enum Proof {
     ConnHits(u32),
     /// `VipStats::new_flows` of the VIP at this index (each flow's SYN and ACK both miss).
     NewFlows(u32),
+    /// A counter of the backend's program.
+    Decap(DecapCounter),
 }
 
 impl Proof {
@@ -65,6 +71,7 @@ impl Proof {
         Ok(match self {
             Proof::None => 0,
             Proof::Global(c) => dp.counter(c)?,
+            Proof::Decap(c) => dp.decap_counter(c)?,
             Proof::ConnHits(vip) => dp.vip_stats(vip)?.conn_hits,
             Proof::NewFlows(vip) => {
                 let s = dp.vip_stats(vip)?;
@@ -83,6 +90,8 @@ enum Input {
     /// The `n`th new flow of this case, from a source no earlier call used: its SYN, then its
     /// handshake's ACK, which records it. One "call" of the case is both, their times summed.
     NewFlow(fn(u32) -> Frame),
+    /// The `n`th flow's mid-flow packet, from a source no earlier call used: a miss every call.
+    Fresh(fn(u32) -> Frame),
 }
 
 struct Case {
@@ -118,6 +127,7 @@ impl Case {
                     let flow = make(self.calls);
                     vec![flow.clone().syn().build(), flow.build()]
                 }
+                Input::Fresh(make) => vec![make(self.calls).build()],
             };
             let mut ns = 0;
             for frame in &frames {
@@ -157,6 +167,43 @@ fn new_flow4(n: u32) -> Frame {
 
 fn new_flow6(n: u32) -> Frame {
     Frame::tcp(&format!("2001:db8:f::{:x}:{:x}", n >> 16, n & 0xffff), 40_000, VIP6, 80)
+}
+
+/// The `n`th unknown mid-flow IPv4 flow of the second-chance balancer.
+fn fresh_flow4(n: u32) -> Frame {
+    Frame::tcp(&std::net::Ipv4Addr::from(0x6440_0000 + n).to_string(), 40_002, VIP4, 80)
+}
+
+fn fresh_flow6(n: u32) -> Frame {
+    Frame::tcp(&format!("2001:db8:f::{:x}:{:x}", n >> 16, n & 0xffff), 40_002, VIP6, 80)
+}
+
+/// Reals of the second-chance balancer: the ring before its change (8 reals) and after (8 others).
+fn second_chance_reals(ipv6: bool, after: bool) -> Vec<String> {
+    let first = if after { 9 } else { 1 };
+    (first..first + 8).map(|i| if ipv6 { format!("fd00:1::{i:x}") } else { format!("10.1.0.{i}") }).collect()
+}
+
+/// A balancer whose two VIPs have the second chance and just changed rings completely (reals
+/// 1-8 drained, 9-16 added): every unknown mid-flow packet carries its previous real along.
+fn second_chance_balancer() -> Result<Balancer> {
+    let ring_slots = 4 * lb_common::DEFAULT_RING_SIZE;
+    let mut lb = Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: CONN_TABLE / 2, ring_slots });
+    for (vip, ipv6) in [(VIP4, false), (VIP6, true)] {
+        let (before, after) = (second_chance_reals(ipv6, false), second_chance_reals(ipv6, true));
+        let weights = |w_before, w_after| -> Vec<(&str, u32)> {
+            before.iter().map(|r| (r.as_str(), w_before)).chain(after.iter().map(|r| (r.as_str(), w_after))).collect()
+        };
+        let mut meta = lb.add_vip(vip, 80, 6, lb_common::VIP_F_SECOND_CHANCE, lb_common::DEFAULT_RING_SIZE, &weights(1, 0));
+        lb.set_reals(&mut meta, &weights(0, 1));
+    }
+    // As a backend of it: the reals after the change are local, the balancer's sources trusted.
+    let dp = lb.dp_mut();
+    let local: Vec<std::net::IpAddr> = second_chance_reals(false, true).iter().chain(&second_chance_reals(true, true)).map(|r| ip(r)).collect();
+    dp.set_decap_addrs(&local)?;
+    dp.set_decap_vips(&[ip(VIP4), ip(VIP6)])?;
+    dp.set_decap_sources(&[(ip("10.255.0.0"), 16), (ip("fd00:ffff::"), 96)])?;
+    Ok(lb)
 }
 
 fn weighted(reals: &[String]) -> Vec<(&str, u32)> {
@@ -232,6 +279,7 @@ fn main() -> Result<()> {
         balancer(others, None)?,
         balancer(0, Some(("10.20.9.2", ["10.20.1.2", "10.20.2.2"])))?,
         balancer(0, Some(("fd00:20:9::2", ["fd00:20:1::2", "fd00:20:2::2"])))?,
+        second_chance_balancer()?,
     ];
     let vip_addrs: Vec<String> = [VIP4.to_owned(), VIP6.to_owned()].into_iter().chain((0..others).map(other_vip)).collect();
     let (spread4, shared4) = non_vip_destinations(false, &vip_addrs);
@@ -242,6 +290,15 @@ fn main() -> Result<()> {
     );
     let (vip4_index, vip6_index) = (0, 1);
     let floor_fd = lbs[0].dp_mut().program_fd(programs::PASS)?;
+    let decap_fd = lbs[3].dp_mut().program_fd(programs::DECAP)?;
+    // What the balancer sends a real for an unknown mid-flow packet (far from the cases' flows):
+    // the backend's input, which it forwards to the previous real (no socket holds the flow).
+    let mut tunnelled = Vec::new();
+    for frame in [fresh_flow4(1 << 21), fresh_flow6(1 << 21)] {
+        let out = lbs[3].run(&frame.build());
+        ensure!(out.action == XDP_TX, "second chance not sent: {}", action_name(out.action));
+        tunnelled.push(out.data);
+    }
     let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp_mut().program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;
 
     let hit4 = Frame::tcp("192.0.2.1", 40_000, VIP4, 80);
@@ -276,6 +333,9 @@ fn main() -> Result<()> {
     let pass = Proof::Global(Counter::Pass);
     let echo = Proof::Global(Counter::IcmpEchoReplied);
     let sent = Proof::Global(Counter::HandoffSent);
+    let alternative = Proof::Global(Counter::SecondChanceSent);
+    let forwarded = Proof::Decap(DecapCounter::SecondChanceForwarded);
+    let (gue4, gue6) = (lb_common::second_chance::GUE4_OVERHEAD as usize, lb_common::second_chance::GUE6_OVERHEAD as usize);
     let mut cases = vec![
         case("empty program (floor)", 0, same(&hit4), XDP_PASS, 0, Proof::None, None),
         case("non-VIP pass, IPv4", 0, same(&other4), XDP_PASS, 0, pass, Some(TARGET_PASS)),
@@ -290,6 +350,10 @@ fn main() -> Result<()> {
         case("ICMP echo reply, IPv6", 0, same(&Frame::echo("2001:db8:c::1", VIP6)), XDP_TX, 0, echo, None),
         case("handoff send, IPv4", 1, same(&handoff4), XDP_TX, 20, sent, None),
         case("handoff send, IPv6", 2, same(&handoff6), XDP_TX, 40, sent, None),
+        case("miss with an alternative (second chance), IPv4", 3, Input::Fresh(fresh_flow4), XDP_TX, gue4, alternative, None),
+        case("miss with an alternative (second chance), IPv6", 3, Input::Fresh(fresh_flow6), XDP_TX, gue6, alternative, None),
+        Case { fd: decap_fd, ..case("backend forward (lb_decap), IPv4", 3, Input::Same(tunnelled[0].clone()), XDP_TX, 0, forwarded, None) },
+        Case { fd: decap_fd, ..case("backend forward (lb_decap), IPv6", 3, Input::Same(tunnelled[1].clone()), XDP_TX, 0, forwarded, None) },
     ];
     // `LB_BENCH_ONLY=a,b`: only the cases whose names contain one of these (and the floor).
     if let Ok(only) = std::env::var("LB_BENCH_ONLY") {
