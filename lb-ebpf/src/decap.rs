@@ -120,7 +120,17 @@ fn outer(ctx: &XdpContext, l2_len: usize, ether_type: u16) -> Result<Option<Oute
             udp = l2_len + ip_len;
             (ip_len + TUNNEL_LEN as usize, redirect::inner_protocol(ctx, l2_len + ip_len)?, DecapCounter::Gue)
         }
-        inner => (ip_len, inner, if !ipv6 { DecapCounter::Ipip } else if inner == IPPROTO_IPV6 { DecapCounter::Ip6ip6 } else { DecapCounter::Ip4in6 }),
+        inner => (
+            ip_len,
+            inner,
+            if !ipv6 {
+                DecapCounter::Ipip
+            } else if inner == IPPROTO_IPV6 {
+                DecapCounter::Ip6ip6
+            } else {
+                DecapCounter::Ip4in6
+            },
+        ),
     };
     let inner_type = if inner_proto == IPPROTO_IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
     Ok(Some(Outer { len, inner_type, tunnel, source, ipv6, udp }))

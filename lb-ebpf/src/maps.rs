@@ -9,9 +9,9 @@ use aya_ebpf::{
 use lb_common::{
     limits,
     stats::{Counter, DecapCounter},
-    CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, PrevRing, RateLimit, Real, RealStats, SlotPair, VipKey,
-    VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_SOURCES, MAX_DECAP_VIPS, MAX_PEERS, MAX_REALS, MAX_VIPS,
-    SYN_SEEN_SLOTS, VIP_FILTER_BITS,
+    CaptureCtl, CaptureMeta, CaptureState, ConnEntry, FlowKey, Handoff, LbConfig, LimitState, PrevRing, RateLimit, Real, RealStats,
+    SlotPair, VipKey, VipMeta, VipStats, DEFAULT_CONN_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_SOURCES, MAX_DECAP_VIPS, MAX_PEERS, MAX_REALS,
+    MAX_VIPS, SYN_SEEN_SLOTS, VIP_FILTER_BITS,
 };
 
 /// (address, port, protocol) -> the VIP's ring and flags.

@@ -210,9 +210,8 @@ impl Site {
         );
         let mut net = net;
         let router_xdp = &mut net.router_xdp;
-        net.router.run(|| {
-            router_xdp.attach(lb_common::programs::PASS, "r-flood", lb_userspace::config::AttachMode::Native).expect("pass stub")
-        });
+        net.router
+            .run(|| router_xdp.attach(lb_common::programs::PASS, "r-flood", lb_userspace::config::AttachMode::Native).expect("pass stub"));
         let servers = net.servers();
         let lb = LbDaemon::start(&net.lb, &config(family, on, SERVING));
         let site = Self { net, lb, _servers: servers, family, on };
@@ -392,7 +391,8 @@ fn spoofed_flows(family: Family, seed: u64, triples: bool) -> Vec<Vec<u8>> {
 fn spoofed_syn(family: Family, on: bool) {
     let site = Site::new(family, on);
     let conns = site.connect();
-    let (victim, local) = conns.iter().enumerate().find(|(_, c)| c.backend == 0).map(|(i, c)| (i, c.local)).expect("a connection on real 0");
+    let (victim, local) =
+        conns.iter().enumerate().find(|(_, c)| c.backend == 0).map(|(i, c)| (i, c.local)).expect("a connection on real 0");
     let traffic = Traffic::start(conns);
     thread::sleep(Duration::from_secs(1));
     traffic.hold(victim, true);

@@ -319,7 +319,11 @@ impl RawConfig {
     fn second_chance_of(&self, raw: &RawVip, proto: Proto, field: &str, p: &mut Problems) -> Option<Duration> {
         let window_s = raw.second_chance_window_s.or(self.second_chance.window_s).unwrap_or(second_chance::DEFAULT_WINDOW_S);
         if !(1..=MAX_SECOND_CHANCE_WINDOW_S).contains(&window_s) {
-            let at = if raw.second_chance_window_s.is_some() { format!("{field}.second_chance_window_s") } else { "second_chance.window_s".into() };
+            let at = if raw.second_chance_window_s.is_some() {
+                format!("{field}.second_chance_window_s")
+            } else {
+                "second_chance.window_s".into()
+            };
             p.add(at, format!("{window_s} is out of range 1 ..= {MAX_SECOND_CHANCE_WINDOW_S} seconds"));
         }
         match (raw.second_chance, proto) {
@@ -404,7 +408,15 @@ impl RawConfig {
                 }
             }
             let second_chance = self.second_chance_of(raw, proto, &field, p);
-            vips.push(Vip { name: raw.name.clone(), id, source_affinity: raw.source_affinity, ring_size, min_healthy, second_chance, reals });
+            vips.push(Vip {
+                name: raw.name.clone(),
+                id,
+                source_affinity: raw.source_affinity,
+                ring_size,
+                min_healthy,
+                second_chance,
+                reals,
+            });
         }
         // A real has an id per VIP it serves (its connection entries name the VIP's real).
         let real_ids: usize = vips.iter().map(|v| v.reals.len()).sum();

@@ -498,7 +498,9 @@ mod tests {
             ),
             (
                 "a backend forwarding 5% of what it takes",
-                Box::new(|_, s| s.backend_forwards = vec![("10.0.0.1".parse().unwrap(), 1000, 50), ("10.0.0.2".parse().unwrap(), 1000, 49)]),
+                Box::new(|_, s| {
+                    s.backend_forwards = vec![("10.0.0.1".parse().unwrap(), 1000, 50), ("10.0.0.2".parse().unwrap(), 1000, 49)]
+                }),
                 vec![(Severity::Warning, "backend_forwarding")],
             ),
             (

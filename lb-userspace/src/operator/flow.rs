@@ -17,8 +17,7 @@ use std::{
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_F_DOWN, REAL_ID_PEER, VIP_F_SECOND_CHANCE,
-    VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_F_DOWN, REAL_ID_PEER, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -215,7 +214,6 @@ fn second_chance(maps: &LiveMaps, meta: &VipMeta, slot: u32, real_id: u32) -> Re
     let alternative = if usable { maps.real(alt)?.map(|r| ip_of(r.addr)) } else { None };
     Ok(SecondChance { alternative, window_left_s })
 }
-
 
 fn table_entry(maps: &LiveMaps, e: &ConnEntry) -> Result<TableEntry, DataplaneError> {
     let current = maps.vip_generation(e.vip_index())?;

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     config::{Config, RealConfig, Vip, VipId},
-    maglev::{build_table, MaglevReal},
     dataplane::monotonic_ns,
+    maglev::{build_table, MaglevReal},
     status::RebuildStats,
 };
 
@@ -79,7 +79,13 @@ impl VipState {
     /// The `VIPS` entry of the live ring with the config's flags (None: no ring yet).
     pub(super) fn live_meta(&self) -> Option<VipMeta> {
         let region = self.rings[self.active].as_ref()?.region;
-        (region.len > 0).then_some(VipMeta { flags: self.flags(), vip_index: self.index, ring_base: region.base, ring_size: region.len, generation: 0 })
+        (region.len > 0).then_some(VipMeta {
+            flags: self.flags(),
+            vip_index: self.index,
+            ring_base: region.base,
+            ring_size: region.len,
+            generation: 0,
+        })
     }
 
     pub(super) fn is_up(&self, real: IpAddr) -> bool {
@@ -399,4 +405,3 @@ impl State {
         Ok(Some((meta, previous)))
     }
 }
-

@@ -597,7 +597,8 @@ fn previous_rings_an_earlier_lb_left_are_forgotten_at_the_first_change() {
         prev_rings: fake.prev_rings.iter().map(|(i, p)| (*i, *p)).collect(),
         ..Programmed::default()
     };
-    let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), prev_rings: fake.prev_rings.clone(), ..Fake::default() }, &programmed);
+    let mut second =
+        Reconciler::recover(Fake { pool: fake.pool.clone(), prev_rings: fake.prev_rings.clone(), ..Fake::default() }, &programmed);
     second.apply(&c, [0; 6]).unwrap();
     let log = &second.dataplane().log;
     let (clear, write) = (log.iter().position(|l| l == "prev ring 0 0"), log.iter().position(|l| l.starts_with("ring at")));

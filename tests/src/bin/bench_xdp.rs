@@ -199,7 +199,8 @@ fn second_chance_balancer() -> Result<Balancer> {
     }
     // As a backend of it: the reals after the change are local, the balancer's sources trusted.
     let dp = lb.dp_mut();
-    let local: Vec<std::net::IpAddr> = second_chance_reals(false, true).iter().chain(&second_chance_reals(true, true)).map(|r| ip(r)).collect();
+    let local: Vec<std::net::IpAddr> =
+        second_chance_reals(false, true).iter().chain(&second_chance_reals(true, true)).map(|r| ip(r)).collect();
     dp.set_decap_addrs(&local)?;
     dp.set_decap_vips(&[ip(VIP4), ip(VIP6)])?;
     dp.set_decap_sources(&[(ip("10.255.0.0"), 16), (ip("fd00:ffff::"), 96)])?;
