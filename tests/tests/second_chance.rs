@@ -74,6 +74,11 @@ impl Family {
 }
 
 fn config(family: Family, on: bool, reals: usize) -> String {
+    config_of(family, on, &(0..reals).collect::<Vec<_>>())
+}
+
+/// The config with the reals of these backends.
+fn config_of(family: Family, on: bool, reals: &[usize]) -> String {
     let mut c = format!(
         "conn_table_size = {TABLE}\n[[interface]]\nname = \"lb0\"\n[[interface]]\nname = \"lb1\"\n\
          [forwarding]\nnext_hop_mac = \"02:00:00:00:00:03\"\n\
@@ -82,7 +87,7 @@ fn config(family: Family, on: bool, reals: usize) -> String {
          [[vip]]\nname = \"web\"\naddress = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\n",
         family.vip()
     );
-    for i in 0..reals {
+    for &i in reals {
         c += &format!("[[vip.real]]\naddress = \"{}\"\n", family.real(i));
     }
     c
@@ -219,6 +224,13 @@ impl Site {
         site
     }
 
+    /// Rewrites the config file with the reals of these backends and reloads.
+    fn reload_with(&self, reals: &[usize]) {
+        std::fs::write(&self.lb.config, format!("instance = \"{}\"\n{}", self.lb.instance, config_of(self.family, self.on, reals))).unwrap();
+        self.lb_cli(&["reload"]);
+        self.wait_up(reals.len());
+    }
+
     fn wait_up(&self, reals: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -232,8 +244,12 @@ impl Site {
     }
 
     fn connect(&self) -> Vec<Conn> {
+        self.connect_n(CONNS)
+    }
+
+    fn connect_n(&self, n: usize) -> Vec<Conn> {
         let to = self.family.service();
-        self.net.client.run(|| (0..CONNS).map(|_| Conn::open(to)).collect())
+        self.net.client.run(|| (0..n).map(|_| Conn::open(to)).collect())
     }
 
     fn lb_cli(&self, args: &[&str]) {
@@ -306,9 +322,10 @@ fn table_wiped(family: Family, on: bool) {
     for i in 0..SERVING {
         site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
     }
-    std::fs::write(&site.lb.config, format!("instance = \"{}\"\n{}", site.lb.instance, config(family, on, BACKENDS))).unwrap();
-    site.lb_cli(&["reload"]);
-    site.wait_up(BACKENDS);
+    // The new real answers every handshake with a SYN cookie: the ACK that completes one comes
+    // with an alternative (its slot moved) and must be delivered on the cookie, not forwarded.
+    site.net.backends[SERVING].exec(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=2"]);
+    site.reload_with(&(0..BACKENDS).collect::<Vec<_>>());
     // What `lb flow` says of the first 40 connections, idle and out of the table: with the
     // second chance on, those the change moved carry their own real as the alternative.
     let alternatives: Vec<(SocketAddr, usize, Option<String>)> =
@@ -326,6 +343,19 @@ fn table_wiped(family: Family, on: bool) {
     let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned();
     let flagged = format!("backend {}", family.real(SERVING));
     assert_eq!(doctor.contains("backend_forwarding") && doctor.contains(&flagged), on, "lb doctor:\n{doctor}");
+    // New connections after the change: those on the new real complete on a cookie.
+    let mut fresh = site.connect_n(40);
+    for c in &mut fresh {
+        for _ in 0..3 {
+            let answer = c.exchange().expect("a new connection after the change");
+            assert_eq!(who(&answer), c.backend);
+        }
+    }
+    assert!(fresh.iter().any(|c| c.backend == SERVING), "some landed on the new real");
+    if on {
+        let delivered = site.net.decaps[SERVING].counter("second_chance_delivered");
+        assert!(delivered > 0, "the new real delivered alternatives it held the connection of (cookie ACKs included)");
+    }
     thread::sleep(Duration::from_secs(1));
     if on {
         // Their next packets made entries that carry the alternative along.
@@ -421,6 +451,91 @@ fn fresh_node(family: Family, on: bool) {
     traffic.resume();
     thread::sleep(Duration::from_secs(2));
     site.verdict("(d) fresh node, weight changed", &traffic.finish(), None);
+}
+
+/// Where the previous ring cannot help (second chance on): two changes while the clients are
+/// idle. Real 0 is drained (its connections move, and a few others: Maglev moves some slots
+/// beyond the drained real's), then real 1's weight is raised. One previous ring is kept, the
+/// one before the latest change, so a connection whose slot moved at the first change has lost
+/// its real: every connection of real 0 breaks, and none but those `lb flow` named an
+/// alternative for after the first change. With the clients exchanging lines between the
+/// changes, their entries carry the alternative, and nothing breaks.
+fn two_changes(family: Family, idle_between: bool) {
+    let site = Site::new(family, true);
+    let conns = site.connect();
+    let locals: Vec<SocketAddr> = conns.iter().map(|c| c.local).collect();
+    let on_real0: Vec<String> = conns.iter().filter(|c| c.backend == 0).map(|c| c.local.to_string()).collect();
+    let traffic = Traffic::start(conns);
+    thread::sleep(Duration::from_secs(1));
+    traffic.pause();
+    for i in 0..SERVING {
+        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
+    }
+    site.lb_cli(&["real", "drain", "web", &family.real(0)]);
+    let moved_at_first: Vec<String> =
+        locals.iter().filter(|&&l| site.flow_alternative(l, false).is_some()).map(|l| l.to_string()).collect();
+    if !idle_between {
+        traffic.resume();
+        thread::sleep(Duration::from_secs(1));
+        traffic.pause();
+    }
+    site.lb_cli(&["real", "set-weight", "web", &family.real(1), "3"]);
+    traffic.resume();
+    thread::sleep(Duration::from_secs(2));
+    let broken = traffic.finish();
+    let broken_at: Vec<String> = broken.iter().map(|b| b.split(' ').next().unwrap().to_owned()).collect();
+    println!(
+        "two changes {family:?}, clients {}: {} of {CONNS} broken; {} were on real 0, {} moved at the first change",
+        if idle_between { "idle between" } else { "busy between" },
+        broken.len(),
+        on_real0.len(),
+        moved_at_first.len()
+    );
+    if idle_between {
+        assert!(on_real0.iter().all(|c| broken_at.contains(c)), "every connection of real 0 breaks: {broken:#?}");
+        assert!(broken_at.iter().all(|c| moved_at_first.contains(c)), "only connections that moved at the first change: {broken:#?}");
+    } else {
+        assert!(broken.is_empty(), "{broken:#?}");
+    }
+}
+
+/// Where the previous ring cannot help: a real removed from the config (second chance on). Its
+/// id is retired (marked down), so it is no alternative; its connections break, as they do
+/// with the table intact. The others are untouched.
+fn real_removed(family: Family) {
+    let site = Site::new(family, true);
+    let conns = site.connect();
+    let mut on_real0: Vec<String> = conns.iter().filter(|c| c.backend == 0).map(|c| c.local.to_string()).collect();
+    let traffic = Traffic::start(conns);
+    thread::sleep(Duration::from_secs(1));
+    traffic.pause();
+    for i in 0..SERVING {
+        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
+    }
+    site.reload_with(&[1, 2]);
+    traffic.resume();
+    thread::sleep(Duration::from_secs(2));
+    let broken = traffic.finish();
+    let mut broken_at: Vec<String> = broken.iter().map(|b| b.split(' ').next().unwrap().to_owned()).collect();
+    broken_at.sort();
+    on_real0.sort();
+    println!("real removed {family:?}: {} of {CONNS} broken, {} were on it", broken.len(), on_real0.len());
+    assert_eq!(broken_at, on_real0, "the removed real's connections break, and only they");
+}
+
+#[test]
+fn two_changes_inside_the_window_lose_what_moved_at_the_first_unless_it_spoke_between() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    two_changes(Family::V4, true);
+    two_changes(Family::V4, false);
+}
+
+#[test]
+fn a_real_removed_from_the_config_is_no_alternative() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    real_removed(Family::V4);
 }
 
 fn both_modes(scenario: fn(Family, bool), family: Family) {
