@@ -245,7 +245,12 @@ fn second_chance_ipv6_in_gue_over_ipv6() {
 #[test]
 fn second_chance_ipv4_in_gue_over_ipv6() {
     require_root!();
-    second_chance_round_trip(Frame::tcp("192.0.2.1", 1234, "10.0.0.1", 80), "10.0.0.1", ["fd00:1::1", "fd00:1::2"], ["fd00:1::3", "fd00:1::4"]);
+    second_chance_round_trip(
+        Frame::tcp("192.0.2.1", 1234, "10.0.0.1", 80),
+        "10.0.0.1",
+        ["fd00:1::1", "fd00:1::2"],
+        ["fd00:1::3", "fd00:1::4"],
+    );
 }
 
 /// What the backend does not take: a GUE header that is not ours on the port (dropped,

@@ -224,9 +224,17 @@ impl Site {
         site
     }
 
+    /// Empties the connection table (every serving real's entries).
+    fn purge_table(&self) {
+        for i in 0..SERVING {
+            self.lb_cli(&["flows", "purge", "--real", &self.family.real(i)]);
+        }
+    }
+
     /// Rewrites the config file with the reals of these backends and reloads.
     fn reload_with(&self, reals: &[usize]) {
-        std::fs::write(&self.lb.config, format!("instance = \"{}\"\n{}", self.lb.instance, config_of(self.family, self.on, reals))).unwrap();
+        std::fs::write(&self.lb.config, format!("instance = \"{}\"\n{}", self.lb.instance, config_of(self.family, self.on, reals)))
+            .unwrap();
         self.lb_cli(&["reload"]);
         self.wait_up(reals.len());
     }
@@ -319,9 +327,7 @@ fn table_wiped(family: Family, on: bool) {
     let traffic = Traffic::start(conns);
     thread::sleep(Duration::from_secs(1));
     traffic.pause();
-    for i in 0..SERVING {
-        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
-    }
+    site.purge_table();
     // The new real answers every handshake with a SYN cookie: the ACK that completes one comes
     // with an alternative (its slot moved) and must be delivered on the cookie, not forwarded.
     site.net.backends[SERVING].exec(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=2"]);
@@ -468,9 +474,7 @@ fn two_changes(family: Family, idle_between: bool) {
     let traffic = Traffic::start(conns);
     thread::sleep(Duration::from_secs(1));
     traffic.pause();
-    for i in 0..SERVING {
-        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
-    }
+    site.purge_table();
     site.lb_cli(&["real", "drain", "web", &family.real(0)]);
     let moved_at_first: Vec<String> =
         locals.iter().filter(|&&l| site.flow_alternative(l, false).is_some()).map(|l| l.to_string()).collect();
@@ -483,7 +487,7 @@ fn two_changes(family: Family, idle_between: bool) {
     traffic.resume();
     thread::sleep(Duration::from_secs(2));
     let broken = traffic.finish();
-    let broken_at: Vec<String> = broken.iter().map(|b| b.split(' ').next().unwrap().to_owned()).collect();
+    let broken_at = locals_of(&broken);
     println!(
         "two changes {family:?}, clients {}: {} of {CONNS} broken; {} were on real 0, {} moved at the first change",
         if idle_between { "idle between" } else { "busy between" },
@@ -509,14 +513,12 @@ fn real_removed(family: Family) {
     let traffic = Traffic::start(conns);
     thread::sleep(Duration::from_secs(1));
     traffic.pause();
-    for i in 0..SERVING {
-        site.lb_cli(&["flows", "purge", "--real", &family.real(i)]);
-    }
+    site.purge_table();
     site.reload_with(&[1, 2]);
     traffic.resume();
     thread::sleep(Duration::from_secs(2));
     let broken = traffic.finish();
-    let mut broken_at: Vec<String> = broken.iter().map(|b| b.split(' ').next().unwrap().to_owned()).collect();
+    let mut broken_at = locals_of(&broken);
     broken_at.sort();
     on_real0.sort();
     println!("real removed {family:?}: {} of {CONNS} broken, {} were on it", broken.len(), on_real0.len());
@@ -536,6 +538,11 @@ fn a_real_removed_from_the_config_is_no_alternative() {
     require_root!();
     let _serial = lb_tests::serial();
     real_removed(Family::V4);
+}
+
+/// The client addresses of broken connections (each report starts with it).
+fn locals_of(broken: &[String]) -> Vec<String> {
+    broken.iter().map(|b| b.split(' ').next().unwrap_or_default().to_owned()).collect()
 }
 
 fn both_modes(scenario: fn(Family, bool), family: Family) {
