@@ -23,8 +23,9 @@ pub struct BackendDaemon {
 }
 
 impl BackendDaemon {
-    /// Starts `lb backend run` in `ns` for tunnels to `addrs` on `b0`, holding the harness VIPs;
-    /// returns once /healthz answers.
+    /// Starts `lb backend run` in `ns` for tunnels to `addrs` on `b0`, holding the harness VIPs,
+    /// its endpoint on both families (IPv6 reals are asked over IPv6); returns once /healthz
+    /// answers.
     pub fn start(ns: &NetNs, addrs: &[&str]) -> Self {
         let instance = format!("b{}-{}", std::process::id(), ns.name.rsplit('-').nth(1).unwrap_or("0"));
         let dir = std::env::temp_dir().join(format!("lbb-{instance}"));
@@ -32,7 +33,7 @@ impl BackendDaemon {
         let config = dir.join("backend.toml");
         let text = format!(
             "instance = \"{instance}\"\n[backend]\ninterface = [{{ name = \"b0\" }}]\naddresses = {addrs:?}\nvips = [\"{VIP}\", \"{VIP6}\"]\n\
-             [backend.health]\ndrain_file = \"{}\"\ninterval_ms = 200\n",
+             [backend.health]\ndrain_file = \"{}\"\ninterval_ms = 200\nlisten = \"[::]:9180\"\n",
             dir.join("drain").display()
         );
         std::fs::write(&config, text).expect("backend config");

@@ -349,6 +349,7 @@ fn table_wiped(family: Family, on: bool) {
     let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned();
     let flagged = format!("backend {}", family.real(SERVING));
     assert_eq!(doctor.contains("backend_forwarding") && doctor.contains(&flagged), on, "lb doctor:\n{doctor}");
+    assert!(!doctor.contains("backend_unread"), "every backend answered:\n{doctor}");
     // New connections after the change: those on the new real complete on a cookie.
     let mut fresh = site.connect_n(40);
     for c in &mut fresh {

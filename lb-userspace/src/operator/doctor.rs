@@ -105,6 +105,9 @@ pub struct Sampled {
     /// and how many of them it forwarded to their alternative real.
     #[serde(default)]
     pub backend_forwards: Vec<(IpAddr, u64, u64)>,
+    /// Backend endpoints that did not answer (their forwards are not known).
+    #[serde(default)]
+    pub backends_unread: Vec<std::net::SocketAddr>,
 }
 
 /// Backends `lb doctor` samples at most (the first reals of second-chance VIPs, in config order).
@@ -335,6 +338,17 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
             );
         }
     }
+    if !s.backends_unread.is_empty() {
+        let unread: Vec<String> = s.backends_unread.iter().map(|a| a.to_string()).collect();
+        add(
+            Severity::Info,
+            "backend_unread",
+            format!("{} backends", unread.len()),
+            format!("no /metrics from {}: how much they forward is not known", unread.join(", ")),
+            "Check that `lb backend` runs there and listens on that address (IPv6 reals: [backend.health] listen = \"[::]:9180\"), \
+             and that [second_chance] backend_port is its port.",
+        );
+    }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
@@ -362,6 +376,11 @@ pub fn sample(
         .collect();
     // The whole table's keys.
     let conn_entries = live.read().unwrap_or_else(|p| p.into_inner()).conn_entries();
+    let backends_unread = backends_after
+        .iter()
+        .filter(|(a, after)| after.is_none() || backends_before.iter().any(|(b, v)| b == a && v.is_none()))
+        .map(|(a, _)| *a)
+        .collect();
     let backend_forwards = backends_after
         .into_iter()
         .filter_map(|(addr, after)| {
@@ -382,6 +401,7 @@ pub fn sample(
         conn_entries,
         config_file,
         backend_forwards,
+        backends_unread,
     })
 }
 
@@ -502,6 +522,11 @@ mod tests {
                     s.backend_forwards = vec![("10.0.0.1".parse().unwrap(), 1000, 50), ("10.0.0.2".parse().unwrap(), 1000, 49)]
                 }),
                 vec![(Severity::Warning, "backend_forwarding")],
+            ),
+            (
+                "a backend that did not answer",
+                Box::new(|_, s| s.backends_unread = vec!["10.0.0.1:9180".parse().unwrap()]),
+                vec![(Severity::Info, "backend_unread")],
             ),
             (
                 "a backend forwarding all of too few packets",

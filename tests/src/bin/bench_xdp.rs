@@ -294,10 +294,14 @@ fn main() -> Result<()> {
     let decap_fd = lbs[3].dp_mut().program_fd(programs::DECAP)?;
     // What the balancer sends a real for an unknown mid-flow packet (far from the cases' flows):
     // the backend's input, which it forwards to the previous real (no socket holds the flow).
+    // Its first packet also makes the entry (with the alternative) the hit-with-alternative
+    // cases find.
     let mut tunnelled = Vec::new();
-    for frame in [fresh_flow4(1 << 21), fresh_flow6(1 << 21)] {
+    let (alt_hit4, alt_hit6) = (fresh_flow4(1 << 21), fresh_flow6(1 << 21));
+    for frame in [&alt_hit4, &alt_hit6] {
         let out = lbs[3].run(&frame.build());
         ensure!(out.action == XDP_TX, "second chance not sent: {}", action_name(out.action));
+        ensure!(lbs[3].dp().conn_real(&flow_of(frame))?.is_some(), "no entry made with the alternative");
         tunnelled.push(out.data);
     }
     let fds: Vec<i32> = lbs.iter_mut().map(|lb| lb.dp_mut().program_fd(programs::BALANCER)).collect::<Result<_, _>>()?;
@@ -353,6 +357,8 @@ fn main() -> Result<()> {
         case("handoff send, IPv6", 2, same(&handoff6), XDP_TX, 40, sent, None),
         case("miss with an alternative (second chance), IPv4", 3, Input::Fresh(fresh_flow4), XDP_TX, gue4, alternative, None),
         case("miss with an alternative (second chance), IPv6", 3, Input::Fresh(fresh_flow6), XDP_TX, gue6, alternative, None),
+        case("conn-table hit with an alternative, IPv4", 3, same(&alt_hit4), XDP_TX, gue4, Proof::ConnHits(vip4_index), None),
+        case("conn-table hit with an alternative, IPv6", 3, same(&alt_hit6), XDP_TX, gue6, Proof::ConnHits(vip6_index), None),
         Case { fd: decap_fd, ..case("backend forward (lb_decap), IPv4", 3, Input::Same(tunnelled[0].clone()), XDP_TX, 0, forwarded, None) },
         Case { fd: decap_fd, ..case("backend forward (lb_decap), IPv6", 3, Input::Same(tunnelled[1].clone()), XDP_TX, 0, forwarded, None) },
     ];
