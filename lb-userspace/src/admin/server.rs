@@ -199,7 +199,7 @@ async fn doctor(
     };
     let inputs = ask(&r.cmds, Command::Doctor).await?;
     let (sampled, inputs) =
-        blocking(move || crate::operator::doctor::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
+        blocking(move || crate::operator::evidence::sample(&r.counters, &r.live, window, &inputs).map(|s| (s, inputs))).await?;
     let findings = crate::operator::doctor::diagnose(&inputs.view, &sampled);
     Ok(Json(crate::operator::doctor::Report { findings, window_ms: window.as_millis() as u64 }))
 }
