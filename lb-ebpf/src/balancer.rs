@@ -17,11 +17,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{
-    second_chance::{GUE4_OVERHEAD, GUE6_OVERHEAD},
-    stats::Counter,
-    IP6_OVERHEAD, IPIP_OVERHEAD,
-};
+use lb_common::{second_chance::TUNNEL_LEN, stats::Counter};
 
 use crate::{
     capture,
@@ -151,12 +147,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     match encapsulated {
         // Too big for the tunnel: tell the client what fits (not about an ICMP error, though).
         Err(Counter::DropMtuExceeded) if arrival != Arrival::IcmpError => {
-            let overhead = match (scratch.outer.ipv6, alt_real_id != 0) {
-                (false, false) => IPIP_OVERHEAD,
-                (true, false) => IP6_OVERHEAD,
-                (false, true) => GUE4_OVERHEAD,
-                (true, true) => GUE6_OVERHEAD,
-            };
+            let overhead = scratch.outer.header_len() + if alt_real_id != 0 { TUNNEL_LEN } else { 0 };
             return icmp::too_big(ctx, l3, cfg.mtu - overhead).get();
         }
         done => done?,

@@ -54,10 +54,7 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
     if real.flags & REAL_F_DOWN != 0 {
         return None;
     }
-    let mut alt_real_id = entry.alt_real_id();
-    if alt_real_id != 0 && !REALS.get(alt_real_id).is_some_and(|other| real.can_forward_to(other)) {
-        alt_real_id = 0;
-    }
+    let alt_real_id = maglev::forwardable(real, entry.alt_real_id());
     let chosen = Chosen {
         real_id: entry.real_id,
         vip_index: entry.vip_index(),

@@ -33,6 +33,16 @@ fn host_mask(bits: u32) -> u32 {
 }
 
 impl Outer {
+    /// Bytes of the outer IP header.
+    #[inline(always)]
+    pub fn header_len(&self) -> u32 {
+        if self.ipv6 {
+            IP6_OVERHEAD
+        } else {
+            IPIP_OVERHEAD
+        }
+    }
+
     /// Toward `real`: the source's host bits and the IPv6 flow label carry the flow hash.
     #[inline(always)]
     pub fn to_real(real: &Real, cfg: &LbConfig, hash: u32) -> Self {
@@ -84,7 +94,7 @@ fn try_with_alternative(ctx: &XdpContext, l3: &L3, scratch: &Scratch, alt_real_i
     let outer = &scratch.outer;
     let alternative = REALS.get(alt_real_id).ok_or(Counter::DropNoReal)?.addr;
     let ip = push_headers(ctx, l3, outer, cfg, second_chance::TUNNEL_LEN, IPPROTO_UDP)?;
-    let outer_len = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD } as usize;
+    let outer_len = outer.header_len() as usize;
     let tunnel = Tunnel {
         // Entropy for the ECMP and RSS of the backend side (the client's port and address), kept
         // out of the well-known ports.
@@ -112,7 +122,7 @@ fn push_headers(ctx: &XdpContext, l3: &L3, outer: &Outer, cfg: &LbConfig, extra:
     if l3.ipv6 && !outer.ipv6 {
         return Err(Counter::DropFamilyMismatch);
     }
-    let overhead = if outer.ipv6 { IP6_OVERHEAD } else { IPIP_OVERHEAD } + extra;
+    let overhead = outer.header_len() + extra;
     if l3.ip_len + overhead > cfg.mtu {
         return Err(Counter::DropMtuExceeded);
     }

@@ -3,7 +3,7 @@
 //! connection tracking's business (`conntrack`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{slot_place, stats::Counter, VipKey, VipMeta, VIP_F_SECOND_CHANCE};
+use lb_common::{slot_place, stats::Counter, Real, VipKey, VipMeta, VIP_F_SECOND_CHANCE};
 
 use crate::maps::{MAGLEV, REALS, VIPS, VIP_PREV};
 
@@ -31,9 +31,7 @@ pub fn real_in_ring(meta: &VipMeta, ring_hash: u32) -> Result<u32, Counter> {
     if meta.ring_size == 0 {
         return Err(Counter::DropNoReal);
     }
-    let (element, place) = slot_place(meta.ring_base.wrapping_add(ring_hash % meta.ring_size));
-    let pair = MAGLEV.get(element).ok_or(Counter::DropNoReal)?;
-    let real_id = if place == 0 { pair[0] } else { pair[1] };
+    let real_id = slot(meta.ring_base, meta.ring_size, ring_hash).ok_or(Counter::DropNoReal)?;
     if real_id == 0 || REALS.get(real_id).is_none() {
         return Err(Counter::DropNoReal);
     }
@@ -53,11 +51,29 @@ pub fn alternative(meta: &VipMeta, ring_hash: u32, real_id: u32) -> u32 {
     if prev.ring_size == 0 || unsafe { bpf_ktime_get_ns() } >= prev.until_ns {
         return 0;
     }
-    let (element, place) = slot_place(prev.ring_base.wrapping_add(ring_hash % prev.ring_size));
-    let Some(pair) = MAGLEV.get(element) else { return 0 };
-    let alt = if place == 0 { pair[0] } else { pair[1] };
-    match (REALS.get(real_id), REALS.get(alt)) {
-        (Some(real), Some(other)) if alt != real_id && real.can_forward_to(other) => alt,
+    let Some(alt) = slot(prev.ring_base, prev.ring_size, ring_hash) else { return 0 };
+    match REALS.get(real_id) {
+        Some(real) if alt != real_id => forwardable(real, alt),
         _ => 0,
     }
+}
+
+/// `alt_real_id` if a backend holding a packet for `real` can forward it there
+/// (`Real::can_forward_to`), else 0 (0 stays 0).
+#[inline(always)]
+pub fn forwardable(real: &Real, alt_real_id: u32) -> u32 {
+    if alt_real_id != 0 && REALS.get(alt_real_id).is_some_and(|other| real.can_forward_to(other)) {
+        alt_real_id
+    } else {
+        0
+    }
+}
+
+/// The real id in slot `ring_hash % ring_size` of the ring at pool slot `ring_base` (`ring_size`
+/// nonzero).
+#[inline(always)]
+fn slot(ring_base: u32, ring_size: u32, ring_hash: u32) -> Option<u32> {
+    let (element, place) = slot_place(ring_base.wrapping_add(ring_hash % ring_size));
+    let pair = MAGLEV.get(element)?;
+    Some(if place == 0 { pair[0] } else { pair[1] })
 }

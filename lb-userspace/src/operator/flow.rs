@@ -207,11 +207,10 @@ fn second_chance(maps: &LiveMaps, meta: &VipMeta, slot: u32, real_id: u32) -> Re
     // when the VIP's ring_size changed.
     let hash_slot = if prev.ring_size == meta.ring_size { slot } else { return Ok(SecondChance { alternative: None, window_left_s }) };
     let alt = maps.ring_slot(prev.ring_base + hash_slot)?;
-    let usable = match (maps.real(real_id)?, maps.real(alt)?) {
-        (Some(real), Some(other)) => alt != real_id && real.can_forward_to(&other),
-        _ => false,
+    let alternative = match (maps.real(real_id)?, maps.real(alt)?) {
+        (Some(real), Some(other)) if alt != real_id && real.can_forward_to(&other) => Some(ip_of(other.addr)),
+        _ => None,
     };
-    let alternative = if usable { maps.real(alt)?.map(|r| ip_of(r.addr)) } else { None };
     Ok(SecondChance { alternative, window_left_s })
 }
 

@@ -395,13 +395,12 @@ impl State {
         };
         self.writes.plan.push((write, undo));
         let state = Arc::make_mut(self.vips.get_mut(id).expect("planned by the caller"));
-        let meta = VipMeta { flags: state.flags(), vip_index: state.index, ring_base: base, ring_size, generation: 0 };
         state.slots.clear();
         for &real in table.iter() {
             *state.slots.entry(real).or_default() += 1;
         }
         state.rings[spare] = Some(Ring { region: ring.region, table: Some(table) });
         state.active = spare;
-        Ok(Some((meta, previous)))
+        Ok(Some((state.live_meta().expect("the ring just planned"), previous)))
     }
 }
