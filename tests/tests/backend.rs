@@ -79,6 +79,9 @@ fn run_is_idempotent_a_restart_loses_no_packet_and_stop_puts_the_host_back() {
         let (n, slowest) = stream.join().expect("stream");
         (n, slowest, restart)
     });
+    // The connection's close (FIN, its last ACK) is still in flight when the stream ends: let it
+    // land before the two counters are read, or one side counts a packet the other has not yet.
+    std::thread::sleep(Duration::from_millis(300));
     let b = &site.net.decaps[0];
     let sent = site.balancer.dp().real_stats(real).unwrap().packets - sent_before;
     let stripped = b.counter("decapsulated") - stripped_before;
