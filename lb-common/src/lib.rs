@@ -79,7 +79,10 @@ pub mod maps {
     /// renamed): the version is in the pin's name, and `lb` recreates or refuses a pin of
     /// another version (see lb-userspace's `dataplane::layout`). Size changes are caught
     /// without a bump.
-    pub const LAYOUT_VERSIONS: &[(&str, u32)] = &[];
+    pub const LAYOUT_VERSIONS: &[(&str, u32)] = &[
+        // 2: a slot holds the hash's high bits and the SYN's real, not the whole hash.
+        (SYN_SEEN, 2),
+    ];
 
     /// The layout version of map `name`.
     pub fn layout_version(name: &str) -> u32 {
@@ -369,7 +372,9 @@ pub struct LimitState {
 }
 const _: () = assert!(core::mem::size_of::<LimitState>() == 16);
 
-/// Slots of `SYN_SEEN`, which remembers recent SYNs by flow hash (a power of two; 4 MiB). A
+/// Slots of `SYN_SEEN`, which remembers recent SYNs by flow hash, and the real each went to (a
+/// power of two; 4 MiB): slot `hash % SYN_SEEN_SLOTS` holds the hash's other bits and the real
+/// id (0: none), so a handshake's ACK goes to its SYN's real without the ring. A
 /// handshake's ACK misses its SYN when other SYNs overwrote the slot meanwhile, with probability
 /// about SYN rate x round trip / slots: 5% at 1 M SYNs/s and 50 ms.
 pub const SYN_SEEN_SLOTS: u32 = 1 << 20;

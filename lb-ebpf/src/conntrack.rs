@@ -8,7 +8,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
     limits,
     stats::Counter,
-    ConnEntry, FlowKey, Real, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, Real, MAX_REALS, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
 };
 
 use crate::{
@@ -92,12 +92,18 @@ pub fn new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival, out: &mut MaybeUnini
 fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Chosen>, Counter> {
     let meta = maglev::vip(&flow.dst, flow.dst_port_be.to_ne_bytes(), flow.proto).ok_or(Counter::Pass)?;
     let hash = flow_hash(flow);
+    let is_syn = *arrival == Arrival::Client(ClientPacket::Syn);
+    // The real this flow's SYN went to, if one came here lately and no packet recorded it yet.
+    let syn_real = match arrival {
+        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff => real_of_syn(hash),
+        _ => 0,
+    };
     let mut unknown_mid_flow = false;
     let record = match arrival {
         Arrival::Client(ClientPacket::Syn) => {
-            // Remembered: its ACK will be recorded. An entry an earlier connection on this
-            // 5-tuple left goes now (a lookup first: a delete costs more, and is rare).
-            remember_syn(hash, hash);
+            // Remembered below, with its real: its ACK will be recorded. An entry an earlier
+            // connection on this 5-tuple left goes now (a lookup first: a delete costs more,
+            // and is rare).
             // SAFETY: the value is only tested for presence.
             if unsafe { CONNS.get(flow) }.is_some() {
                 let _ = CONNS.remove(flow);
@@ -106,7 +112,7 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
         }
         // The handshake's ACK (or a later packet) of a connection whose SYN came here, straight
         // or (after a route change) through a peer. Its entry replaces the SYN's memory.
-        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if saw_syn(hash) => {
+        Arrival::Client(ClientPacket::MidFlow) | Arrival::Handoff if syn_real != 0 => {
             remember_syn(hash, 0);
             true
         }
@@ -138,7 +144,12 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
         _ => true,
     };
     let ring_hash = if meta.flags & VIP_F_SOURCE_AFFINITY != 0 { source_hash(&flow.src) } else { hash };
-    let real_id = maglev::real_in_ring(meta, ring_hash)?;
+    // A handshake's ACK goes where its SYN went, without the ring: the same real even when the
+    // ring changed between the two (unless that real went down meanwhile).
+    let real_id = if syn_real != 0 && usable(syn_real) { syn_real } else { maglev::real_in_ring(meta, ring_hash)? };
+    if is_syn {
+        remember_syn(hash, real_id);
+    }
     // The second chance: a TCP packet that does not start a connection may belong to one the
     // previous ring placed. Recorded with the flow, so it outlives the ring's window.
     let mid_flow_tcp = flow.proto == IPPROTO_TCP && !matches!(arrival, Arrival::Client(ClientPacket::Syn) | Arrival::IcmpError);
@@ -159,19 +170,33 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
     Ok(Some(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow, alt_real_id }))
 }
 
-/// Writes `value` into the `SYN_SEEN` slot of the flow with `hash`: the hash remembers a
-/// client's SYN, 0 forgets it (a flow hash of 0 is never remembered then: at worst its ACK takes
-/// the unknown-flow path).
+/// The bits of a flow hash that `SYN_SEEN` keeps beside the real: the rest are the slot's index,
+/// so slot and tag together check all 32 bits of the hash.
+const SYN_TAG: u32 = !(SYN_SEEN_SLOTS - 1);
+const _: () = assert!(SYN_SEEN_SLOTS.is_power_of_two() && MAX_REALS <= SYN_SEEN_SLOTS);
+
+/// Remembers in `SYN_SEEN` that the flow with `hash` had a SYN sent to `real_id`; 0 forgets it.
 #[inline(always)]
-fn remember_syn(hash: u32, value: u32) {
-    if let Some(slot) = SYN_SEEN.get_ptr_mut(hash % SYN_SEEN_SLOTS) {
+fn remember_syn(hash: u32, real_id: u32) {
+    if let Some(slot) = SYN_SEEN.get_ptr_mut(hash & !SYN_TAG) {
+        let value = if real_id == 0 { 0 } else { hash & SYN_TAG | real_id };
         // SAFETY: an aligned u32 in map memory; a racing writer on another CPU only replaces it.
         unsafe { *slot = value };
     }
 }
 
-/// Whether the flow with `hash` had a SYN here lately that no packet recorded yet.
+/// The real the flow with `hash` had its SYN sent to here lately, if no packet recorded the
+/// flow since (0: none, or another SYN took the slot).
 #[inline(always)]
-fn saw_syn(hash: u32) -> bool {
-    hash != 0 && SYN_SEEN.get(hash % SYN_SEEN_SLOTS).is_some_and(|&seen| seen == hash)
+fn real_of_syn(hash: u32) -> u32 {
+    match SYN_SEEN.get(hash & !SYN_TAG) {
+        Some(&seen) if seen & SYN_TAG == hash & SYN_TAG => seen & !SYN_TAG,
+        _ => 0,
+    }
+}
+
+/// Whether `real_id` can still take a handshake its SYN started: configured and not down.
+#[inline(always)]
+fn usable(real_id: u32) -> bool {
+    REALS.get(real_id).is_some_and(|real| real.flags & REAL_F_DOWN == 0)
 }

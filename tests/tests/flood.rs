@@ -179,3 +179,24 @@ fn without_peers_a_flood_of_spoofed_acks_leaves_the_insert_budget_to_handshakes(
     }
     assert_eq!(lb.dp().counter(Counter::FlowUnrecorded).unwrap(), 45);
 }
+
+#[test]
+fn a_handshake_ack_follows_its_syn_when_the_ring_changed_between_them() {
+    require_root!();
+    let (mut lb, mut vip) = balancer(false);
+    let a = Frame::tcp("192.0.2.1", 40_000, "10.0.0.1", 80);
+    let syn = a.clone().syn();
+    let first = lb.expected_real(&vip, &syn);
+    encapsulated_to(&lb.run(&syn.build()), &syn.build(), 14, first);
+    // The SYN's real drained before its ACK: the ring now names another one.
+    let drained: Vec<(&str, u32)> = REALS4.iter().map(|&(r, w)| (r, if ip(r) == first { 0 } else { w })).collect();
+    lb.set_reals(&mut vip, &drained);
+    assert_ne!(lb.expected_real(&vip, &a), first, "the ring moved the flow");
+    encapsulated_to(&lb.run(&a.build()), &a.build(), 14, first);
+    assert_eq!(lb.dp_conn_real(&a), Some(first), "recorded with its SYN's real");
+    // A new handshake after the change follows the new ring.
+    let b = Frame::tcp("192.0.2.1", 40_001, "10.0.0.1", 80);
+    lb.run(&b.clone().syn().build());
+    lb.run(&b.build());
+    assert_eq!(lb.dp_conn_real(&b), Some(lb.expected_real(&vip, &b)));
+}

@@ -119,6 +119,9 @@ struct Case {
     calls: u32,
     /// Per round: mean kernel ns per call.
     rounds: Vec<f64>,
+    /// Per round, for a case of two packets (a new flow): the mean of each packet's own call, so
+    /// the SYN's and the ACK's shares show.
+    by_packet: [Vec<f64>; 2],
     /// Every call's kernel ns.
     each: Vec<u32>,
 }
@@ -129,6 +132,7 @@ impl Case {
         let dp = lbs[self.lb].dp();
         let before = self.proof.read(dp)?;
         let mut total = 0u64;
+        let mut packet_totals = [0u64; 2];
         for _ in 0..*CALLS {
             let frames = match &self.input {
                 Input::Same(frame) => vec![frame.clone()],
@@ -140,7 +144,7 @@ impl Case {
                 Input::Fresh(make) => vec![make(self.calls).build()],
             };
             let mut ns = 0;
-            for frame in &frames {
+            for (i, frame) in frames.iter().enumerate() {
                 let out = test_run::run(self.fd, frame, 1)?;
                 ensure!(
                     out.action == self.action && out.data.len() == frame.len() + self.grows,
@@ -151,6 +155,7 @@ impl Case {
                     frame.len()
                 );
                 ns += out.duration_ns;
+                packet_totals[i] += out.duration_ns as u64;
             }
             total += ns as u64;
             self.each.push(ns);
@@ -161,6 +166,11 @@ impl Case {
             ensure!(counted == *CALLS as u64, "{}: the program counted {counted} of {} calls on this path", self.name, *CALLS);
         }
         self.rounds.push(total as f64 / *CALLS as f64);
+        if matches!(self.input, Input::NewFlow(_)) {
+            for (rounds, t) in self.by_packet.iter_mut().zip(packet_totals) {
+                rounds.push(t as f64 / *CALLS as f64);
+            }
+        }
         Ok(())
     }
 }
@@ -334,6 +344,7 @@ fn main() -> Result<()> {
         target,
         calls: 0,
         rounds: Vec::new(),
+        by_packet: [Vec::new(), Vec::new()],
         each: Vec::new(),
     };
     let same = |f: &Frame| Input::Same(f.build());
@@ -426,6 +437,15 @@ fn main() -> Result<()> {
             r[*ROUNDS - 1],
             median - calls * floor
         );
+    }
+    let two_packets: Vec<&Case> = cases.iter().filter(|c| matches!(c.input, Input::NewFlow(_))).collect();
+    if !two_packets.is_empty() {
+        println!("\n| new flow, by packet | SYN ns (median of rounds) | ACK ns (median of rounds) | SYN above floor | ACK above floor |");
+        println!("|---|---:|---:|---:|---:|");
+        for c in two_packets {
+            let [syn, ack] = [0, 1].map(|i| sorted(c.by_packet[i].clone())[*ROUNDS / 2]);
+            println!("| {} | {syn:.1} | {ack:.1} | {:.1} | {:.1} |", c.name, syn - floor, ack - floor);
+        }
     }
     if !new_flows.is_empty() {
         println!("\nconnection table of {CONN_TABLE} entries; inserted {}; none evicted", new_flows.join(", "));
