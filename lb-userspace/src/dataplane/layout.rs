@@ -4,7 +4,7 @@
 //! A map's layout is its kind, key and value sizes, flags and (for most maps) entries, as the
 //! kernel reports them, plus a version (`lb_common::maps::layout_version`) bumped when the
 //! meaning of its bytes changes at the same sizes. The version is part of the pin's name
-//! (`maps/NAME` for version 1, `maps/NAME.vN` after), so an older `lb`'s pin is never mistaken
+//! (`maps/NAME` for version 1, `maps/NAME_vN` after: bpffs refuses names with a dot), so an older `lb`'s pin is never mistaken
 //! for a newer one. A pin of another layout is:
 //! - recreated, for maps whose contents are counters or are written again from the config at
 //!   every start (the counters restart at zero);
@@ -59,7 +59,7 @@ pub enum Verdict {
 pub fn pin_path(maps_dir: &Path, name: &str) -> PathBuf {
     match maps::layout_version(name) {
         1 => maps_dir.join(name),
-        v => maps_dir.join(format!("{name}.v{v}")),
+        v => maps_dir.join(format!("{name}_v{v}")),
     }
 }
 
@@ -72,7 +72,7 @@ fn pins_of(maps_dir: &Path, name: &str) -> Vec<(u32, PathBuf)> {
             let file = e.file_name().into_string().ok()?;
             let version = match file.strip_prefix(name)? {
                 "" => 1,
-                rest => rest.strip_prefix(".v")?.parse().ok()?,
+                rest => rest.strip_prefix("_v")?.parse().ok()?,
             };
             Some((version, e.path()))
         })
@@ -202,12 +202,14 @@ mod tests {
     fn pins_carry_their_version_in_the_name() {
         let dir = std::env::temp_dir().join(format!("lb-layout-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for file in ["STATS", "STATS.v3", "STATS_OTHER", "VIPS"] {
+        for file in ["STATS", "STATS_v3", "STATS_OTHER", "VIPS"] {
             std::fs::write(dir.join(file), "").unwrap();
         }
         let versions: Vec<u32> = pins_of(&dir, "STATS").into_iter().map(|(v, _)| v).collect();
         assert_eq!(versions, [1, 3]);
         assert_eq!(pin_path(&dir, maps::STATS), dir.join("STATS"), "version 1 keeps the name earlier lbs used");
+        // No dot: bpffs refuses to pin a name with one (EPERM).
+        assert_eq!(pin_path(&dir, maps::SYN_SEEN), dir.join("SYN_SEEN_v2"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
