@@ -224,13 +224,19 @@ pub struct Real {
 const _: () = assert!(core::mem::size_of::<Real>() == 24);
 
 impl Real {
+    /// Whether its health checks failed: no packet goes to it, whatever the table or a SYN says.
+    #[inline(always)]
+    pub fn is_down(&self) -> bool {
+        self.flags & REAL_F_DOWN != 0
+    }
+
     /// Whether a backend holding a packet for this real can forward it to `other` (the second
     /// chance): programmed, not down (a failed real's connections are gone; forwarding would only
     /// delay the client's reset), and of the same family (the backend rewrites the outer
     /// destination only).
     #[inline(always)]
     pub fn can_forward_to(&self, other: &Real) -> bool {
-        other.addr != [0; 16] && other.flags & REAL_F_DOWN == 0 && (other.flags ^ self.flags) & REAL_F_IPV6 == 0
+        other.addr != [0; 16] && !other.is_down() && (other.flags ^ self.flags) & REAL_F_IPV6 == 0
     }
 }
 

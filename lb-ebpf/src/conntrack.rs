@@ -8,7 +8,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
     limits,
     stats::Counter,
-    ConnEntry, FlowKey, Real, MAX_REALS, REAL_F_DOWN, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, Real, MAX_REALS, REAL_ID_PEER, SYN_SEEN_SLOTS, VIP_F_SOURCE_AFFINITY,
 };
 
 use crate::{
@@ -51,7 +51,7 @@ pub fn known(flow: &FlowKey) -> Option<(Chosen, &'static Real)> {
         return None;
     }
     let real = REALS.get(entry.real_id)?;
-    if real.flags & REAL_F_DOWN != 0 {
+    if real.is_down() {
         return None;
     }
     let alt_real_id = maglev::forwardable(real, entry.alt_real_id());
@@ -198,5 +198,5 @@ fn real_of_syn(hash: u32) -> u32 {
 /// Whether `real_id` can still take a handshake its SYN started: configured and not down.
 #[inline(always)]
 fn usable(real_id: u32) -> bool {
-    REALS.get(real_id).is_some_and(|real| real.flags & REAL_F_DOWN == 0)
+    REALS.get(real_id).is_some_and(|real| !real.is_down())
 }

@@ -107,8 +107,9 @@ pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(limits::COUNT
 pub static LIMIT_STATE: PerCpuArray<LimitState> = PerCpuArray::with_max_entries(limits::COUNT, 0);
 
 /// Recent client SYNs: slot `flow hash % SYN_SEEN_SLOTS` holds the other bits of the last SYN's
-/// flow hash there and the real it went to (`conntrack::remember_syn`). A TCP flow is recorded when its handshake's ACK finds its SYN here, so spoofed SYNs,
-/// which never complete, make no connection-table entries. Shared by all CPUs: a lost race or a
+/// flow hash there and the real it went to (`conntrack::remember_syn`). A TCP flow is recorded
+/// when its handshake's ACK finds its SYN here, so spoofed SYNs, which never complete, make no
+/// connection-table entries. Shared by all CPUs: a lost race or a
 /// collision only sends that ACK down the unknown-flow path (a handoff round trip at most).
 /// Read only on the new-flow path, never for a known flow.
 #[map]

@@ -297,13 +297,16 @@ impl Site {
         [sent, backends("second_chance_forwarded"), backends("second_chance_received")]
     }
 
+    /// The lb log's lines where a real's health changed.
+    fn health_changes(&self) -> Vec<String> {
+        self.lb.log().lines().filter(|l| l.contains("real health changed")).map(str::to_owned).collect()
+    }
+
     /// Prints and checks what a scenario did: off, something broke; on, nothing did, and the
     /// path shows in the counters.
     fn verdict(&self, scenario: &str, broken: &[String], must_break: Option<&str>) {
         let [sent, forwarded, received] = self.counters();
         let mode = if self.on { "on" } else { "off" };
-        // A real's flip is a ring change the scenario did not make: shown when "on" fails.
-        let health: Vec<String> = self.lb.log().lines().filter(|l| l.contains("real health changed")).map(str::to_owned).collect();
         println!(
             "{scenario} {:?} second chance {mode}: {} of {CONNS} connections broken; alternatives sent {sent}, forwarded {forwarded}, \
              delivered after a forward {received}",
@@ -311,7 +314,13 @@ impl Site {
             broken.len()
         );
         if self.on {
-            assert!(broken.is_empty(), "{scenario}: broken with the second chance on: {broken:#?}\nhealth changes: {health:#?}");
+            // A real's flip is a ring change the scenario did not make: the log's are shown (read
+            // only when the assertion fails).
+            assert!(
+                broken.is_empty(),
+                "{scenario}: broken with the second chance on: {broken:#?}\nhealth changes: {:#?}",
+                self.health_changes()
+            );
             assert!(sent > 0 && forwarded > 0 && received > 0, "{scenario}: the second chance's path: {sent} {forwarded} {received}");
         } else {
             assert!(!broken.is_empty(), "{scenario}: nothing broke without the second chance: the scenario saves nothing to save");

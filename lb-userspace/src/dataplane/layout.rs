@@ -4,8 +4,8 @@
 //! A map's layout is its kind, key and value sizes, flags and (for most maps) entries, as the
 //! kernel reports them, plus a version (`lb_common::maps::layout_version`) bumped when the
 //! meaning of its bytes changes at the same sizes. The version is part of the pin's name
-//! (`maps/NAME` for version 1, `maps/NAME_vN` after: bpffs refuses names with a dot), so an older `lb`'s pin is never mistaken
-//! for a newer one. A pin of another layout is:
+//! (`maps/NAME` for version 1, `maps/NAME_vN` after: bpffs refuses names with a dot), so an
+//! older `lb`'s pin is never mistaken for a newer one. A pin of another layout is:
 //! - recreated, for maps whose contents are counters or are written again from the config at
 //!   every start (the counters restart at zero);
 //! - refused, for the maps established flows depend on (the connection table, the VIPs, the

@@ -17,7 +17,7 @@ use std::{
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_F_DOWN, REAL_ID_PEER, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_ID_PEER, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -224,7 +224,7 @@ fn table_entry(maps: &LiveMaps, e: &ConnEntry) -> Result<TableEntry, DataplaneEr
     } else {
         match real {
             None => Some(format!("real id {} does not exist", e.real_id)),
-            Some(r) if r.flags & REAL_F_DOWN != 0 => Some("its real is down".into()),
+            Some(r) if r.is_down() => Some("its real is down".into()),
             Some(_) => None,
         }
     };
