@@ -30,7 +30,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::{hash::flow_hash, SYN_SEEN_SLOTS};
 use lb_tests::{
+    fixture::flow_of,
     lbd::{metric, LbDaemon},
     netns::{enter_path, veth, End},
     packet::Frame,
@@ -437,7 +439,9 @@ fn spoofed_flows(family: Family, seed: u64, triples: bool) -> Vec<Vec<u8>> {
 }
 
 /// (c) A spoofed SYN carrying one established connection's 5-tuple (the connection idle), then
-/// its real drained.
+/// another SYN that takes its `SYN_SEEN` slot (as other SYNs do on a busy site), then its real
+/// drained. Without that second SYN, the connection's next packet would go where the spoofed SYN
+/// went, its own real, and nothing would break even without the second chance.
 fn spoofed_syn(family: Family, on: bool) {
     let site = Site::new(family, on);
     let conns = site.connect();
@@ -447,8 +451,18 @@ fn spoofed_syn(family: Family, on: bool) {
     thread::sleep(Duration::from_secs(1));
     traffic.hold(victim, true);
     let client = local.ip().to_canonical().to_string();
-    let syn = Frame::tcp(&client, local.port(), family.vip(), PORT).syn().build();
-    site.send(&[syn], 1, Duration::from_secs(1));
+    let spoofed = Frame::tcp(&client, local.port(), family.vip(), PORT);
+    let slot = |f: &Frame| flow_hash(&flow_of(f)) % SYN_SEEN_SLOTS;
+    let other_source = |k: u16| match family {
+        Family::V4 => format!("100.64.0.{}", k + 1),
+        Family::V6 => format!("fd00:6440::{:x}", k + 1),
+    };
+    let collider = (0..64u16)
+        .flat_map(|k| (1..=u16::MAX).map(move |port| (k, port)))
+        .map(|(k, port)| Frame::tcp(&other_source(k), port, family.vip(), PORT))
+        .find(|f| slot(f) == slot(&spoofed))
+        .expect("a SYN for the same SYN_SEEN slot");
+    site.send(&[spoofed.syn().build(), collider.syn().build()], 2, Duration::from_secs(1));
     thread::sleep(Duration::from_millis(100));
     site.lb_cli(&["real", "drain", "web", &family.real(0)]);
     traffic.hold(victim, false);
