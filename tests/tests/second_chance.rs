@@ -453,11 +453,12 @@ fn spoofed_syn(family: Family, on: bool) {
     let client = local.ip().to_canonical().to_string();
     let spoofed = Frame::tcp(&client, local.port(), family.vip(), PORT);
     let slot = |f: &Frame| flow_hash(&flow_of(f)) % SYN_SEEN_SLOTS;
+    // One slot in 2^20: about a million tries on average, from up to 2^32 (source, port) pairs.
     let other_source = |k: u16| match family {
-        Family::V4 => format!("100.64.0.{}", k + 1),
-        Family::V6 => format!("fd00:6440::{:x}", k + 1),
+        Family::V4 => format!("100.65.{}.{}", k >> 8, k & 0xff),
+        Family::V6 => format!("fd00:6440::{k:x}"),
     };
-    let collider = (0..64u16)
+    let collider = (0..=u16::MAX)
         .flat_map(|k| (1..=u16::MAX).map(move |port| (k, port)))
         .map(|(k, port)| Frame::tcp(&other_source(k), port, family.vip(), PORT))
         .find(|f| slot(f) == slot(&spoofed))
