@@ -128,6 +128,8 @@ pub mod programs {
     pub const PASS: &str = "xdp_pass";
     /// Returns XDP_TX: bounces every frame; the limit of the XDP_TX path in end-to-end benches.
     pub const BOUNCE: &str = "xdp_bounce";
+    /// Finds a known flow's real and encapsulates, nothing more: bench-e2e's middle row.
+    pub const LEAST_ENCAP: &str = "xdp_least_encap";
     /// Counts every frame in its object's `drop` verdict counter and drops it: the end-to-end
     /// bench's receiver, the same cost for every frame.
     pub const SINK: &str = "xdp_sink";

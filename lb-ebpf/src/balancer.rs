@@ -176,3 +176,30 @@ enum Sent {
     /// To a peer node (`handoff::tunnel`).
     Peer,
 }
+
+/// The least any encapsulating balancer does for a known flow, for bench-e2e's middle row: parse
+/// to the 5-tuple, find the flow's real in the connection table, encapsulate, `XDP_TX`. No
+/// generation or health check, no second chance, no counters. A flow the table does not know
+/// takes the whole balancer (`run`), which records it: its `tx` counter shows how many did.
+#[inline(always)]
+pub fn least(ctx: &XdpContext) -> u32 {
+    try_least(ctx).unwrap_or_else(|_| run(ctx))
+}
+
+#[inline(always)]
+fn try_least(ctx: &XdpContext) -> Result<u32, Counter> {
+    let mut l3_slot = MaybeUninit::uninit();
+    parse::l3(ctx, &mut l3_slot)?;
+    // SAFETY: `parse::l3` returned Ok, so it wrote the slot.
+    let l3 = unsafe { l3_slot.assume_init_ref() };
+    // SAFETY: this CPU's entry, which nothing else uses before this program ends.
+    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Counter::DropNoConfig)? };
+    parse::flow(ctx, l3, &mut scratch.flow)?;
+    let cfg = CONFIG.get(0).ok_or(Counter::DropNoConfig)?;
+    // SAFETY: the entry is copied out at once.
+    let entry = *unsafe { crate::maps::CONNS.get(&scratch.flow) }.ok_or(Counter::Pass)?;
+    let real = REALS.get(entry.real_id).ok_or(Counter::DropNoReal)?;
+    scratch.outer = Outer::to_real(real, cfg, entry.flow_hash);
+    encap::encapsulate(ctx, l3, &scratch.outer, cfg)?;
+    Ok(xdp_action::XDP_TX)
+}

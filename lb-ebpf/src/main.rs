@@ -70,6 +70,13 @@ pub fn xdp_bounce(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The least an encapsulating balancer does for a known flow (`balancer::least`): bench-e2e's
+/// reference between the bounce and the balancer.
+#[xdp]
+pub fn xdp_least_encap(ctx: XdpContext) -> u32 {
+    balancer::least(&ctx)
+}
+
 /// Counts every frame (its object's `drop` verdict counter) and drops it: the end-to-end bench's
 /// receiver, which costs the same for every frame whatever its addresses.
 #[xdp]

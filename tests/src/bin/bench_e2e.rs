@@ -30,8 +30,10 @@ const BATCH: usize = 256;
 const FLOWS: u16 = 1024;
 /// Concurrent clients for the request rate (the machine has 2 cores; more threads mostly wait).
 const CLIENT_THREADS: usize = 4;
-/// Rounds of the packet-rate comparison, each running both programs.
-const RATE_ROUNDS: usize = 3;
+/// Rounds of the packet-rate comparison, each running the three programs.
+const RATE_ROUNDS: usize = 5;
+/// The packet-rate programs, in the order of round 0 (each round rotates it by one).
+const RATE_PROGRAMS: [&str; 3] = [programs::BALANCER, programs::BOUNCE, programs::LEAST_ENCAP];
 
 /// Short request/answer connections for 3 s from `threads` client threads: (answered, failed, seconds).
 fn request_rate(net: &Anycast, threads: usize) -> (usize, usize, f64) {
@@ -66,7 +68,8 @@ fn frame(port: u16) -> Vec<u8> {
 
 /// Sends `PACKETS` frames (`FLOWS` flows) on `ifname`; returns (sent, elapsed).
 fn generate(ifname: &str) -> (usize, Duration) {
-    let frames: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(20_000 + (i as u16 % FLOWS))).collect();
+    // One frame per flow, sent round and round (the generator sends them BATCH at a time).
+    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| frame(20_000 + i)).collect();
     let out = lb_tests::packetgen::send(ifname, &frames, PACKETS, Duration::from_secs(30));
     (out.sent, out.took)
 }
@@ -78,7 +81,8 @@ struct Rate {
     returned_pps: f64,
     /// Frames the sink counted (and dropped).
     sunk: u64,
-    /// The balancer's own `tx` counter (the bounce program counts nothing).
+    /// The balancer's own `tx` counter (the bounce program counts nothing; the least-encap one
+    /// counts the packets it gave the whole balancer).
     lb_tx: Option<u64>,
 }
 
@@ -104,14 +108,25 @@ fn packet_rate(which: &str) -> Rate {
     let (sent, elapsed) = gen.run(|| generate("g0"));
     std::thread::sleep(Duration::from_millis(200));
     let sunk = sink.counter(Counter::Drop).expect("sink count");
-    let lb_tx = (which == programs::BALANCER).then(|| {
+    let [tx, drop] = [Counter::Tx, Counter::Drop].map(|c| balancer.dp().counter(c).expect("balancer counter"));
+    let vip_packets = balancer.dp().vip_stats(0).expect("vip stats").packets;
+    let lb_tx = match which {
         // The balancer's path: every VIP frame it saw went back out encapsulated, none was
         // dropped. (The kernel's own IPv6 neighbour discovery on the link passes.)
-        let [tx, drop] = [Counter::Tx, Counter::Drop].map(|c| balancer.dp().counter(c).expect("balancer counter"));
-        let vip_packets = balancer.dp().vip_stats(0).expect("vip stats").packets;
-        assert_eq!((drop, vip_packets), (0, tx), "the balancer dropped frames, or sent others than the VIP's");
-        tx
-    });
+        programs::BALANCER => {
+            assert_eq!((drop, vip_packets), (0, tx), "the balancer dropped frames, or sent others than the VIP's");
+            Some(tx)
+        }
+        // Only a flow's first frames took the whole balancer (which recorded the flow); every
+        // other frame came back, so the least path sent it.
+        programs::LEAST_ENCAP => {
+            assert_eq!((drop, vip_packets), (0, tx), "the balancer dropped frames, or sent others than the VIP's");
+            assert!(tx <= 4 * FLOWS as u64, "{tx} frames took the whole balancer, not the least path");
+            assert!(sunk >= sent as u64, "{sunk} of {sent} frames came back");
+            Some(tx)
+        }
+        _ => None,
+    };
     let secs = elapsed.as_secs_f64();
     Rate { sent, offered_pps: sent as f64 / secs, returned_pps: sunk as f64 / secs, sunk, lb_tx }
 }
@@ -127,31 +142,39 @@ fn main() {
         eprintln!("bench-e2e needs root");
         std::process::exit(1);
     }
-    println!("1. packets/s through one LB node ({PACKETS} UDP frames per run, {FLOWS} flows, AF_PACKET sendmmsg x{BATCH} from a neighbouring namespace, native XDP on veth; returned frames counted and dropped by XDP on the generator's side; {RATE_ROUNDS} rounds, the order alternating)");
+    println!("1. packets/s through one LB node ({PACKETS} UDP frames per run, {FLOWS} flows, AF_PACKET sendmmsg x{BATCH} from a neighbouring namespace, native XDP on veth; returned frames counted and dropped by XDP on the generator's side; {RATE_ROUNDS} rounds, the order rotating)");
     println!(
         "| round | program | offered pps | returned pps | frames sent | sink counted | balancer tx |\n|---|---|---:|---:|---:|---:|---:|"
     );
-    let (mut ratios, mut balancer_pps, mut bounce_pps) = (Vec::new(), Vec::new(), Vec::new());
+    // Per program (in RATE_PROGRAMS' order), the returned pps of each round.
+    let mut returned = [const { Vec::new() }; 3];
     for round in 0..RATE_ROUNDS {
-        let order = if round % 2 == 0 { [programs::BALANCER, programs::BOUNCE] } else { [programs::BOUNCE, programs::BALANCER] };
-        let mut returned = [0.0; 2];
-        for which in order {
+        for k in 0..RATE_PROGRAMS.len() {
+            let i = (k + RATE_PROGRAMS.len() - round % RATE_PROGRAMS.len()) % RATE_PROGRAMS.len();
+            let which = RATE_PROGRAMS[i];
             let r = packet_rate(which);
             let tx = r.lb_tx.map_or("-".to_owned(), |t| t.to_string());
             println!("| {round} | {which} | {:.0} | {:.0} | {} | {} | {tx} |", r.offered_pps, r.returned_pps, r.sent, r.sunk);
-            let i = (which == programs::BOUNCE) as usize;
-            returned[i] = r.returned_pps;
+            returned[i].push(r.returned_pps);
         }
-        balancer_pps.push(returned[0]);
-        bounce_pps.push(returned[1]);
-        ratios.push(returned[0] / returned[1]);
     }
+    let [balancer_pps, bounce_pps, least_pps] = &returned;
+    let per_round = |of: &[f64]| -> (String, f64) {
+        let ratios: Vec<f64> = of.iter().zip(bounce_pps).map(|(a, b)| a / b).collect();
+        (ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(", "), median(ratios))
+    };
+    let (balancer_rounds, balancer_median) = per_round(balancer_pps);
+    let (least_rounds, least_median) = per_round(least_pps);
     println!(
-        "balancer {:.0} pps, bounce {:.0} pps (medians); balancer / bounce per round: {}; median {:.0}% (target >= 95%)",
-        median(balancer_pps),
-        median(bounce_pps),
-        ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(", "),
-        100.0 * median(ratios)
+        "balancer {:.0} pps, least encap {:.0} pps, bounce {:.0} pps (medians)",
+        median(balancer_pps.clone()),
+        median(least_pps.clone()),
+        median(bounce_pps.clone())
+    );
+    println!("balancer / bounce per round: {balancer_rounds}; median {:.0}% (target >= 95%)", 100.0 * balancer_median);
+    println!(
+        "least encap / bounce per round: {least_rounds}; median {:.0}% (the least an encapsulating balancer does)",
+        100.0 * least_median
     );
     println!("(veth xmit runs the peer's XDP in the sender's context, so offered = what the path carried)");
 
