@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod fleet;
 pub mod durable;
 pub mod health;
 pub mod http;

@@ -44,8 +44,32 @@ pub struct RawConfig {
     /// The second chance at the backend, for every TCP VIP that does not say (docs/second-chance.md).
     #[serde(default)]
     pub second_chance: RawSecondChance,
+    /// Follow a fleet store (etcd) for the VIPs and their reals (absent: this file has them).
+    pub fleet: Option<RawFleetNode>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawVip>,
+}
+
+/// Where this node's fleet store is and who the node is in it (docs/fleet.md).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleetNode {
+    /// etcd client URLs ("http://10.0.0.1:2379").
+    pub endpoints: Vec<String>,
+    /// The fleet's keys start with this (default "/anycast-lb").
+    pub prefix: Option<String>,
+    /// This node's site, one of the fleet document's `[[site]]`s.
+    pub site: String,
+    /// This node's name within its site (default: the host name).
+    pub node: Option<String>,
+    /// etcd user, with `password_file` (mode 0600).
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    /// The last fleet revision this node applied, for a restart without the store (default
+    /// /var/lib/anycast-lb/<instance>.fleet).
+    pub state_file: Option<String>,
+    /// Seconds the node's report outlives it (its etcd lease; default 10).
+    pub report_ttl_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -102,8 +102,25 @@ pub fn default_api_socket(instance: &str) -> PathBuf {
     PathBuf::from(format!("/run/anycast-lb/{instance}.sock"))
 }
 
+/// The node's place in a fleet (`[fleet]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetNode {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub site: String,
+    pub node: String,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+    pub report_ttl: Duration,
+}
+
+pub const DEFAULT_FLEET_PREFIX: &str = "/anycast-lb";
+pub const DEFAULT_REPORT_TTL_S: u32 = 10;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub fleet: Option<FleetNode>,
     pub bgp: Option<Bgp>,
     pub handoff: Option<Handoff>,
     pub flood: Flood,

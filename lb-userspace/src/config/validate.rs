@@ -243,6 +243,7 @@ impl RawConfig {
             None => (needed + 2 * MAX_RING_SIZE as u64).min(u32::MAX as u64) as u32,
         };
         let limits = self.limits.validate(&mut p);
+        let fleet = self.fleet.as_ref().map(|f| validate_fleet(f, &self.instance, &mut p));
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid { problems: p.0 });
         }
@@ -251,6 +252,7 @@ impl RawConfig {
             handoffs_per_sec: self.flood.handoffs_per_sec.unwrap_or(DEFAULT_HANDOFFS_PER_SEC),
         };
         Ok(Config {
+            fleet,
             bgp,
             handoff,
             flood,
@@ -424,6 +426,48 @@ impl RawConfig {
             p.add("vip", format!("{real_ids} reals over all VIPs (a real counts once per VIP it serves), at most {}", MAX_REALS - 1));
         }
         vips
+    }
+}
+
+/// `[fleet]`. Whether `[[vip]]`s may be given too is the caller's concern: a node's own file
+/// must have none (`lb run` and `lb check-config` say so), while the config a node runs has the
+/// fleet's.
+fn validate_fleet(f: &RawFleetNode, instance: &str, p: &mut Problems) -> FleetNode {
+    if f.endpoints.is_empty() {
+        p.add("fleet.endpoints", "is empty: name at least one etcd client URL");
+    }
+    for (i, e) in f.endpoints.iter().enumerate() {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            p.add(format!("fleet.endpoints[{i}]"), format!("{e:?} is not an http:// or https:// URL"));
+        }
+    }
+    let prefix = f.prefix.clone().unwrap_or_else(|| DEFAULT_FLEET_PREFIX.into());
+    if !prefix.starts_with('/') || prefix.ends_with('/') {
+        p.add("fleet.prefix", format!("{prefix:?} must start with '/' and not end with one"));
+    }
+    if !crate::fleet::is_site_name(&f.site) {
+        p.add("fleet.site", format!("{:?} is not 1-63 lower-case letters, digits and '-'", f.site));
+    }
+    let node = f.node.clone().unwrap_or_else(crate::fleet::host_name);
+    if !crate::fleet::is_site_name(&node) {
+        p.add("fleet.node", format!("{node:?} is not 1-63 lower-case letters, digits and '-' (set it when the host name is not)"));
+    }
+    if f.user.is_some() != f.password_file.is_some() {
+        p.add("fleet.user", "user and password_file come together");
+    }
+    let ttl = f.report_ttl_s.unwrap_or(DEFAULT_REPORT_TTL_S);
+    if !(2..=300).contains(&ttl) {
+        p.add("fleet.report_ttl_s", format!("{ttl} is outside 2 ..= 300"));
+    }
+    FleetNode {
+        endpoints: f.endpoints.clone(),
+        prefix,
+        site: f.site.clone(),
+        node,
+        user: f.user.clone(),
+        password_file: f.password_file.as_deref().map(PathBuf::from),
+        state_file: f.state_file.as_deref().map_or_else(|| PathBuf::from(format!("/var/lib/anycast-lb/{instance}.fleet")), PathBuf::from),
+        report_ttl: Duration::from_secs(ttl as u64),
     }
 }
 

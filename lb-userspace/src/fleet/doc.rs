@@ -1,0 +1,272 @@
+//! The fleet document: the sites, and every VIP with its reals per site. `lb fleet apply`
+//! writes it to the store as written (TOML); every node follows it and serves the VIPs its site
+//! has reals for, with those reals.
+//!
+//! A VIP here is a node file's `[[vip]]` without `[[vip.real]]`: its reals are listed per site
+//! in `[vip.reals]`, `site = [{ address = "..", weight = .. }, ..]`. A VIP no site lists is
+//! served nowhere.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
+
+use crate::config::{ConfigError, InterfaceCheck, Problem, RawConfig, RawReal, RawVip};
+
+/// The fleet document as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    #[serde(default, rename = "site")]
+    pub sites: Vec<RawSite>,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<RawFleetVip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    /// Lower-case letters, digits and '-', at most 63; a node's `[fleet] site` names it.
+    pub name: String,
+}
+
+/// A fleet VIP: a node file's `[[vip]]` (no `real`s) and its reals per site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RawFleetVip {
+    #[serde(flatten)]
+    pub vip: RawVip,
+    pub reals: BTreeMap<String, Vec<RawReal>>,
+}
+
+impl<'de> Deserialize<'de> for RawFleetVip {
+    /// `reals` is taken out first, and the rest must be a node file's VIP (unknown fields are
+    /// refused there; serde's `flatten` would let them through).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let reals = match table.remove("reals") {
+            Some(v) => BTreeMap::<String, Vec<RawReal>>::deserialize(v).map_err(D::Error::custom)?,
+            None => BTreeMap::new(),
+        };
+        if table.contains_key("real") {
+            return Err(D::Error::custom("a fleet VIP lists its reals per site, in [vip.reals] (site = [{ address = \"..\" }]), not in [[vip.real]]"));
+        }
+        let vip = RawVip::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(Self { vip, reals })
+    }
+}
+
+/// Parses a fleet document (syntax and field names only; `validate` checks the rest).
+pub fn parse(text: &str) -> Result<RawFleet, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax { path: "fleet document".into(), message: e.to_string() })
+}
+
+impl RawFleet {
+    /// The VIPs site `site` serves, as a node file's `[[vip]]`s with that site's reals.
+    pub fn vips_for(&self, site: &str) -> Vec<RawVip> {
+        self.vips
+            .iter()
+            .filter_map(|v| v.reals.get(site).map(|reals| RawVip { reals: reals.clone(), ..v.vip.clone() }))
+            .collect()
+    }
+
+    pub fn has_site(&self, site: &str) -> bool {
+        self.sites.iter().any(|s| s.name == site)
+    }
+
+    /// Every problem: the sites' names, reals of undeclared sites, and each site's VIPs checked
+    /// as a node file's would be (their fields named `site NAME: vip[..]`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut add = |field: String, reason: String| problems.push(Problem { field, reason });
+        let mut names = HashSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if !is_site_name(&site.name) {
+                add(format!("site[{i}].name"), format!("{:?} is not 1-63 lower-case letters, digits and '-'", site.name));
+            } else if !names.insert(site.name.as_str()) {
+                add(format!("site[{i}].name"), format!("{:?} is used by an earlier site", site.name));
+            }
+        }
+        for (i, vip) in self.vips.iter().enumerate() {
+            for site in vip.reals.keys() {
+                if !names.contains(site.as_str()) {
+                    add(format!("vip[{i}] {:?}.reals.{site}", vip.vip.name), "no [[site]] of that name".into());
+                }
+            }
+        }
+        let mut vip_names = HashSet::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            if !vip_names.insert(vip.vip.name.as_str()) {
+                add(format!("vip[{i}].name"), format!("{:?} is used by an earlier VIP", vip.vip.name));
+            }
+        }
+        for site in &self.sites {
+            let node = RawConfig::for_checking(self.vips_for(&site.name));
+            if let Err(e) = node.validate(InterfaceCheck::Skip) {
+                for p in e.problems() {
+                    add(format!("site {}: {}", site.name, p.field), p.reason.clone());
+                }
+                if e.problems().is_empty() {
+                    add(format!("site {}", site.name), e.to_string());
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+}
+
+impl RawConfig {
+    /// A node file that has only `vips` (and what validation needs besides): a fleet site's
+    /// VIPs are checked in it.
+    pub fn for_checking(vips: Vec<RawVip>) -> RawConfig {
+        let mut raw: RawConfig = toml::from_str("[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n").expect("a fixed, valid node file");
+        raw.vips = vips;
+        raw
+    }
+}
+
+pub fn is_site_name(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// What applying `new` over `old` changes, a line each: VIPs added, removed or changed, and per
+/// site the reals added, removed or reweighted. Empty: nothing.
+pub fn diff(old: &RawFleet, new: &RawFleet) -> Vec<String> {
+    let mut lines = Vec::new();
+    let names = |f: &RawFleet| f.sites.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let (old_sites, new_sites) = (names(old), names(new));
+    for s in new_sites.iter().filter(|s| !old_sites.contains(s)) {
+        lines.push(format!("+ site {s}"));
+    }
+    for s in old_sites.iter().filter(|s| !new_sites.contains(s)) {
+        lines.push(format!("- site {s}"));
+    }
+    let by_name = |f: &RawFleet| f.vips.iter().map(|v| (v.vip.name.clone(), v.clone())).collect::<BTreeMap<_, _>>();
+    let (old_vips, new_vips) = (by_name(old), by_name(new));
+    for (name, vip) in &new_vips {
+        let Some(was) = old_vips.get(name) else {
+            let sites: Vec<&String> = vip.reals.keys().collect();
+            lines.push(format!("+ vip {name} {}:{}/{} at {sites:?}", vip.vip.address, vip.vip.port, vip.vip.protocol));
+            continue;
+        };
+        let (bare_new, bare_old) = (RawVip { reals: vec![], ..vip.vip.clone() }, RawVip { reals: vec![], ..was.vip.clone() });
+        if bare_new != bare_old {
+            lines.push(format!("~ vip {name}: its settings change"));
+        }
+        let sites: std::collections::BTreeSet<&String> = vip.reals.keys().chain(was.reals.keys()).collect();
+        for site in sites {
+            let (before, after) = (was.reals.get(site), vip.reals.get(site));
+            match (before, after) {
+                (None, Some(_)) => lines.push(format!("+ vip {name} at {site}")),
+                (Some(_), None) => lines.push(format!("- vip {name} at {site}")),
+                (Some(b), Some(a)) => lines.extend(real_changes(name, site, b, a)),
+                (None, None) => {}
+            }
+        }
+    }
+    for name in old_vips.keys().filter(|n| !new_vips.contains_key(*n)) {
+        lines.push(format!("- vip {name}"));
+    }
+    lines
+}
+
+fn real_changes(vip: &str, site: &str, before: &[RawReal], after: &[RawReal]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let find = |list: &[RawReal], addr: &str| list.iter().find(|r| r.address == addr).cloned();
+    for r in after {
+        match find(before, &r.address) {
+            None => lines.push(format!("+ vip {vip} at {site}: real {} weight {}", r.address, r.weight.unwrap_or(1))),
+            Some(b) if b.weight.unwrap_or(1) != r.weight.unwrap_or(1) => lines.push(format!(
+                "~ vip {vip} at {site}: real {} weight {} -> {}",
+                r.address,
+                b.weight.unwrap_or(1),
+                r.weight.unwrap_or(1)
+            )),
+            Some(b) if b != *r => lines.push(format!("~ vip {vip} at {site}: real {} health check changes", r.address)),
+            Some(_) => {}
+        }
+    }
+    for r in before.iter().filter(|r| find(after, &r.address).is_none()) {
+        lines.push(format!("- vip {vip} at {site}: real {}", r.address));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLEET: &str = r#"
+[[site]]
+name = "fra"
+[[site]]
+name = "nyc"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 443
+protocol = "tcp"
+[vip.reals]
+fra = [{ address = "10.1.0.1" }, { address = "10.1.0.2", weight = 2 }]
+nyc = [{ address = "10.2.0.1" }]
+
+[[vip]]
+name = "dns"
+address = "192.0.2.53"
+port = 53
+protocol = "udp"
+[vip.reals]
+nyc = [{ address = "10.2.0.5" }]
+"#;
+
+    #[test]
+    fn a_site_serves_the_vips_it_has_reals_for_with_its_own_reals() {
+        let fleet = parse(FLEET).expect("parses");
+        fleet.validate().expect("valid");
+        let fra = fleet.vips_for("fra");
+        assert_eq!(fra.len(), 1);
+        assert_eq!(fra[0].name, "web");
+        assert_eq!(fra[0].reals.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(), ["10.1.0.1", "10.1.0.2"]);
+        let nyc = fleet.vips_for("nyc");
+        assert_eq!(nyc.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["web", "dns"]);
+        assert!(fleet.vips_for("tyo").is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_and_node_style_reals_are_refused() {
+        let typo = FLEET.replace("protocol = \"udp\"", "protocol = \"udp\"\nwieght = 3");
+        assert!(parse(&typo).unwrap_err().to_string().contains("wieght"), "a misspelt field is named");
+        let node_style = FLEET.replace("[vip.reals]\nnyc = [{ address = \"10.2.0.5\" }]", "[[vip.real]]\naddress = \"10.2.0.5\"");
+        assert!(parse(&node_style).unwrap_err().to_string().contains("per site"));
+    }
+
+    #[test]
+    fn each_sites_vips_are_validated_as_a_node_would_and_named_by_site() {
+        let bad = FLEET.replace("{ address = \"10.2.0.1\" }", "{ address = \"10.2.0.1\", weight = 5000 }").replace("nyc = [{ address = \"10.2.0.5\" }]", "tyo = [{ address = \"10.2.0.5\" }]");
+        let problems: Vec<String> = parse(&bad).expect("parses").validate().unwrap_err().problems().iter().map(|p| p.to_string()).collect();
+        assert!(problems.iter().any(|p| p.starts_with("site nyc: vip[0] \"web\".real[0].weight")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("reals.tyo: no [[site]]")), "{problems:?}");
+        let bad_site = FLEET.replace("name = \"nyc\"", "name = \"New York\"");
+        assert!(parse(&bad_site).unwrap().validate().unwrap_err().to_string().contains("site[1].name"));
+    }
+
+    #[test]
+    fn diff_names_each_change() {
+        let old = parse(FLEET).unwrap();
+        let new = parse(
+            &FLEET
+                .replace("{ address = \"10.1.0.2\", weight = 2 }", "{ address = \"10.1.0.2\", weight = 3 }, { address = \"10.1.0.3\" }")
+                .replace("[[vip]]\nname = \"dns\"", "[[vip]]\nname = \"dns2\""),
+        )
+        .unwrap();
+        let lines = diff(&old, &new);
+        assert!(lines.contains(&"~ vip web at fra: real 10.1.0.2 weight 2 -> 3".to_owned()), "{lines:?}");
+        assert!(lines.contains(&"+ vip web at fra: real 10.1.0.3 weight 1".to_owned()), "{lines:?}");
+        assert!(lines.contains(&"- vip dns".to_owned()), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("+ vip dns2")), "{lines:?}");
+        assert!(diff(&old, &old).is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! What a node tells the fleet about itself, at `P/nodes/SITE/NODE` under a lease of its own:
+//! the revision it runs (or refused), its VIPs' announcements, its reals, its drain stage and
+//! `lb doctor`'s worst finding. A node that dies stops renewing the lease, and etcd deletes its
+//! report within the lease's TTL.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use etcd_client::PutOptions;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::store::StoreAccess;
+use crate::{
+    http::{self, Call, Endpoint},
+    operator::doctor::{Report as DoctorReport, Severity},
+    status::{SiteStage, VipStatus},
+};
+
+/// A node's report, as stored (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub site: String,
+    pub node: String,
+    /// The fleet revision this node runs (0: none yet).
+    pub revision: i64,
+    /// The last revision it refused, and why (cleared when a later one applies).
+    pub refused: Option<Refusal>,
+    /// The store answers this node (false: it serves `revision` from its own copy).
+    pub store_reachable: bool,
+    /// Held out of BGP by `lb fleet drain`.
+    pub fleet_drained: bool,
+    pub stage: SiteStage,
+    pub vips: Vec<VipReport>,
+    /// `lb doctor`'s worst finding ("critical real_down: VIP web real 10.0.0.1"); None: nothing
+    /// above info, or not asked yet.
+    pub doctor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub revision: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipReport {
+    pub name: String,
+    pub announced: bool,
+    pub reals: Vec<RealReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealReport {
+    pub address: IpAddr,
+    /// "up", "down" or "drained" (up with weight 0).
+    pub state: String,
+    pub weight: u32,
+}
+
+impl VipReport {
+    pub fn of(status: &VipStatus) -> Self {
+        let reals = status
+            .reals
+            .iter()
+            .map(|r| RealReport {
+                address: r.address,
+                state: match (r.up, r.weight) {
+                    (false, _) => "down",
+                    (true, 0) => "drained",
+                    (true, _) => "up",
+                }
+                .into(),
+                weight: r.weight,
+            })
+            .collect();
+        Self { name: status.name.clone(), announced: status.announced, reals }
+    }
+}
+
+/// How often the doctor is asked, and over what window.
+const DOCTOR_EVERY: Duration = Duration::from_secs(10);
+const DOCTOR_WINDOW_MS: u64 = 1000;
+
+/// Keeps `key` equal to the latest report while the node lives, under a lease of `ttl`.
+pub async fn run(access: StoreAccess, key: String, ttl: Duration, admin: PathBuf, mut reports: watch::Receiver<NodeReport>) {
+    let mut doctor: Option<String> = None;
+    loop {
+        if let Err(e) = session(&access, &key, ttl, &admin, &mut reports, &mut doctor).await {
+            warn!(error = %format!("{e:#}"), "fleet report not written; retrying");
+        }
+        if reports.has_changed().is_err() {
+            return; // the daemon is gone
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn session(
+    access: &StoreAccess,
+    key: &str,
+    ttl: Duration,
+    admin: &PathBuf,
+    reports: &mut watch::Receiver<NodeReport>,
+    doctor: &mut Option<String>,
+) -> Result<()> {
+    let mut client = access.connect().await?;
+    let lease = client.lease_grant(ttl.as_secs() as i64, None).await.context("granting the report's lease")?.id();
+    let (mut keeper, mut kept) = client.lease_keep_alive(lease).await.context("keeping the lease alive")?;
+    info!(key, lease, ttl_s = ttl.as_secs(), "fleet report: writing under a lease");
+    let mut renew = tokio::time::interval(ttl / 3);
+    let mut ask_doctor = tokio::time::interval(DOCTOR_EVERY);
+    let mut dirty = true;
+    loop {
+        if dirty {
+            let mut report = reports.borrow_and_update().clone();
+            report.doctor = doctor.clone();
+            let json = serde_json::to_string(&report).context("encoding the report")?;
+            client.put(key, json, Some(PutOptions::new().with_lease(lease))).await.context("writing the report")?;
+            dirty = false;
+        }
+        tokio::select! {
+            changed = reports.changed() => {
+                changed.context("the daemon is gone")?;
+                dirty = true;
+            }
+            _ = renew.tick() => {
+                keeper.keep_alive().await.context("renewing the lease")?;
+            }
+            answer = kept.message() => {
+                let answer = answer.context("the lease stream broke")?.context("the lease stream ended")?;
+                anyhow::ensure!(answer.ttl() > 0, "the lease expired");
+            }
+            _ = ask_doctor.tick() => {
+                let worst = worst_finding(admin).await;
+                if worst != *doctor {
+                    *doctor = worst;
+                    dirty = true;
+                }
+            }
+        }
+    }
+}
+
+/// `lb doctor`'s worst finding above info, asked over the admin socket (None: none, or no answer).
+async fn worst_finding(admin: &std::path::Path) -> Option<String> {
+    let path = format!("/doctor?window_ms={DOCTOR_WINDOW_MS}");
+    let mut call = Call::new("GET", &path);
+    call.limit = Duration::from_millis(DOCTOR_WINDOW_MS + 5000);
+    let answer = http::request(&Endpoint::Unix(admin.to_owned()), call).await.ok()?;
+    let report: DoctorReport = serde_json::from_str(&answer.body).ok()?;
+    let worst = report.findings.iter().filter(|f| f.severity > Severity::Info).max_by_key(|f| f.severity)?;
+    let severity = if worst.severity == Severity::Critical { "critical" } else { "warning" };
+    Some(format!("{severity} {}: {}", worst.check, worst.subject))
+}

@@ -1,0 +1,131 @@
+//! The fleet's keys in etcd, and the calls on them. Under the prefix P:
+//!
+//! - `P/document`: the fleet document as the operator wrote it; its `mod_revision` is the fleet
+//!   revision every node reports;
+//! - `P/drain/SITE`: present while `lb fleet drain SITE` holds the site out of BGP;
+//! - `P/nodes/SITE/NODE`: each node's report (JSON), under the node's lease.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+
+use crate::config::{read_secret, FleetNode};
+
+/// How long connecting to etcd, and each call, may take.
+pub const CALL_LIMIT: Duration = Duration::from_secs(3);
+
+/// Where the fleet's keys are, and how to reach and log in to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreAccess {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// etcd user and password.
+    pub login: Option<(String, String)>,
+}
+
+impl StoreAccess {
+    /// A node's access, from its `[fleet]` (the password read from its file).
+    pub fn of_node(fleet: &FleetNode) -> Result<Self> {
+        let login = match (&fleet.user, &fleet.password_file) {
+            (Some(user), Some(file)) => Some((user.clone(), read_secret(file, "fleet.password_file", "password", 1)?.to_string())),
+            _ => None,
+        };
+        Ok(Self { endpoints: fleet.endpoints.clone(), prefix: fleet.prefix.clone(), login })
+    }
+
+    pub fn document_key(&self) -> String {
+        format!("{}/document", self.prefix)
+    }
+
+    pub fn drain_key(&self, site: &str) -> String {
+        format!("{}/drain/{site}", self.prefix)
+    }
+
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    pub fn node_key(&self, site: &str, node: &str) -> String {
+        format!("{}/nodes/{site}/{node}", self.prefix)
+    }
+
+    pub async fn connect(&self) -> Result<Client> {
+        let mut opts = ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT);
+        if let Some((user, password)) = &self.login {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        let connecting = Client::connect(self.endpoints.clone(), Some(opts));
+        tokio::time::timeout(CALL_LIMIT, connecting)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from etcd at {:?} within {CALL_LIMIT:?}", self.endpoints))?
+            .with_context(|| format!("connecting to etcd at {:?}", self.endpoints))
+    }
+}
+
+/// The document at one moment: its text and revision (`None`: none written yet), and the
+/// store's revision then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub text: Option<(i64, String)>,
+    pub store_revision: i64,
+}
+
+pub async fn read_document(client: &mut Client, access: &StoreAccess) -> Result<Document> {
+    let got = client.get(access.document_key(), None).await.context("reading the fleet document")?;
+    let store_revision = got.header().map_or(0, |h| h.revision());
+    let text = match got.kvs().first() {
+        Some(kv) => Some((kv.mod_revision(), kv.value_str().context("the fleet document is not UTF-8")?.to_owned())),
+        None => None,
+    };
+    Ok(Document { text, store_revision })
+}
+
+/// Writes `text` as the document if its revision is still `expected` (0: no document yet).
+/// Returns the new revision, or fails naming the revision found instead.
+pub async fn write_document(client: &mut Client, access: &StoreAccess, text: &str, expected: i64) -> Result<i64> {
+    let key = access.document_key();
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected)])
+        .and_then([TxnOp::put(key.clone(), text, None)])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let done = client.txn(txn).await.context("writing the fleet document")?;
+    if !done.succeeded() {
+        let now = read_document(client, access).await?.text.map_or(0, |(rev, _)| rev);
+        bail!("the fleet document changed since revision {expected}: it is at revision {now} now; look at it again (`lb fleet diff`) and apply with --revision {now}");
+    }
+    Ok(done.header().map_or(0, |h| h.revision()))
+}
+
+pub async fn set_drain(client: &mut Client, access: &StoreAccess, site: &str, drained: bool) -> Result<()> {
+    let key = access.drain_key(site);
+    if drained {
+        client.put(key, "drained", None).await.context("writing the drain key")?;
+    } else {
+        client.delete(key, None).await.context("deleting the drain key")?;
+    }
+    Ok(())
+}
+
+pub async fn is_drained(client: &mut Client, access: &StoreAccess, site: &str) -> Result<bool> {
+    let got = client.get(access.drain_key(site), None).await.context("reading the drain key")?;
+    Ok(!got.kvs().is_empty())
+}
+
+/// Every drained site.
+pub async fn drained_sites(client: &mut Client, access: &StoreAccess) -> Result<Vec<String>> {
+    let prefix = format!("{}/drain/", access.prefix);
+    let got = client.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.context("reading the drain keys")?;
+    Ok(got.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(str::to_owned)).collect())
+}
+
+/// Every node report, as (key, JSON text).
+pub async fn node_reports(client: &mut Client, access: &StoreAccess) -> Result<Vec<(String, String)>> {
+    let prefix = access.nodes_prefix();
+    let got = client.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.context("reading the node reports")?;
+    got.kvs()
+        .iter()
+        .map(|kv| Ok((kv.key_str()?.strip_prefix(&prefix).unwrap_or_default().to_owned(), kv.value_str()?.to_owned())))
+        .collect::<Result<Vec<_>, etcd_client::Error>>()
+        .context("a node report is not UTF-8")
+}
