@@ -196,8 +196,9 @@ fn try_least(ctx: &XdpContext) -> Result<u32, Counter> {
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Counter::DropNoConfig)? };
     parse::flow(ctx, l3, &mut scratch.flow)?;
     let cfg = CONFIG.get(0).ok_or(Counter::DropNoConfig)?;
+    let flow: &lb_common::FlowKey = &scratch.flow;
     // SAFETY: the entry is copied out at once.
-    let entry = *unsafe { crate::maps::CONNS.get(&scratch.flow) }.ok_or(Counter::Pass)?;
+    let entry = *unsafe { crate::maps::CONNS.get(flow) }.ok_or(Counter::Pass)?;
     let real = REALS.get(entry.real_id).ok_or(Counter::DropNoReal)?;
     scratch.outer = Outer::to_real(real, cfg, entry.flow_hash);
     encap::encapsulate(ctx, l3, &scratch.outer, cfg)?;
