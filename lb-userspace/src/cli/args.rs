@@ -89,6 +89,13 @@ pub enum Cmd {
     },
     /// Re-read the config file of the running `lb` (like SIGHUP).
     Reload,
+    /// The fleet store (etcd): every node's state, and the document every node follows.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Where a flow goes now and why: the connection table's entry or the ring slot, what a
     /// mid-flow packet the table does not know would do, and whether the VIP is announced.
     Flow {
@@ -234,4 +241,48 @@ pub enum RealAction {
         real: IpAddr,
         weight: u32,
     },
+}
+
+/// Where the fleet store is: a node file's `[fleet]`, or given here.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// A node file whose `[fleet]` says where the store is and how to log in.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// etcd client URLs, comma-separated (instead of --config).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// The fleet's key prefix (with --endpoints; default /anycast-lb).
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    /// etcd user (with --endpoints), and a file (mode 0600) holding its password.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum FleetAction {
+    /// Sites and nodes: the revision each runs (or refused), VIPs announced, reals down, and
+    /// where nodes of one site disagree about a real.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate FILE, then write it as the fleet document if the store's revision is still the
+    /// one you saw (--revision; default: the one read just before writing).
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// What applying FILE would change, and the revision it would replace.
+    Diff { file: PathBuf },
+    /// Print the fleet document as stored, with its revision.
+    Show,
+    /// Withdraw every VIP of SITE over BGP on all its nodes (forwarding continues).
+    Drain { site: String },
+    /// Announce SITE's VIPs again.
+    Undrain { site: String },
 }

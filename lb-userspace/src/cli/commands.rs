@@ -28,6 +28,7 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
     match cmd {
         Cmd::Run { .. } | Cmd::Doctor { .. } => unreachable!("main runs these (they have their own exit codes)"),
         Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Fleet { action, store } => super::fleet::run(action, &store),
         Cmd::Backend { action, config } => run_backend(action, &config),
         Cmd::Stop => {
             daemon::stop(target.instance.as_deref().context("`lb stop` detaches an instance's data plane: name it with --instance NAME")?)
@@ -146,8 +147,28 @@ fn check_config(file: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    let config = config::load(file, InterfaceCheck::OnThisHost)?;
+    if crate::fleet::is_fleet_document(&text) {
+        let doc = crate::fleet::parse(&text)?;
+        doc.validate()?;
+        println!("{}: ok (fleet document: {} sites, {} VIPs)", file.display(), doc.sites.len(), doc.vips.len());
+        return Ok(());
+    }
+    let raw = config::parse_raw(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    daemon::fleet::check_node_file(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let config = raw.validate(InterfaceCheck::OnThisHost)?;
     config::check_files(&config)?;
+    if let Some(fleet) = &config.fleet {
+        println!(
+            "{}: ok (fleet node {:?} of site {:?}, VIPs from {:?} under {}; instance {:?})",
+            file.display(),
+            fleet.node,
+            fleet.site,
+            fleet.endpoints,
+            fleet.prefix,
+            config.instance
+        );
+        return Ok(());
+    }
     let reals: usize = config.vips.iter().map(|v| v.reals.len()).sum();
     println!("{}: ok ({} VIPs, {reals} reals, instance {:?})", file.display(), config.vips.len(), config.instance);
     Ok(())

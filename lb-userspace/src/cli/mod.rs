@@ -4,9 +4,12 @@
 mod args;
 mod client;
 mod commands;
+mod fleet;
 mod print;
 
 pub use self::{
-    args::{BackendAction, Cmd, FlowsAction, Opt, RealAction, Shell, SiteAction, Target, VipAction, DEFAULT_INSTANCE},
+    args::{
+        BackendAction, Cmd, FleetAction, FlowsAction, Opt, RealAction, Shell, SiteAction, StoreArgs, Target, VipAction, DEFAULT_INSTANCE,
+    },
     commands::{admin, doctor},
 };

@@ -466,7 +466,7 @@ fn validate_fleet(f: &RawFleetNode, instance: &str, p: &mut Problems) -> FleetNo
         node,
         user: f.user.clone(),
         password_file: f.password_file.as_deref().map(PathBuf::from),
-        state_file: f.state_file.as_deref().map_or_else(|| PathBuf::from(format!("/var/lib/anycast-lb/{instance}.fleet")), PathBuf::from),
+        state_file: f.state_file.as_deref().map_or_else(|| crate::journal::state_dir().join(format!("{instance}.fleet")), PathBuf::from),
         report_ttl: Duration::from_secs(ttl as u64),
     }
 }

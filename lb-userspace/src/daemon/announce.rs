@@ -15,9 +15,10 @@ use crate::{
 };
 
 impl<D: DataplaneOps> Daemon<D> {
-    /// The site withdraws by choice: drained, or `lb` exiting.
+    /// The site withdraws by choice: drained (`lb site drain` or `lb fleet drain`), or `lb`
+    /// exiting.
     pub(super) fn withdrawing(&self) -> bool {
-        self.journal.site_drained || self.exiting
+        self.journal.site_drained || self.fleet.as_ref().is_some_and(|f| f.drained) || self.exiting
     }
 
     /// The VIPs this site should announce now: servable ones, unless the site is drained or
@@ -94,14 +95,21 @@ impl<D: DataplaneOps> Daemon<D> {
         let was_announcing = !self.withdrawing();
         self.journal.site_drained = drained;
         info!(drained, "site drain changed");
+        self.drain_changed(was_announcing);
+        self.save_journal(Some(reply));
+    }
+
+    /// After a drain or an undrain (the site's own or the fleet's), by whether the site was
+    /// announcing before it.
+    pub(super) fn drain_changed(&mut self, was_announcing: bool) {
         self.sync_handoff(); // adopt before the withdrawal moves our flows to peers
-        if drained && was_announcing {
+        let withdrawing = self.withdrawing();
+        if withdrawing && was_announcing {
             self.begin_graceful_shutdown();
-        } else if !drained {
+        } else if !withdrawing {
             self.graceful = None; // an undrain cancels a graceful shutdown under way
         }
         self.publish_announcements();
-        self.save_journal(Some(reply));
     }
 
     /// Starts the wait before a withdrawal, when `[bgp] graceful_shutdown_ms` asks for one: the

@@ -36,9 +36,10 @@ impl<D: DataplaneOps> Daemon<D> {
             || config.interfaces != self.config.interfaces
             || config.conn_table_size != self.config.conn_table_size
             || bgp_socket(&config) != bgp_socket(&self.config)
+            || config.fleet != self.config.fleet
         {
             return Err(AdminError::Conflict(
-                "instance, interfaces, conn_table_size and the [bgp] section's presence, socket and include file change only with a restart"
+                "instance, interfaces, conn_table_size, [fleet] and the [bgp] section's presence, socket and include file change only with a restart"
                     .into(),
             ));
         }

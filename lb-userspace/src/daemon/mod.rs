@@ -17,6 +17,7 @@
 mod announce;
 mod changes;
 mod events;
+pub mod fleet;
 mod handoff;
 mod reload;
 mod run;

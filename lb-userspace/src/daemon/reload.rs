@@ -55,14 +55,19 @@ impl<D: DataplaneOps> Daemon<D> {
         let started = std::time::Instant::now();
         let read = prepared.as_ref().map_or(Duration::ZERO, |p| p.took);
         let result = prepared.and_then(|p| {
-            let config = effective_config(&p.file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            super::fleet::check_node_file(&p.file).map_err(AdminError::BadRequest)?;
+            let file = match &self.fleet {
+                Some(fleet) => fleet.over(&p.file),
+                None => p.file,
+            };
+            let config = effective_config(&file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
             let mac = match (config.forwarding.next_hop, p.resolved) {
                 (NextHop::Mac(mac), _) => mac,
                 (NextHop::Ip(ip), Some((resolved, mac))) if ip == resolved => mac,
                 (NextHop::Ip(ip), _) => return Err(AdminError::Conflict(format!("next hop {ip} was not resolved"))),
             };
             self.install(config, mac)?;
-            self.file = p.file;
+            self.file = file;
             Ok(())
         });
         match &result {

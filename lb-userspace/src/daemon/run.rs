@@ -16,14 +16,16 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
+    fleet::{self, FleetState},
     reload::effective_config,
     state::{Daemon, Outputs},
 };
 use crate::{
     admin,
     bgp::{self, BirdRouter, RouterEvent},
-    config::{self, InterfaceCheck},
+    config::{self, FleetNode, InterfaceCheck},
     dataplane::{pins, Counters, Dataplane, LiveMaps, LoadOptions},
+    fleet::{report::NodeReport, store::StoreAccess},
     journal, next_hop,
     reconcile::Reconciler,
 };
@@ -38,10 +40,32 @@ const EXIT_WITHDRAW_LIMIT: Duration = Duration::from_millis(1500);
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let interfaces = InterfaceCheck::OnThisHost;
-    let file_config = config::load(&config_path, interfaces)?; // the file alone must be valid
+    let node_file = config::load_raw(&config_path)?;
+    fleet::check_node_file(&node_file).map_err(anyhow::Error::msg)?;
+    let file_config = node_file.validate(interfaces)?; // the file alone must be valid
     let journal_path = journal::path(&file_config.instance);
     let journal = journal::load(&journal_path)?;
-    let file = config::load_raw(&config_path)?;
+    // A fleet node starts from the revision it last applied, kept on disk, whether or not the
+    // store answers; the follower brings it up to date.
+    let last_good = match &file_config.fleet {
+        Some(node) => {
+            let last_good = fleet::load_last_good(&node.state_file)?;
+            match &last_good {
+                Some((saved, _)) => {
+                    info!(revision = saved.revision, file = %node.state_file.display(), "fleet: starting from the last good revision")
+                }
+                None => {
+                    warn!(file = %node.state_file.display(), "fleet: no revision kept yet; starting with no VIPs until the store answers")
+                }
+            }
+            last_good
+        }
+        None => None,
+    };
+    let file = match &file_config.fleet {
+        Some(node) => fleet::with_fleet_vips(&node_file, last_good.as_ref().map(|(_, doc)| doc), &node.site),
+        None => node_file,
+    };
     let config = effective_config(&file, &journal, interfaces)?;
     let descriptors = crate::serve::raise_descriptor_limit()?;
     info!(descriptors, "open-file limit");
@@ -69,7 +93,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         reload: reload_tx,
         graceful_over: graceful_tx,
     };
+    let fleet_node = config.fleet.clone();
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
+    let (fleet_tx, mut fleet_rx) = mpsc::channel(16);
+    if let Some(node) = fleet_node {
+        start_fleet(&mut daemon, node, last_good.map(|(saved, doc)| (saved.revision, doc)), fleet_tx, api.socket.clone())?;
+    } else {
+        drop(fleet_tx);
+    }
     if let Some(bgp) = bgp {
         tokio::spawn(bgp::watch_sessions(bgp.bird_socket.clone(), SESSION_CHECK, BIRD_LIMIT, router_tx.clone()));
         let bird = BirdRouter { include: bgp.include_file, socket: bgp.bird_socket, limit: BIRD_LIMIT };
@@ -80,6 +111,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 
+    // The fleet report follows the state at most this often (it is written only when it changed).
+    let mut report_tick = tokio::time::interval(Duration::from_secs(1));
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -91,6 +124,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(change) = next_hop_rx.recv() => daemon.next_hop_changed(change),
             Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
             Some(number) = graceful_rx.recv() => daemon.graceful_shutdown_over(number),
+            Some(event) = fleet_rx.recv() => daemon.fleet_event(event),
+            _ = report_tick.tick() => daemon.publish_report(),
             _ = hangup.recv() => daemon.start_reload(None),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -120,6 +155,47 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     let _ = std::fs::remove_file(&api.socket);
     info!(instance = %daemon.config().instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
+    Ok(())
+}
+
+/// Makes `daemon` a fleet node: the follower, the saver of last good revisions and the reporter.
+fn start_fleet(
+    daemon: &mut Daemon<Dataplane>,
+    node: FleetNode,
+    applied: Option<(i64, crate::fleet::RawFleet)>,
+    events: mpsc::Sender<crate::fleet::follow::FleetEvent>,
+    admin_socket: PathBuf,
+) -> Result<()> {
+    let access = StoreAccess::of_node(&node)?;
+    let (save_tx, save_rx) = mpsc::unbounded_channel();
+    tokio::spawn(fleet::run_saver(save_rx));
+    let placeholder = NodeReport {
+        site: node.site.clone(),
+        node: node.node.clone(),
+        revision: 0,
+        refused: None,
+        store_reachable: false,
+        fleet_drained: false,
+        stage: crate::status::SiteStage::NoBgp,
+        vips: Vec::new(),
+        doctor: None,
+    };
+    let (report_tx, report_rx) = watch::channel(placeholder);
+    let key = access.node_key(&node.site, &node.node);
+    let ttl = node.report_ttl;
+    info!(site = %node.site, node = %node.node, endpoints = ?node.endpoints, prefix = %node.prefix, "fleet: following the store");
+    tokio::spawn(crate::fleet::follow::run(access.clone(), node.site.clone(), events));
+    daemon.follow_fleet(FleetState {
+        node,
+        applied,
+        refused: None,
+        refusals: 0,
+        store_error: Some("not reached yet".into()),
+        drained: false,
+        save: save_tx,
+        report: report_tx,
+    });
+    tokio::spawn(crate::fleet::report::run(access, key, ttl, admin_socket, report_rx));
     Ok(())
 }
 

@@ -74,6 +74,8 @@ pub struct Daemon<D> {
     pub(super) bgp_sessions: Option<Vec<crate::bgp::Session>>,
     pub(super) graceful_count: u64,
     pub(super) out: Outputs,
+    /// This node's part in a fleet (None: its VIPs come from its own file).
+    pub(super) fleet: Option<super::fleet::FleetState>,
 }
 
 /// A graceful shutdown under way: announced with GRACEFUL_SHUTDOWN until `until`.
@@ -135,6 +137,7 @@ impl<D: DataplaneOps> Daemon<D> {
             bird_failing: None,
             bgp_sessions: None,
             out,
+            fleet: None,
         };
         d.reapply_journal();
         d.sync_handoff();
@@ -144,6 +147,13 @@ impl<D: DataplaneOps> Daemon<D> {
         // not needed before announcing.
         d.publish_announcements();
         d
+    }
+
+    /// Makes this a fleet node: revisions come through `fleet_event`, the report goes out.
+    pub fn follow_fleet(&mut self, fleet: super::fleet::FleetState) {
+        self.fleet = Some(fleet);
+        self.publish_announcements();
+        self.publish_report();
     }
 
     pub fn config(&self) -> &Config {

@@ -47,11 +47,18 @@ impl<'de> Deserialize<'de> for RawFleetVip {
             None => BTreeMap::new(),
         };
         if table.contains_key("real") {
-            return Err(D::Error::custom("a fleet VIP lists its reals per site, in [vip.reals] (site = [{ address = \"..\" }]), not in [[vip.real]]"));
+            return Err(D::Error::custom(
+                "a fleet VIP lists its reals per site, in [vip.reals] (site = [{ address = \"..\" }]), not in [[vip.real]]",
+            ));
         }
         let vip = RawVip::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
         Ok(Self { vip, reals })
     }
+}
+
+/// A fleet document has `[[site]]`s; a node file never does.
+pub fn is_fleet_document(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("site"))
 }
 
 /// Parses a fleet document (syntax and field names only; `validate` checks the rest).
@@ -62,10 +69,7 @@ pub fn parse(text: &str) -> Result<RawFleet, ConfigError> {
 impl RawFleet {
     /// The VIPs site `site` serves, as a node file's `[[vip]]`s with that site's reals.
     pub fn vips_for(&self, site: &str) -> Vec<RawVip> {
-        self.vips
-            .iter()
-            .filter_map(|v| v.reals.get(site).map(|reals| RawVip { reals: reals.clone(), ..v.vip.clone() }))
-            .collect()
+        self.vips.iter().filter_map(|v| v.reals.get(site).map(|reals| RawVip { reals: reals.clone(), ..v.vip.clone() })).collect()
     }
 
     pub fn has_site(&self, site: &str) -> bool {
@@ -245,7 +249,9 @@ nyc = [{ address = "10.2.0.5" }]
 
     #[test]
     fn each_sites_vips_are_validated_as_a_node_would_and_named_by_site() {
-        let bad = FLEET.replace("{ address = \"10.2.0.1\" }", "{ address = \"10.2.0.1\", weight = 5000 }").replace("nyc = [{ address = \"10.2.0.5\" }]", "tyo = [{ address = \"10.2.0.5\" }]");
+        let bad = FLEET
+            .replace("{ address = \"10.2.0.1\" }", "{ address = \"10.2.0.1\", weight = 5000 }")
+            .replace("nyc = [{ address = \"10.2.0.5\" }]", "tyo = [{ address = \"10.2.0.5\" }]");
         let problems: Vec<String> = parse(&bad).expect("parses").validate().unwrap_err().problems().iter().map(|p| p.to_string()).collect();
         assert!(problems.iter().any(|p| p.starts_with("site nyc: vip[0] \"web\".real[0].weight")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("reals.tyo: no [[site]]")), "{problems:?}");

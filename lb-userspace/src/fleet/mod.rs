@@ -10,7 +10,7 @@ pub mod follow;
 pub mod report;
 pub mod store;
 
-pub use doc::{diff, is_site_name, parse, RawFleet, RawFleetVip, RawSite};
+pub use doc::{diff, is_fleet_document, is_site_name, parse, RawFleet, RawFleetVip, RawSite};
 
 /// This host's name, lower-cased: a node's default name in its site.
 pub fn host_name() -> String {

@@ -101,7 +101,7 @@ async fn session(
     access: &StoreAccess,
     key: &str,
     ttl: Duration,
-    admin: &PathBuf,
+    admin: &std::path::Path,
     reports: &mut watch::Receiver<NodeReport>,
     doctor: &mut Option<String>,
 ) -> Result<()> {

@@ -1,0 +1,204 @@
+//! `lb fleet`: reads and writes the fleet store directly (etcd, with its own authentication),
+//! not through a running `lb`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use super::args::{FleetAction, StoreArgs};
+use crate::{
+    config::{self, FleetNode, InterfaceCheck, DEFAULT_FLEET_PREFIX},
+    fleet::{
+        self,
+        report::NodeReport,
+        store::{self, StoreAccess},
+    },
+};
+
+pub fn run(action: FleetAction, args: &StoreArgs) -> Result<()> {
+    let access = access(args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let mut client = access.connect().await?;
+        match action {
+            FleetAction::Status { json } => status(&mut client, &access, json).await,
+            FleetAction::Show => {
+                let doc = store::read_document(&mut client, &access).await?;
+                let (revision, text) = doc.text.context("no fleet document yet (`lb fleet apply FILE` writes one)")?;
+                println!("# fleet document, revision {revision}");
+                print!("{text}");
+                Ok(())
+            }
+            FleetAction::Diff { file } => {
+                let (new, _) = read_valid(&file)?;
+                let doc = store::read_document(&mut client, &access).await?;
+                let (revision, lines) = changes(doc.text, &new)?;
+                println!("against revision {revision}:");
+                print_lines(&lines);
+                Ok(())
+            }
+            FleetAction::Apply { file, revision } => {
+                let (new, text) = read_valid(&file)?;
+                let doc = store::read_document(&mut client, &access).await?;
+                let (current, lines) = changes(doc.text, &new)?;
+                let expected = revision.unwrap_or(current);
+                print_lines(&lines);
+                let written = store::write_document(&mut client, &access, &text, expected).await?;
+                println!("applied: revision {written} (replacing {current}); `lb fleet status` shows each node taking it");
+                Ok(())
+            }
+            FleetAction::Drain { ref site } | FleetAction::Undrain { ref site } if !fleet::is_site_name(site) => {
+                bail!("{site:?} is not a site name")
+            }
+            FleetAction::Drain { site } => {
+                store::set_drain(&mut client, &access, &site, true).await?;
+                println!("site {site}: drained (its nodes withdraw their VIPs)");
+                Ok(())
+            }
+            FleetAction::Undrain { site } => {
+                store::set_drain(&mut client, &access, &site, false).await?;
+                println!("site {site}: undrained (its nodes announce their servable VIPs)");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn access(args: &StoreArgs) -> Result<StoreAccess> {
+    match (&args.config, args.endpoints.is_empty()) {
+        (Some(path), true) => {
+            let config = config::load(path, InterfaceCheck::Skip)?;
+            let node: FleetNode = config.fleet.with_context(|| format!("{} has no [fleet] section", path.display()))?;
+            StoreAccess::of_node(&node)
+        }
+        (None, false) => {
+            let login = match (&args.user, &args.password_file) {
+                (Some(user), Some(file)) => Some((user.clone(), config::read_secret(file, "--password-file", "password", 1)?.to_string())),
+                (None, None) => None,
+                _ => bail!("--user and --password-file come together"),
+            };
+            let prefix = args.prefix.clone().unwrap_or_else(|| DEFAULT_FLEET_PREFIX.into());
+            Ok(StoreAccess { endpoints: args.endpoints.clone(), prefix, login })
+        }
+        (Some(_), false) => bail!("give --config or --endpoints, not both"),
+        (None, true) => bail!("where is the store? give --config NODE_FILE (its [fleet]) or --endpoints URL[,URL..]"),
+    }
+}
+
+/// The document in `file`, parsed and valid, and its text.
+fn read_valid(file: &std::path::Path) -> Result<(fleet::RawFleet, String)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let doc = fleet::parse(&text).with_context(|| file.display().to_string())?;
+    doc.validate().with_context(|| format!("{} is not a valid fleet document", file.display()))?;
+    Ok((doc, text))
+}
+
+/// The stored revision (0: none) and what `new` changes against it.
+fn changes(stored: Option<(i64, String)>, new: &fleet::RawFleet) -> Result<(i64, Vec<String>)> {
+    match stored {
+        None => Ok((0, vec!["(no document yet: everything in the file is new)".into()])),
+        Some((revision, text)) => {
+            let old = fleet::parse(&text).with_context(|| format!("the stored revision {revision} does not parse"))?;
+            Ok((revision, fleet::diff(&old, new)))
+        }
+    }
+}
+
+fn print_lines(lines: &[String]) {
+    if lines.is_empty() {
+        println!("(no change)");
+    }
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+#[derive(Serialize)]
+struct FleetStatus {
+    document_revision: i64,
+    drained_sites: Vec<String>,
+    nodes: Vec<NodeReport>,
+    disagreements: Vec<String>,
+}
+
+async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bool) -> Result<()> {
+    let doc = store::read_document(client, access).await?;
+    let drained_sites = store::drained_sites(client, access).await?;
+    let mut nodes = Vec::new();
+    for (key, text) in store::node_reports(client, access).await? {
+        match serde_json::from_str::<NodeReport>(&text) {
+            Ok(r) => nodes.push(r),
+            Err(e) => eprintln!("warning: the report at {key} does not parse: {e}"),
+        }
+    }
+    nodes.sort_by(|a, b| (&a.site, &a.node).cmp(&(&b.site, &b.node)));
+    let status = FleetStatus {
+        document_revision: doc.text.as_ref().map_or(0, |(r, _)| *r),
+        disagreements: disagreements(&nodes),
+        drained_sites,
+        nodes,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("fleet document: revision {}", status.document_revision);
+    if !status.drained_sites.is_empty() {
+        println!("drained sites: {}", status.drained_sites.join(", "));
+    }
+    println!(
+        "{:<12} {:<16} {:<9} {:<7} {:<18} {:<10} {:<28} DOCTOR",
+        "SITE", "NODE", "REVISION", "STORE", "STAGE", "ANNOUNCED", "REALS DOWN"
+    );
+    for n in &status.nodes {
+        let stage = serde_json::to_value(&n.stage).ok().and_then(|v| v["stage"].as_str().map(str::to_owned)).unwrap_or_default();
+        let announced = format!("{}/{}", n.vips.iter().filter(|v| v.announced).count(), n.vips.len());
+        let down: Vec<String> = n
+            .vips
+            .iter()
+            .flat_map(|v| v.reals.iter().filter(|r| r.state == "down").map(move |r| format!("{} {}", v.name, r.address)))
+            .collect();
+        println!(
+            "{:<12} {:<16} {:<9} {:<7} {:<18} {:<10} {:<28} {}",
+            n.site,
+            n.node,
+            n.revision,
+            if n.store_reachable { "ok" } else { "LOST" },
+            stage,
+            announced,
+            if down.is_empty() { "-".to_owned() } else { down.join(", ") },
+            n.doctor.as_deref().unwrap_or("-")
+        );
+        if let Some(r) = &n.refused {
+            println!("    refused revision {}: {}", r.revision, r.reason);
+        }
+    }
+    if status.nodes.is_empty() {
+        println!("(no node reports: no node is running, or none reaches the store)");
+    }
+    for d in &status.disagreements {
+        println!("DISAGREE: {d}");
+    }
+    Ok(())
+}
+
+/// Reals that nodes of one site see differently (up on one, down on another).
+pub fn disagreements(nodes: &[NodeReport]) -> Vec<String> {
+    // (site, vip, real) -> [(node, state)]
+    let mut seen: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
+    for n in nodes {
+        for v in &n.vips {
+            for r in &v.reals {
+                seen.entry((n.site.clone(), v.name.clone(), r.address.to_string())).or_default().push((n.node.clone(), r.state.clone()));
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, states)| states.iter().any(|(_, s)| *s != states[0].1))
+        .map(|((site, vip, real), states)| {
+            let each: Vec<String> = states.iter().map(|(node, state)| format!("{state} on {node}")).collect();
+            format!("site {site}, VIP {vip}, real {real}: {}", each.join(", "))
+        })
+        .collect()
+}

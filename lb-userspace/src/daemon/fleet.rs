@@ -1,0 +1,171 @@
+//! A node in a fleet: each revision of the fleet document the follower hands over is installed
+//! through the same path as a reload (its site's VIPs over the node file, with the journal's
+//! run-time changes over both), or refused, keeping the running one. What the node runs is
+//! kept on disk for a restart without the store, and reported to the store.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{reload::effective_config, state::Daemon};
+use crate::{
+    config::{FleetNode, RawConfig},
+    dataplane::DataplaneOps,
+    fleet::{
+        self,
+        follow::FleetEvent,
+        report::{NodeReport, Refusal, VipReport},
+        RawFleet,
+    },
+};
+
+/// The revision a node last applied, as kept on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastGood {
+    pub revision: i64,
+    pub text: String,
+}
+
+/// The last good revision in `path` (None: there is none yet). One that no longer parses is
+/// an error: the node must not start without the VIPs it served.
+pub fn load_last_good(path: &Path) -> anyhow::Result<Option<(LastGood, RawFleet)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("reading the last good fleet revision {}: {e}", path.display())),
+    };
+    let saved: LastGood = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let doc = fleet::parse(&saved.text).map_err(|e| anyhow::anyhow!("{}: revision {}: {e}", path.display(), saved.revision))?;
+    Ok(Some((saved, doc)))
+}
+
+/// The node file with the VIPs its site has in `doc`.
+pub fn with_fleet_vips(node_file: &RawConfig, doc: Option<&RawFleet>, site: &str) -> RawConfig {
+    RawConfig { vips: doc.map(|d| d.vips_for(site)).unwrap_or_default(), ..node_file.clone() }
+}
+
+/// A node file that follows a fleet names no VIPs of its own.
+pub fn check_node_file(file: &RawConfig) -> Result<(), String> {
+    if file.fleet.is_some() && !file.vips.is_empty() {
+        return Err(format!(
+            "vip: this node follows a fleet store ([fleet]), which gives its VIPs; remove the {} [[vip]] section(s)",
+            file.vips.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The daemon's part in a fleet.
+pub struct FleetState {
+    pub node: FleetNode,
+    /// The revision running and its document (None: none yet).
+    pub applied: Option<(i64, RawFleet)>,
+    pub refused: Option<Refusal>,
+    /// Revisions refused since start.
+    pub refusals: u64,
+    pub store_error: Option<String>,
+    /// `lb fleet drain` holds this site out of BGP.
+    pub drained: bool,
+    /// Last good revisions to write to disk (a task does).
+    pub save: mpsc::UnboundedSender<(PathBuf, LastGood)>,
+    /// The report the reporter task keeps in the store.
+    pub report: watch::Sender<NodeReport>,
+}
+
+impl FleetState {
+    /// The node file as it runs: the node's own file with the applied revision's VIPs.
+    pub fn over(&self, node_file: &RawConfig) -> RawConfig {
+        with_fleet_vips(node_file, self.applied.as_ref().map(|(_, d)| d), &self.node.site)
+    }
+}
+
+/// Writes each last good revision durably, in order.
+pub async fn run_saver(mut saves: mpsc::UnboundedReceiver<(PathBuf, LastGood)>) {
+    while let Some((path, saved)) = saves.recv().await {
+        let bytes = serde_json::to_vec(&saved).expect("a string and a number encode");
+        if let Err(e) = crate::durable::write_async(path.clone(), bytes).await {
+            warn!(path = %path.display(), error = %e, "could not keep the fleet revision on disk; a restart without the store would serve an older one");
+        }
+    }
+}
+
+impl<D: DataplaneOps> Daemon<D> {
+    pub fn fleet_event(&mut self, event: FleetEvent) {
+        let Some(fleet) = self.fleet.as_mut() else { return };
+        match event {
+            FleetEvent::Store(error) => {
+                if error.is_none() && fleet.store_error.is_some() {
+                    info!("fleet store reachable again");
+                }
+                fleet.store_error = error;
+            }
+            FleetEvent::Drain(drained) if drained != fleet.drained => {
+                let was_announcing = !self.withdrawing();
+                self.fleet.as_mut().expect("checked above").drained = drained;
+                info!(drained, "fleet drain of this site changed");
+                self.drain_changed(was_announcing);
+            }
+            FleetEvent::Drain(_) => {}
+            FleetEvent::Document { revision, text } => {
+                if fleet.applied.as_ref().is_some_and(|(r, _)| *r == revision) {
+                    return; // already running (a restart from the copy on disk, then the store)
+                }
+                match self.apply_fleet(revision, text) {
+                    Ok(()) => info!(revision, vips = self.config.vips.len(), "fleet revision applied"),
+                    Err(reason) => {
+                        warn!(revision, %reason, "fleet revision refused; running the last good one");
+                        let fleet = self.fleet.as_mut().expect("checked above");
+                        fleet.refusals += 1;
+                        fleet.refused = Some(Refusal { revision, reason });
+                    }
+                }
+            }
+        }
+        self.publish_report();
+    }
+
+    /// Installs revision `revision` of the document, or says why not.
+    fn apply_fleet(&mut self, revision: i64, text: Option<String>) -> Result<(), String> {
+        let fleet = self.fleet.as_ref().expect("a fleet node");
+        let site = fleet.node.site.clone();
+        let text = text.ok_or("the fleet document was deleted")?;
+        let doc = fleet::parse(&text).map_err(|e| e.to_string())?;
+        doc.validate().map_err(|e| e.to_string().replace('\n', "; "))?;
+        if !doc.has_site(&site) {
+            return Err(format!("this node's site {site:?} is not in the document's [[site]]s"));
+        }
+        let file = with_fleet_vips(&self.file, Some(&doc), &site);
+        let config = effective_config(&file, &self.journal, self.interfaces).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let mac = self.rec.next_hop().ok_or("no next hop written yet")?;
+        self.install(config, mac).map_err(|e| e.to_string())?;
+        self.file = file;
+        let fleet = self.fleet.as_mut().expect("a fleet node");
+        fleet.applied = Some((revision, doc));
+        fleet.refused = None;
+        let _ = fleet.save.send((fleet.node.state_file.clone(), LastGood { revision, text }));
+        Ok(())
+    }
+
+    /// Hands the node's report to the reporter task (which writes it when it changed).
+    pub(super) fn publish_report(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let report = NodeReport {
+            site: fleet.node.site.clone(),
+            node: fleet.node.node.clone(),
+            revision: fleet.applied.as_ref().map_or(0, |(r, _)| *r),
+            refused: fleet.refused.clone(),
+            store_reachable: fleet.store_error.is_none(),
+            fleet_drained: fleet.drained,
+            stage: self.site_stage(),
+            vips: self.status().iter().map(VipReport::of).collect(),
+            doctor: None, // the reporter task adds it
+        };
+        fleet.report.send_if_modified(|current| {
+            let changed = *current != report;
+            *current = report;
+            changed
+        });
+    }
+}
