@@ -98,6 +98,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // The etcd client's gRPC code is generated at build time; the fleet tests run etcd.
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 fn setup() -> Result<()> {
