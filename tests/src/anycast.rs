@@ -24,6 +24,7 @@ use lb_userspace::{
 use crate::{
     backend::BackendDaemon,
     bird::{edge_config, wait_for, Bird},
+    etcd::EtcdCluster,
     lbd::LbDaemon,
     netns::{add_addr, veth, End, NetNs},
     packet::ip,
@@ -79,6 +80,8 @@ pub struct Anycast {
     pub router_bird: Bird,
     pub router_xdp: Dataplane,
     pub sites: Vec<SiteNet>,
+    /// The fleet store, with `Options::fleet`.
+    pub etcd: Option<EtcdCluster>,
     dir: PathBuf,
 }
 
@@ -99,10 +102,55 @@ pub struct Options {
     /// `[bgp] graceful_shutdown_ms` (default 0 here: withdrawals at once, as the timing tests of
     /// drains and exits expect; lb's own default is 2000).
     pub graceful_shutdown_ms: u64,
+    /// Run a three-member etcd cluster and have every node follow it (`[fleet]`, sites "a",
+    /// "b", ..., nodes "n1", "n2", ...) instead of listing the VIPs in its own file. The fleet
+    /// document (`Anycast::fleet_document`) is written before the nodes start.
+    pub fleet: Option<FleetOptions>,
+}
+
+/// The fleet store's side of the harness.
+#[derive(Clone)]
+pub struct FleetOptions {
+    /// etcd authentication on, with this user (its password in a 0600 file the nodes name).
+    pub user: Option<(String, String)>,
+    /// Each node's `[fleet] report_ttl_s`.
+    pub report_ttl_s: u32,
+}
+
+/// The fleet's key prefix in the harness.
+pub const FLEET_PREFIX: &str = "/lbt";
+
+/// The name of site `s` in the fleet: "a", "b", ...
+pub fn site_name(s: usize) -> String {
+    ((b'a' + s as u8) as char).to_string()
+}
+
+/// A fleet document for sites with `backends[s]` backends each, the harness's two VIPs, and
+/// backend i's weight `weights[i]` (default 1) at every site.
+pub fn fleet_document(backends: &[usize], weights: &[u32]) -> String {
+    let mut doc = String::new();
+    for s in 0..backends.len() {
+        doc += &format!("[[site]]\nname = \"{}\"\n", site_name(s));
+    }
+    for (name, addr, v6) in [("web", VIP, false), ("web6", VIP6, true)] {
+        doc += &format!("[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = 8080\nprotocol = \"tcp\"\n[vip.reals]\n");
+        for (s, &n) in backends.iter().enumerate() {
+            let reals: Vec<String> = (0..n)
+                .map(|i| {
+                    let a = if v6 { format!("fd00:{}:{i}::2", 30 + s) } else { format!("10.{}.{i}.2", 30 + s) };
+                    format!("{{ address = \"{a}\", weight = {} }}", weights.get(i).copied().unwrap_or(1))
+                })
+                .collect();
+            doc += &format!("{} = [{}]\n", site_name(s), reals.join(", "));
+        }
+    }
+    doc
 }
 
 /// `node` and `peers` (the LB nodes of the other sites) set up cross-site handoff. `backends` and
-/// `backends6`: the site's backends, each family's reals of the VIP of that family.
+/// `backends6`: the site's backends, each family's reals of the VIP of that family. `fleet`:
+/// the node's `[fleet]` section, which replaces the VIPs.
+#[allow(clippy::too_many_arguments)]
 fn lb_config(
     backends: &[String],
     backends6: &[String],
@@ -111,6 +159,7 @@ fn lb_config(
     include: &std::path::Path,
     node: &str,
     peers: &[String],
+    fleet: Option<String>,
 ) -> String {
     let weights = &opts.weights;
     let prepend = opts.prepend_below.map(|p| format!("prepend_below = {p}\n")).unwrap_or_default();
@@ -124,12 +173,15 @@ fn lb_config(
          [metrics]\nlisten = \"[::]:9100\"\n\
          [health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 80\nrise = 2\nfall = 2\n\
          [bgp]\nbird_socket = \"{}\"\ninclude_file = \"{}\"\ngraceful_shutdown_ms = {}\n{prepend}\
-         {handoff}\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n",
+         {handoff}",
         bird.socket.display(),
         include.display(),
         opts.graceful_shutdown_ms
     );
+    if let Some(fleet) = fleet {
+        return c + &fleet;
+    }
+    c += &format!("[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"tcp\"\n");
     for (i, b) in backends.iter().enumerate() {
         c += &format!("[[vip.real]]\naddress = \"{b}\"\nweight = {}\n", weights.get(i).copied().unwrap_or(1));
     }
@@ -215,6 +267,23 @@ impl Anycast {
             })
             .collect();
         let router_bird = Bird::start(&router, "router", &router_conf);
+        let (etcd, fleet_section) = match &opts.fleet {
+            Some(f) => {
+                let mut etcd = EtcdCluster::start(&router, 3);
+                let mut section = format!("[fleet]\nendpoints = {:?}\nprefix = \"{FLEET_PREFIX}\"\nreport_ttl_s = {}\n", etcd.endpoints(), f.report_ttl_s);
+                if let Some((user, password)) = &f.user {
+                    etcd.enable_auth(user, password, FLEET_PREFIX);
+                    let file = dir.join("etcd-password");
+                    std::fs::write(&file, password).expect("password file");
+                    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+                    section += &format!("user = \"{user}\"\npassword_file = \"{}\"\n", file.display());
+                }
+                let doc = fleet_document(backends, &opts.weights);
+                assert!(etcd.ctl(&["put", &format!("{FLEET_PREFIX}/document"), &doc]).is_some(), "writing the first fleet document");
+                (Some(etcd), Some(section))
+            }
+            None => (None, None),
+        };
         let router_xdp = router.run(|| {
             let mut dp = Dataplane::load(&LoadOptions { conn_table_size: 16, ring_slots: 2 }).expect("load");
             for k in 1..=k {
@@ -267,13 +336,14 @@ impl Anycast {
                         .flat_map(|(_, ks)| ks.iter().map(|&k| handoff_addr(k)))
                         .collect();
                     peers.extend(opts.extra_peers.iter().cloned());
-                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, &addrs6, opts, &bird, &include, &handoff_addr(k), &peers));
+                    let fleet = fleet_section.as_ref().map(|f| format!("{f}site = \"{}\"\nnode = \"n{k}\"\n", site_name(s)));
+                    let lb = LbDaemon::start(&ns, &lb_config(&addrs, &addrs6, opts, &bird, &include, &handoff_addr(k), &peers, fleet));
                     Node { ns, bird, lb, addr: node_addr(k) }
                 })
                 .collect();
             sites.push(SiteNet { name, nodes, backends: backend_ns, decaps });
         }
-        Self { client, router, router_bird, router_xdp, sites, dir }
+        Self { client, router, router_bird, router_xdp, sites, etcd, dir }
     }
 
     /// Waits until every node of site `site` sees all its reals up and announces the VIPs. Nodes

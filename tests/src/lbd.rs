@@ -112,7 +112,7 @@ impl LbDaemon {
         over_tcp_in(&self.ns, addr, request).expect("admin TCP")
     }
 
-    fn try_status(&self) -> Option<Vec<VipStatus>> {
+    pub fn try_status(&self) -> Option<Vec<VipStatus>> {
         let out = self.cli(&["status", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
@@ -144,6 +144,13 @@ impl LbDaemon {
 
     pub fn signal(&self, sig: &str) {
         signal(self.child.as_ref().expect("running"), sig);
+    }
+
+    /// SIGKILL, as a crash: nothing is withdrawn or cleaned up by lb.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM and wait for the exit; the data plane stays attached.

@@ -4,6 +4,7 @@
 pub mod anycast;
 pub mod backend;
 pub mod bird;
+pub mod etcd;
 pub mod expect;
 pub mod fixture;
 pub mod lbd;

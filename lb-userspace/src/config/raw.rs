@@ -14,7 +14,8 @@ pub struct RawConfig {
     #[serde(default = "default_conn_table_size")]
     pub conn_table_size: u32,
     /// Slots of the Maglev ring pool (default: two rings of every VIP's ring_size, plus two of
-    /// the largest size for VIPs added at run time).
+    /// the largest size for VIPs added at run time; with [fleet], at least 16 VIPs' worth at the
+    /// default ring size, since the fleet adds VIPs without a restart).
     pub ring_slots: Option<u32>,
     /// Interfaces the balancer attaches to.
     #[serde(default, rename = "interface")]

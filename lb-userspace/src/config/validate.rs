@@ -9,6 +9,10 @@ use std::{
 
 use lb_common::{second_chance, MAX_REALS, MAX_RING_SIZE, MAX_VIPS};
 
+/// The least ring pool of a fleet node when `ring_slots` is not set: 16 VIPs at the default ring
+/// size (two rings each), 8 MiB.
+pub const FLEET_RING_SLOTS: u64 = 16 * 2 * lb_common::DEFAULT_RING_SIZE as u64;
+
 /// The longest second-chance window: a week.
 pub const MAX_SECOND_CHANCE_WINDOW_S: u32 = 7 * 24 * 3600;
 
@@ -240,6 +244,9 @@ impl RawConfig {
                 n
             }
             Some(n) => n,
+            // A fleet node's VIPs change without a restart, so its pool starts with room for
+            // more than the VIPs it has now.
+            None if self.fleet.is_some() => (needed + 2 * MAX_RING_SIZE as u64).max(FLEET_RING_SLOTS).min(u32::MAX as u64) as u32,
             None => (needed + 2 * MAX_RING_SIZE as u64).min(u32::MAX as u64) as u32,
         };
         let limits = self.limits.validate(&mut p);

@@ -1,0 +1,219 @@
+//! The fleet store: two sites of two nodes each follow one document in a real three-member etcd
+//! cluster (`lb_tests::anycast` with `Options::fleet`), with BIRD and real TCP as in the anycast
+//! tests.
+
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    anycast::{fleet_document, Anycast, FleetOptions, Options, FLEET_PREFIX},
+    bird::wait_for,
+    etcd::client_url,
+    require_root,
+    topology::{http_get, Site},
+};
+use serde_json::Value;
+
+fn fleet_options(user: bool) -> Options {
+    let user = user.then(|| ("lb-fleet".to_owned(), "a-password-for-the-fleet".to_owned()));
+    Options { fleet: Some(FleetOptions { user, report_ttl_s: 3 }), ..Default::default() }
+}
+
+/// `lb fleet ARGS` with node `(s, n)`'s file (its `[fleet]`): (succeeded, stdout + stderr).
+fn fleet(net: &Anycast, args: &[&str]) -> (bool, String) {
+    let lb = &net.sites[0].nodes[0].lb;
+    let mut all = vec!["fleet"];
+    all.extend_from_slice(args);
+    let config = lb.config.display().to_string();
+    all.extend_from_slice(&["--config", &config]);
+    let out = lb.cli(&all);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn fleet_status(net: &Anycast) -> Value {
+    let (ok, text) = fleet(net, &["status", "--json"]);
+    assert!(ok, "lb fleet status: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Every node's reported revision, by node name.
+fn revisions(status: &Value) -> Vec<(String, i64)> {
+    status["nodes"].as_array().unwrap().iter().map(|n| (n["node"].as_str().unwrap().to_owned(), n["revision"].as_i64().unwrap())).collect()
+}
+
+/// Waits until all four nodes report the document's revision; returns it.
+fn wait_converged(net: &Anycast, limit: Duration) -> i64 {
+    let start = Instant::now();
+    loop {
+        let s = fleet_status(net);
+        let revision = s["document_revision"].as_i64().unwrap();
+        let nodes = revisions(&s);
+        if nodes.len() == 4 && nodes.iter().all(|(_, r)| *r == revision) {
+            return revision;
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = net.sites.iter().flat_map(|s| &s.nodes).map(|n| n.lb.log()).collect();
+            panic!("not every node on revision {revision} after {limit:?}: {nodes:?}\n{}\n{}", fleet(net, &["status"]).1, logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `text` to a file and applies it with `--revision`.
+fn apply(net: &Anycast, text: &str, revision: i64) -> (bool, String) {
+    let file = net.sites[0].nodes[0].lb.dir.join("fleet.toml");
+    std::fs::write(&file, text).expect("write fleet file");
+    fleet(net, &["apply", &file.display().to_string(), "--revision", &revision.to_string()])
+}
+
+/// The configured weight node `lb` runs for the IPv4 VIP's real `i`.
+fn weight(lb: &lb_tests::lbd::LbDaemon, i: usize) -> Option<u32> {
+    lb.try_status()?.iter().find(|v| v.name == "web")?.reals.get(i).map(|r| r.config_weight)
+}
+
+#[test]
+fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::with(&[2, 2], &[3, 3], &fleet_options(true));
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    net.wait_serving(0);
+    net.wait_serving(1);
+    let first = wait_converged(&net, Duration::from_secs(20));
+
+    // A weight changed in the document reaches all four nodes.
+    let (ok, out) = apply(&net, &fleet_document(&[3, 3], &[1, 1, 3]), first);
+    assert!(ok, "lb fleet apply: {out}");
+    assert!(out.contains("weight 1 -> 3"), "apply prints the change: {out}");
+    let applied = Instant::now();
+    let nodes: Vec<&lb_tests::lbd::LbDaemon> = net.sites.iter().flat_map(|s| s.nodes.iter().map(|n| &n.lb)).collect();
+    let mut running: Vec<Option<Duration>> = vec![None; nodes.len()];
+    while running.iter().any(Option::is_none) {
+        assert!(applied.elapsed() < Duration::from_secs(10), "the new weight did not reach every node: {running:?}");
+        for (i, lb) in nodes.iter().enumerate() {
+            if running[i].is_none() && weight(lb, 2) == Some(3) {
+                running[i] = Some(applied.elapsed());
+            }
+        }
+    }
+    for (i, t) in running.iter().enumerate() {
+        println!("node n{}: the new weight running {:?} after `lb fleet apply` returned", i + 1, t.unwrap());
+    }
+    let second = wait_converged(&net, Duration::from_secs(10));
+    assert!(second > first);
+
+    // An apply on a revision that is no longer the stored one is refused (compare-and-swap).
+    let (ok, out) = apply(&net, &fleet_document(&[3, 3], &[2, 1, 3]), first);
+    assert!(!ok && out.contains(&format!("it is at revision {second}")), "a stale apply: {out}");
+
+    // A revision written past the CLI's checks (weight 5000) is refused by every node, which
+    // keeps running the previous one.
+    let bad = fleet_document(&[3, 3], &[1, 1, 5000]);
+    let etcd = net.etcd.as_ref().unwrap();
+    assert!(etcd.ctl(&["put", &format!("{FLEET_PREFIX}/document"), &bad]).is_some());
+    wait_for(Duration::from_secs(10), "every node's refusal in its report", || {
+        let s = fleet_status(&net);
+        let nodes = s["nodes"].as_array().unwrap().clone();
+        nodes.len() == 4 && nodes.iter().all(|n| n["refused"]["revision"].as_i64().is_some_and(|r| r > second) && n["revision"] == second)
+    });
+    for node in net.sites.iter().flat_map(|s| &s.nodes) {
+        assert_eq!(weight(&node.lb, 2), Some(3), "the node kept the last good revision");
+        assert!(node.lb.log().contains("fleet revision refused"), "the node logs the refusal");
+    }
+    let (_, text) = fleet(&net, &["status"]);
+    println!("{text}");
+    assert!(text.contains("refused revision") && text.contains("weight"), "lb fleet status shows the refusal: {text}");
+
+    // etcd's authentication holds: without the node file's user, the store refuses.
+    let anonymous = net.sites[0].nodes[0].lb.cli(&["fleet", "status", "--endpoints", &client_url(&etcd.members[0].addr)]);
+    assert!(!anonymous.status.success(), "the store answered without a user");
+}
+
+#[test]
+fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_it_is_back() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let mut net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false));
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    net.wait_serving(0);
+    net.wait_serving(1);
+    let first = wait_converged(&net, Duration::from_secs(20));
+
+    // One member down: changes still apply.
+    net.etcd.as_mut().unwrap().kill_member(0);
+    let started = Instant::now();
+    let (ok, out) = apply(&net, &fleet_document(&[2, 2], &[1, 4]), first);
+    assert!(ok, "apply with one member down: {out}");
+    wait_converged(&net, Duration::from_secs(15));
+    println!("one member down: all 4 nodes on the new revision {:?} after the apply began", started.elapsed());
+
+    // Every member down: requests keep being answered, and a node restarted meanwhile serves
+    // the last good revision from its copy on disk.
+    for i in [1, 2] {
+        net.etcd.as_mut().unwrap().kill_member(i);
+    }
+    let answered = |n: usize| -> (usize, usize) {
+        net.client.run(|| {
+            let ok = (0..n).filter(|i| http_get(Site::vip_addr(), lb_tests::anycast::client_addr(*i), "/x").is_ok()).count();
+            (ok, n - ok)
+        })
+    };
+    let (ok, failed) = answered(200);
+    println!("store down: {ok} requests answered, {failed} failed");
+    assert_eq!(failed, 0);
+    let node = &mut net.sites[0].nodes[0];
+    node.lb.terminate();
+    node.lb.spawn();
+    wait_for(Duration::from_secs(10), "the restarted node serving its copy", || weight(&node.lb, 1) == Some(4));
+    assert!(node.lb.log().contains("starting from the last good revision"), "{}", node.lb.log());
+    net.wait_serving(0);
+    let (ok, failed) = answered(200);
+    println!("store down, node restarted: {ok} requests answered, {failed} failed");
+    assert_eq!(failed, 0);
+
+    // The store back: a change made then reaches every node, the restarted one too.
+    for i in 0..3 {
+        net.etcd.as_mut().unwrap().start_member(i);
+    }
+    net.etcd.as_ref().unwrap().wait_healthy(Duration::from_secs(30));
+    let current = fleet_status(&net)["document_revision"].as_i64().unwrap();
+    let (ok, out) = apply(&net, &fleet_document(&[2, 2], &[2, 4]), current);
+    assert!(ok, "apply once the store is back: {out}");
+    let took = Instant::now();
+    wait_converged(&net, Duration::from_secs(30));
+    println!("store back: all 4 nodes on the new revision {:?} after the apply", took.elapsed());
+    for node in net.sites.iter().flat_map(|s| &s.nodes) {
+        assert_eq!(weight(&node.lb, 0), Some(2));
+    }
+}
+
+#[test]
+fn a_dead_node_leaves_fleet_status_within_its_ttl_and_a_fleet_drain_withdraws_a_site() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let mut net = Anycast::with(&[2, 1], &[2, 2], &fleet_options(false));
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    net.wait_serving(0);
+    net.wait_serving(1);
+    wait_for(Duration::from_secs(20), "three reports", || revisions(&fleet_status(&net)).len() == 3);
+
+    net.sites[0].nodes[1].lb.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(15), "the dead node's report gone", || revisions(&fleet_status(&net)).len() == 2);
+    let gone = killed.elapsed();
+    println!("a killed node left `lb fleet status` {gone:?} after the kill (report TTL 3 s)");
+    assert!(gone <= Duration::from_secs(3) + Duration::from_secs(2), "{gone:?}");
+
+    // `lb fleet drain a` withdraws site a's VIPs (the router then has only site b's node).
+    wait_for(Duration::from_secs(20), "a route via site a", || net.next_hops().contains(&"10.20.1.2".to_owned()));
+    let (ok, out) = fleet(&net, &["drain", "a"]);
+    assert!(ok, "{out}");
+    let drained = Instant::now();
+    wait_for(Duration::from_secs(10), "site a withdrawn", || net.next_hops() == ["10.20.3.2"]);
+    println!("`lb fleet drain a`: the router's route moved to site b {:?} after the command", drained.elapsed());
+    let (ok, out) = fleet(&net, &["undrain", "a"]);
+    assert!(ok, "{out}");
+    wait_for(Duration::from_secs(10), "site a announced again", || net.next_hops().contains(&"10.20.1.2".to_owned()));
+}
