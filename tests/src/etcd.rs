@@ -34,7 +34,11 @@ pub fn client_url(addr: &str) -> String {
 impl EtcdCluster {
     /// Starts `n` members behind `router` (which forwards) and waits until the cluster answers.
     pub fn start(router: &NetNs, n: usize) -> Self {
-        let dir = std::env::temp_dir().join(format!("lbt-etcd-{}", std::process::id()));
+        // A folder per cluster: a test's members must not find an earlier test's data.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lbt-etcd-{}-{seq}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("etcd dir");
         let addrs: Vec<String> = (0..n).map(|i| format!("10.40.{i}.2")).collect();
         let initial_cluster = addrs.iter().enumerate().map(|(i, a)| format!("m{i}=http://{a}:2380")).collect::<Vec<_>>().join(",");

@@ -189,7 +189,7 @@ fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_
 }
 
 #[test]
-fn a_dead_node_leaves_fleet_status_within_its_ttl_and_a_fleet_drain_withdraws_a_site() {
+fn a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its_ttl() {
     require_root!();
     let _serial = lb_tests::serial();
     let mut net = Anycast::with(&[2, 1], &[2, 2], &fleet_options(false));
@@ -199,21 +199,27 @@ fn a_dead_node_leaves_fleet_status_within_its_ttl_and_a_fleet_drain_withdraws_a_
     net.wait_serving(1);
     wait_for(Duration::from_secs(20), "three reports", || revisions(&fleet_status(&net)).len() == 3);
 
-    net.sites[0].nodes[1].lb.kill();
-    let killed = Instant::now();
-    wait_for(Duration::from_secs(15), "the dead node's report gone", || revisions(&fleet_status(&net)).len() == 2);
-    let gone = killed.elapsed();
-    println!("a killed node left `lb fleet status` {gone:?} after the kill (report TTL 3 s)");
-    assert!(gone <= Duration::from_secs(3) + Duration::from_secs(2), "{gone:?}");
-
-    // `lb fleet drain a` withdraws site a's VIPs (the router then has only site b's node).
-    wait_for(Duration::from_secs(20), "a route via site a", || net.next_hops().contains(&"10.20.1.2".to_owned()));
+    // `lb fleet drain a` withdraws site a's VIPs on both its nodes: the router keeps only site
+    // b's node.
+    let site_a = ["10.20.1.2".to_owned(), "10.20.2.2".to_owned()];
+    wait_for(Duration::from_secs(20), "routes via both nodes of site a", || net.next_hops() == site_a);
     let (ok, out) = fleet(&net, &["drain", "a"]);
     assert!(ok, "{out}");
     let drained = Instant::now();
     wait_for(Duration::from_secs(10), "site a withdrawn", || net.next_hops() == ["10.20.3.2"]);
     println!("`lb fleet drain a`: the router's route moved to site b {:?} after the command", drained.elapsed());
+    let status = fleet_status(&net);
+    assert_eq!(status["drained_sites"], serde_json::json!(["a"]));
     let (ok, out) = fleet(&net, &["undrain", "a"]);
     assert!(ok, "{out}");
-    wait_for(Duration::from_secs(10), "site a announced again", || net.next_hops().contains(&"10.20.1.2".to_owned()));
+    wait_for(Duration::from_secs(10), "site a announced again", || net.next_hops() == site_a);
+
+    // A node killed outright stops renewing its lease: its report goes within the TTL.
+    net.sites[0].nodes[1].lb.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(15), "the dead node's report gone", || revisions(&fleet_status(&net)).len() == 2);
+    let gone = killed.elapsed();
+    println!("a killed node left `lb fleet status` {gone:?} after the kill (report TTL 3 s)");
+    assert!(gone <= Duration::from_secs(5), "{gone:?}");
+    assert!(revisions(&fleet_status(&net)).iter().all(|(node, _)| node != "n2"));
 }

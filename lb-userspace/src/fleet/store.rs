@@ -50,16 +50,32 @@ impl StoreAccess {
         format!("{}/nodes/{site}/{node}", self.prefix)
     }
 
+    /// A client of the first member that answers, trying each in turn. One member's client,
+    /// not a balanced one: a balanced channel sends some calls to a dead member, and they fail.
     pub async fn connect(&self) -> Result<Client> {
-        let mut opts = ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT);
+        let mut errors = Vec::new();
+        for endpoint in &self.endpoints {
+            match self.connect_to(endpoint).await {
+                Ok(client) => return Ok(client),
+                Err(e) => errors.push(format!("{endpoint}: {e:#}")),
+            }
+        }
+        bail!("no etcd member answered: {}", errors.join("; "))
+    }
+
+    async fn connect_to(&self, endpoint: &str) -> Result<Client> {
+        // HTTP/2 pings find a member that went silent (no reset), which would stall the watch.
+        let mut opts = ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT).with_keep_alive(CALL_LIMIT, CALL_LIMIT);
         if let Some((user, password)) = &self.login {
             opts = opts.with_user(user.clone(), password.clone());
         }
-        let connecting = Client::connect(self.endpoints.clone(), Some(opts));
-        tokio::time::timeout(CALL_LIMIT, connecting)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer from etcd at {:?} within {CALL_LIMIT:?}", self.endpoints))?
-            .with_context(|| format!("connecting to etcd at {:?}", self.endpoints))
+        let attempt = async {
+            let mut client = Client::connect([endpoint], Some(opts)).await?;
+            // A member cut off from the others' quorum cannot serve a linearizable read.
+            client.get(self.document_key(), Some(GetOptions::new().with_count_only())).await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        tokio::time::timeout(CALL_LIMIT, attempt).await.map_err(|_| anyhow::anyhow!("no answer within {CALL_LIMIT:?}"))?.map_err(Into::into)
     }
 }
 
