@@ -17,6 +17,17 @@ use crate::{
     status::{RealStatus, RebuildStats, VipStatus},
 };
 
+/// A fleet node's state, for metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetMetrics {
+    /// The fleet revision running (0: none).
+    pub revision: i64,
+    /// Revisions refused since start.
+    pub refusals: u64,
+    pub store_reachable: bool,
+    pub drained: bool,
+}
+
 /// The daemon's BGP state, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct BgpState {
@@ -110,6 +121,8 @@ pub struct Snapshot {
     pub probes_starved: u64,
     /// BIRD's BGP sessions at its last answer: (protocol name, established).
     pub bgp_sessions: Vec<(String, bool)>,
+    /// Present on a fleet node.
+    pub fleet: Option<FleetMetrics>,
 }
 
 pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
@@ -123,6 +136,7 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
         rebuilds: rebuild_stats,
         probes_starved,
         ref bgp_sessions,
+        ref fleet,
     } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
@@ -188,6 +202,28 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
             "bgp_graceful_shutdown",
             "1 while the VIPs are announced with GRACEFUL_SHUTDOWN (65535:0) before a withdrawal",
             graceful,
+        );
+    }
+
+    if let Some(f) = fleet {
+        let gauge = |value: f64| {
+            let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            g.set(value);
+            g
+        };
+        r.register("fleet_revision", "The fleet document's revision this node runs (0: none yet)", gauge(f.revision as f64));
+        let refused: Counter = Counter::default();
+        refused.inc_by(f.refusals);
+        r.register("fleet_revisions_refused", "Fleet revisions this node refused (it kept the last good one)", refused);
+        r.register(
+            "fleet_store_reachable",
+            "1 while the fleet store (etcd) answers this node",
+            gauge(if f.store_reachable { 1.0 } else { 0.0 }),
+        );
+        r.register(
+            "fleet_site_drained",
+            "1 while `lb fleet drain` holds this node's site withdrawn",
+            gauge(if f.drained { 1.0 } else { 0.0 }),
         );
     }
 

@@ -270,7 +270,11 @@ impl Anycast {
         let (etcd, fleet_section) = match &opts.fleet {
             Some(f) => {
                 let mut etcd = EtcdCluster::start(&router, 3);
-                let mut section = format!("[fleet]\nendpoints = {:?}\nprefix = \"{FLEET_PREFIX}\"\nreport_ttl_s = {}\n", etcd.endpoints(), f.report_ttl_s);
+                let mut section = format!(
+                    "[fleet]\nendpoints = {:?}\nprefix = \"{FLEET_PREFIX}\"\nreport_ttl_s = {}\n",
+                    etcd.endpoints(),
+                    f.report_ttl_s
+                );
                 if let Some((user, password)) = &f.user {
                     etcd.enable_auth(user, password, FLEET_PREFIX);
                     let file = dir.join("etcd-password");

@@ -48,7 +48,12 @@ impl EtcdCluster {
             .map(|(i, addr)| {
                 let ns = NetNs::new(&format!("etcd{i}"), false);
                 veth(
-                    End { ns: router, dev: &format!("r-e{i}"), mac: &format!("02:00:00:00:40:{i:02x}"), addrs: &[&format!("10.40.{i}.1/24")] },
+                    End {
+                        ns: router,
+                        dev: &format!("r-e{i}"),
+                        mac: &format!("02:00:00:00:40:{i:02x}"),
+                        addrs: &[&format!("10.40.{i}.1/24")],
+                    },
                     End { ns: &ns, dev: "e0", mac: &format!("02:00:00:01:40:{i:02x}"), addrs: &[&format!("{addr}/24")] },
                 );
                 ns.ip(&["route", "add", "default", "via", &format!("10.40.{i}.1")]);
@@ -106,7 +111,10 @@ impl EtcdCluster {
     pub fn ctl(&self, args: &[&str]) -> Option<String> {
         let running: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| client_url(&m.addr)).collect();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.router, "etcdctl"]).env("ETCDCTL_API", "3").arg(format!("--endpoints={}", running.join(","))).args(["--dial-timeout=2s", "--command-timeout=5s"]);
+        cmd.args(["netns", "exec", &self.router, "etcdctl"])
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", running.join(",")))
+            .args(["--dial-timeout=2s", "--command-timeout=5s"]);
         if let Some(p) = &self.root_password {
             cmd.arg(format!("--user=root:{p}"));
         }

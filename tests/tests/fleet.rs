@@ -52,7 +52,11 @@ fn wait_converged(net: &Anycast, limit: Duration) -> i64 {
         }
         if start.elapsed() > limit {
             let logs: Vec<String> = net.sites.iter().flat_map(|s| &s.nodes).map(|n| n.lb.log()).collect();
-            panic!("not every node on revision {revision} after {limit:?}: {nodes:?}\n{}\n{}", fleet(net, &["status"]).1, logs.join("\n----\n"));
+            panic!(
+                "not every node on revision {revision} after {limit:?}: {nodes:?}\n{}\n{}",
+                fleet(net, &["status"]).1,
+                logs.join("\n----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -119,7 +123,12 @@ fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
     for node in net.sites.iter().flat_map(|s| &s.nodes) {
         assert_eq!(weight(&node.lb, 2), Some(3), "the node kept the last good revision");
         assert!(node.lb.log().contains("fleet revision refused"), "the node logs the refusal");
+        let metrics = node.lb.metrics();
+        assert!(metrics.contains("lb_fleet_revisions_refused_total 1"), "{metrics}");
+        assert!(metrics.contains(&format!("lb_fleet_revision {second}")), "{metrics}");
     }
+    let doctor = String::from_utf8_lossy(&net.sites[1].nodes[0].lb.cli(&["doctor", "--window-ms", "100"]).stdout).into_owned();
+    assert!(doctor.contains("fleet_revision_refused"), "lb doctor names the refusal: {doctor}");
     let (_, text) = fleet(&net, &["status"]);
     println!("{text}");
     assert!(text.contains("refused revision") && text.contains("weight"), "lb fleet status shows the refusal: {text}");

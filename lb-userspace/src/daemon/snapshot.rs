@@ -43,6 +43,11 @@ impl<D: DataplaneOps> Daemon<D> {
             flips,
             latency,
             conn_table_size: self.config.conn_table_size,
+            fleet: self.fleet.as_ref().map(|f| doctor::FleetView {
+                revision: f.applied.as_ref().map_or(0, |(r, _)| *r),
+                refused: f.refused.as_ref().map(|r| (r.revision, r.reason.clone())),
+                store_error: f.store_error.clone(),
+            }),
         };
         let mut backends: Vec<std::net::SocketAddr> = Vec::new();
         for real in self.config.vips.iter().filter(|v| v.second_chance.is_some()).flat_map(|v| &v.reals) {
@@ -51,7 +56,12 @@ impl<D: DataplaneOps> Daemon<D> {
                 backends.push(endpoint);
             }
         }
-        DoctorInputs { view, backends, config_path: self.config_path.clone(), running: Box::new(self.file.clone()) }
+        // A fleet node's file on disk has no VIPs: the fleet's are compared with nothing there.
+        let running = match &self.fleet {
+            Some(_) => crate::config::RawConfig { vips: Vec::new(), ..self.file.clone() },
+            None => self.file.clone(),
+        };
+        DoctorInputs { view, backends, config_path: self.config_path.clone(), running: Box::new(running) }
     }
 
     /// The control plane's side of a metrics scrape.
@@ -71,6 +81,12 @@ impl<D: DataplaneOps> Daemon<D> {
             rebuilds: self.rec.rebuilds(),
             probes_starved: self.probers.budget.starved.load(std::sync::atomic::Ordering::Relaxed),
             bgp_sessions: self.bgp_sessions.iter().flatten().map(|s| (s.name.clone(), s.established)).collect(),
+            fleet: self.fleet.as_ref().map(|f| metrics::FleetMetrics {
+                revision: f.applied.as_ref().map_or(0, |(r, _)| *r),
+                refusals: f.refusals,
+                store_reachable: f.store_error.is_none(),
+                drained: f.drained,
+            }),
         }
     }
 

@@ -65,7 +65,8 @@ impl StoreAccess {
 
     async fn connect_to(&self, endpoint: &str) -> Result<Client> {
         // HTTP/2 pings find a member that went silent (no reset), which would stall the watch.
-        let mut opts = ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT).with_keep_alive(CALL_LIMIT, CALL_LIMIT);
+        let mut opts =
+            ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT).with_keep_alive(CALL_LIMIT, CALL_LIMIT);
         if let Some((user, password)) = &self.login {
             opts = opts.with_user(user.clone(), password.clone());
         }

@@ -78,6 +78,20 @@ pub struct LoopView {
     /// (VIP name, real, recent mean latency ms, long-run mean latency ms) of passing checks.
     pub latency: Vec<(String, IpAddr, f64, f64)>,
     pub conn_table_size: u32,
+    /// A fleet node's state (None: not a fleet node).
+    #[serde(default)]
+    pub fleet: Option<FleetView>,
+}
+
+/// What doctor looks at of a fleet node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetView {
+    /// The revision running (0: none yet).
+    pub revision: i64,
+    /// The last revision refused and why (cleared once a later one applies).
+    pub refused: Option<(i64, String)>,
+    /// Why the store does not answer (None: it does).
+    pub store_error: Option<String>,
 }
 
 /// What the loop gives `lb doctor`: its view, and the config file it runs (to compare the file
@@ -146,6 +160,27 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
     };
     let bgp = view.site.as_ref().is_some_and(|s| *s != SiteStage::NoBgp);
     let announcing = view.site == Some(SiteStage::Announcing);
+
+    if let Some(f) = &view.fleet {
+        if let Some((refused, why)) = &f.refused {
+            add(
+                Severity::Warning,
+                "fleet_revision_refused",
+                format!("fleet revision {refused}"),
+                format!("refused: {why}; running revision {}", f.revision),
+                "Fix the fleet document (`lb check-config FILE`, `lb fleet diff FILE`) and apply it again; this node keeps its last good revision meanwhile.",
+            );
+        }
+        if let Some(error) = &f.store_error {
+            add(
+                Severity::Warning,
+                "fleet_store_unreachable",
+                "the fleet store".into(),
+                format!("{error}; serving revision {}", f.revision),
+                "Check etcd (`etcdctl endpoint health`) and this node's [fleet] endpoints and credentials; the node serves its last good revision and resumes the watch when the store answers.",
+            );
+        }
+    }
 
     for v in &view.status {
         let subject = || format!("VIP {}", v.name);
