@@ -260,6 +260,14 @@ nyc = [{ address = "10.2.0.5" }]
     }
 
     #[test]
+    fn the_example_fleet_document_in_the_repository_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fleet.example.toml");
+        let text = std::fs::read_to_string(&path).expect("fleet.example.toml");
+        assert!(is_fleet_document(&text));
+        parse(&text).expect("parses").validate().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn diff_names_each_change() {
         let old = parse(FLEET).unwrap();
         let new = parse(
