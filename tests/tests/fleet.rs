@@ -232,3 +232,66 @@ fn a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its
     assert!(gone <= Duration::from_secs(5), "{gone:?}");
     assert!(revisions(&fleet_status(&net)).iter().all(|(node, _)| node != "n2"));
 }
+
+#[test]
+fn a_staged_rollout_halts_when_it_breaks_its_canary_and_is_promoted_when_its_canaries_are_good() {
+    require_root!();
+    let _serial = lb_tests::serial();
+    let net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false));
+    let _a = net.sites[0].servers();
+    let _b = net.sites[1].servers();
+    net.wait_serving(0);
+    net.wait_serving(1);
+    let first = wait_converged(&net, Duration::from_secs(20));
+    let file = net.sites[0].nodes[0].lb.dir.join("candidate.toml");
+
+    // A candidate that points site b's IPv4 reals at addresses nobody answers at, with site b's
+    // first node (n3) as its canary: n3 finds them down, the rollout halts, n3 goes back, and
+    // no other node ever runs it. Site a carries the clients meanwhile.
+    let broken = fleet_document(&[2, 2], &[1, 1]).replace("10.31.0.2\"", "10.31.0.9\"").replace("10.31.1.2\"", "10.31.1.9\"");
+    std::fs::write(&file, &broken).unwrap();
+    let path = file.display().to_string();
+    let (ok, out) = fleet(&net, &["apply", &path, "--revision", &first.to_string(), "--canary", "n3", "--hold-s", "3"]);
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    let (mut answered, mut failed, mut halted_after) = (0, 0, None);
+    while started.elapsed() < Duration::from_secs(12) && halted_after.is_none() {
+        let got = net.client.run(|| http_get(Site::vip_addr(), lb_tests::anycast::client_addr(answered + failed), "/c").is_ok());
+        if got {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+        let s = fleet_status(&net);
+        for (node, revision) in revisions(&s) {
+            if node != "n3" {
+                assert_eq!(revision, first, "{node} left the document during the canary stage");
+            }
+        }
+        if s["rollout"]["stage"] == "halted" {
+            halted_after = Some(started.elapsed());
+            println!("rollout halted {:?} after the apply: {}", started.elapsed(), s["rollout"]["halted"]);
+        }
+    }
+    assert!(halted_after.is_some(), "the broken candidate was not halted: {}", fleet(&net, &["status"]).1);
+    wait_converged(&net, Duration::from_secs(10));
+    println!("breaking canary: {answered} requests answered, {failed} failed while it ran");
+    assert_eq!(failed, 0);
+    assert_eq!(fleet_status(&net)["document_revision"].as_i64(), Some(first), "the halted candidate never became the document");
+
+    // A good candidate (real 1 weighs 3) with n1 as canary: n1 runs it first, then it becomes
+    // the document and every node follows.
+    std::fs::write(&file, fleet_document(&[2, 2], &[1, 3])).unwrap();
+    let (ok, out) = fleet(&net, &["apply", &path, "--revision", &first.to_string(), "--canary", "n1", "--hold-s", "2"]);
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    wait_for(Duration::from_secs(5), "the canary running the candidate", || weight(&net.sites[0].nodes[0].lb, 1) == Some(3));
+    assert_eq!(weight(&net.sites[0].nodes[1].lb, 1), Some(1), "n2 ran the candidate before it was promoted");
+    let promoted = wait_converged(&net, Duration::from_secs(20));
+    assert!(promoted > first);
+    println!("good canary: every node on the promoted revision {:?} after the apply (hold 2 s)", started.elapsed());
+    for node in net.sites.iter().flat_map(|s| &s.nodes) {
+        assert_eq!(weight(&node.lb, 1), Some(3));
+    }
+    assert!(fleet_status(&net)["rollout"].is_null(), "the rollout key is gone once promoted");
+}

@@ -272,10 +272,20 @@ pub enum FleetAction {
     },
     /// Validate FILE, then write it as the fleet document if the store's revision is still the
     /// one you saw (--revision; default: the one read just before writing).
+    ///
+    /// With --canary, a staged rollout: those nodes run it first; once each has run it for
+    /// --hold-s with no VIP lost and no real down that was up before, it becomes the document
+    /// and every node follows; otherwise it halts and the canaries go back.
     Apply {
         file: PathBuf,
         #[arg(long)]
         revision: Option<i64>,
+        /// Canary node names (as in their `[fleet] node`).
+        #[arg(long, num_args = 1..)]
+        canary: Vec<String>,
+        /// Seconds each canary runs the candidate before it may be promoted.
+        #[arg(long, default_value_t = 60)]
+        hold_s: u64,
     },
     /// What applying FILE would change, and the revision it would replace.
     Diff { file: PathBuf },

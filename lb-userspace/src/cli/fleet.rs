@@ -38,12 +38,21 @@ pub fn run(action: FleetAction, args: &StoreArgs) -> Result<()> {
                 print_lines(&lines);
                 Ok(())
             }
-            FleetAction::Apply { file, revision } => {
+            FleetAction::Apply { file, revision, canary, hold_s } => {
                 let (new, text) = read_valid(&file)?;
                 let doc = store::read_document(&mut client, &access).await?;
                 let (current, lines) = changes(doc.text, &new)?;
                 let expected = revision.unwrap_or(current);
                 print_lines(&lines);
+                if !canary.is_empty() {
+                    let rollout = store::Canary { base: expected, text, canaries: canary, hold_s, halted: None };
+                    store::start_canary(&mut client, &access, &rollout).await?;
+                    println!(
+                        "rollout started: {:?} run it first for {hold_s} s; then it replaces revision {expected} on every node, or halts (`lb fleet status`)",
+                        rollout.canaries
+                    );
+                    return Ok(());
+                }
                 let written = store::write_document(&mut client, &access, &text, expected).await?;
                 println!("applied: revision {written} (replacing {current}); `lb fleet status` shows each node taking it");
                 Ok(())
@@ -117,9 +126,21 @@ fn print_lines(lines: &[String]) {
 #[derive(Serialize)]
 struct FleetStatus {
     document_revision: i64,
+    /// The staged rollout, under way or halted.
+    rollout: Option<RolloutStatus>,
     drained_sites: Vec<String>,
     nodes: Vec<NodeReport>,
     disagreements: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct RolloutStatus {
+    base: i64,
+    canaries: Vec<String>,
+    hold_s: u64,
+    /// "canary" or "halted".
+    stage: &'static str,
+    halted: Option<String>,
 }
 
 async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bool) -> Result<()> {
@@ -133,8 +154,16 @@ async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bo
         }
     }
     nodes.sort_by(|a, b| (&a.site, &a.node).cmp(&(&b.site, &b.node)));
+    let rollout = store::read_canary(client, access).await?.map(|(_, c)| RolloutStatus {
+        base: c.base,
+        canaries: c.canaries,
+        hold_s: c.hold_s,
+        stage: if c.halted.is_some() { "halted" } else { "canary" },
+        halted: c.halted,
+    });
     let status = FleetStatus {
         document_revision: doc.text.as_ref().map_or(0, |(r, _)| *r),
+        rollout,
         disagreements: disagreements(&nodes),
         drained_sites,
         nodes,
@@ -144,6 +173,12 @@ async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bo
         return Ok(());
     }
     println!("fleet document: revision {}", status.document_revision);
+    if let Some(r) = &status.rollout {
+        match &r.halted {
+            None => println!("rollout: canary stage, {:?} run a candidate for revision {} (hold {} s)", r.canaries, r.base, r.hold_s),
+            Some(why) => println!("rollout: HALTED ({why}); the canaries {:?} went back to revision {}", r.canaries, r.base),
+        }
+    }
     if !status.drained_sites.is_empty() {
         println!("drained sites: {}", status.drained_sites.join(", "));
     }
@@ -172,6 +207,14 @@ async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bo
         );
         if let Some(r) = &n.refused {
             println!("    refused revision {}: {}", r.revision, r.reason);
+        }
+        if let Some(c) = &n.canary {
+            println!(
+                "    canary of rollout {}: {}{}",
+                c.revision,
+                c.state,
+                c.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
         }
     }
     if status.nodes.is_empty() {

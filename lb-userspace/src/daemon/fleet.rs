@@ -16,7 +16,9 @@ use crate::{
     fleet::{
         self,
         follow::FleetEvent,
-        report::{NodeReport, Refusal, VipReport},
+        report::{CanaryReport, NodeReport, Refusal, VipReport, CANARY_BAD, CANARY_GOOD, CANARY_RUNNING},
+        rollout::RolloutAction,
+        store::Canary,
         RawFleet,
     },
 };
@@ -72,6 +74,23 @@ pub struct FleetState {
     pub save: mpsc::UnboundedSender<(PathBuf, LastGood)>,
     /// The report the reporter task keeps in the store.
     pub report: watch::Sender<NodeReport>,
+    /// The document as the store last gave it (revision, text), applied or not.
+    pub document: Option<(i64, Option<String>)>,
+    /// The candidate this node runs as a canary of a staged rollout.
+    pub rollout: Option<CanaryRun>,
+    /// Halts and promotions, for the rollout task.
+    pub rollout_actions: mpsc::UnboundedSender<RolloutAction>,
+}
+
+/// A candidate this node runs as a canary, and its judgement so far.
+pub struct CanaryRun {
+    pub key_rev: i64,
+    pub canary: Canary,
+    pub started: std::time::Instant,
+    /// (VIPs not servable, reals down) before the candidate: the candidate must not be worse.
+    pub baseline: (usize, usize),
+    /// None: still judging; Some(Ok): good; Some(Err): bad, and why.
+    pub verdict: Option<Result<(), String>>,
 }
 
 impl FleetState {
@@ -109,20 +128,107 @@ impl<D: DataplaneOps> Daemon<D> {
             }
             FleetEvent::Drain(_) => {}
             FleetEvent::Document { revision, text } => {
-                if fleet.applied.as_ref().is_some_and(|(r, _)| *r == revision) {
-                    return; // already running (a restart from the copy on disk, then the store)
+                fleet.document = Some((revision, text.clone()));
+                // A canary keeps its candidate until the rollout ends (a promotion writes the
+                // document and ends the rollout at once).
+                if fleet.rollout.is_none() {
+                    self.follow_document(revision, text);
                 }
-                match self.apply_fleet(revision, text) {
-                    Ok(()) => info!(revision, vips = self.config.vips.len(), "fleet revision applied"),
-                    Err(reason) => {
-                        warn!(revision, %reason, "fleet revision refused; running the last good one");
-                        let fleet = self.fleet.as_mut().expect("checked above");
-                        fleet.refusals += 1;
-                        fleet.refused = Some(Refusal { revision, reason });
+            }
+            FleetEvent::Canary(Some((key_rev, canary))) if canary.halted.is_none() && canary.canaries.contains(&fleet.node.node) => {
+                if fleet.rollout.as_ref().is_none_or(|r| r.key_rev != key_rev) {
+                    self.start_canary(key_rev, canary);
+                }
+            }
+            FleetEvent::Canary(rollout) => {
+                if let Some(run) = fleet.rollout.take() {
+                    let why = rollout.and_then(|(_, c)| c.halted).unwrap_or_else(|| "ended".into());
+                    info!(candidate = run.key_rev, %why, "rollout over on this canary; following the document");
+                    if let Some((revision, text)) = fleet.document.clone() {
+                        self.follow_document(revision, text);
                     }
                 }
             }
         }
+        self.publish_report();
+    }
+
+    /// Applies document `revision` unless it runs already; a refusal is kept and reported.
+    fn follow_document(&mut self, revision: i64, text: Option<String>) {
+        let Some(fleet) = self.fleet.as_ref() else { return };
+        if fleet.applied.as_ref().is_some_and(|(r, _)| *r == revision) {
+            return; // already running (a restart from the copy on disk, then the store)
+        }
+        match self.apply_fleet(revision, text) {
+            Ok(()) => info!(revision, vips = self.config.vips.len(), "fleet revision applied"),
+            Err(reason) => self.refuse(revision, reason),
+        }
+    }
+
+    fn refuse(&mut self, revision: i64, reason: String) {
+        warn!(revision, %reason, "fleet revision refused; running the last good one");
+        let fleet = self.fleet.as_mut().expect("a fleet node");
+        fleet.refusals += 1;
+        fleet.refused = Some(Refusal { revision, reason });
+    }
+
+    /// (VIPs not servable, reals down) now.
+    fn health_tally(&self) -> (usize, usize) {
+        let status = self.status();
+        (status.iter().filter(|v| !v.servable()).count(), status.iter().flat_map(|v| &v.reals).filter(|r| !r.up).count())
+    }
+
+    /// Runs a rollout's candidate on this canary node, or halts the rollout if it is refused.
+    fn start_canary(&mut self, key_rev: i64, canary: Canary) {
+        let baseline = self.health_tally();
+        info!(candidate = key_rev, base = canary.base, hold_s = canary.hold_s, "rollout: this node is a canary; running the candidate");
+        let refused = match self.apply_fleet(key_rev, Some(canary.text.clone())) {
+            Ok(()) => None,
+            Err(reason) => {
+                self.refuse(key_rev, reason.clone());
+                Some(format!("refused: {reason}"))
+            }
+        };
+        let fleet = self.fleet.as_mut().expect("a fleet node");
+        fleet.rollout = Some(CanaryRun { key_rev, canary, started: std::time::Instant::now(), baseline, verdict: None });
+        if let Some(reason) = refused {
+            self.judged(Err(reason));
+        }
+    }
+
+    /// Judges the candidate this canary runs (on the loop's one-second tick): bad as soon as
+    /// a VIP is not servable or a real is down that was not before; good once it has run for
+    /// the rollout's hold without that.
+    pub(super) fn judge_canary(&mut self) {
+        let Some(run) = self.fleet.as_ref().and_then(|f| f.rollout.as_ref()).filter(|r| r.verdict.is_none()) else { return };
+        let ((unservable, down), (was_unservable, was_down)) = (self.health_tally(), run.baseline);
+        let hold = std::time::Duration::from_secs(run.canary.hold_s);
+        if unservable > was_unservable || down > was_down {
+            let reason = format!(
+                "on node {}: {unservable} VIPs not servable (before: {was_unservable}), {down} reals down (before: {was_down})",
+                self.fleet.as_ref().map_or("", |f| f.node.node.as_str())
+            );
+            self.judged(Err(reason));
+        } else if run.started.elapsed() >= hold {
+            self.judged(Ok(()));
+        }
+    }
+
+    fn judged(&mut self, verdict: Result<(), String>) {
+        let fleet = self.fleet.as_mut().expect("a fleet node");
+        let run = fleet.rollout.as_mut().expect("a rollout");
+        let action = match &verdict {
+            Ok(()) => {
+                info!(candidate = run.key_rev, "rollout: the candidate is good on this canary");
+                RolloutAction::Promote { key_rev: run.key_rev, canary: run.canary.clone() }
+            }
+            Err(reason) => {
+                warn!(candidate = run.key_rev, %reason, "rollout: the candidate is bad on this canary; halting");
+                RolloutAction::Halt { key_rev: run.key_rev, canary: run.canary.clone(), reason: reason.clone() }
+            }
+        };
+        run.verdict = Some(verdict);
+        let _ = fleet.rollout_actions.send(action);
         self.publish_report();
     }
 
@@ -148,6 +254,12 @@ impl<D: DataplaneOps> Daemon<D> {
         Ok(())
     }
 
+    /// The loop's one-second tick on a fleet node.
+    pub fn fleet_tick(&mut self) {
+        self.judge_canary();
+        self.publish_report();
+    }
+
     /// Hands the node's report to the reporter task (which writes it when it changed).
     pub(super) fn publish_report(&self) {
         let Some(fleet) = &self.fleet else { return };
@@ -161,6 +273,16 @@ impl<D: DataplaneOps> Daemon<D> {
             stage: self.site_stage(),
             vips: self.status().iter().map(VipReport::of).collect(),
             doctor: None, // the reporter task adds it
+            canary: fleet.rollout.as_ref().map(|r| CanaryReport {
+                revision: r.key_rev,
+                state: match &r.verdict {
+                    None => CANARY_RUNNING,
+                    Some(Ok(())) => CANARY_GOOD,
+                    Some(Err(_)) => CANARY_BAD,
+                }
+                .into(),
+                reason: r.verdict.as_ref().and_then(|v| v.clone().err()),
+            }),
         };
         fleet.report.send_if_modified(|current| {
             let changed = *current != report;

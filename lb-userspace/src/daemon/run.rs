@@ -111,7 +111,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let tcp = api.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 
-    // The fleet report follows the state at most this often (it is written only when it changed).
+    // The fleet report follows the state at most this often (it is written only when it
+    // changed), and a canary judges its candidate.
     let mut report_tick = tokio::time::interval(Duration::from_secs(1));
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -125,7 +126,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
             Some(number) = graceful_rx.recv() => daemon.graceful_shutdown_over(number),
             Some(event) = fleet_rx.recv() => daemon.fleet_event(event),
-            _ = report_tick.tick() => daemon.publish_report(),
+            _ = report_tick.tick() => daemon.fleet_tick(),
             _ = hangup.recv() => daemon.start_reload(None),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -179,12 +180,15 @@ fn start_fleet(
         stage: crate::status::SiteStage::NoBgp,
         vips: Vec::new(),
         doctor: None,
+        canary: None,
     };
     let (report_tx, report_rx) = watch::channel(placeholder);
     let key = access.node_key(&node.site, &node.node);
     let ttl = node.report_ttl;
     info!(site = %node.site, node = %node.node, endpoints = ?node.endpoints, prefix = %node.prefix, "fleet: following the store");
     tokio::spawn(crate::fleet::follow::run(access.clone(), node.site.clone(), events));
+    let (rollout_tx, rollout_rx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::fleet::rollout::run(access.clone(), rollout_rx));
     daemon.follow_fleet(FleetState {
         node,
         applied,
@@ -194,6 +198,9 @@ fn start_fleet(
         drained: false,
         save: save_tx,
         report: report_tx,
+        document: None,
+        rollout: None,
+        rollout_actions: rollout_tx,
     });
     tokio::spawn(crate::fleet::report::run(access, key, ttl, admin_socket, report_rx));
     Ok(())

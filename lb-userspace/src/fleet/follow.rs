@@ -19,6 +19,8 @@ pub enum FleetEvent {
     Document { revision: i64, text: Option<String> },
     /// `lb fleet drain` holds this node's site out of BGP (or no longer).
     Drain(bool),
+    /// The staged rollout, with its key's revision (None: none).
+    Canary(Option<(i64, store::Canary)>),
     /// The store answered again (`None`), or stopped answering (the error).
     Store(Option<String>),
 }
@@ -66,17 +68,19 @@ async fn session(
     if position.watch_from == 0 {
         let doc = store::read_document(&mut client, access).await?;
         let drained = store::is_drained(&mut client, access, site).await?;
+        let canary = store::read_canary(&mut client, access).await?;
         let (revision, text) = doc.text.map_or((0, None), |(r, t)| (r, Some(t)));
         send(FleetEvent::Store(None)).await?;
         send(FleetEvent::Document { revision, text }).await?;
         send(FleetEvent::Drain(drained)).await?;
+        send(FleetEvent::Canary(canary)).await?;
         position.watch_from = doc.store_revision + 1;
     } else {
         send(FleetEvent::Store(None)).await?;
     }
-    // One watch over [document, this site's drain key]: the keys between are other sites'
-    // drain keys (filtered out below), never node reports.
-    let (doc_key, drain_key) = (access.document_key(), access.drain_key(site));
+    // One watch over [document, this site's drain key]: the keys between are the rollout and
+    // other sites' drain keys (filtered out below), never node reports.
+    let (doc_key, drain_key, canary_key) = (access.document_key(), access.drain_key(site), access.canary_key());
     let mut range_end = drain_key.clone().into_bytes();
     range_end.push(0);
     let options = WatchOptions::new().with_range(range_end).with_start_revision(position.watch_from).with_progress_notify();
@@ -99,6 +103,13 @@ async fn session(
             if key == doc_key {
                 let text = if put { Some(kv.value_str().context("the fleet document is not UTF-8")?.to_owned()) } else { None };
                 send(FleetEvent::Document { revision: kv.mod_revision(), text }).await?;
+            } else if key == canary_key {
+                let canary = if put {
+                    Some((kv.mod_revision(), serde_json::from_slice(kv.value()).context("the rollout key does not parse")?))
+                } else {
+                    None
+                };
+                send(FleetEvent::Canary(canary)).await?;
             } else if key == drain_key {
                 send(FleetEvent::Drain(put)).await?;
             }

@@ -3,11 +3,13 @@
 //! - `doc`: the fleet document (sites, VIPs, each site's reals), its checks and diff;
 //! - `store`: the keys in etcd and the calls on them;
 //! - `follow`: a node's task that watches the document and hands each revision to the daemon;
-//! - `report`: what a node tells the fleet about itself, under a lease.
+//! - `report`: what a node tells the fleet about itself, under a lease;
+//! - `rollout`: a canary's store calls in a staged rollout (halt, promote).
 
 pub mod doc;
 pub mod follow;
 pub mod report;
+pub mod rollout;
 pub mod store;
 
 pub use doc::{diff, is_fleet_document, is_site_name, parse, RawFleet, RawFleetVip, RawSite};

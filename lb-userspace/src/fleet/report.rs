@@ -36,7 +36,24 @@ pub struct NodeReport {
     /// `lb doctor`'s worst finding ("critical real_down: VIP web real 10.0.0.1"); None: nothing
     /// above info, or not asked yet.
     pub doctor: Option<String>,
+    /// This node's part in a staged rollout (None: not a canary of one under way).
+    #[serde(default)]
+    pub canary: Option<CanaryReport>,
 }
+
+/// A canary's judgement of the candidate it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    /// The rollout key's revision (the revision this node runs meanwhile).
+    pub revision: i64,
+    /// `CANARY_RUNNING`, `CANARY_GOOD` or `CANARY_BAD`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+pub const CANARY_RUNNING: &str = "running";
+pub const CANARY_GOOD: &str = "good";
+pub const CANARY_BAD: &str = "bad";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {

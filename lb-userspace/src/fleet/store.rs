@@ -2,6 +2,8 @@
 //!
 //! - `P/document`: the fleet document as the operator wrote it; its `mod_revision` is the fleet
 //!   revision every node reports;
+//! - `P/document.canary`: a staged rollout under way (`Canary`, JSON): the candidate document,
+//!   the canary nodes that run it first, and whether it halted;
 //! - `P/drain/SITE`: present while `lb fleet drain SITE` holds the site out of BGP;
 //! - `P/nodes/SITE/NODE`: each node's report (JSON), under the node's lease.
 
@@ -36,6 +38,10 @@ impl StoreAccess {
 
     pub fn document_key(&self) -> String {
         format!("{}/document", self.prefix)
+    }
+
+    pub fn canary_key(&self) -> String {
+        format!("{}/document.canary", self.prefix)
     }
 
     pub fn drain_key(&self, site: &str) -> String {
@@ -80,6 +86,70 @@ impl StoreAccess {
     }
 }
 
+/// A staged rollout: the canaries run `text` for `hold_s`; then one of them promotes it to the
+/// document (if it is still at `base`), or one halts it and they go back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Canary {
+    /// The document revision the candidate replaces.
+    pub base: i64,
+    pub text: String,
+    /// Node names.
+    pub canaries: Vec<String>,
+    pub hold_s: u64,
+    /// Why it halted (None: under way).
+    pub halted: Option<String>,
+}
+
+/// The rollout under way or halted, with its key's revision.
+pub async fn read_canary(client: &mut Client, access: &StoreAccess) -> Result<Option<(i64, Canary)>> {
+    let got = client.get(access.canary_key(), None).await.context("reading the rollout")?;
+    match got.kvs().first() {
+        Some(kv) => Ok(Some((kv.mod_revision(), serde_json::from_slice(kv.value()).context("the rollout key does not parse")?))),
+        None => Ok(None),
+    }
+}
+
+/// Starts a rollout of `canary` if the document is still at `canary.base` and no rollout is
+/// under way (a halted one is replaced).
+pub async fn start_canary(client: &mut Client, access: &StoreAccess, canary: &Canary) -> Result<i64> {
+    let (doc, key) = (access.document_key(), access.canary_key());
+    let value = serde_json::to_string(canary)?;
+    let running = read_canary(client, access).await?;
+    if let Some((_, c)) = running.as_ref().filter(|(_, c)| c.halted.is_none()) {
+        bail!("a rollout to {:?} is under way (base revision {}); wait for it to finish or halt", c.canaries, c.base);
+    }
+    let canary_rev = running.map_or(0, |(r, _)| r);
+    let txn = Txn::new()
+        .when([Compare::mod_revision(doc, CompareOp::Equal, canary.base), Compare::mod_revision(key.clone(), CompareOp::Equal, canary_rev)])
+        .and_then([TxnOp::put(key, value, None)]);
+    let done = client.txn(txn).await.context("starting the rollout")?;
+    if !done.succeeded() {
+        bail!("the fleet document or the rollout changed since revision {}: look again (`lb fleet status`)", canary.base);
+    }
+    Ok(done.header().map_or(0, |h| h.revision()))
+}
+
+/// Marks rollout `canary_rev` halted, unless it changed meanwhile. True if this call halted it.
+pub async fn halt_canary(client: &mut Client, access: &StoreAccess, canary_rev: i64, canary: &Canary, reason: &str) -> Result<bool> {
+    let key = access.canary_key();
+    let value = serde_json::to_string(&Canary { halted: Some(reason.to_owned()), ..canary.clone() })?;
+    let txn = Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, canary_rev)]).and_then([TxnOp::put(key, value, None)]);
+    Ok(client.txn(txn).await.context("halting the rollout")?.succeeded())
+}
+
+/// Makes rollout `canary_rev`'s candidate the document, if both are as they were. True if this
+/// call promoted it.
+pub async fn promote_canary(client: &mut Client, access: &StoreAccess, canary_rev: i64, canary: &Canary) -> Result<bool> {
+    let (doc, key) = (access.document_key(), access.canary_key());
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(key.clone(), CompareOp::Equal, canary_rev),
+            Compare::mod_revision(doc.clone(), CompareOp::Equal, canary.base),
+        ])
+        .and_then([TxnOp::put(doc, canary.text.clone(), None), TxnOp::delete(key, None)]);
+    Ok(client.txn(txn).await.context("promoting the rollout")?.succeeded())
+}
+
 /// The document at one moment: its text and revision (`None`: none written yet), and the
 /// store's revision then.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +174,8 @@ pub async fn write_document(client: &mut Client, access: &StoreAccess, text: &st
     let key = access.document_key();
     let txn = Txn::new()
         .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected)])
-        .and_then([TxnOp::put(key.clone(), text, None)])
+        // A plain apply supersedes any rollout, under way or halted.
+        .and_then([TxnOp::put(key.clone(), text, None), TxnOp::delete(access.canary_key(), None)])
         .or_else([TxnOp::get(key.clone(), None)]);
     let done = client.txn(txn).await.context("writing the fleet document")?;
     if !done.succeeded() {
