@@ -204,7 +204,12 @@ fn completion_scripts_load_and_complete_subcommands() {
     let out = std::process::Command::new("bash").args(["-c", &probe]).output().expect("bash");
     let _ = std::fs::remove_file(&file);
     let offered = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(offered.split_whitespace().collect::<Vec<_>>(), ["fleet", "flow", "flows"], "{offered} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        offered.split_whitespace().collect::<Vec<_>>(),
+        ["fleet", "flow", "flows"],
+        "{offered} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Sends, from the client's namespace, packets the balancer must drop: a TCP header cut to 8

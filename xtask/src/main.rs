@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | lint | test | bench-xdp | bench-conns | bench-control | bench-e2e | demo | dist`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | lint | test | bench-xdp | bench-conns | bench-control | bench-e2e | bench-fleet | demo | dist`.
 
 use std::{
     path::{Path, PathBuf},
@@ -36,6 +36,9 @@ enum Task {
     BenchConns,
     /// Maglev rebuild time and backend-failure-to-ring-switch time of the daemon.
     BenchControl,
+    /// A fleet revision's time to reach 200 simulated nodes (64 and 4,096 VIPs), and the store's
+    /// size (needs etcd: `cargo xtask setup`).
+    BenchFleet,
     /// Packets/s and requests/s through one site, backend and site failover times.
     BenchE2e,
     /// Two anycast sites with BIRD and `lb`: traffic, a backend failure, a site failure.
@@ -56,6 +59,9 @@ fn main() -> Result<()> {
         Task::Demo => cargo_run_with_lb("demo"),
         Task::Dist => dist(),
         Task::BenchE2e => cargo_run_with_lb("bench_e2e"),
+        Task::BenchFleet => {
+            run(Command::new("cargo").args(["run", "--quiet", "--release", "--package", "lb-tests", "--bin", "bench_fleet"]))
+        }
     }
 }
 

@@ -188,12 +188,8 @@ async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bo
     );
     for n in &status.nodes {
         let stage = serde_json::to_value(&n.stage).ok().and_then(|v| v["stage"].as_str().map(str::to_owned)).unwrap_or_default();
-        let announced = format!("{}/{}", n.vips.iter().filter(|v| v.announced).count(), n.vips.len());
-        let down: Vec<String> = n
-            .vips
-            .iter()
-            .flat_map(|v| v.reals.iter().filter(|r| r.state == "down").map(move |r| format!("{} {}", v.name, r.address)))
-            .collect();
+        let announced = format!("{}/{}", n.announced, n.vips);
+        let down: Vec<String> = n.reals.iter().filter(|r| r.state == "down").map(|r| format!("{} {}", r.vip, r.address)).collect();
         println!(
             "{:<12} {:<16} {:<9} {:<7} {:<18} {:<10} {:<28} {}",
             n.site,
@@ -226,22 +222,27 @@ async fn status(client: &mut etcd_client::Client, access: &StoreAccess, json: bo
     Ok(())
 }
 
-/// Reals that nodes of one site see differently (up on one, down on another).
+/// Reals that nodes of one site see differently (down on one, up on another). A report lists
+/// only reals that are not up at their configured weight, so a real a node does not list is up
+/// there, if the node serves its VIP.
 pub fn disagreements(nodes: &[NodeReport]) -> Vec<String> {
-    // (site, vip, real) -> [(node, state)]
-    let mut seen: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
+    // (site, vip, real) -> [(node, state)] of the nodes that list it.
+    let mut listed: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
     for n in nodes {
-        for v in &n.vips {
-            for r in &v.reals {
-                seen.entry((n.site.clone(), v.name.clone(), r.address.to_string())).or_default().push((n.node.clone(), r.state.clone()));
-            }
+        for r in &n.reals {
+            listed.entry((n.site.clone(), r.vip.clone(), r.address.to_string())).or_default().push((n.node.clone(), r.state.clone()));
         }
     }
-    seen.into_iter()
-        .filter(|(_, states)| states.iter().any(|(_, s)| *s != states[0].1))
-        .map(|((site, vip, real), states)| {
-            let each: Vec<String> = states.iter().map(|(node, state)| format!("{state} on {node}")).collect();
-            format!("site {site}, VIP {vip}, real {real}: {}", each.join(", "))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for ((site, vip, real), states) in listed {
+        let mut each: Vec<String> = states.iter().map(|(node, state)| format!("{state} on {node}")).collect();
+        for n in nodes.iter().filter(|n| n.site == site && !states.iter().any(|(node, _)| *node == n.node)) {
+            each.push(format!("up on {}", n.node));
+        }
+        let distinct: std::collections::BTreeSet<&str> = each.iter().map(|e| e.split(" on ").next().unwrap_or("")).collect();
+        if distinct.len() > 1 {
+            out.push(format!("site {site}, VIP {vip}, real {real}: {}", each.join(", ")));
+        }
+    }
+    out
 }

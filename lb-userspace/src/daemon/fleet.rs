@@ -16,11 +16,12 @@ use crate::{
     fleet::{
         self,
         follow::FleetEvent,
-        report::{CanaryReport, NodeReport, Refusal, VipReport, CANARY_BAD, CANARY_GOOD, CANARY_RUNNING},
+        report::{CanaryReport, NodeReport, RealReport, Refusal, CANARY_BAD, CANARY_GOOD, CANARY_RUNNING},
         rollout::RolloutAction,
         store::Canary,
         RawFleet,
     },
+    status::SiteStage,
 };
 
 /// The revision a node last applied, as kept on disk.
@@ -254,6 +255,11 @@ impl<D: DataplaneOps> Daemon<D> {
         Ok(())
     }
 
+    /// The fleet revision this node runs (None: not a fleet node, or none yet).
+    pub fn fleet_revision(&self) -> Option<i64> {
+        self.fleet.as_ref()?.applied.as_ref().map(|(r, _)| *r)
+    }
+
     /// The loop's one-second tick on a fleet node.
     pub fn fleet_tick(&mut self) {
         self.judge_canary();
@@ -263,6 +269,8 @@ impl<D: DataplaneOps> Daemon<D> {
     /// Hands the node's report to the reporter task (which writes it when it changed).
     pub(super) fn publish_report(&self) {
         let Some(fleet) = &self.fleet else { return };
+        let status = self.status();
+        let stage = self.site_stage();
         let report = NodeReport {
             site: fleet.node.site.clone(),
             node: fleet.node.node.clone(),
@@ -270,8 +278,16 @@ impl<D: DataplaneOps> Daemon<D> {
             refused: fleet.refused.clone(),
             store_reachable: fleet.store_error.is_none(),
             fleet_drained: fleet.drained,
-            stage: self.site_stage(),
-            vips: self.status().iter().map(VipReport::of).collect(),
+            stage: stage.clone(),
+            vips: status.len() as u32,
+            announced: status.iter().filter(|v| v.announced).count() as u32,
+            // Only while the site announces: drained, exiting or without BGP, every VIP is
+            // withdrawn and the stage says so.
+            withdrawn: match stage {
+                SiteStage::Announcing => status.iter().filter(|v| !v.announced).map(|v| v.name.clone()).collect(),
+                _ => Vec::new(),
+            },
+            reals: RealReport::exceptions(&status),
             doctor: None, // the reporter task adds it
             canary: fleet.rollout.as_ref().map(|r| CanaryReport {
                 revision: r.key_rev,

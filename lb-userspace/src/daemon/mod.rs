@@ -12,7 +12,8 @@
 //! - `events`: each event the loop takes, to what handles it;
 //! - `announce`: the site's announcements, drain and graceful shutdown; `handoff`: handoff
 //!   peers; `changes`: admin commands that change state; `reload`: reloads;
-//! - `snapshot`: what `lb doctor` and metrics get from the loop.
+//! - `snapshot`: what `lb doctor` and metrics get from the loop; `fleet`: a fleet node's
+//!   revisions, rollout judgement and report.
 
 mod announce;
 mod changes;

@@ -170,18 +170,7 @@ fn start_fleet(
     let access = StoreAccess::of_node(&node)?;
     let (save_tx, save_rx) = mpsc::unbounded_channel();
     tokio::spawn(fleet::run_saver(save_rx));
-    let placeholder = NodeReport {
-        site: node.site.clone(),
-        node: node.node.clone(),
-        revision: 0,
-        refused: None,
-        store_reachable: false,
-        fleet_drained: false,
-        stage: crate::status::SiteStage::NoBgp,
-        vips: Vec::new(),
-        doctor: None,
-        canary: None,
-    };
+    let placeholder = NodeReport::starting(&node.site, &node.node);
     let (report_tx, report_rx) = watch::channel(placeholder);
     let key = access.node_key(&node.site, &node.node);
     let ttl = node.report_ttl;

@@ -4,6 +4,7 @@
 //! - `loader`: loading (pinned or not), attaching, what an earlier `lb` left in the maps;
 //! - `writer`: the map writes, one entry each, behind `DataplaneOps` (the reconciler plans them);
 //! - `ring_memory`: the Maglev slot pool mapped into this process;
+//! - `memory`: a data plane held in memory, for simulating many nodes in one process;
 //! - `counters`, `live`, `capture`: readers opened from the pins, for metrics, `lb flow` /
 //!   `lb doctor` and `lb capture`, off the loop that owns the writer;
 //! - `pins`: where each program's pins live; `layout`: the pinned maps' layouts, checked
@@ -16,6 +17,7 @@ mod error;
 mod layout;
 mod live;
 mod loader;
+mod memory;
 mod ops;
 pub mod pins;
 mod ring_memory;
@@ -27,5 +29,6 @@ pub use self::{
     error::DataplaneError,
     live::LiveMaps,
     loader::{Dataplane, LoadOptions, Programmed},
+    memory::Memory,
     ops::{DataplaneOps, Handoff},
 };

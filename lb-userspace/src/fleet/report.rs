@@ -32,7 +32,15 @@ pub struct NodeReport {
     /// Held out of BGP by `lb fleet drain`.
     pub fleet_drained: bool,
     pub stage: SiteStage,
-    pub vips: Vec<VipReport>,
+    /// The node's VIPs, and how many of them it announces.
+    pub vips: u32,
+    pub announced: u32,
+    /// VIPs not announced while the site announces (withdrawn for their health), by name.
+    pub withdrawn: Vec<String>,
+    /// Reals that are not simply up at their configured weight: down, drained, or reweighted
+    /// at run time. The report stays small with thousands of VIPs: every real not listed is up
+    /// at its configured weight.
+    pub reals: Vec<RealReport>,
     /// `lb doctor`'s worst finding ("critical real_down: VIP web real 10.0.0.1"); None: nothing
     /// above info, or not asked yet.
     pub doctor: Option<String>,
@@ -55,6 +63,27 @@ pub const CANARY_RUNNING: &str = "running";
 pub const CANARY_GOOD: &str = "good";
 pub const CANARY_BAD: &str = "bad";
 
+impl NodeReport {
+    /// What a node reports before its loop first fills the report in.
+    pub fn starting(site: &str, node: &str) -> Self {
+        Self {
+            site: site.into(),
+            node: node.into(),
+            revision: 0,
+            refused: None,
+            store_reachable: false,
+            fleet_drained: false,
+            stage: SiteStage::NoBgp,
+            vips: 0,
+            announced: 0,
+            withdrawn: Vec::new(),
+            reals: Vec::new(),
+            doctor: None,
+            canary: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
     pub revision: i64,
@@ -62,26 +91,23 @@ pub struct Refusal {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VipReport {
-    pub name: String,
-    pub announced: bool,
-    pub reals: Vec<RealReport>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RealReport {
+    pub vip: String,
     pub address: IpAddr,
     /// "up", "down" or "drained" (up with weight 0).
     pub state: String,
     pub weight: u32,
 }
 
-impl VipReport {
-    pub fn of(status: &VipStatus) -> Self {
-        let reals = status
-            .reals
+impl RealReport {
+    /// The reals of `status` worth reporting (see `NodeReport::reals`).
+    pub fn exceptions(status: &[VipStatus]) -> Vec<Self> {
+        status
             .iter()
-            .map(|r| RealReport {
+            .flat_map(|v| v.reals.iter().map(move |r| (v, r)))
+            .filter(|(_, r)| !r.up || r.weight != r.config_weight)
+            .map(|(v, r)| RealReport {
+                vip: v.name.clone(),
                 address: r.address,
                 state: match (r.up, r.weight) {
                     (false, _) => "down",
@@ -91,8 +117,7 @@ impl VipReport {
                 .into(),
                 weight: r.weight,
             })
-            .collect();
-        Self { name: status.name.clone(), announced: status.announced, reals }
+            .collect()
     }
 }
 
