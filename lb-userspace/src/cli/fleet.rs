@@ -246,3 +246,30 @@ pub fn disagreements(nodes: &[NodeReport]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::report::RealReport;
+
+    fn node(site: &str, name: &str, reals: &[(&str, &str)]) -> NodeReport {
+        let mut r = NodeReport::starting(site, name);
+        r.reals = reals
+            .iter()
+            .map(|(addr, state)| RealReport { vip: "web".into(), address: addr.parse().unwrap(), state: (*state).into(), weight: 1 })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn nodes_of_a_site_that_see_a_real_differently_are_named() {
+        let nodes = [
+            node("a", "n1", &[("10.0.0.1", "down")]),
+            node("a", "n2", &[]),
+            node("b", "n3", &[("10.0.0.2", "down")]),
+            node("b", "n4", &[("10.0.0.2", "down")]),
+        ];
+        // n1 sees 10.0.0.1 down, n2 (which lists nothing) sees it up; site b's nodes agree.
+        assert_eq!(disagreements(&nodes), ["site a, VIP web, real 10.0.0.1: down on n1, up on n2"]);
+    }
+}
