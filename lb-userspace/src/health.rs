@@ -58,6 +58,35 @@ impl HealthState {
     }
 }
 
+/// Health checks of reals since start, and how many failed: a canary compares the share
+/// that failed while it runs a candidate with the share before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckTally {
+    pub checked: u64,
+    pub failed: u64,
+}
+
+impl CheckTally {
+    pub fn record(&mut self, passed: bool) {
+        self.checked += 1;
+        self.failed += u64::from(!passed);
+    }
+
+    /// The checks made after `earlier` was taken.
+    pub fn since(self, earlier: CheckTally) -> CheckTally {
+        CheckTally { checked: self.checked.saturating_sub(earlier.checked), failed: self.failed.saturating_sub(earlier.failed) }
+    }
+
+    /// The share that failed (0 with no checks).
+    pub fn failed_share(self) -> f64 {
+        if self.checked == 0 {
+            0.0
+        } else {
+            self.failed as f64 / self.checked as f64
+        }
+    }
+}
+
 /// A passed check: how long it took, and whether the backend said it is draining (`lb backend`
 /// answers 503 with `"draining":true`: alive, but wants no new flows).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -111,6 +111,8 @@ pub struct Snapshot {
     /// The reconciler's status as the daemon has it (announcements filled in).
     pub status: Vec<VipStatus>,
     pub samples: HashMap<(VipId, IpAddr), HealthSample>,
+    /// Every health check of a real since start, and the failed ones.
+    pub checks: crate::health::CheckTally,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub bgp: BgpState,
@@ -129,6 +131,7 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     let Snapshot {
         ref status,
         ref samples,
+        checks,
         reloads_ok,
         reloads_failed,
         ref bgp,
@@ -181,6 +184,9 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
         "Health checks failed because [limits] probes_per_host probes to the same host were in flight for the whole timeout",
         starved,
     );
+    let health_checks = counter_family(&mut r, "health_checks", "Health checks of reals, by result (a canary compares the failed share)");
+    health_checks.get_or_create(&vec![("result", "passed".into())]).inc_by(checks.checked - checks.failed);
+    health_checks.get_or_create(&vec![("result", "failed".into())]).inc_by(checks.failed);
     let reloads = counter_family(&mut r, "config_reloads", "Config reloads by result");
     reloads.get_or_create(&vec![("result", "ok".into())]).inc_by(reloads_ok);
     reloads.get_or_create(&vec![("result", "rejected".into())]).inc_by(reloads_failed);

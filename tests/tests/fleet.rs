@@ -74,6 +74,25 @@ fn weight(lb: &lb_tests::lbd::LbDaemon, i: usize) -> Option<u32> {
     lb.try_status()?.iter().find(|v| v.name == "web")?.reals.get(i).map(|r| r.config_weight)
 }
 
+/// Waits until no health check of `lb` failed for 10 s and `lb doctor` finds nothing critical.
+fn wait_steady(lb: &lb_tests::lbd::LbDaemon) {
+    let failed = || lb.metrics().lines().find(|l| l.starts_with("lb_health_checks_total{result=\"failed\"}")).map(str::to_owned);
+    let started = Instant::now();
+    let mut last = (failed(), Instant::now());
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "no 10 s without a failed health check: {:?}", last.0);
+        let now = failed();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let doctor = lb.cli(&["doctor", "--window-ms", "200"]);
+    assert!(doctor.status.code() != Some(2), "critical before the rollout: {}", String::from_utf8_lossy(&doctor.stdout));
+}
+
 #[test]
 fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
     require_root!();
@@ -195,6 +214,33 @@ fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_
     for node in net.sites.iter().flat_map(|s| &s.nodes) {
         assert_eq!(weight(&node.lb, 0), Some(2));
     }
+
+    // One node cut off from the store while the store lives on, and etcd compacts past the
+    // revision the node last saw: on reconnecting, its watch cannot resume there, so it reads
+    // the whole document again and runs the newest revision.
+    let cut = &net.sites[1].nodes[1];
+    let members: Vec<String> = net.etcd.as_ref().unwrap().members.iter().map(|m| format!("{}/32", m.addr)).collect();
+    for m in &members {
+        cut.ns.ip(&["route", "add", "prohibit", m]);
+    }
+    wait_for(Duration::from_secs(20), "n4 finding the store unreachable", || cut.lb.metrics().contains("lb_fleet_store_reachable 0"));
+    let mut current = fleet_status(&net)["document_revision"].as_i64().unwrap();
+    for w in [3, 5] {
+        let (ok, out) = apply(&net, &fleet_document(&[2, 2], &[w, 4]), current);
+        assert!(ok, "apply while n4 is cut off: {out}");
+        current = fleet_status(&net)["document_revision"].as_i64().unwrap();
+    }
+    let etcd = net.etcd.as_ref().unwrap();
+    assert!(etcd.ctl(&["compact", &current.to_string()]).is_some(), "etcdctl compact {current}");
+    assert_eq!(weight(&cut.lb, 0), Some(2), "the cut-off node still runs what it had");
+    for m in &members {
+        cut.ns.ip(&["route", "del", "prohibit", m]);
+    }
+    let back = Instant::now();
+    wait_for(Duration::from_secs(20), "n4 on the newest revision", || weight(&cut.lb, 0) == Some(5));
+    println!("compacted past a cut-off node's revision: it ran the newest revision {:?} after it could reach the store", back.elapsed());
+    assert!(cut.lb.log().contains("compacted past our revision"), "n4 re-read because of the compaction: {}", cut.lb.log());
+    wait_converged(&net, Duration::from_secs(10));
 }
 
 #[test]
@@ -244,6 +290,10 @@ fn a_staged_rollout_halts_when_it_breaks_its_canary_and_is_promoted_when_its_can
     net.wait_serving(1);
     let first = wait_converged(&net, Duration::from_secs(20));
     let file = net.sites[0].nodes[0].lb.dir.join("candidate.toml");
+    // A canary compares the candidate with the 10 s before it: start from a steady node.
+    for (s, n) in [(1, 0), (0, 0)] {
+        wait_steady(&net.sites[s].nodes[n].lb);
+    }
 
     // A candidate that points site b's IPv4 reals at addresses nobody answers at, with site b's
     // first node (n3) as its canary: n3 finds them down, the rollout halts, n3 goes back, and
@@ -270,7 +320,9 @@ fn a_staged_rollout_halts_when_it_breaks_its_canary_and_is_promoted_when_its_can
         }
         if s["rollout"]["stage"] == "halted" {
             halted_after = Some(started.elapsed());
-            println!("rollout halted {:?} after the apply: {}", started.elapsed(), s["rollout"]["halted"]);
+            let why = s["rollout"]["halted"].as_str().unwrap_or_default().to_owned();
+            println!("rollout halted {:?} after the apply: {why}", started.elapsed());
+            assert!(why.contains("health checks failed") || why.contains("lb doctor: critical"), "halted for its health: {why}");
         }
     }
     assert!(halted_after.is_some(), "the broken candidate was not halted: {}", fleet(&net, &["status"]).1);

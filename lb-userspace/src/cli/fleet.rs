@@ -82,11 +82,7 @@ fn access(args: &StoreArgs) -> Result<StoreAccess> {
             StoreAccess::of_node(&node)
         }
         (None, false) => {
-            let login = match (&args.user, &args.password_file) {
-                (Some(user), Some(file)) => Some((user.clone(), config::read_secret(file, "--password-file", "password", 1)?.to_string())),
-                (None, None) => None,
-                _ => bail!("--user and --password-file come together"),
-            };
+            let login = store::login(args.user.as_deref(), args.password_file.as_deref(), "--password-file")?;
             let prefix = args.prefix.clone().unwrap_or_else(|| DEFAULT_FLEET_PREFIX.into());
             Ok(StoreAccess { endpoints: args.endpoints.clone(), prefix, login })
         }

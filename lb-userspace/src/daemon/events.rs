@@ -115,6 +115,7 @@ impl<D: DataplaneOps> Daemon<D> {
                 self.publish_announcements();
             }
             HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
+                self.checks.record(latency.is_some());
                 let sample = self.samples.get(&(vip, real)).copied().unwrap_or_default().then(latency);
                 self.samples.insert((vip, real), sample);
             }

@@ -3,7 +3,11 @@
 //! run-time changes over both), or refused, keeping the running one. What the node runs is
 //! kept on disk for a restart without the store, and reported to the store.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -16,11 +20,12 @@ use crate::{
     fleet::{
         self,
         follow::FleetEvent,
-        report::{CanaryReport, NodeReport, RealReport, Refusal, CANARY_BAD, CANARY_GOOD, CANARY_RUNNING},
+        report::{CanaryReport, DoctorAnswer, NodeReport, RealReport, Refusal, CANARY_BAD, CANARY_GOOD, CANARY_RUNNING},
         rollout::RolloutAction,
-        store::Canary,
+        store::{Canary, StoreAccess},
         RawFleet,
     },
+    health::CheckTally,
     status::SiteStage,
 };
 
@@ -81,17 +86,63 @@ pub struct FleetState {
     pub rollout: Option<CanaryRun>,
     /// Halts and promotions, for the rollout task.
     pub rollout_actions: mpsc::UnboundedSender<RolloutAction>,
+    /// `lb doctor`'s last answer.
+    pub doctor: Option<DoctorAnswer>,
+    /// The health-check tally at each tick of the last `CHECKS_BEFORE`: a canary's baseline.
+    pub checks_history: VecDeque<(Instant, CheckTally)>,
 }
 
 /// A candidate this node runs as a canary, and its judgement so far.
 pub struct CanaryRun {
     pub key_rev: i64,
     pub canary: Canary,
-    pub started: std::time::Instant,
-    /// (VIPs not servable, reals down) before the candidate: the candidate must not be worse.
-    pub baseline: (usize, usize),
+    pub started: Instant,
+    /// The health checks of the `CHECKS_BEFORE` before the candidate, and the tally when it
+    /// started: the share failed since must not be worse.
+    pub checks_before: CheckTally,
+    pub checks_at_start: CheckTally,
     /// None: still judging; Some(Ok): good; Some(Err): bad, and why.
     pub verdict: Option<Result<(), String>>,
+}
+
+/// How far back a canary's baseline of health checks reaches: the state the candidate
+/// replaces, not the node's start.
+const CHECKS_BEFORE: Duration = Duration::from_secs(10);
+/// A candidate is bad when the share of health checks that fail under it exceeds the share
+/// before by more than this, with at least `MIN_FAILED_CHECKS` failed (fewer take no real down).
+const FAILED_SHARE_TOLERANCE: f64 = 0.05;
+const MIN_FAILED_CHECKS: u64 = 3;
+/// A candidate is bad when `lb doctor` has not answered on it this long past the hold.
+const DOCTOR_SILENCE: Duration = Duration::from_secs(30);
+
+impl CanaryRun {
+    /// The judgement at `now`: bad as soon as `lb doctor` finds something critical or the
+    /// failed share of health checks got worse; good once the hold is over with a doctor's
+    /// answer on the candidate; None: not yet.
+    pub fn verdict(&self, checks_now: CheckTally, doctor: Option<&DoctorAnswer>, now: Instant) -> Option<Result<(), String>> {
+        let doctor = doctor.filter(|d| d.asked >= self.started);
+        if let Some(worst) = doctor.and_then(|d| d.worst.as_ref()).filter(|w| w.critical) {
+            return Some(Err(format!("lb doctor: {}", worst.text)));
+        }
+        let (during, before) = (checks_now.since(self.checks_at_start), self.checks_before);
+        if during.failed >= MIN_FAILED_CHECKS && during.failed_share() > before.failed_share() + FAILED_SHARE_TOLERANCE {
+            return Some(Err(format!(
+                "{} of {} health checks failed ({:.0}%), {:.0}% of {} before",
+                during.failed,
+                during.checked,
+                during.failed_share() * 100.0,
+                before.failed_share() * 100.0,
+                before.checked
+            )));
+        }
+        let ran = now.saturating_duration_since(self.started);
+        let hold = Duration::from_secs(self.canary.hold_s);
+        match doctor {
+            Some(_) if ran >= hold => Some(Ok(())),
+            None if ran >= hold + DOCTOR_SILENCE => Some(Err(format!("lb doctor gave no answer in {:?} on the candidate", ran))),
+            _ => None,
+        }
+    }
 }
 
 impl FleetState {
@@ -99,6 +150,46 @@ impl FleetState {
     pub fn over(&self, node_file: &RawConfig) -> RawConfig {
         with_fleet_vips(node_file, self.applied.as_ref().map(|(_, d)| d), &self.node.site)
     }
+}
+
+/// Makes `daemon` a fleet node running `applied` (its copy on disk, if any): starts the
+/// follower, the saver of last good revisions, the reporter, the doctor's asker and the rollout
+/// task. The follower and the doctor's asker send to `events`, which the caller's loop hands to
+/// `fleet_event`.
+pub fn start_fleet<D: DataplaneOps>(
+    daemon: &mut Daemon<D>,
+    node: FleetNode,
+    applied: Option<(i64, RawFleet)>,
+    events: mpsc::Sender<FleetEvent>,
+    admin_socket: PathBuf,
+) -> anyhow::Result<()> {
+    let access = StoreAccess::of_node(&node)?;
+    let (save, saves) = mpsc::unbounded_channel();
+    tokio::spawn(run_saver(saves));
+    let (report, reports) = watch::channel(NodeReport::starting(&node.site, &node.node));
+    let key = access.node_key(&node.site, &node.node);
+    info!(site = %node.site, node = %node.node, endpoints = ?node.endpoints, prefix = %node.prefix, "fleet: following the store");
+    tokio::spawn(fleet::follow::run(access.clone(), node.site.clone(), events.clone()));
+    tokio::spawn(fleet::report::ask_doctor(admin_socket, reports.clone(), events));
+    let (rollout_actions, rollout_rx) = mpsc::unbounded_channel();
+    tokio::spawn(fleet::rollout::run(access.clone(), rollout_rx));
+    tokio::spawn(fleet::report::run(access, key, node.report_ttl, reports));
+    daemon.follow_fleet(FleetState {
+        node,
+        applied,
+        refused: None,
+        refusals: 0,
+        store_error: Some("not reached yet".into()),
+        drained: false,
+        save,
+        report,
+        document: None,
+        rollout: None,
+        rollout_actions,
+        doctor: None,
+        checks_history: VecDeque::new(),
+    });
+    Ok(())
 }
 
 /// Writes each last good revision durably, in order.
@@ -128,6 +219,10 @@ impl<D: DataplaneOps> Daemon<D> {
                 self.drain_changed(was_announcing);
             }
             FleetEvent::Drain(_) => {}
+            FleetEvent::Doctor(answer) => {
+                fleet.doctor = Some(answer);
+                self.judge_canary();
+            }
             FleetEvent::Document { revision, text } => {
                 fleet.document = Some((revision, text.clone()));
                 // A canary keeps its candidate until the rollout ends (a promotion writes the
@@ -173,15 +268,12 @@ impl<D: DataplaneOps> Daemon<D> {
         fleet.refused = Some(Refusal { revision, reason });
     }
 
-    /// (VIPs not servable, reals down) now.
-    fn health_tally(&self) -> (usize, usize) {
-        let status = self.status();
-        (status.iter().filter(|v| !v.servable()).count(), status.iter().flat_map(|v| &v.reals).filter(|r| !r.up).count())
-    }
-
     /// Runs a rollout's candidate on this canary node, or halts the rollout if it is refused.
     fn start_canary(&mut self, key_rev: i64, canary: Canary) {
-        let baseline = self.health_tally();
+        let now = Instant::now();
+        let fleet = self.fleet.as_ref().expect("a fleet node");
+        let oldest = fleet.checks_history.front().map_or(self.checks, |(_, tally)| *tally);
+        let (checks_before, checks_at_start) = (self.checks.since(oldest), self.checks);
         info!(candidate = key_rev, base = canary.base, hold_s = canary.hold_s, "rollout: this node is a canary; running the candidate");
         let refused = match self.apply_fleet(key_rev, Some(canary.text.clone())) {
             Ok(()) => None,
@@ -191,27 +283,19 @@ impl<D: DataplaneOps> Daemon<D> {
             }
         };
         let fleet = self.fleet.as_mut().expect("a fleet node");
-        fleet.rollout = Some(CanaryRun { key_rev, canary, started: std::time::Instant::now(), baseline, verdict: None });
+        fleet.rollout = Some(CanaryRun { key_rev, canary, started: now, checks_before, checks_at_start, verdict: None });
         if let Some(reason) = refused {
             self.judged(Err(reason));
         }
     }
 
-    /// Judges the candidate this canary runs (on the loop's one-second tick): bad as soon as
-    /// a VIP is not servable or a real is down that was not before; good once it has run for
-    /// the rollout's hold without that.
+    /// Judges the candidate this canary runs, on the loop's tick and on each doctor's answer.
     pub(super) fn judge_canary(&mut self) {
-        let Some(run) = self.fleet.as_ref().and_then(|f| f.rollout.as_ref()).filter(|r| r.verdict.is_none()) else { return };
-        let ((unservable, down), (was_unservable, was_down)) = (self.health_tally(), run.baseline);
-        let hold = std::time::Duration::from_secs(run.canary.hold_s);
-        if unservable > was_unservable || down > was_down {
-            let reason = format!(
-                "on node {}: {unservable} VIPs not servable (before: {was_unservable}), {down} reals down (before: {was_down})",
-                self.fleet.as_ref().map_or("", |f| f.node.node.as_str())
-            );
-            self.judged(Err(reason));
-        } else if run.started.elapsed() >= hold {
-            self.judged(Ok(()));
+        let Some(fleet) = self.fleet.as_ref() else { return };
+        let Some(run) = fleet.rollout.as_ref().filter(|r| r.verdict.is_none()) else { return };
+        if let Some(verdict) = run.verdict(self.checks, fleet.doctor.as_ref(), Instant::now()) {
+            let node = fleet.node.node.clone();
+            self.judged(verdict.map_err(|why| format!("on node {node}: {why}")));
         }
     }
 
@@ -262,6 +346,13 @@ impl<D: DataplaneOps> Daemon<D> {
 
     /// The loop's one-second tick on a fleet node.
     pub fn fleet_tick(&mut self) {
+        if let Some(fleet) = self.fleet.as_mut() {
+            let now = Instant::now();
+            fleet.checks_history.push_back((now, self.checks));
+            while fleet.checks_history.front().is_some_and(|(t, _)| now.duration_since(*t) > CHECKS_BEFORE) {
+                fleet.checks_history.pop_front();
+            }
+        }
         self.judge_canary();
         self.publish_report();
     }
@@ -288,7 +379,7 @@ impl<D: DataplaneOps> Daemon<D> {
                 _ => Vec::new(),
             },
             reals: RealReport::exceptions(&status),
-            doctor: None, // the reporter task adds it
+            doctor: fleet.doctor.as_ref().and_then(|d| d.worst.as_ref()).map(|w| w.text.clone()),
             canary: fleet.rollout.as_ref().map(|r| CanaryReport {
                 revision: r.key_rev,
                 state: match &r.verdict {
@@ -305,5 +396,64 @@ impl<D: DataplaneOps> Daemon<D> {
             *current = report;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::report::WorstFinding;
+
+    fn run(hold_s: u64, checks_before: CheckTally, started: Instant) -> CanaryRun {
+        let canary = Canary { base: 1, text: String::new(), canaries: vec!["n1".into()], hold_s, halted: None };
+        let checks_at_start = CheckTally { checked: 1000, failed: 10 };
+        CanaryRun { key_rev: 2, canary, started, checks_before, checks_at_start, verdict: None }
+    }
+
+    fn tally(checked: u64, failed: u64) -> CheckTally {
+        CheckTally { checked: 1000 + checked, failed: 10 + failed }
+    }
+
+    fn doctor(asked: Instant, critical: Option<bool>) -> DoctorAnswer {
+        DoctorAnswer {
+            asked,
+            worst: critical.map(|critical| WorstFinding { critical, text: "critical vip_below_min_healthy: VIP web".into() }),
+        }
+    }
+
+    #[test]
+    fn a_canary_is_good_after_its_hold_with_a_doctor_answer_on_the_candidate_and_no_worse_checks() {
+        let t0 = Instant::now();
+        let r = run(3, CheckTally { checked: 100, failed: 0 }, t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Before the hold is over: no verdict.
+        assert_eq!(r.verdict(tally(20, 0), Some(&doctor(at(1), None)), at(2)), None);
+        // Over, but the only doctor's answer was asked before the candidate ran.
+        let early = doctor(t0 - Duration::from_millis(1), None);
+        assert_eq!(r.verdict(tally(40, 0), Some(&early), at(4)), None);
+        // Over, with an answer on the candidate (a warning is below critical).
+        assert_eq!(r.verdict(tally(40, 0), Some(&doctor(at(1), Some(false))), at(4)), Some(Ok(())));
+        // Failures as frequent as before are no worse: 10% before, 10% under the candidate.
+        let flaky = run(3, CheckTally { checked: 100, failed: 10 }, t0);
+        assert_eq!(flaky.verdict(tally(40, 4), Some(&doctor(at(1), None)), at(4)), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_canary_is_bad_on_a_critical_finding_more_failed_checks_or_a_silent_doctor() {
+        let t0 = Instant::now();
+        let r = run(3, CheckTally { checked: 100, failed: 0 }, t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let critical = r.verdict(tally(5, 0), Some(&doctor(at(1), Some(true))), at(1));
+        assert_eq!(critical, Some(Err("lb doctor: critical vip_below_min_healthy: VIP web".into())));
+        // A critical answer asked before the candidate ran is not the candidate's.
+        assert_eq!(r.verdict(tally(5, 0), Some(&doctor(t0 - Duration::from_millis(1), Some(true))), at(1)), None);
+        // Half the checks fail under the candidate, none did before: bad before the hold ends.
+        let worse = r.verdict(tally(20, 10), None, at(1));
+        assert_eq!(worse, Some(Err("10 of 20 health checks failed (50%), 0% of 100 before".into())));
+        // Two failures take no real down: not yet a verdict.
+        assert_eq!(r.verdict(tally(20, 2), None, at(1)), None);
+        // No doctor's answer long past the hold.
+        let silent = r.verdict(tally(100, 0), None, at(3) + DOCTOR_SILENCE);
+        assert!(silent.is_some_and(|v| v.unwrap_err().starts_with("lb doctor gave no answer")));
     }
 }

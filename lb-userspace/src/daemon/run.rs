@@ -16,16 +16,15 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    fleet::{self, FleetState},
+    fleet,
     reload::effective_config,
     state::{Daemon, Outputs},
 };
 use crate::{
     admin,
     bgp::{self, BirdRouter, RouterEvent},
-    config::{self, FleetNode, InterfaceCheck},
+    config::{self, InterfaceCheck},
     dataplane::{pins, Counters, Dataplane, LiveMaps, LoadOptions},
-    fleet::{report::NodeReport, store::StoreAccess},
     journal, next_hop,
     reconcile::Reconciler,
 };
@@ -97,7 +96,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
     let (fleet_tx, mut fleet_rx) = mpsc::channel(16);
     if let Some(node) = fleet_node {
-        start_fleet(&mut daemon, node, last_good.map(|(saved, doc)| (saved.revision, doc)), fleet_tx, api.socket.clone())?;
+        fleet::start_fleet(&mut daemon, node, last_good.map(|(saved, doc)| (saved.revision, doc)), fleet_tx, api.socket.clone())?;
     } else {
         drop(fleet_tx);
     }
@@ -156,42 +155,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     let _ = std::fs::remove_file(&api.socket);
     info!(instance = %daemon.config().instance, "exiting; the data plane stays attached with its last state (`lb stop` removes it)");
-    Ok(())
-}
-
-/// Makes `daemon` a fleet node: the follower, the saver of last good revisions and the reporter.
-fn start_fleet(
-    daemon: &mut Daemon<Dataplane>,
-    node: FleetNode,
-    applied: Option<(i64, crate::fleet::RawFleet)>,
-    events: mpsc::Sender<crate::fleet::follow::FleetEvent>,
-    admin_socket: PathBuf,
-) -> Result<()> {
-    let access = StoreAccess::of_node(&node)?;
-    let (save_tx, save_rx) = mpsc::unbounded_channel();
-    tokio::spawn(fleet::run_saver(save_rx));
-    let placeholder = NodeReport::starting(&node.site, &node.node);
-    let (report_tx, report_rx) = watch::channel(placeholder);
-    let key = access.node_key(&node.site, &node.node);
-    let ttl = node.report_ttl;
-    info!(site = %node.site, node = %node.node, endpoints = ?node.endpoints, prefix = %node.prefix, "fleet: following the store");
-    tokio::spawn(crate::fleet::follow::run(access.clone(), node.site.clone(), events));
-    let (rollout_tx, rollout_rx) = mpsc::unbounded_channel();
-    tokio::spawn(crate::fleet::rollout::run(access.clone(), rollout_rx));
-    daemon.follow_fleet(FleetState {
-        node,
-        applied,
-        refused: None,
-        refusals: 0,
-        store_error: Some("not reached yet".into()),
-        drained: false,
-        save: save_tx,
-        report: report_tx,
-        document: None,
-        rollout: None,
-        rollout_actions: rollout_tx,
-    });
-    tokio::spawn(crate::fleet::report::run(access, key, ttl, admin_socket, report_rx));
     Ok(())
 }
 

@@ -69,6 +69,7 @@ impl<D: DataplaneOps> Daemon<D> {
         metrics::Snapshot {
             status: self.status(),
             samples: self.samples.clone(),
+            checks: self.checks,
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             bgp: metrics::BgpState {

@@ -52,6 +52,8 @@ pub struct Daemon<D> {
     pub(super) journal: Journal,
     pub(super) probers: Probers,
     pub(super) samples: HashMap<(VipId, IpAddr), HealthSample>,
+    /// Every health check of a real since start, and the failed ones.
+    pub(super) checks: crate::health::CheckTally,
     pub(super) reloads_ok: u64,
     pub(super) reloads_failed: u64,
     /// What the router last confirmed it announces (None: nothing yet).
@@ -124,6 +126,7 @@ impl<D: DataplaneOps> Daemon<D> {
             journal,
             probers,
             samples: HashMap::new(),
+            checks: Default::default(),
             reloads_ok: 0,
             reloads_failed: 0,
             announced: None,

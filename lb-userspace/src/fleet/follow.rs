@@ -10,7 +10,10 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::store::{self, StoreAccess};
+use super::{
+    report::DoctorAnswer,
+    store::{self, StoreAccess},
+};
 
 /// What the follower tells the daemon.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +26,8 @@ pub enum FleetEvent {
     Canary(Option<(i64, store::Canary)>),
     /// The store answered again (`None`), or stopped answering (the error).
     Store(Option<String>),
+    /// `lb doctor` answered (from `report::ask_doctor`, not from the store).
+    Doctor(DoctorAnswer),
 }
 
 /// Waits between attempts to reach the store, doubling up to the last.
@@ -31,10 +36,11 @@ const RETRY: [Duration; 5] =
 
 /// Follows the store until the daemon is gone.
 pub async fn run(access: StoreAccess, site: String, events: mpsc::Sender<FleetEvent>) {
-    let mut position = Position::default();
+    // The store revision to watch from (0: read everything first).
+    let mut watch_from = 0;
     let mut failures = 0;
     loop {
-        let result = session(&access, &site, &events, &mut position, &mut failures).await;
+        let result = session(&access, &site, &events, &mut watch_from, &mut failures).await;
         if events.is_closed() {
             return;
         }
@@ -50,22 +56,16 @@ pub async fn run(access: StoreAccess, site: String, events: mpsc::Sender<FleetEv
     }
 }
 
-/// How far the follower got: the store revision to watch from (0: read everything first).
-#[derive(Debug, Default)]
-struct Position {
-    watch_from: i64,
-}
-
 async fn session(
     access: &StoreAccess,
     site: &str,
     events: &mpsc::Sender<FleetEvent>,
-    position: &mut Position,
+    watch_from: &mut i64,
     failures: &mut usize,
 ) -> Result<()> {
     let mut client = access.connect().await?;
     let send = |e: FleetEvent| async { events.send(e).await.context("the daemon is gone") };
-    if position.watch_from == 0 {
+    if *watch_from == 0 {
         let doc = store::read_document(&mut client, access).await?;
         let drained = store::is_drained(&mut client, access, site).await?;
         let canary = store::read_canary(&mut client, access).await?;
@@ -74,7 +74,7 @@ async fn session(
         send(FleetEvent::Document { revision, text }).await?;
         send(FleetEvent::Drain(drained)).await?;
         send(FleetEvent::Canary(canary)).await?;
-        position.watch_from = doc.store_revision + 1;
+        *watch_from = doc.store_revision + 1;
     } else {
         send(FleetEvent::Store(None)).await?;
     }
@@ -83,14 +83,14 @@ async fn session(
     let (doc_key, drain_key, canary_key) = (access.document_key(), access.drain_key(site), access.canary_key());
     let mut range_end = drain_key.clone().into_bytes();
     range_end.push(0);
-    let options = WatchOptions::new().with_range(range_end).with_start_revision(position.watch_from).with_progress_notify();
+    let options = WatchOptions::new().with_range(range_end).with_start_revision(*watch_from).with_progress_notify();
     let mut stream = client.watch(doc_key.clone(), Some(options)).await.context("watching the fleet document")?;
-    info!(from = position.watch_from, "fleet store: watching");
+    info!(from = *watch_from, "fleet store: watching");
     *failures = 0;
     while let Some(response) = stream.message().await.context("the fleet watch broke")? {
         if response.compact_revision() > 0 {
             warn!(compacted = response.compact_revision(), "fleet store compacted past our revision; reading the whole document again");
-            position.watch_from = 0;
+            *watch_from = 0;
             return Ok(());
         }
         if response.canceled() {
@@ -113,7 +113,7 @@ async fn session(
             } else if key == drain_key {
                 send(FleetEvent::Drain(put)).await?;
             }
-            position.watch_from = position.watch_from.max(kv.mod_revision() + 1);
+            *watch_from = (*watch_from).max(kv.mod_revision() + 1);
         }
     }
     anyhow::bail!("the fleet watch ended")

@@ -3,15 +3,19 @@
 //! `lb doctor`'s worst finding. A node that dies stops renewing the lease, and etcd deletes its
 //! report within the lease's TTL.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use etcd_client::PutOptions;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::store::StoreAccess;
+use super::{follow::FleetEvent, store::StoreAccess};
 use crate::{
     http::{self, Call, Endpoint},
     operator::doctor::{Report as DoctorReport, Severity},
@@ -121,15 +125,10 @@ impl RealReport {
     }
 }
 
-/// How often the doctor is asked, and over what window.
-const DOCTOR_EVERY: Duration = Duration::from_secs(10);
-const DOCTOR_WINDOW_MS: u64 = 1000;
-
 /// Keeps `key` equal to the latest report while the node lives, under a lease of `ttl`.
-pub async fn run(access: StoreAccess, key: String, ttl: Duration, admin: PathBuf, mut reports: watch::Receiver<NodeReport>) {
-    let mut doctor: Option<String> = None;
+pub async fn run(access: StoreAccess, key: String, ttl: Duration, mut reports: watch::Receiver<NodeReport>) {
     loop {
-        if let Err(e) = session(&access, &key, ttl, &admin, &mut reports, &mut doctor).await {
+        if let Err(e) = session(&access, &key, ttl, &mut reports).await {
             warn!(error = %format!("{e:#}"), "fleet report not written; retrying");
         }
         if reports.has_changed().is_err() {
@@ -139,26 +138,16 @@ pub async fn run(access: StoreAccess, key: String, ttl: Duration, admin: PathBuf
     }
 }
 
-async fn session(
-    access: &StoreAccess,
-    key: &str,
-    ttl: Duration,
-    admin: &std::path::Path,
-    reports: &mut watch::Receiver<NodeReport>,
-    doctor: &mut Option<String>,
-) -> Result<()> {
+async fn session(access: &StoreAccess, key: &str, ttl: Duration, reports: &mut watch::Receiver<NodeReport>) -> Result<()> {
     let mut client = access.connect().await?;
     let lease = client.lease_grant(ttl.as_secs() as i64, None).await.context("granting the report's lease")?.id();
     let (mut keeper, mut kept) = client.lease_keep_alive(lease).await.context("keeping the lease alive")?;
     info!(key, lease, ttl_s = ttl.as_secs(), "fleet report: writing under a lease");
     let mut renew = tokio::time::interval(ttl / 3);
-    let mut ask_doctor = tokio::time::interval(DOCTOR_EVERY);
     let mut dirty = true;
     loop {
         if dirty {
-            let mut report = reports.borrow_and_update().clone();
-            report.doctor = doctor.clone();
-            let json = serde_json::to_string(&report).context("encoding the report")?;
+            let json = serde_json::to_string(&*reports.borrow_and_update()).context("encoding the report")?;
             client.put(key, json, Some(PutOptions::new().with_lease(lease))).await.context("writing the report")?;
             dirty = false;
         }
@@ -174,25 +163,62 @@ async fn session(
                 let answer = answer.context("the lease stream broke")?.context("the lease stream ended")?;
                 anyhow::ensure!(answer.ttl() > 0, "the lease expired");
             }
-            _ = ask_doctor.tick() => {
-                let worst = worst_finding(admin).await;
-                if worst != *doctor {
-                    *doctor = worst;
-                    dirty = true;
-                }
-            }
         }
     }
 }
 
-/// `lb doctor`'s worst finding above info, asked over the admin socket (None: none, or no answer).
-async fn worst_finding(admin: &std::path::Path) -> Option<String> {
+/// `lb doctor`'s worst finding above info.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorstFinding {
+    pub critical: bool,
+    /// "critical vip_below_min_healthy: VIP web".
+    pub text: String,
+}
+
+/// One answer of `lb doctor`, and when it was asked (a canary counts only answers asked after
+/// it started its candidate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoctorAnswer {
+    pub asked: Instant,
+    /// None: nothing above info.
+    pub worst: Option<WorstFinding>,
+}
+
+/// How often the doctor is asked: while this node judges a candidate as a canary, and otherwise.
+const DOCTOR_CANARY_EVERY: Duration = Duration::from_secs(2);
+const DOCTOR_EVERY: Duration = Duration::from_secs(10);
+/// The window each answer samples the counters over.
+const DOCTOR_WINDOW_MS: u64 = 1000;
+
+/// Asks `lb doctor` over the admin socket (I/O kept off the loop) and hands each answer to the
+/// loop, for the report and for a canary's judgement.
+pub async fn ask_doctor(admin: PathBuf, reports: watch::Receiver<NodeReport>, answers: mpsc::Sender<FleetEvent>) {
+    let mut last: Option<Instant> = None;
+    loop {
+        let canary = reports.borrow().canary.as_ref().is_some_and(|c| c.state == CANARY_RUNNING);
+        if canary || last.is_none_or(|t| t.elapsed() >= DOCTOR_EVERY) {
+            let asked = Instant::now();
+            last = Some(asked);
+            if let Some(worst) = worst_finding(&admin).await {
+                if answers.send(FleetEvent::Doctor(DoctorAnswer { asked, worst })).await.is_err() {
+                    return; // the daemon is gone
+                }
+            }
+        }
+        tokio::time::sleep(DOCTOR_CANARY_EVERY).await;
+    }
+}
+
+/// `lb doctor`'s worst finding above info (`Some(None)`: none), or None when it did not answer.
+async fn worst_finding(admin: &std::path::Path) -> Option<Option<WorstFinding>> {
     let path = format!("/doctor?window_ms={DOCTOR_WINDOW_MS}");
     let mut call = Call::new("GET", &path);
     call.limit = Duration::from_millis(DOCTOR_WINDOW_MS + 5000);
     let answer = http::request(&Endpoint::Unix(admin.to_owned()), call).await.ok()?;
     let report: DoctorReport = serde_json::from_str(&answer.body).ok()?;
-    let worst = report.findings.iter().filter(|f| f.severity > Severity::Info).max_by_key(|f| f.severity)?;
-    let severity = if worst.severity == Severity::Critical { "critical" } else { "warning" };
-    Some(format!("{severity} {}: {}", worst.check, worst.subject))
+    let worst = report.findings.iter().filter(|f| f.severity > Severity::Info).max_by_key(|f| f.severity);
+    Some(worst.map(|w| {
+        let critical = w.severity == Severity::Critical;
+        WorstFinding { critical, text: format!("{} {}: {}", if critical { "critical" } else { "warning" }, w.check, w.subject) }
+    }))
 }

@@ -7,7 +7,7 @@
 //! - `P/drain/SITE`: present while `lb fleet drain SITE` holds the site out of BGP;
 //! - `P/nodes/SITE/NODE`: each node's report (JSON), under the node's lease.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
@@ -16,6 +16,16 @@ use crate::config::{read_secret, FleetNode};
 
 /// How long connecting to etcd, and each call, may take.
 pub const CALL_LIMIT: Duration = Duration::from_secs(3);
+
+/// etcd's user and password, the password read from its file (`field` names the file's
+/// setting in errors); None: no login.
+pub fn login(user: Option<&str>, password_file: Option<&Path>, field: &str) -> Result<Option<(String, String)>> {
+    match (user, password_file) {
+        (Some(user), Some(file)) => Ok(Some((user.to_owned(), read_secret(file, field, "password", 1)?.to_string()))),
+        (None, None) => Ok(None),
+        _ => bail!("a user and its password file come together ({field})"),
+    }
+}
 
 /// Where the fleet's keys are, and how to reach and log in to the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,10 +39,7 @@ pub struct StoreAccess {
 impl StoreAccess {
     /// A node's access, from its `[fleet]` (the password read from its file).
     pub fn of_node(fleet: &FleetNode) -> Result<Self> {
-        let login = match (&fleet.user, &fleet.password_file) {
-            (Some(user), Some(file)) => Some((user.clone(), read_secret(file, "fleet.password_file", "password", 1)?.to_string())),
-            _ => None,
-        };
+        let login = login(fleet.user.as_deref(), fleet.password_file.as_deref(), "fleet.password_file")?;
         Ok(Self { endpoints: fleet.endpoints.clone(), prefix: fleet.prefix.clone(), login })
     }
 
