@@ -115,6 +115,9 @@ pub struct FleetOptions {
     pub user: Option<(String, String)>,
     /// Each node's `[fleet] report_ttl_s`.
     pub report_ttl_s: u32,
+    /// etcd over TLS, clients authenticated by their certificates (`[fleet] ca_file`,
+    /// `cert_file`, `key_file`).
+    pub tls: bool,
 }
 
 /// The fleet's key prefix in the harness.
@@ -269,12 +272,20 @@ impl Anycast {
         let router_bird = Bird::start(&router, "router", &router_conf);
         let (etcd, fleet_section) = match &opts.fleet {
             Some(f) => {
-                let mut etcd = EtcdCluster::start(&router, 3);
+                let mut etcd = EtcdCluster::start(&router, 3, f.tls);
                 let mut section = format!(
                     "[fleet]\nendpoints = {:?}\nprefix = \"{FLEET_PREFIX}\"\nreport_ttl_s = {}\n",
                     etcd.endpoints(),
                     f.report_ttl_s
                 );
+                if let Some(tls) = &etcd.tls {
+                    section += &format!(
+                        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                        tls.ca.display(),
+                        tls.cert.display(),
+                        tls.key.display()
+                    );
+                }
                 if let Some((user, password)) = &f.user {
                     etcd.enable_auth(user, password, FLEET_PREFIX);
                     let file = dir.join("etcd-password");

@@ -1,6 +1,8 @@
 //! A real etcd cluster for the fleet tests: `n` members, each in a namespace of its own linked
 //! to a router namespace (member i at 10.40.i.2, the router at 10.40.i.1), so LB nodes behind
 //! the same router reach every member. Members can be killed and started again on their data.
+//! With TLS, clients reach the members over https and must show a client certificate signed by
+//! the cluster's own CA (`--client-cert-auth`); the members talk to each other over http.
 
 use std::{
     path::PathBuf,
@@ -24,16 +26,67 @@ pub struct EtcdCluster {
     router: String,
     /// `root`'s password once `enable_auth` ran.
     pub root_password: Option<String>,
+    /// With TLS: the CA's and a client's certificate and key.
+    pub tls: Option<ClientTls>,
 }
 
-/// The member's client URL.
+/// Files a client of a TLS cluster names: the CA to trust, its certificate and key (0600).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The member's client URL over plain HTTP.
 pub fn client_url(addr: &str) -> String {
     format!("http://{addr}:2379")
 }
 
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (cargo xtask setup installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate `name`.pem and key `name`.key (0600) signed by the CA in `dir`, for `usage`
+/// (`serverAuth` with the member's address, or `clientAuth`).
+fn issue(dir: &std::path::Path, name: &str, usage: &str, ip: Option<&str>) {
+    let ext = format!("extendedKeyUsage={usage}\n{}", ip.map(|ip| format!("subjectAltName=IP:{ip}\n")).unwrap_or_default());
+    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+    let (key, csr, pem, extfile) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+    let subject = format!("/CN={name}");
+    openssl(
+        dir,
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &extfile,
+        ],
+    );
+    std::fs::set_permissions(dir.join(&key), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+}
+
 impl EtcdCluster {
-    /// Starts `n` members behind `router` (which forwards) and waits until the cluster answers.
-    pub fn start(router: &NetNs, n: usize) -> Self {
+    /// Starts `n` members behind `router` (which forwards) and waits until the cluster answers;
+    /// with `tls`, clients must come over https with a certificate of the cluster's CA.
+    pub fn start(router: &NetNs, n: usize, tls: bool) -> Self {
         // A folder per cluster: a test's members must not find an earlier test's data.
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -60,7 +113,18 @@ impl EtcdCluster {
                 Member { ns, addr: addr.clone(), child: None }
             })
             .collect();
-        let mut cluster = Self { members, dir, initial_cluster, router: router.name.clone(), root_password: None };
+        let tls = tls.then(|| {
+            let certs = dir.join("tls");
+            std::fs::create_dir_all(&certs).expect("tls dir");
+            let ca = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"];
+            openssl(&certs, &[&ca[..], &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=lbt-etcd-ca"]].concat());
+            for (i, addr) in addrs.iter().enumerate() {
+                issue(&certs, &format!("m{i}"), "serverAuth", Some(addr));
+            }
+            issue(&certs, "client", "clientAuth", None);
+            ClientTls { ca: certs.join("ca.pem"), cert: certs.join("client.pem"), key: certs.join("client.key") }
+        });
+        let mut cluster = Self { members, dir, initial_cluster, router: router.name.clone(), root_password: None, tls };
         for i in 0..n {
             cluster.start_member(i);
         }
@@ -70,7 +134,15 @@ impl EtcdCluster {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| client_url(&m.addr)).collect()
+        self.members.iter().map(|m| self.url(&m.addr)).collect()
+    }
+
+    /// A member's client URL (https with TLS).
+    pub fn url(&self, addr: &str) -> String {
+        match self.tls {
+            Some(_) => format!("https://{addr}:2379"),
+            None => client_url(addr),
+        }
     }
 
     /// Starts member `i` (again, on its data: it rejoins).
@@ -78,10 +150,21 @@ impl EtcdCluster {
         let m = &self.members[i];
         let data = self.dir.join(format!("m{i}"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("m{i}.log"))).expect("log");
-        let (client, peer) = (client_url(&m.addr), format!("http://{}:2380", m.addr));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &m.ns.name, "etcd", "--name", &format!("m{i}"), "--data-dir"])
-            .arg(&data)
+        let (client, peer) = (self.url(&m.addr), format!("http://{}:2380", m.addr));
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &m.ns.name, "etcd", "--name", &format!("m{i}"), "--data-dir"]).arg(&data);
+        if let Some(tls) = &self.tls {
+            let certs = tls.ca.parent().expect("tls dir");
+            command
+                .arg("--cert-file")
+                .arg(certs.join(format!("m{i}.pem")))
+                .arg("--key-file")
+                .arg(certs.join(format!("m{i}.key")))
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "lbt"])
@@ -109,7 +192,7 @@ impl EtcdCluster {
     /// `etcdctl ARGS` against the running members (as root once auth is on), from the router's
     /// namespace; its stdout, or None when it failed.
     pub fn ctl(&self, args: &[&str]) -> Option<String> {
-        let running: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| client_url(&m.addr)).collect();
+        let running: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| self.url(&m.addr)).collect();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.router, "etcdctl"])
             .env("ETCDCTL_API", "3")
@@ -117,6 +200,9 @@ impl EtcdCluster {
             .args(["--dial-timeout=2s", "--command-timeout=5s"]);
         if let Some(p) = &self.root_password {
             cmd.arg(format!("--user=root:{p}"));
+        }
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key);
         }
         let out = cmd.args(args).output().expect("etcdctl");
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -13,9 +13,11 @@ use lb_tests::{
 };
 use serde_json::Value;
 
-fn fleet_options(user: bool) -> Options {
+/// The fleet harness with etcd's authentication by user and password, by TLS client
+/// certificates, or none.
+fn fleet_options(user: bool, tls: bool) -> Options {
     let user = user.then(|| ("lb-fleet".to_owned(), "a-password-for-the-fleet".to_owned()));
-    Options { fleet: Some(FleetOptions { user, report_ttl_s: 3 }), ..Default::default() }
+    Options { fleet: Some(FleetOptions { user, report_ttl_s: 3, tls }), ..Default::default() }
 }
 
 /// `lb fleet ARGS` with node `(s, n)`'s file (its `[fleet]`): (succeeded, stdout + stderr).
@@ -97,7 +99,7 @@ fn wait_steady(lb: &lb_tests::lbd::LbDaemon) {
 fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
     require_root!();
     let _serial = lb_tests::serial();
-    let net = Anycast::with(&[2, 2], &[3, 3], &fleet_options(true));
+    let net = Anycast::with(&[2, 2], &[3, 3], &fleet_options(true, false));
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     net.wait_serving(0);
@@ -161,7 +163,7 @@ fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
 fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_it_is_back() {
     require_root!();
     let _serial = lb_tests::serial();
-    let mut net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false));
+    let mut net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false, false));
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     net.wait_serving(0);
@@ -244,15 +246,31 @@ fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_
 }
 
 #[test]
-fn a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its_ttl() {
+fn over_tls_a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its_ttl() {
     require_root!();
     let _serial = lb_tests::serial();
-    let mut net = Anycast::with(&[2, 1], &[2, 2], &fleet_options(false));
+    let mut net = Anycast::with(&[2, 1], &[2, 2], &fleet_options(false, true));
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     net.wait_serving(0);
     net.wait_serving(1);
     wait_for(Duration::from_secs(20), "three reports", || revisions(&fleet_status(&net)).len() == 3);
+
+    // The store is reached over TLS, and etcd lets in only clients with a certificate of its
+    // CA: the nodes (their reports above) and `lb fleet` with a node file have one; without one
+    // the store refuses, and plain http finds nothing.
+    let etcd = net.etcd.as_ref().unwrap();
+    let tls = etcd.tls.clone().unwrap();
+    let url = etcd.url(&etcd.members[0].addr);
+    let cli = |args: &[&str]| net.sites[0].nodes[0].lb.cli(&[&["fleet", "status", "--endpoints"], args].concat());
+    let ca = tls.ca.display().to_string();
+    let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
+    let with_cert = cli(&[&url, "--ca-file", &ca, "--cert-file", &cert, "--key-file", &key]);
+    assert!(with_cert.status.success(), "with a client certificate: {}", String::from_utf8_lossy(&with_cert.stderr));
+    let without = cli(&[&url, "--ca-file", &ca]);
+    assert!(!without.status.success(), "the store answered a client without a certificate");
+    let plain = cli(&[&client_url(&etcd.members[0].addr)]);
+    assert!(!plain.status.success(), "the store answered over plain http");
 
     // `lb fleet drain a` withdraws site a's VIPs on both its nodes: the router keeps only site
     // b's node.
@@ -283,7 +301,7 @@ fn a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its
 fn a_staged_rollout_halts_when_it_breaks_its_canary_and_is_promoted_when_its_canaries_are_good() {
     require_root!();
     let _serial = lb_tests::serial();
-    let net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false));
+    let net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false, false));
     let _a = net.sites[0].servers();
     let _b = net.sites[1].servers();
     net.wait_serving(0);

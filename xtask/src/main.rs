@@ -108,6 +108,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("protoc", "protobuf-compiler"),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    // The fleet tests make the TLS cluster's CA and certificates.
+    ("openssl", "openssl"),
 ];
 
 fn setup() -> Result<()> {

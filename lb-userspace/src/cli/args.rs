@@ -260,6 +260,14 @@ pub struct StoreArgs {
     pub user: Option<String>,
     #[arg(long, global = true)]
     pub password_file: Option<PathBuf>,
+    /// TLS (with https:// endpoints): the CA that signed the members' certificates, and a
+    /// client certificate with its key (mode 0600) when etcd asks for one.
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use super::args::{FleetAction, StoreArgs};
 use crate::{
-    config::{self, FleetNode, InterfaceCheck, DEFAULT_FLEET_PREFIX},
+    config::{self, FleetNode, FleetTls, InterfaceCheck, DEFAULT_FLEET_PREFIX},
     fleet::{
         self,
         report::NodeReport,
-        store::{self, StoreAccess},
+        store::{self, StoreAccess, StoreTls},
     },
 };
 
@@ -84,7 +84,19 @@ fn access(args: &StoreArgs) -> Result<StoreAccess> {
         (None, false) => {
             let login = store::login(args.user.as_deref(), args.password_file.as_deref(), "--password-file")?;
             let prefix = args.prefix.clone().unwrap_or_else(|| DEFAULT_FLEET_PREFIX.into());
-            Ok(StoreAccess { endpoints: args.endpoints.clone(), prefix, login })
+            let client = match (&args.cert_file, &args.key_file) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                _ => bail!("--cert-file and --key-file come together"),
+            };
+            let tls = match (&args.ca_file, client) {
+                (Some(ca), client) => {
+                    Some(StoreTls::read(&FleetTls { ca_file: ca.clone(), client }, ["--ca-file", "--cert-file", "--key-file"])?)
+                }
+                (None, None) => None,
+                (None, Some(_)) => bail!("--cert-file needs --ca-file (and https:// endpoints)"),
+            };
+            Ok(StoreAccess { endpoints: args.endpoints.clone(), prefix, login, tls })
         }
         (Some(_), false) => bail!("give --config or --endpoints, not both"),
         (None, true) => bail!("where is the store? give --config NODE_FILE (its [fleet]) or --endpoints URL[,URL..]"),

@@ -66,6 +66,12 @@ pub struct RawFleetNode {
     /// etcd user, with `password_file` (mode 0600).
     pub user: Option<String>,
     pub password_file: Option<String>,
+    /// TLS to etcd (`https://` endpoints): the CA that signed the members' certificates, and
+    /// this node's client certificate and key (mode 0600) when etcd asks for one
+    /// (`--client-cert-auth`).
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
     /// The last fleet revision this node applied, for a restart without the store (default
     /// /var/lib/anycast-lb/<instance>.fleet).
     pub state_file: Option<String>,

@@ -294,3 +294,29 @@ fn unusable_addresses_are_refused() {
     let found: Vec<_> = parse(&handoff, InterfaceCheck::Skip).unwrap_err().problems().iter().map(|p| p.field.clone()).collect();
     assert_eq!(found, ["handoff.address", "handoff.peers[0]"]);
 }
+
+#[test]
+fn fleet_tls_takes_https_endpoints_a_ca_and_a_certificate_with_its_key() {
+    let with = |fleet: &str| parse(&format!("{GOOD}\n[fleet]\nsite = \"a\"\nnode = \"n1\"\n{fleet}"), InterfaceCheck::OnThisHost);
+    let fields = |fleet: &str| -> Vec<String> {
+        with(fleet).map_or_else(|e| e.problems().iter().map(|p| format!("{}: {}", p.field, p.reason)).collect(), |_| vec![])
+    };
+    let https = r#"endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]"#;
+    let tls = with(&format!("{https}\nca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"")).unwrap().fleet.unwrap().tls;
+    let client = Some((Path::new("/n1.pem").to_owned(), Path::new("/n1.key").to_owned()));
+    assert_eq!(tls, Some(FleetTls { ca_file: "/ca.pem".into(), client }));
+    assert_eq!(with(&format!("{https}\nca_file = \"/ca.pem\"")).unwrap().fleet.unwrap().tls.unwrap().client, None);
+    assert_eq!(with(r#"endpoints = ["http://10.0.0.1:2379"]"#).unwrap().fleet.unwrap().tls, None);
+
+    let no_ca = fields(https);
+    assert!(no_ca.iter().any(|p| p.starts_with("fleet.ca_file: https:// endpoints need the CA")), "{no_ca:?}");
+    let mixed = fields(
+        r#"endpoints = ["https://10.0.0.1:2379", "http://10.0.0.2:2379"]
+ca_file = "/ca.pem""#,
+    );
+    assert!(mixed.iter().any(|p| p.starts_with("fleet.endpoints: mixes http:// and https://")), "{mixed:?}");
+    let lone_cert = fields(&format!("{https}\nca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\""));
+    assert!(lone_cert.iter().any(|p| p.starts_with("fleet.cert_file: cert_file and key_file come together")), "{lone_cert:?}");
+    let plain = fields("endpoints = [\"http://10.0.0.1:2379\"]\nca_file = \"/ca.pem\"");
+    assert!(plain.iter().any(|p| p.starts_with("fleet.ca_file: TLS files are given but the endpoints are http://")), "{plain:?}");
+}

@@ -111,8 +111,16 @@ pub struct FleetNode {
     pub node: String,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub tls: Option<FleetTls>,
     pub state_file: PathBuf,
     pub report_ttl: Duration,
+}
+
+/// TLS to the fleet store: the CA to trust, and the client certificate and key, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetTls {
+    pub ca_file: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 pub const DEFAULT_FLEET_PREFIX: &str = "/anycast-lb";

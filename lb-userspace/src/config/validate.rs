@@ -462,6 +462,7 @@ fn validate_fleet(f: &RawFleetNode, instance: &str, p: &mut Problems) -> FleetNo
     if f.user.is_some() != f.password_file.is_some() {
         p.add("fleet.user", "user and password_file come together");
     }
+    let tls = fleet_tls(f, p);
     let ttl = f.report_ttl_s.unwrap_or(DEFAULT_REPORT_TTL_S);
     if !(2..=300).contains(&ttl) {
         p.add("fleet.report_ttl_s", format!("{ttl} is outside 2 ..= 300"));
@@ -473,8 +474,37 @@ fn validate_fleet(f: &RawFleetNode, instance: &str, p: &mut Problems) -> FleetNo
         node,
         user: f.user.clone(),
         password_file: f.password_file.as_deref().map(PathBuf::from),
+        tls,
         state_file: f.state_file.as_deref().map_or_else(|| crate::journal::state_dir().join(format!("{instance}.fleet")), PathBuf::from),
         report_ttl: Duration::from_secs(ttl as u64),
+    }
+}
+
+/// `[fleet]`'s TLS: every endpoint `https://` with a CA file, or none; a client certificate
+/// with its key.
+fn fleet_tls(f: &RawFleetNode, p: &mut Problems) -> Option<FleetTls> {
+    let https = f.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+    if https > 0 && https < f.endpoints.len() {
+        p.add("fleet.endpoints", "mixes http:// and https://: use one for every member");
+    }
+    if f.cert_file.is_some() != f.key_file.is_some() {
+        p.add("fleet.cert_file", "cert_file and key_file come together");
+    }
+    match (&f.ca_file, https > 0) {
+        (Some(ca), true) => Some(FleetTls {
+            ca_file: PathBuf::from(ca),
+            client: f.cert_file.as_ref().zip(f.key_file.as_ref()).map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+        }),
+        (None, true) => {
+            p.add("fleet.ca_file", "https:// endpoints need the CA that signed the members' certificates");
+            None
+        }
+        (_, false) => {
+            if f.ca_file.is_some() || f.cert_file.is_some() {
+                p.add("fleet.ca_file", "TLS files are given but the endpoints are http://: use https://");
+            }
+            None
+        }
     }
 }
 

@@ -10,9 +10,9 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp};
 
-use crate::config::{read_secret, FleetNode};
+use crate::config::{read_file, read_private, read_secret, FleetNode, FleetTls};
 
 /// How long connecting to etcd, and each call, may take.
 pub const CALL_LIMIT: Duration = Duration::from_secs(3);
@@ -27,20 +27,65 @@ pub fn login(user: Option<&str>, password_file: Option<&Path>, field: &str) -> R
     }
 }
 
+/// TLS to the store, read from the files `[fleet]` or `lb fleet`'s flags name: the CA's
+/// certificate (PEM), and the client's certificate and key when etcd asks for one.
+#[derive(Clone, PartialEq)]
+pub struct StoreTls {
+    pub ca: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StoreTls {
+    /// Reads the files (the key only if its owner alone may read it); `fields` name the CA,
+    /// certificate and key settings in errors.
+    pub fn read(tls: &FleetTls, fields: [&str; 3]) -> Result<Self> {
+        let client = match &tls.client {
+            Some((cert, key)) => Some((read_file(cert, fields[1])?, read_private(key, fields[2])?)),
+            None => None,
+        };
+        Ok(Self { ca: read_file(&tls.ca_file, fields[0])?, client })
+    }
+
+    fn options(&self) -> TlsOptions {
+        let options = TlsOptions::new().ca_certificate(Certificate::from_pem(&self.ca));
+        match &self.client {
+            Some((cert, key)) => options.identity(Identity::from_pem(cert, key)),
+            None => options,
+        }
+    }
+}
+
 /// Where the fleet's keys are, and how to reach and log in to the store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct StoreAccess {
     pub endpoints: Vec<String>,
     pub prefix: String,
     /// etcd user and password.
     pub login: Option<(String, String)>,
+    pub tls: Option<StoreTls>,
+}
+
+/// Without the password and the key.
+impl std::fmt::Debug for StoreAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAccess")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.login.as_ref().map(|(user, _)| user))
+            .field("tls", &self.tls.as_ref().map(|t| if t.client.is_some() { "with a client certificate" } else { "server only" }))
+            .finish()
+    }
 }
 
 impl StoreAccess {
-    /// A node's access, from its `[fleet]` (the password read from its file).
+    /// A node's access, from its `[fleet]` (the password and TLS files read).
     pub fn of_node(fleet: &FleetNode) -> Result<Self> {
         let login = login(fleet.user.as_deref(), fleet.password_file.as_deref(), "fleet.password_file")?;
-        Ok(Self { endpoints: fleet.endpoints.clone(), prefix: fleet.prefix.clone(), login })
+        let tls = match &fleet.tls {
+            Some(tls) => Some(StoreTls::read(tls, ["fleet.ca_file", "fleet.cert_file", "fleet.key_file"])?),
+            None => None,
+        };
+        Ok(Self { endpoints: fleet.endpoints.clone(), prefix: fleet.prefix.clone(), login, tls })
     }
 
     pub fn document_key(&self) -> String {
@@ -82,6 +127,9 @@ impl StoreAccess {
             ConnectOptions::new().with_connect_timeout(CALL_LIMIT).with_timeout(CALL_LIMIT).with_keep_alive(CALL_LIMIT, CALL_LIMIT);
         if let Some((user, password)) = &self.login {
             opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            opts = opts.with_tls(tls.options());
         }
         let attempt = async {
             let mut client = Client::connect([endpoint], Some(opts)).await?;

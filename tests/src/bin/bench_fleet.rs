@@ -134,7 +134,7 @@ fn main() {
     let _etcd = start_etcd(&dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
-    let access = StoreAccess { endpoints: vec![ENDPOINT.into()], prefix: PREFIX.into(), login: None };
+    let access = StoreAccess { endpoints: vec![ENDPOINT.into()], prefix: PREFIX.into(), login: None, tls: None };
     println!("bench-fleet: {NODES} nodes in one process (the real control plane over an in-memory data plane), one etcd on loopback, {SITES} sites, {REALS_PER_SITE} reals per site per VIP, ring size {RING_SIZE}");
     println!("| VIPs | document bytes | etcd db bytes | nodes | write -> applied: median | p99 | last node | one node's apply (loop), median |\n|---:|---:|---:|---:|---:|---:|---:|---:|");
     local.block_on(&runtime, async {
