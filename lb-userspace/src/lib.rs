@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod durable;
 pub mod fleet;
+pub mod geodns;
 pub mod health;
 pub mod http;
 pub mod journal;

@@ -96,6 +96,14 @@ pub enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// GeoDNS through gdnsd: each site's state per VIP for DNS, from the fleet store
+    /// (docs/geodns.md).
+    Geodns {
+        #[command(subcommand)]
+        action: GeodnsAction,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Where a flow goes now and why: the connection table's entry or the ring slot, what a
     /// mid-flow packet the table does not know would do, and whether the VIP is announced.
     Flow {
@@ -268,6 +276,40 @@ pub struct StoreArgs {
     pub cert_file: Option<PathBuf>,
     #[arg(long, global = true)]
     pub key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum GeodnsAction {
+    /// Follow the fleet store and keep gdnsd's state file (and --json-file) up to date: a
+    /// site's unicast addresses are UP while the site announces the VIP with capacity.
+    Run {
+        #[arg(long)]
+        state_file: PathBuf,
+        /// The same state as JSON, for other DNS servers.
+        #[arg(long)]
+        json_file: Option<PathBuf>,
+    },
+    /// Write gdnsd's config snippets for the fleet's sites and VIPs into --out
+    /// (anycast-lb.service_types, anycast-lb.plugins, anycast-lb.records) and print how to
+    /// include them.
+    Render {
+        #[arg(long)]
+        out: PathBuf,
+        /// The state file `lb geodns run` writes, as gdnsd should read it.
+        #[arg(long)]
+        state_file: PathBuf,
+        /// Place clients by the sites' coordinates, with this GeoIP2 City database.
+        #[arg(long, required_unless_present = "nets", conflicts_with = "nets")]
+        geoip2_db: Option<PathBuf>,
+        /// Place clients by a gdnsd nets file of yours instead (`NETWORK => [ site, .. ]`).
+        #[arg(long)]
+        nets: Option<PathBuf>,
+    },
+    /// Each site's state per VIP now, as `lb geodns run` would write it.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -29,6 +29,7 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
         Cmd::Run { .. } | Cmd::Doctor { .. } => unreachable!("main runs these (they have their own exit codes)"),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Fleet { action, store } => super::fleet::run(action, &store),
+        Cmd::Geodns { action, store } => super::geodns::run(action, &store),
         Cmd::Backend { action, config } => run_backend(action, &config),
         Cmd::Stop => {
             daemon::stop(target.instance.as_deref().context("`lb stop` detaches an instance's data plane: name it with --instance NAME")?)

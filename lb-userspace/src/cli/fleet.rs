@@ -74,7 +74,8 @@ pub fn run(action: FleetAction, args: &StoreArgs) -> Result<()> {
     })
 }
 
-fn access(args: &StoreArgs) -> Result<StoreAccess> {
+/// The store that `--config NODE_FILE` or `--endpoints ..` names, with its login.
+pub(super) fn access(args: &StoreArgs) -> Result<StoreAccess> {
     match (&args.config, args.endpoints.is_empty()) {
         (Some(path), true) => {
             let config = config::load(path, InterfaceCheck::Skip)?;

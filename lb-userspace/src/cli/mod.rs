@@ -5,11 +5,13 @@ mod args;
 mod client;
 mod commands;
 mod fleet;
+mod geodns;
 mod print;
 
 pub use self::{
     args::{
-        BackendAction, Cmd, FleetAction, FlowsAction, Opt, RealAction, Shell, SiteAction, StoreArgs, Target, VipAction, DEFAULT_INSTANCE,
+        BackendAction, Cmd, FleetAction, FlowsAction, GeodnsAction, Opt, RealAction, Shell, SiteAction, StoreArgs, Target, VipAction,
+        DEFAULT_INSTANCE,
     },
     commands::{admin, doctor},
 };

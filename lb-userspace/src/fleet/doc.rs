@@ -5,6 +5,9 @@
 //! A VIP here is a node file's `[[vip]]` without `[[vip.real]]`: its reals are listed per site
 //! in `[vip.reals]`, `site = [{ address = "..", weight = .. }, ..]`. A VIP no site lists is
 //! served nowhere.
+//!
+//! For GeoDNS (`lb geodns`, docs/geodns.md): a site's coordinates, a VIP's unicast addresses
+//! per site in `[vip.unicast]` (what DNS answers a client sent to that site), and `[geodns]`.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -20,6 +23,7 @@ pub struct RawFleet {
     pub sites: Vec<RawSite>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<RawFleetVip>,
+    pub geodns: Option<RawGeoDns>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -27,14 +31,45 @@ pub struct RawFleet {
 pub struct RawSite {
     /// Lower-case letters, digits and '-', at most 63; a node's `[fleet] site` names it.
     pub name: String,
+    /// Where the site is, in decimal degrees: GeoDNS sends a client to the nearest site.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
 }
 
-/// A fleet VIP: a node file's `[[vip]]` (no `real`s) and its reals per site.
+/// `[geodns]`: how `lb geodns` answers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoDns {
+    /// The answers' TTL in seconds (default 30).
+    pub ttl_s: Option<u32>,
+    /// A site is down for a VIP when its healthy reals carry less than this share of the
+    /// site's configured weight (0 ..= 1, default 0: down only when none is up).
+    pub capacity_floor: Option<f64>,
+    /// The answer when every site is down for a VIP (default: none, the last site's).
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+pub const DEFAULT_GEODNS_TTL_S: u32 = 30;
+
+impl RawGeoDns {
+    pub fn ttl_s(&self) -> u32 {
+        self.ttl_s.unwrap_or(DEFAULT_GEODNS_TTL_S)
+    }
+
+    pub fn capacity_floor(&self) -> f64 {
+        self.capacity_floor.unwrap_or(0.0)
+    }
+}
+
+/// A fleet VIP: a node file's `[[vip]]` (no `real`s), its reals per site, and per site the
+/// unicast addresses GeoDNS answers for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RawFleetVip {
     #[serde(flatten)]
     pub vip: RawVip,
     pub reals: BTreeMap<String, Vec<RawReal>>,
+    pub unicast: BTreeMap<String, Vec<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawFleetVip {
@@ -46,13 +81,17 @@ impl<'de> Deserialize<'de> for RawFleetVip {
             Some(v) => BTreeMap::<String, Vec<RawReal>>::deserialize(v).map_err(D::Error::custom)?,
             None => BTreeMap::new(),
         };
+        let unicast = match table.remove("unicast") {
+            Some(v) => BTreeMap::<String, Vec<String>>::deserialize(v).map_err(D::Error::custom)?,
+            None => BTreeMap::new(),
+        };
         if table.contains_key("real") {
             return Err(D::Error::custom(
                 "a fleet VIP lists its reals per site, in [vip.reals] (site = [{ address = \"..\" }]), not in [[vip.real]]",
             ));
         }
         let vip = RawVip::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
-        Ok(Self { vip, reals })
+        Ok(Self { vip, reals, unicast })
     }
 }
 
@@ -102,6 +141,47 @@ impl RawFleet {
                 add(format!("vip[{i}].name"), format!("{:?} is used by an earlier VIP", vip.vip.name));
             }
         }
+        for (i, site) in self.sites.iter().enumerate() {
+            match (site.latitude, site.longitude) {
+                (Some(lat), Some(lon)) if !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)) => {
+                    add(format!("site[{i}]"), format!("latitude {lat}, longitude {lon}: outside -90 ..= 90, -180 ..= 180"))
+                }
+                (Some(_), None) | (None, Some(_)) => add(format!("site[{i}]"), "latitude and longitude come together".into()),
+                _ => {}
+            }
+        }
+        let mut unicast = HashSet::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            for (site, addrs) in &vip.unicast {
+                let field = format!("vip[{i}] {:?}.unicast.{site}", vip.vip.name);
+                if !names.contains(site.as_str()) {
+                    add(field.clone(), "no [[site]] of that name".into());
+                } else if !vip.reals.contains_key(site) {
+                    add(field.clone(), "the site has no reals for this VIP".into());
+                }
+                for a in addrs {
+                    match a.parse::<std::net::IpAddr>() {
+                        Err(_) => add(field.clone(), format!("{a:?} is not an IP address")),
+                        // gdnsd's state file names each address once.
+                        Ok(ip) if !unicast.insert(ip) => {
+                            add(field.clone(), format!("{a} is given earlier: an address is one site's, for one VIP"))
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+        if let Some(g) = &self.geodns {
+            if !(1..=86_400).contains(&g.ttl_s()) {
+                add("geodns.ttl_s".into(), format!("{} is outside 1 ..= 86400", g.ttl_s()));
+            }
+            if !(0.0..=1.0).contains(&g.capacity_floor()) {
+                add("geodns.capacity_floor".into(), format!("{} is outside 0 ..= 1", g.capacity_floor()));
+            }
+            for a in g.fallback.iter().filter(|a| a.parse::<std::net::IpAddr>().is_err()) {
+                add("geodns.fallback".into(), format!("{a:?} is not an IP address"));
+            }
+        }
         for site in &self.sites {
             let node = RawConfig::for_checking(self.vips_for(&site.name));
             if let Err(e) = node.validate(InterfaceCheck::Skip) {
@@ -147,6 +227,15 @@ pub fn diff(old: &RawFleet, new: &RawFleet) -> Vec<String> {
     for s in old_sites.iter().filter(|s| !new_sites.contains(s)) {
         lines.push(format!("- site {s}"));
     }
+    for site in &new.sites {
+        if let Some(was) = old.sites.iter().find(|o| o.name == site.name && *o != site) {
+            let place = |s: &RawSite| format!("{:?}, {:?}", s.latitude, s.longitude);
+            lines.push(format!("~ site {}: coordinates {} -> {}", site.name, place(was), place(site)));
+        }
+    }
+    if old.geodns != new.geodns {
+        lines.push("~ geodns: its settings change".into());
+    }
     let by_name = |f: &RawFleet| f.vips.iter().map(|v| (v.vip.name.clone(), v.clone())).collect::<BTreeMap<_, _>>();
     let (old_vips, new_vips) = (by_name(old), by_name(new));
     for (name, vip) in &new_vips {
@@ -158,6 +247,9 @@ pub fn diff(old: &RawFleet, new: &RawFleet) -> Vec<String> {
         let (bare_new, bare_old) = (RawVip { reals: vec![], ..vip.vip.clone() }, RawVip { reals: vec![], ..was.vip.clone() });
         if bare_new != bare_old {
             lines.push(format!("~ vip {name}: its settings change"));
+        }
+        if vip.unicast != was.unicast {
+            lines.push(format!("~ vip {name}: unicast addresses {:?} -> {:?}", was.unicast, vip.unicast));
         }
         let sites: std::collections::BTreeSet<&String> = vip.reals.keys().chain(was.reals.keys()).collect();
         for site in sites {
@@ -265,6 +357,37 @@ nyc = [{ address = "10.2.0.5" }]
         let text = std::fs::read_to_string(&path).expect("fleet.example.toml");
         assert!(is_fleet_document(&text));
         parse(&text).expect("parses").validate().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn geodns_fields_are_checked() {
+        let geo = FLEET.replace("name = \"fra\"", "name = \"fra\"\nlatitude = 50.11\nlongitude = 8.68").replace(
+            "nyc = [{ address = \"10.2.0.1\" }]",
+            "nyc = [{ address = \"10.2.0.1\" }]\n[vip.unicast]\nfra = [\"198.51.100.1\", \"2001:db8::1\"]",
+        ) + "[geodns]\nttl_s = 20\ncapacity_floor = 0.5\nfallback = [\"198.51.100.99\"]\n";
+        let fleet = parse(&geo).expect("parses");
+        fleet.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fleet.vips[0].unicast["fra"], ["198.51.100.1", "2001:db8::1"]);
+        assert_eq!((fleet.sites[0].latitude, fleet.geodns.as_ref().unwrap().ttl_s()), (Some(50.11), 20));
+        let problems = |text: &str| -> Vec<String> {
+            parse(text).expect("parses").validate().err().map(|e| e.problems().iter().map(|p| p.to_string()).collect()).unwrap_or_default()
+        };
+        let p = problems(&geo.replace("longitude = 8.68", "longitude = 181.0"));
+        assert!(p.iter().any(|p| p.contains("site[0]: latitude 50.11, longitude 181")), "{p:?}");
+        let p = problems(&geo.replace("longitude = 8.68", ""));
+        assert!(p.iter().any(|p| p.contains("latitude and longitude come together")), "{p:?}");
+        let p = problems(&geo.replace("fra = [\"198.51.100.1\"", "tyo = [\"198.51.100.1\""));
+        assert!(p.iter().any(|p| p.contains("unicast.tyo: no [[site]]")), "{p:?}");
+        let p = problems(&geo.replace("\"2001:db8::1\"", "\"198.51.100.1\""));
+        assert!(p.iter().any(|p| p.contains("198.51.100.1 is given earlier")), "{p:?}");
+        let p = problems(&geo.replace("capacity_floor = 0.5", "capacity_floor = 1.5").replace("\"198.51.100.99\"", "\"x\""));
+        assert!(p.iter().any(|p| p.contains("geodns.capacity_floor")) && p.iter().any(|p| p.contains("geodns.fallback")), "{p:?}");
+        let lines = diff(&parse(FLEET).unwrap(), &fleet);
+        assert!(lines.iter().any(|l| l.starts_with("~ site fra: coordinates")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("~ vip web: unicast addresses")) && lines.contains(&"~ geodns: its settings change".into()),
+            "{lines:?}"
+        );
     }
 
     #[test]
