@@ -7,6 +7,7 @@ pub mod bird;
 pub mod etcd;
 pub mod expect;
 pub mod fixture;
+pub mod gdnsd;
 pub mod lbd;
 pub mod netns;
 pub mod packet;

@@ -110,7 +110,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     // The fleet tests make the TLS cluster's CA and certificates.
     ("openssl", "openssl"),
+    // The GeoDNS test runs a real gdnsd and asks it with dig.
+    ("gdnsd", "gdnsd"),
+    ("dig", "bind9-dnsutils"),
 ];
+
+/// The GeoLite2 City database the GeoDNS test places clients with: PyPI's
+/// maxminddb-geolite2 ships one (tests/src/geodns.rs reads it here).
+const GEOLITE2_CITY: &str = "/var/cache/anycast-lb/GeoLite2-City.mmdb";
+const GEOLITE2_PACKAGE: &str = "maxminddb-geolite2-2018.703";
 
 fn setup() -> Result<()> {
     ensure!(is_root(), "setup installs packages and mounts bpffs: run it as root");
@@ -133,7 +141,31 @@ fn setup() -> Result<()> {
     run(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))?;
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     install_bpf_linker()?;
+    install_geolite2()?;
     println!("setup: done");
+    Ok(())
+}
+
+/// The GeoLite2 City database, from its PyPI package's source archive.
+fn install_geolite2() -> Result<()> {
+    let db = Path::new(GEOLITE2_CITY);
+    if db.exists() {
+        println!("setup: {GEOLITE2_CITY} present");
+        return Ok(());
+    }
+    let dir = db.parent().expect("an absolute path");
+    let download = dir.join("pip");
+    std::fs::create_dir_all(&download)?;
+    let (name, version) = GEOLITE2_PACKAGE.rsplit_once('-').expect("name-version");
+    println!("setup: fetching the GeoLite2 City database ({name} {version} from PyPI)");
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check", "-d"])
+        .arg(&download)
+        .arg(format!("{name}=={version}")))?;
+    let archive = download.join(format!("{GEOLITE2_PACKAGE}.tar.gz"));
+    let member = format!("{GEOLITE2_PACKAGE}/_maxminddb_geolite2/GeoLite2-City.mmdb");
+    run(Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(dir).args(["--strip-components=2", &member]))?;
+    ensure!(db.exists(), "{} did not hold {member}", archive.display());
     Ok(())
 }
 
