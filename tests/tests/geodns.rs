@@ -111,8 +111,8 @@ fn geodns_answers_follow_each_sites_announcement_by_coordinates_and_by_networks(
         .map(str::to_owned)
         .to_vec()
     };
-    let mut agent = Some(GeoAgent::start(&net.router, &agent_args(()), dir.join("agent.log")));
     std::fs::create_dir_all(&dir).unwrap();
+    let mut agent = Some(GeoAgent::start(&net.router, &agent_args(()), dir.join("agent.log")));
     wait_for(Duration::from_secs(20), "the agent's state file", || state.exists());
     let render = |placement: &[&str]| {
         let (out, st) = (rendered.display().to_string(), state.display().to_string());
@@ -131,9 +131,17 @@ fn geodns_answers_follow_each_sites_announcement_by_coordinates_and_by_networks(
 
     // `lb site drain` at Frankfurt: the German client gets the next nearest site, Virginia.
     lb_ok(lb(0), &["site", "drain"]);
-    let moved = wait_answer(&dns, GERMANY, &[IAD], "Frankfurt drained");
+    let written = wait_for(Duration::from_secs(20), "the state file saying Frankfurt is down", || {
+        std::fs::read_to_string(&state).unwrap_or_default().contains(&format!("{FRA} => DOWN/30"))
+    });
+    let moved = wait_answer(&dns, GERMANY, &[IAD], "Frankfurt drained") + written;
     let during = answers(&dns);
-    println!("`lb site drain` at a (Frankfurt): the German client's answer changed {moved:?} after the command; during: Germany {:?}, Japan {:?}, US {:?}", during[0], during[1], during[2]);
+    println!(
+        "`lb site drain` at a (Frankfurt): the state file said DOWN {written:?} and the German client's answer changed {moved:?} after the command; during: Germany {:?}, Japan {:?}, US {:?}",
+        during[0],
+        during[1],
+        during[2]
+    );
     assert_eq!(during[1..], [vec![TYO.to_owned()], vec![IAD.to_owned()]]);
     lb_ok(lb(0), &["site", "undrain"]);
     let back = wait_answer(&dns, GERMANY, &[FRA], "Frankfurt undrained");

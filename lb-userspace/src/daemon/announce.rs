@@ -110,6 +110,8 @@ impl<D: DataplaneOps> Daemon<D> {
             self.graceful = None; // an undrain cancels a graceful shutdown under way
         }
         self.publish_announcements();
+        // A fleet node tells the store at once, not on the next tick: GeoDNS follows it.
+        self.publish_report();
     }
 
     /// Starts the wait before a withdrawal, when `[bgp] graceful_shutdown_ms` asks for one: the

@@ -80,7 +80,7 @@ pub fn render(doc: &RawFleet, state_file: &Path, placement: &Placement) -> Resul
     }
     plugins += "    }\n  }\n  # A VIP that some sites do not serve leaves them out of its answers.\n  undefined_datacenters_ok => true\n  resources => {\n";
     for vip in &vips {
-        let dcmap: Vec<String> = vip.unicast.iter().map(|(site, addrs)| format!("{site:?} => [ {} ]", quoted(addrs))).collect();
+        let dcmap: Vec<String> = vip.unicast.iter().map(|(site, addrs)| format!("{site:?} => {{ {} }}", by_family(addrs))).collect();
         let _ = writeln!(
             plugins,
             "    {:?} => {{ map => {MAP}, service_types => {SERVICE_TYPE}, dcmap => {{ {} }} }}",
@@ -95,14 +95,25 @@ pub fn render(doc: &RawFleet, state_file: &Path, placement: &Placement) -> Resul
         let (datacenters, dcmap) = if fallback.is_empty() {
             ("[ sites ]".to_owned(), sites)
         } else {
-            let numbered: Vec<String> = fallback.iter().enumerate().map(|(i, a)| format!("{} => {a:?}", i + 1)).collect();
-            ("[ sites, fallback ]".to_owned(), format!("{sites}, fallback => {{ service_types => up, {} }}", numbered.join(", ")))
+            ("[ sites, fallback ]".to_owned(), format!("{sites}, fallback => {{ service_types => up, {} }}", by_family(&fallback)))
         };
         let _ = writeln!(plugins, "    {:?} => {{ datacenters => {datacenters}, dcmap => {{ {dcmap} }} }}", vip.vip.name);
     }
     plugins += "  }\n}\n";
     let records = vips.iter().map(|v| format!("{} {ttl} DYNA metafo!{}\n", v.vip.name, v.vip.name)).collect();
     Ok(Rendered { service_types, plugins, records })
+}
+
+/// A multifo stanza of `addrs`: gdnsd takes one family per list, so IPv4 and IPv6 apart.
+fn by_family(addrs: &[String]) -> String {
+    let (v6, v4): (Vec<&String>, Vec<&String>) = addrs.iter().partition(|a| a.contains(':'));
+    let mut parts = Vec::new();
+    for (key, list) in [("addrs_v4", v4), ("addrs_v6", v6)] {
+        if !list.is_empty() {
+            parts.push(format!("{key} => [ {} ]", quoted(&list)));
+        }
+    }
+    parts.join(", ")
 }
 
 fn quoted<S: AsRef<str>>(items: &[S]) -> String {
@@ -175,8 +186,8 @@ fallback = ["198.51.100.99"]
         let r = render(&doc, Path::new("/var/lib/gdnsd/extfile/lb"), &Placement::Coordinates { geoip2_db: Path::new("/g.mmdb") }).unwrap();
         assert!(r.service_types.contains("anycast_lb => { plugin => extfile, file => \"/var/lib/gdnsd/extfile/lb\", direct => true, def_down => true, def_ttl => 20 }"), "{}", r.service_types);
         assert!(r.plugins.contains("auto_dc_coords => { \"fra\" => [ 50.11, 8.68 ], \"iad\" => [ 39.04, -77.49 ] }"), "{}", r.plugins);
-        assert!(r.plugins.contains("\"web_sites\" => { map => anycast_lb, service_types => anycast_lb, dcmap => { \"fra\" => [ \"198.51.100.1\", \"2001:db8::1\" ], \"iad\" => [ \"198.51.100.2\" ] } }"), "{}", r.plugins);
-        assert!(r.plugins.contains("\"web\" => { datacenters => [ sites, fallback ], dcmap => { sites => %geoip!web_sites, fallback => { service_types => up, 1 => \"198.51.100.99\" } } }"), "{}", r.plugins);
+        assert!(r.plugins.contains("\"web_sites\" => { map => anycast_lb, service_types => anycast_lb, dcmap => { \"fra\" => { addrs_v4 => [ \"198.51.100.1\" ], addrs_v6 => [ \"2001:db8::1\" ] }, \"iad\" => { addrs_v4 => [ \"198.51.100.2\" ] } } }"), "{}", r.plugins);
+        assert!(r.plugins.contains("\"web\" => { datacenters => [ sites, fallback ], dcmap => { sites => %geoip!web_sites, fallback => { service_types => up, addrs_v4 => [ \"198.51.100.99\" ] } } }"), "{}", r.plugins);
         assert_eq!(r.records, "web 20 DYNA metafo!web\n");
         let nets = render(&doc, Path::new("/s"), &Placement::Networks { nets_file: Path::new("/nets") }).unwrap();
         assert!(nets.plugins.contains("nets => \"/nets\"") && !nets.plugins.contains("geoip2_db"), "{}", nets.plugins);
