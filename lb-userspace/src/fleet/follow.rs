@@ -88,13 +88,9 @@ async fn session(
     info!(from = *watch_from, "fleet store: watching");
     *failures = 0;
     while let Some(response) = stream.message().await.context("the fleet watch broke")? {
-        if response.compact_revision() > 0 {
-            warn!(compacted = response.compact_revision(), "fleet store compacted past our revision; reading the whole document again");
+        if store::watch_compacted(&response)? {
             *watch_from = 0;
             return Ok(());
-        }
-        if response.canceled() {
-            anyhow::bail!("etcd cancelled the watch: {}", response.cancel_reason());
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };

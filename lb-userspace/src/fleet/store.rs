@@ -272,3 +272,17 @@ pub async fn node_reports(client: &mut Client, access: &StoreAccess) -> Result<V
         .collect::<Result<Vec<_>, etcd_client::Error>>()
         .context("a node report is not UTF-8")
 }
+
+/// A watch response's verdict before its events: `Ok(true)` when etcd compacted past the
+/// revision the watch started at (the watcher must read everything again), an error when etcd
+/// cancelled the watch, else `Ok(false)`.
+pub fn watch_compacted(response: &etcd_client::WatchResponse) -> Result<bool> {
+    if response.compact_revision() > 0 {
+        tracing::warn!(compacted = response.compact_revision(), "fleet store compacted past our revision; reading everything again");
+        return Ok(true);
+    }
+    if response.canceled() {
+        bail!("etcd cancelled the watch: {}", response.cancel_reason());
+    }
+    Ok(false)
+}

@@ -119,12 +119,8 @@ async fn session(access: &StoreAccess, view: &mut View, writer: &mut Writer, fai
     info!(from = revision + 1, "fleet store: watching");
     *failures = 0;
     while let Some(response) = stream.message().await.context("the fleet watch broke")? {
-        if response.compact_revision() > 0 {
-            warn!(compacted = response.compact_revision(), "fleet store compacted past our revision; reading everything again");
+        if fleet::store::watch_compacted(&response)? {
             return Ok(());
-        }
-        if response.canceled() {
-            anyhow::bail!("etcd cancelled the watch: {}", response.cancel_reason());
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
