@@ -322,8 +322,7 @@ impl<D: DataplaneOps> Daemon<D> {
         let fleet = self.fleet.as_ref().expect("a fleet node");
         let site = fleet.node.site.clone();
         let text = text.ok_or("the fleet document was deleted")?;
-        let doc = fleet::parse(&text).map_err(|e| e.to_string())?;
-        doc.validate().map_err(|e| e.to_string().replace('\n', "; "))?;
+        let doc = fleet::parse_valid(&text)?;
         if !doc.has_site(&site) {
             return Err(format!("this node's site {site:?} is not in the document's [[site]]s"));
         }

@@ -105,6 +105,14 @@ pub fn parse(text: &str) -> Result<RawFleet, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Syntax { path: "fleet document".into(), message: e.to_string() })
 }
 
+/// Parses and validates a revision as a node or the GeoDNS agent takes it: the reason it is
+/// refused, on one line.
+pub fn parse_valid(text: &str) -> Result<RawFleet, String> {
+    let doc = parse(text).map_err(|e| e.to_string())?;
+    doc.validate().map_err(|e| e.to_string().replace('\n', "; "))?;
+    Ok(doc)
+}
+
 impl RawFleet {
     /// The VIPs site `site` serves, as a node file's `[[vip]]`s with that site's reals.
     pub fn vips_for(&self, site: &str) -> Vec<RawVip> {

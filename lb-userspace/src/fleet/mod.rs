@@ -12,7 +12,7 @@ pub mod report;
 pub mod rollout;
 pub mod store;
 
-pub use doc::{diff, is_fleet_document, is_site_name, parse, RawFleet, RawFleetVip, RawSite};
+pub use doc::{diff, is_fleet_document, is_site_name, parse, parse_valid, RawFleet, RawFleetVip, RawSite};
 
 /// This host's name, lower-cased: a node's default name in its site.
 pub fn host_name() -> String {

@@ -41,11 +41,7 @@ impl View {
         let drain_prefix = format!("{}/drain/", access.prefix);
         if key == access.document_key() {
             let Some(value) = value else { return warn!("the fleet document was deleted; answering from the last one") };
-            let parsed = std::str::from_utf8(value).map_err(|e| e.to_string()).and_then(|text| {
-                let doc = fleet::parse(text).map_err(|e| e.to_string())?;
-                doc.validate().map_err(|e| e.to_string().replace('\n', "; "))?;
-                Ok(doc)
-            });
+            let parsed = std::str::from_utf8(value).map_err(|e| e.to_string()).and_then(fleet::parse_valid);
             match parsed {
                 Ok(doc) => self.doc = Some((revision, doc)),
                 Err(e) => warn!(revision, error = %e, "fleet revision refused; answering from the last good one"),
