@@ -66,9 +66,7 @@ impl View {
 
     /// Each site's answer per VIP (empty before a document).
     pub fn answers(&self) -> Vec<SiteAnswer> {
-        let reports: Vec<NodeReport> = self.reports.values().cloned().collect();
-        let drained: Vec<String> = self.drained.iter().cloned().collect();
-        self.doc.as_ref().map(|(_, doc)| judge(doc, &reports, &drained)).unwrap_or_default()
+        self.doc.as_ref().map(|(_, doc)| judge(doc, self.reports.values(), &self.drained)).unwrap_or_default()
     }
 }
 

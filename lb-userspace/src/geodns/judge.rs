@@ -3,7 +3,7 @@
 //! drain) and its healthy reals carry at least the `[geodns] capacity_floor` of the site's
 //! configured weight; DOWN otherwise, with the reason.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,25 +27,32 @@ pub struct SiteAnswer {
     pub addresses: Vec<IpAddr>,
 }
 
-/// Every (VIP, site) that has unicast addresses, in the document's order.
-pub fn judge(doc: &RawFleet, reports: &[NodeReport], drained: &[String]) -> Vec<SiteAnswer> {
+/// Every (VIP, site) that has unicast addresses, in the document's order; `drained`: the sites
+/// under `lb fleet drain`.
+pub fn judge<'a>(doc: &RawFleet, reports: impl Iterator<Item = &'a NodeReport> + Clone, drained: &BTreeSet<String>) -> Vec<SiteAnswer> {
     let floor = doc.geodns.as_ref().map_or(0.0, |g| g.capacity_floor());
     let mut answers = Vec::new();
     for vip in &doc.vips {
         for (site, addrs) in &vip.unicast {
             let addresses = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            let (up, why, capacity) = site_state(vip, site, reports, drained, floor);
+            let (up, why, capacity) = site_state(vip, site, reports.clone(), drained, floor);
             answers.push(SiteAnswer { vip: vip.vip.name.clone(), site: site.clone(), up, why, capacity, addresses });
         }
     }
     answers
 }
 
-fn site_state(vip: &RawFleetVip, site: &str, reports: &[NodeReport], drained: &[String], floor: f64) -> (bool, String, f64) {
-    if drained.iter().any(|d| d == site) {
+fn site_state<'a>(
+    vip: &RawFleetVip,
+    site: &str,
+    reports: impl Iterator<Item = &'a NodeReport>,
+    drained: &BTreeSet<String>,
+    floor: f64,
+) -> (bool, String, f64) {
+    if drained.contains(site) {
         return (false, "drained (lb fleet drain)".into(), 0.0);
     }
-    let nodes: Vec<&NodeReport> = reports.iter().filter(|r| r.site == site).collect();
+    let nodes: Vec<&NodeReport> = reports.filter(|r| r.site == site).collect();
     if nodes.is_empty() {
         return (false, "no node of the site reports to the store".into(), 0.0);
     }
@@ -133,7 +140,7 @@ capacity_floor = 0.5
 
     fn states(reports: &[NodeReport], drained: &[String]) -> Vec<(String, bool, String)> {
         let doc = crate::fleet::parse(DOC).unwrap();
-        judge(&doc, reports, drained).into_iter().map(|a| (a.site, a.up, a.why)).collect()
+        judge(&doc, reports.iter(), &drained.iter().cloned().collect()).into_iter().map(|a| (a.site, a.up, a.why)).collect()
     }
 
     #[test]
