@@ -9,7 +9,7 @@ use lb_tests::{
     bird::wait_for,
     etcd::client_url,
     require_root,
-    topology::{http_get, Site},
+    topology::{http_get, Servers, Site},
 };
 use serde_json::Value;
 
@@ -18,6 +18,18 @@ use serde_json::Value;
 fn fleet_options(user: bool, tls: bool) -> Options {
     let user = user.then(|| ("lb-fleet".to_owned(), "a-password-for-the-fleet".to_owned()));
     Options { fleet: Some(FleetOptions { user, report_ttl_s: 3, tls }), ..Default::default() }
+}
+
+/// Two sites of `nodes` nodes and `backends` backends each, following the fleet store
+/// (authenticated as `fleet_options` says), every VIP served: the net, and its backends'
+/// servers (dropped before the net).
+fn serving_fleet(nodes: &[usize], backends: &[usize], user: bool, tls: bool) -> (Anycast, Vec<Servers>) {
+    let net = Anycast::with(nodes, backends, &fleet_options(user, tls));
+    let servers = net.sites.iter().map(|s| s.servers()).collect();
+    for s in 0..net.sites.len() {
+        net.wait_serving(s);
+    }
+    (net, servers)
 }
 
 /// `lb fleet ARGS` with node `(s, n)`'s file (its `[fleet]`): (succeeded, stdout + stderr).
@@ -99,11 +111,7 @@ fn wait_steady(lb: &lb_tests::lbd::LbDaemon) {
 fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
     require_root!();
     let _serial = lb_tests::serial();
-    let net = Anycast::with(&[2, 2], &[3, 3], &fleet_options(true, false));
-    let _a = net.sites[0].servers();
-    let _b = net.sites[1].servers();
-    net.wait_serving(0);
-    net.wait_serving(1);
+    let (net, _servers) = serving_fleet(&[2, 2], &[3, 3], true, false);
     let first = wait_converged(&net, Duration::from_secs(20));
 
     // A weight changed in the document reaches all four nodes.
@@ -163,11 +171,7 @@ fn a_revision_reaches_every_node_and_an_invalid_one_is_refused_by_every_node() {
 fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_it_is_back() {
     require_root!();
     let _serial = lb_tests::serial();
-    let mut net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false, false));
-    let _a = net.sites[0].servers();
-    let _b = net.sites[1].servers();
-    net.wait_serving(0);
-    net.wait_serving(1);
+    let (mut net, _servers) = serving_fleet(&[2, 2], &[2, 2], false, false);
     let first = wait_converged(&net, Duration::from_secs(20));
 
     // One member down: changes still apply.
@@ -249,11 +253,7 @@ fn nodes_keep_serving_without_the_store_restart_on_their_copy_and_converge_when_
 fn over_tls_a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_within_its_ttl() {
     require_root!();
     let _serial = lb_tests::serial();
-    let mut net = Anycast::with(&[2, 1], &[2, 2], &fleet_options(false, true));
-    let _a = net.sites[0].servers();
-    let _b = net.sites[1].servers();
-    net.wait_serving(0);
-    net.wait_serving(1);
+    let (mut net, _servers) = serving_fleet(&[2, 1], &[2, 2], false, true);
     wait_for(Duration::from_secs(20), "three reports", || revisions(&fleet_status(&net)).len() == 3);
 
     // The store is reached over TLS, and etcd lets in only clients with a certificate of its
@@ -301,11 +301,7 @@ fn over_tls_a_fleet_drain_withdraws_a_site_and_a_dead_node_leaves_fleet_status_w
 fn a_staged_rollout_halts_when_it_breaks_its_canary_and_is_promoted_when_its_canaries_are_good() {
     require_root!();
     let _serial = lb_tests::serial();
-    let net = Anycast::with(&[2, 2], &[2, 2], &fleet_options(false, false));
-    let _a = net.sites[0].servers();
-    let _b = net.sites[1].servers();
-    net.wait_serving(0);
-    net.wait_serving(1);
+    let (net, _servers) = serving_fleet(&[2, 2], &[2, 2], false, false);
     let first = wait_converged(&net, Duration::from_secs(20));
     let file = net.sites[0].nodes[0].lb.dir.join("candidate.toml");
     // A canary compares the candidate with the 10 s before it: start from a steady node.
