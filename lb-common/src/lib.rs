@@ -4,7 +4,9 @@
 //! Addresses are 16 bytes everywhere; an IPv4 address is stored IPv4-mapped (`::ffff:a.b.c.d`), so
 //! one key type serves both families. Ports are in network byte order (`_be`), as on the wire.
 
+pub mod aes;
 pub mod hash;
+pub mod quic_lb;
 pub mod second_chance;
 pub mod stats;
 
@@ -74,6 +76,8 @@ pub mod maps {
     pub const CAPTURE_CTL: &str = "CAPTURE_CTL";
     pub const CAPTURE_STATE: &str = "CAPTURE_STATE";
     pub const VIP_PREV: &str = "VIP_PREV";
+    pub const QUIC_LB: &str = "QUIC_LB";
+    pub const QUIC_SERVERS: &str = "QUIC_SERVERS";
     /// Maps whose layout changed since version 1, with their version. Bump a map's version
     /// when the meaning of its bytes changes at the same sizes (a field moved, a counter
     /// renamed): the version is in the pin's name, and `lb` recreates or refuses a pin of
@@ -115,6 +119,8 @@ pub mod maps {
         CAPTURE_CTL,
         CAPTURE_STATE,
         VIP_PREV,
+        QUIC_LB,
+        QUIC_SERVERS,
     ];
 }
 
@@ -174,6 +180,9 @@ pub const VIP_F_SOURCE_AFFINITY: u32 = 1 << 0;
 /// `VipMeta::flags`: a mid-flow TCP packet the connection table does not hold carries the real
 /// of the VIP's previous ring (`VIP_PREV`) when it differs (`second_chance`).
 pub const VIP_F_SECOND_CHANCE: u32 = 1 << 1;
+/// `VipMeta::flags`: a UDP VIP whose QUIC short-header packets go to the real whose server ID
+/// their connection ID carries (`QUIC_LB`, `QUIC_SERVERS`; see `quic_lb`).
+pub const VIP_F_QUIC_LB: u32 = 1 << 2;
 
 /// Value of the `VIP_PREV` array (by VIP index): the ring a VIP had before its last change, kept
 /// in `MAGLEV`'s pool until the next change overwrites it, and until when it is used
@@ -313,7 +322,10 @@ pub const REAL_ID_PEER: u32 = u32::MAX;
 pub struct LbConfig {
     /// Destination MAC of every encapsulated packet: the next-hop router.
     pub next_hop_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1: some VIP has QUIC-LB (`VIP_F_QUIC_LB`), so a client's UDP datagram looks for its VIP
+    /// before the connection table. 0 spares every other datagram that lookup.
+    pub quic_lb: u8,
+    pub _pad: u8,
     /// Largest IP packet (L3 bytes) the egress link carries; larger after encapsulation = drop.
     pub mtu: u32,
     /// Outer IPv4 source: these bytes, with the low `src_v4_host_bits` bits taken from the flow
@@ -551,6 +563,10 @@ mod pod {
     unsafe impl aya::Pod for CaptureState {}
     // SAFETY: repr(C) integers and byte arrays, padding explicit (see the module comment).
     unsafe impl aya::Pod for PrevRing {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::quic_lb::QuicLbParams {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::quic_lb::ServerIdKey {}
 }
 
 #[cfg(test)]

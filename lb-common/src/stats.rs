@@ -85,6 +85,22 @@ counters! {
         /// table did not hold whose previous ring named another real, or a hit on an entry made
         /// so.
         SecondChanceSent = "second_chance_sent",
+        /// QUIC-LB (`quic_lb`): short-header packets sent to the real whose server ID their
+        /// destination connection ID carries.
+        QuicRoutedByCid = "quic_routed_by_cid",
+        /// Packets to a QUIC-LB VIP that went by the connection table and ring instead: the
+        /// server ID is not configured ...
+        QuicUnknownServerId = "quic_unknown_server_id",
+        /// ... its real is down ...
+        QuicRealDown = "quic_real_down",
+        /// ... the connection ID has other config rotation bits (0b111: unroutable on purpose) ...
+        QuicOtherConfig = "quic_other_config",
+        /// ... a long header (Initial, 0-RTT, Handshake, Retry): the client chose the ID ...
+        QuicLongHeader = "quic_long_header",
+        /// ... not QUIC: an empty datagram, or the fixed bit is clear ...
+        QuicNotQuic = "quic_not_quic",
+        /// ... or too short to hold the configured connection ID (a truncated header).
+        QuicBadLength = "quic_bad_length",
     }
 }
 

@@ -19,6 +19,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod next_hop;
 pub mod operator;
+pub mod quic_lb;
 pub mod reconcile;
 pub mod serve;
 pub mod status;

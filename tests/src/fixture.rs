@@ -171,7 +171,7 @@ impl Balancer {
         let no_check =
             HealthCheck { kind: CheckKind::None, port: 0, interval: Default::default(), timeout: Default::default(), rise: 1, fall: 1 };
         let vip = self.config.vips.iter_mut().find(|v| v.id == id).expect("added");
-        vip.reals = reals.iter().map(|&(a, weight)| RealConfig { addr: ip(a), weight, health: no_check.clone() }).collect();
+        vip.reals = reals.iter().map(|&(a, weight)| RealConfig { addr: ip(a), weight, health: no_check.clone(), server_id: None }).collect();
         self.apply();
     }
 

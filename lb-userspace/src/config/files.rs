@@ -5,8 +5,49 @@ use std::{path::Path, sync::Arc};
 
 use super::{
     error::{ConfigError, Problem},
+    raw::RawVip,
     types::Config,
 };
+
+/// QUIC-LB keys by the file they were read from.
+pub type QuicKeys = std::collections::BTreeMap<std::path::PathBuf, [u8; 16]>;
+
+/// The QUIC-LB key files, read (off the loop that owns the state): each readable only by its
+/// owner and holding 32 hex digits.
+pub fn read_quic_keys<'a>(files: impl IntoIterator<Item = &'a Path>) -> Result<QuicKeys, ConfigError> {
+    let field = "vip.quic_lb.key_file";
+    let mut keys = QuicKeys::new();
+    for file in files {
+        let text = read_secret(file, field, "key", 32)?;
+        let key = crate::quic_lb::parse_hex(&text)
+            .and_then(|octets| <[u8; 16]>::try_from(octets).ok())
+            .ok_or_else(|| refuse(field, format!("{} does not hold a 16-octet key as 32 hex digits", file.display())))?;
+        keys.insert(file.to_path_buf(), key);
+    }
+    Ok(keys)
+}
+
+/// The QUIC-LB key files a file's (or fleet document's) VIPs name.
+pub fn quic_key_files(vips: &[RawVip]) -> impl Iterator<Item = &Path> {
+    vips.iter().filter_map(|v| v.quic_lb.as_ref()?.key_file.as_deref()).map(Path::new)
+}
+
+impl Config {
+    /// Gives each QUIC-LB VIP with a key file its key from `keys`; a file not read is an error
+    /// (`lb vip add` cannot bring one: the key is read where the config or fleet document is).
+    pub fn attach_quic_keys(&mut self, keys: &QuicKeys) -> Result<(), ConfigError> {
+        for vip in &mut self.vips {
+            let Some(q) = vip.quic_lb.as_mut() else { continue };
+            if let Some(file) = &q.key_file {
+                let key = keys.get(file).ok_or_else(|| {
+                    refuse("vip.quic_lb.key_file", format!("VIP {:?}: the key in {} was not read with this config", vip.name, file.display()))
+                })?;
+                q.key = Some(*key);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The shortest token the TCP API accepts.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -53,6 +94,7 @@ fn refuse(field: &str, reason: String) -> ConfigError {
 
 /// Every file `config` names that `lb run` reads at start.
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    read_quic_keys(config.vips.iter().filter_map(|v| v.quic_lb.as_ref()?.key_file.as_deref()))?;
     if let Some(file) = &config.api.token_file {
         read_token(file)?;
     }

@@ -24,7 +24,7 @@ pub(crate) use self::{
 };
 pub use self::{
     error::{ConfigError, Problem},
-    files::{check_files, read_file, read_private, read_secret, read_token},
+    files::{check_files, quic_key_files, read_file, read_private, read_quic_keys, read_secret, read_token, QuicKeys},
     load::{format_mac, load, load_raw, parse, parse_raw},
     raw::*,
     types::*,

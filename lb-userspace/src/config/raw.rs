@@ -270,8 +270,31 @@ pub struct RawVip {
     /// Over `[second_chance]`, for this VIP (TCP only).
     pub second_chance: Option<bool>,
     pub second_chance_window_s: Option<u32>,
+    /// Route QUIC by the server ID in connection IDs (UDP only; docs/quic-lb.md).
+    pub quic_lb: Option<RawQuicLb>,
     #[serde(default, rename = "real")]
     pub reals: Vec<RawReal>,
+}
+
+/// `[vip.quic_lb]`: the draft's parameters (draft-ietf-quic-load-balancers-21).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuicLb {
+    /// Config rotation bits a routable connection ID starts with (0 ..= 6; 7 means unroutable).
+    pub config_id: u8,
+    /// Octets of server ID (1 ..= 15) and of nonce (at least 4); together at most 19.
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    /// The connection ID's whole length in short headers, from server_id_len + nonce_len + 1
+    /// (the default) to 20: servers may add octets of their own after the nonce.
+    pub cid_len: Option<u8>,
+    /// A file (mode 0600) with the 16-octet AES key as 32 hex digits: connection IDs are
+    /// encrypted (absent: plaintext, which lets observers link a client's connection IDs).
+    pub key_file: Option<String>,
+    /// Seconds a server ID stays its real's after the real leaves the VIP: no other real may take
+    /// it meanwhile, since clients may still send it (default 3600; at least the servers'
+    /// idle timeout).
+    pub server_id_hold_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -281,4 +304,7 @@ pub struct RawReal {
     /// 0 ..= 1000 (default 1); 0 drains: no new flows, existing flows kept.
     pub weight: Option<u32>,
     pub health: Option<RawHealth>,
+    /// QUIC-LB: this real's server ID in hex, `server_id_len` octets, unique in the VIP and the
+    /// same on every node (`[vip.quic_lb]`).
+    pub server_id: Option<String>,
 }

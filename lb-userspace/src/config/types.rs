@@ -194,14 +194,48 @@ pub struct Vip {
     /// The second chance's window: how long after a ring change the previous ring gives
     /// alternatives (None: off).
     pub second_chance: Option<std::time::Duration>,
+    /// Route QUIC short headers by the server ID in their connection ID (None: off).
+    pub quic_lb: Option<QuicLb>,
     pub reals: Vec<RealConfig>,
 }
+
+/// A VIP's QUIC-LB parameters (docs/quic-lb.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuicLb {
+    pub config_id: u8,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    pub cid_len: u8,
+    /// Where the key is (None: plaintext) ...
+    pub key_file: Option<PathBuf>,
+    /// ... and the key, once read off the loop (`config::read_quic_keys`, `attach_quic_keys`).
+    pub key: Option<[u8; 16]>,
+    /// How long a server ID stays its real's after the real leaves the VIP.
+    pub server_id_hold: Duration,
+}
+
+impl QuicLb {
+    /// The codec servers use (`quic_lb`), with the key when one is read.
+    pub fn codec(&self) -> crate::quic_lb::QuicLbConfig {
+        crate::quic_lb::QuicLbConfig {
+            config_id: self.config_id,
+            server_id_len: self.server_id_len,
+            nonce_len: self.nonce_len,
+            cid_len: self.cid_len,
+            key: self.key,
+        }
+    }
+}
+
+pub const DEFAULT_SERVER_ID_HOLD_S: u64 = 3600;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RealConfig {
     pub addr: IpAddr,
     pub weight: u32,
     pub health: HealthCheck,
+    /// QUIC-LB: the real's server ID (with the VIP's `quic_lb`).
+    pub server_id: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -412,11 +412,18 @@ impl RawConfig {
                     p.add(format!("{rfield}.weight"), format!("{weight} is out of range 0 ..= {MAX_WEIGHT}"));
                 }
                 let health = real.health.clone().unwrap_or_default().over(&vip_health);
+                let server_id = validate_server_id(raw.quic_lb.as_ref(), real.server_id.as_deref(), &rfield, p);
+                if let Some(server_id) = &server_id {
+                    if let Some(other) = reals.iter().find(|r: &&RealConfig| r.server_id.as_ref() == Some(server_id)) {
+                        p.add(format!("{rfield}.server_id"), format!("{} is {}'s too", crate::quic_lb::hex(server_id), other.addr));
+                    }
+                }
                 if let Some(health) = validate_health(&health, raw.port, &format!("{rfield}.health"), p) {
-                    reals.push(RealConfig { addr: raddr, weight, health });
+                    reals.push(RealConfig { addr: raddr, weight, health, server_id });
                 }
             }
             let second_chance = self.second_chance_of(raw, proto, &field, p);
+            let quic_lb = raw.quic_lb.as_ref().and_then(|q| validate_quic_lb(q, proto, &field, p));
             vips.push(Vip {
                 name: raw.name.clone(),
                 id,
@@ -424,6 +431,7 @@ impl RawConfig {
                 ring_size,
                 min_healthy,
                 second_chance,
+                quic_lb,
                 reals,
             });
         }
@@ -433,6 +441,73 @@ impl RawConfig {
             p.add("vip", format!("{real_ids} reals over all VIPs (a real counts once per VIP it serves), at most {}", MAX_REALS - 1));
         }
         vips
+    }
+}
+
+/// `[vip.quic_lb]` (the draft's limits: draft-ietf-quic-load-balancers-21 section 5.3).
+fn validate_quic_lb(q: &RawQuicLb, proto: Proto, field: &str, p: &mut Problems) -> Option<QuicLb> {
+    use lb_common::quic_lb::{MAX_CID_LEN, MAX_PLAINTEXT_LEN, MAX_SERVER_ID_LEN, MIN_NONCE_LEN, UNROUTABLE_CONFIG_ID};
+    let field = format!("{field}.quic_lb");
+    let before = p.0.len();
+    if proto != Proto::Udp {
+        p.add(&field, "is for UDP VIPs: QUIC runs over UDP");
+    }
+    if q.config_id >= UNROUTABLE_CONFIG_ID {
+        p.add(format!("{field}.config_id"), format!("{} is out of range 0 ..= 6 (7 means unroutable)", q.config_id));
+    }
+    if !(1..=MAX_SERVER_ID_LEN).contains(&q.server_id_len) {
+        p.add(format!("{field}.server_id_len"), format!("{} is out of range 1 ..= {MAX_SERVER_ID_LEN}", q.server_id_len));
+    }
+    if q.nonce_len < MIN_NONCE_LEN {
+        p.add(format!("{field}.nonce_len"), format!("{} is below {MIN_NONCE_LEN}", q.nonce_len));
+    }
+    let plaintext = q.server_id_len as u32 + q.nonce_len as u32;
+    if plaintext > MAX_PLAINTEXT_LEN as u32 {
+        p.add(&field, format!("server_id_len + nonce_len is {plaintext}, at most {MAX_PLAINTEXT_LEN}"));
+    }
+    let cid_len = q.cid_len.map_or(plaintext + 1, u32::from);
+    if cid_len < plaintext + 1 || cid_len > MAX_CID_LEN as u32 {
+        p.add(format!("{field}.cid_len"), format!("{cid_len} is out of range {} ..= {MAX_CID_LEN}", plaintext + 1));
+    }
+    if q.key_file.as_deref() == Some("") {
+        p.add(format!("{field}.key_file"), "is empty");
+    }
+    let hold_s = q.server_id_hold_s.unwrap_or(DEFAULT_SERVER_ID_HOLD_S);
+    (p.0.len() == before).then(|| QuicLb {
+        config_id: q.config_id,
+        server_id_len: q.server_id_len,
+        nonce_len: q.nonce_len,
+        cid_len: cid_len as u8,
+        key_file: q.key_file.as_deref().map(PathBuf::from),
+        key: None,
+        server_id_hold: Duration::from_secs(hold_s),
+    })
+}
+
+/// A real's `server_id`: hex of the VIP's `server_id_len` octets, and only with `[vip.quic_lb]`.
+fn validate_server_id(q: Option<&RawQuicLb>, server_id: Option<&str>, rfield: &str, p: &mut Problems) -> Option<Vec<u8>> {
+    let field = format!("{rfield}.server_id");
+    match (q, server_id) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            p.add(field, "is for a VIP with [vip.quic_lb]");
+            None
+        }
+        (Some(_), None) => {
+            p.add(field, "is missing: every real of a QUIC-LB VIP has one, the same on every node");
+            None
+        }
+        (Some(q), Some(text)) => match crate::quic_lb::parse_hex(text) {
+            Some(octets) if octets.len() == q.server_id_len as usize => Some(octets),
+            Some(octets) => {
+                p.add(field, format!("{text:?} is {} octets; server_id_len is {}", octets.len(), q.server_id_len));
+                None
+            }
+            None => {
+                p.add(field, format!("{text:?} is not hex"));
+                None
+            }
+        },
     }
 }
 

@@ -22,6 +22,7 @@ pub(super) fn reconcile_error(e: ReconcileError) -> AdminError {
         ReconcileError::Full { .. } | ReconcileError::PoolTooSmall { .. } | ReconcileError::PoolFragmented { .. } => {
             AdminError::Conflict(e.to_string())
         }
+        ReconcileError::QuicKeyMissing { .. } => AdminError::BadRequest(e.to_string()),
         ReconcileError::Dataplane(_) | ReconcileError::NoConfig => {
             AdminError::Internal(format!("{:#} (the data plane is as it was before the command)", anyhow::Error::from(e)))
         }

@@ -63,6 +63,9 @@ pub struct Programmed {
     pub handoff_node: [u8; 16],
     /// `VIP_PREV`'s nonzero entries (VIP index, previous ring).
     pub prev_rings: Vec<(u32, PrevRing)>,
+    /// `QUIC_LB`'s entries that are on, and `QUIC_SERVERS`.
+    pub quic_params: Vec<(u32, lb_common::quic_lb::QuicLbParams)>,
+    pub quic_servers: Vec<(lb_common::quic_lb::ServerIdKey, u32)>,
 }
 
 /// The loaded object and typed access to its maps.
@@ -202,6 +205,8 @@ impl Dataplane {
             filter: self.array_entries(maps::VIP_FILTER, VIP_FILTER_BITS / 64)?,
             handoff_node: self.handoff()?.node_addr,
             prev_rings: self.array_entries(maps::VIP_PREV, MAX_VIPS)?,
+            quic_params: self.array_entries(maps::QUIC_LB, MAX_VIPS)?,
+            quic_servers: self.hash_entries(maps::QUIC_SERVERS)?,
         })
     }
 

@@ -59,6 +59,14 @@ impl DataplaneOps for Memory {
         self.writes += 1;
         Ok(())
     }
+    fn set_quic_params(&mut self, _index: u32, _params: &lb_common::quic_lb::QuicLbParams) -> Result<(), DataplaneError> {
+        self.writes += 1;
+        Ok(())
+    }
+    fn set_quic_server(&mut self, _key: &lb_common::quic_lb::ServerIdKey, _real_id: u32) -> Result<(), DataplaneError> {
+        self.writes += 1;
+        Ok(())
+    }
     fn set_vip_addr(&mut self, _addr: &[u8; 16], _vips: u32) -> Result<(), DataplaneError> {
         self.writes += 1;
         Ok(())

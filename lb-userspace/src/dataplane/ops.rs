@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use lb_common::{LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta};
+use lb_common::{
+    quic_lb::{QuicLbParams, ServerIdKey},
+    LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta,
+};
 
 use super::error::DataplaneError;
 
@@ -40,6 +43,10 @@ pub trait DataplaneOps {
     fn write_ring_slots(&mut self, base: u32, slots: impl Iterator<Item = (u32, u32)>) -> Result<(), DataplaneError>;
     /// `HANDOFF`, `PEERS` and `PEER_SOURCES` (the node address's filter bit is a filter write).
     fn set_handoff(&mut self, handoff: &Handoff) -> Result<(), DataplaneError>;
+    /// `QUIC_LB[index]`: how the VIP's connection IDs are read (`QuicLbParams::OFF`: not).
+    fn set_quic_params(&mut self, index: u32, params: &QuicLbParams) -> Result<(), DataplaneError>;
+    /// `QUIC_SERVERS[key]`: the real of a server ID (0 removes the entry).
+    fn set_quic_server(&mut self, key: &ServerIdKey, real_id: u32) -> Result<(), DataplaneError>;
     /// Slots in the ring pool.
     fn ring_slots(&self) -> u32;
 }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
+    quic_lb::{QuicLbParams, ServerIdKey},
     addr16, ip_of, maps, slot_place, ConnEntry, FlowKey, LbConfig, PrevRing, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT,
     HANDOFF_F_IPV6, MAX_PEERS,
 };
@@ -223,6 +224,17 @@ impl DataplaneOps for Dataplane {
         }
         let mut handoff = self.array::<lb_common::Handoff>(maps::HANDOFF)?;
         handoff.set(0, lb_common::Handoff { node_addr, flags, peers: count }, 0).map_err(map_err(maps::HANDOFF))
+    }
+
+    fn set_quic_params(&mut self, index: u32, params: &QuicLbParams) -> Result<()> {
+        self.array::<QuicLbParams>(maps::QUIC_LB)?.set(index, params, 0).map_err(map_err(maps::QUIC_LB))
+    }
+
+    fn set_quic_server(&mut self, key: &ServerIdKey, real_id: u32) -> Result<()> {
+        if real_id == 0 {
+            return self.delete::<ServerIdKey, u32>(maps::QUIC_SERVERS, key);
+        }
+        self.hash::<ServerIdKey, u32>(maps::QUIC_SERVERS)?.insert(key, real_id, 0).map_err(map_err(maps::QUIC_SERVERS))
     }
 
     fn ring_slots(&self) -> u32 {

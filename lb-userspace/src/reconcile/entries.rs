@@ -28,11 +28,12 @@ pub(super) fn real_addr(real: &Real) -> IpAddr {
     }
 }
 
-/// The data plane's view of forwarding settings.
-pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6]) -> LbConfig {
+/// The data plane's view of forwarding settings; `quic_lb`: some VIP has QUIC-LB.
+pub fn lb_config(f: &Forwarding, next_hop_mac: [u8; 6], quic_lb: bool) -> LbConfig {
     LbConfig {
         next_hop_mac,
-        _pad: [0; 2],
+        quic_lb: quic_lb as u8,
+        _pad: 0,
         mtu: f.mtu,
         src_v4: f.source_v4.0.octets(),
         src_v4_host_bits: f.source_v4.1,

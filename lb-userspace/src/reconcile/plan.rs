@@ -8,7 +8,11 @@ use std::{
     time::Instant,
 };
 
-use lb_common::{addr16, limits, PrevRing, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY};
+use lb_common::{
+    addr16, limits,
+    quic_lb::{QuicLbParams, ServerIdKey},
+    PrevRing, RateLimit, Real, VipMeta, MAX_REALS, MAX_VIPS, VIP_F_QUIC_LB, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
+};
 
 use super::{
     entries::{lb_config, real_flags, vip_key},
@@ -73,7 +77,16 @@ impl VipState {
     /// `VipMeta::flags` of this VIP's config.
     pub(super) fn flags(&self) -> u32 {
         let affinity = if self.config.source_affinity { VIP_F_SOURCE_AFFINITY } else { 0 };
-        affinity | if self.config.second_chance.is_some() { VIP_F_SECOND_CHANCE } else { 0 }
+        let quic = if self.config.quic_lb.is_some() { VIP_F_QUIC_LB } else { 0 };
+        affinity | quic | if self.config.second_chance.is_some() { VIP_F_SECOND_CHANCE } else { 0 }
+    }
+
+    /// `QUIC_SERVERS` entries this VIP wants: each real's server ID to its real id.
+    fn quic_servers(&self) -> impl Iterator<Item = (ServerIdKey, u32)> + '_ {
+        self.config.reals.iter().filter_map(|r| {
+            let id = self.ids.get(&r.addr)?;
+            Some((ServerIdKey::new(self.index, r.server_id.as_deref()?), *id))
+        })
     }
 
     /// The `VIPS` entry of the live ring with the config's flags (None: no ring yet).
@@ -187,7 +200,8 @@ impl State {
         if needed > self.pool.size() as u64 {
             return Err(ReconcileError::PoolTooSmall { needed, pool: self.pool.size() });
         }
-        self.writes.write(Write::Config(lb_config(&config.forwarding, next_hop_mac)));
+        let quic_lb = config.vips.iter().any(|v| v.quic_lb.is_some());
+        self.writes.write(Write::Config(lb_config(&config.forwarding, next_hop_mac, quic_lb)));
         self.writes.write(Write::RateLimit(limits::TOO_BIG, RateLimit::per_sec(config.forwarding.too_big_per_sec)));
         self.writes.write(Write::RateLimit(limits::INSERTS, RateLimit::per_sec(config.flood.inserts_per_sec)));
         self.writes.write(Write::RateLimit(limits::HANDOFFS, RateLimit::per_sec(config.flood.handoffs_per_sec)));
@@ -241,12 +255,58 @@ impl State {
             }
         }
         self.writes.sync_filter();
+        self.remove_unwanted_quic();
+        Ok(())
+    }
+
+    /// Plans removing `QUIC_LB` and `QUIC_SERVERS` entries no VIP wants: an earlier `lb`'s (the
+    /// maps outlive it) or a change's leftovers.
+    fn remove_unwanted_quic(&mut self) {
+        let wanted: HashSet<ServerIdKey> = self.vips.values().flat_map(|v| v.quic_servers().map(|(k, _)| k).collect::<Vec<_>>()).collect();
+        let stale: Vec<ServerIdKey> = self.writes.written.quic_servers.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        for key in stale {
+            self.writes.write(Write::QuicServer(key, 0));
+        }
+        let on: HashSet<u32> = self.vips.values().filter(|v| v.config.quic_lb.is_some()).map(|v| v.index).collect();
+        let stale: Vec<u32> = self.writes.written.quic_params.keys().filter(|i| !on.contains(i)).copied().collect();
+        for index in stale {
+            self.writes.write(Write::QuicParams(index, Box::new(QuicLbParams::OFF)));
+        }
+    }
+
+    /// Plans a VIP's `QUIC_LB` entry and its server IDs' reals, before the `VIPS` entry that
+    /// turns them on; entries of server IDs it no longer has go.
+    fn plan_quic(&mut self, id: &VipId) -> Result<(), ReconcileError> {
+        let state = self.vips.get(id).expect("planned by the caller").clone();
+        let params = match &state.config.quic_lb {
+            Some(q) if q.key_file.is_some() && q.key.is_none() => {
+                return Err(ReconcileError::QuicKeyMissing { vip: state.config.name.clone() });
+            }
+            Some(q) => q.codec().params(),
+            None => QuicLbParams::OFF,
+        };
+        self.writes.write(Write::QuicParams(state.index, Box::new(params)));
+        let wanted: HashMap<ServerIdKey, u32> = state.quic_servers().collect();
+        let stale: Vec<ServerIdKey> =
+            self.writes.written.quic_servers.keys().filter(|k| k.vip_index == state.index && !wanted.contains_key(k)).copied().collect();
+        for key in stale {
+            self.writes.write(Write::QuicServer(key, 0));
+        }
+        for (key, real_id) in wanted {
+            self.writes.write(Write::QuicServer(key, real_id));
+        }
         Ok(())
     }
 
     pub(super) fn remove(&mut self, id: &VipId) -> Result<(), ReconcileError> {
         let Some(state) = self.vips.remove(id) else { return Ok(()) };
         self.writes.remove_vip(vip_key(id));
+        // Its server IDs after the VIP: no packet looks for them any more.
+        let servers: Vec<ServerIdKey> = self.writes.written.quic_servers.keys().filter(|k| k.vip_index == state.index).copied().collect();
+        for key in servers {
+            self.writes.write(Write::QuicServer(key, 0));
+        }
+        self.writes.write(Write::QuicParams(state.index, Box::new(QuicLbParams::OFF)));
         // Its rings' slots go back to the pool: no previous ring may point at them.
         self.writes.write(Write::PrevRing(state.index, PrevRing::default()));
         for ring in state.rings.iter().flatten() {
@@ -311,6 +371,7 @@ impl State {
         };
         // Up before the switch: the new ring may send flows there.
         set_reals(self, true);
+        self.plan_quic(id)?;
         let switch = self.plan_ring(id, maglev)?;
         let switched = switch.is_some();
         if let Some((meta, previous)) = switch {

@@ -65,6 +65,8 @@ impl<D: DataplaneOps> Reconciler<D> {
         s.writes.written.filter = programmed.filter.iter().copied().collect();
         s.writes.written.handoff_node = Some(programmed.handoff_node).filter(|n| *n != [0; 16]);
         s.writes.written.prev_rings = programmed.prev_rings.iter().copied().collect();
+        s.writes.written.quic_params = programmed.quic_params.iter().copied().collect();
+        s.writes.written.quic_servers = programmed.quic_servers.iter().copied().collect();
         for (id, real) in &programmed.reals {
             let addr = real_addr(real);
             s.real_ids.insert((real.vip_index, addr), *id);

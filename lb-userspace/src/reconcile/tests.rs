@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::{LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta, REAL_F_DOWN};
+use lb_common::{
+    quic_lb::{QuicLbParams, ServerIdKey, MODE_PLAINTEXT},
+    LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta, REAL_F_DOWN, VIP_F_QUIC_LB,
+};
 
 use super::*;
 use crate::{
@@ -28,6 +31,8 @@ pub(crate) struct Fake {
     pub vip_addrs: HashMap<[u8; 16], u32>,
     pub filter: HashMap<u32, u64>,
     pub prev_rings: HashMap<u32, PrevRing>,
+    pub quic_params: HashMap<u32, QuicLbParams>,
+    pub quic_servers: HashMap<ServerIdKey, u32>,
     pub slot_writes: usize,
     /// Writes attempted so far, and the one to fail.
     pub writes: usize,
@@ -180,6 +185,22 @@ impl DataplaneOps for Fake {
         }
         Ok(())
     }
+    fn set_quic_params(&mut self, index: u32, params: &QuicLbParams) -> Result<(), DataplaneError> {
+        self.attempt(format!("quic params {index} mode {}", params.mode))?;
+        match *params == QuicLbParams::OFF {
+            true => self.quic_params.remove(&index),
+            false => self.quic_params.insert(index, *params),
+        };
+        Ok(())
+    }
+    fn set_quic_server(&mut self, key: &ServerIdKey, real_id: u32) -> Result<(), DataplaneError> {
+        self.attempt(format!("quic server {:02x?} {real_id}", &key.server_id[..2]))?;
+        match real_id {
+            0 => self.quic_servers.remove(key),
+            id => self.quic_servers.insert(*key, id),
+        };
+        Ok(())
+    }
     fn ring_slots(&self) -> u32 {
         self.pool.len() as u32
     }
@@ -284,6 +305,8 @@ fn recovery_keeps_indexes_ids_and_down_reals() {
         filter: fake.filter.iter().map(|(w, b)| (*w, *b)).collect(),
         handoff_node: [0; 16],
         prev_rings: fake.prev_rings.iter().map(|(i, p)| (*i, *p)).collect(),
+        quic_params: fake.quic_params.iter().map(|(i, p)| (*i, *p)).collect(),
+        quic_servers: fake.quic_servers.iter().map(|(k, id)| (*k, *id)).collect(),
     };
     let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), ..Fake::default() }, &programmed);
     second.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
@@ -603,4 +626,64 @@ fn previous_rings_an_earlier_lb_left_are_forgotten_at_the_first_change() {
     let log = &second.dataplane().log;
     let (clear, write) = (log.iter().position(|l| l == "prev ring 0 0"), log.iter().position(|l| l.starts_with("ring at")));
     assert!(clear.is_some() && clear < write, "the pool's slots it names are not reserved: cleared first: {log:?}");
+}
+
+/// A UDP VIP with QUIC-LB (two-octet server IDs) and `reals` as (address, server ID).
+fn quic_config(reals: &[(&str, &str)]) -> Config {
+    let mut text = String::from(
+        "[forwarding]\nnext_hop_mac = \"02:00:00:00:00:01\"\n[[vip]]\nname = \"h3\"\naddress = \"10.0.0.1\"\nport = 443\nprotocol = \"udp\"\nring_size = 13\n[vip.quic_lb]\nconfig_id = 1\nserver_id_len = 2\nnonce_len = 6\n",
+    );
+    for (a, sid) in reals {
+        text += &format!("[[vip.real]]\naddress = \"{a}\"\nserver_id = \"{sid}\"\n");
+    }
+    parse(&text, InterfaceCheck::Skip).unwrap()
+}
+
+#[test]
+fn quic_server_ids_follow_the_reals_and_go_with_the_vip() {
+    let mut r = Reconciler::new(Fake::with_pool(100));
+    r.apply(&quic_config(&[("10.1.0.1", "0a01"), ("10.1.0.2", "0a02")]), [0; 6]).unwrap();
+    let dp = r.dataplane();
+    assert_eq!(dp.config.unwrap().quic_lb, 1);
+    let meta = dp.vips.values().next().unwrap();
+    assert_ne!(meta.flags & VIP_F_QUIC_LB, 0);
+    assert_eq!(dp.quic_params[&meta.vip_index].mode, MODE_PLAINTEXT);
+    let key = |sid: [u8; 2]| ServerIdKey::new(0, &sid);
+    assert_eq!(dp.quic_servers, HashMap::from([(key([0x0a, 1]), 1), (key([0x0a, 2]), 2)]));
+    // Written before the VIPS entry that turns them on.
+    let log = &dp.log;
+    let switch = log.iter().position(|l| l.starts_with("switch")).unwrap();
+    assert!(log.iter().position(|l| l.starts_with("quic server")).unwrap() < switch, "{log:?}");
+
+    // A real leaves and another's server ID changes: their old IDs go.
+    r.apply(&quic_config(&[("10.1.0.2", "0a07")]), [0; 6]).unwrap();
+    assert_eq!(r.dataplane().quic_servers, HashMap::from([(key([0x0a, 7]), 2)]));
+
+    // QUIC-LB off: the entries go, the flag and the CONFIG switch too.
+    r.apply(&config(&[("10.1.0.2", 1)]), [0; 6]).unwrap();
+    let dp = r.dataplane();
+    assert!(dp.quic_servers.is_empty() && dp.quic_params.is_empty());
+    assert_eq!(dp.config.unwrap().quic_lb, 0);
+}
+
+#[test]
+fn recovery_removes_server_ids_no_config_has() {
+    let mut first = Reconciler::new(Fake::with_pool(100));
+    first.apply(&quic_config(&[("10.1.0.1", "0a01"), ("10.1.0.2", "0a02")]), [0; 6]).unwrap();
+    let fake = first.dp;
+    let programmed = Programmed {
+        vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(),
+        reals: fake.reals.iter().map(|(id, r)| (*id, *r)).collect(),
+        generations: fake.generations.iter().map(|(i, g)| (*i, *g)).collect(),
+        vip_addrs: fake.vip_addrs.iter().map(|(a, n)| (*a, *n)).collect(),
+        filter: fake.filter.iter().map(|(w, b)| (*w, *b)).collect(),
+        handoff_node: [0; 16],
+        prev_rings: Vec::new(),
+        quic_params: fake.quic_params.iter().map(|(i, p)| (*i, *p)).collect(),
+        quic_servers: fake.quic_servers.iter().map(|(k, id)| (*k, *id)).collect(),
+    };
+    let kept = Fake { pool: fake.pool.clone(), quic_servers: fake.quic_servers.clone(), ..Fake::default() };
+    let mut second = Reconciler::recover(kept, &programmed);
+    second.apply(&quic_config(&[("10.1.0.1", "0a01")]), [0; 6]).unwrap();
+    assert_eq!(second.dp.quic_servers, HashMap::from([(ServerIdKey::new(0, &[0x0a, 1]), 1)]));
 }

@@ -12,7 +12,11 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{hash::addr_filter_bit, LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta};
+use lb_common::{
+    hash::addr_filter_bit,
+    quic_lb::{QuicLbParams, ServerIdKey},
+    LbConfig, PrevRing, RateLimit, Real, VipKey, VipMeta,
+};
 
 use crate::dataplane::{DataplaneError, DataplaneOps, Handoff};
 
@@ -46,6 +50,10 @@ pub(super) enum Write {
         pairs: Vec<(u32, u32)>,
     },
     Handoff(Handoff),
+    /// `QUIC_LB[index] = params` (`QuicLbParams::OFF`: none).
+    QuicParams(u32, Box<QuicLbParams>),
+    /// `QUIC_SERVERS[key] = real id` (0 removes it).
+    QuicServer(ServerIdKey, u32),
 }
 
 impl Write {
@@ -68,6 +76,8 @@ impl Write {
             }
             Write::RingPairs { base, pairs } => dp.write_ring_slots(*base, pairs.iter().copied()),
             Write::Handoff(h) => dp.set_handoff(h),
+            Write::QuicParams(index, params) => dp.set_quic_params(*index, params),
+            Write::QuicServer(key, real_id) => dp.set_quic_server(key, *real_id),
         }
     }
 }
@@ -91,6 +101,9 @@ pub(super) struct Written {
     pub handoff: Option<Handoff>,
     /// The handoff address the pre-filter counts (known after a restart, when `handoff` is not).
     pub handoff_node: Option<[u8; 16]>,
+    /// `QUIC_LB`'s entries that are not off, and `QUIC_SERVERS`.
+    pub quic_params: imbl::HashMap<u32, QuicLbParams>,
+    pub quic_servers: imbl::HashMap<ServerIdKey, u32>,
 }
 
 /// What every entry holds, and the writes a change plans in order, each with the write that
@@ -114,6 +127,9 @@ impl Written {
             handoff_node: kept.handoff_node,
             // Kept so a later clear is written: a previous ring must never outlive its slots.
             prev_rings: kept.prev_rings,
+            // Kept so that entries no config wants any more are removed.
+            quic_servers: kept.quic_servers,
+            quic_params: kept.quic_params,
             ..Written::default()
         };
     }
@@ -177,6 +193,20 @@ impl Writes {
                     return false;
                 }
                 Some(Write::PrevRing(*index, old))
+            }
+            Write::QuicParams(index, params) => {
+                let old = replace_or_remove(&mut w.quic_params, *index, **params);
+                if old == **params {
+                    return false;
+                }
+                Some(Write::QuicParams(*index, Box::new(old)))
+            }
+            Write::QuicServer(key, real_id) => {
+                let old = replace_or_remove(&mut w.quic_servers, *key, *real_id);
+                if old == *real_id {
+                    return false;
+                }
+                Some(Write::QuicServer(*key, old))
             }
             Write::Handoff(h) => match w.handoff.replace(h.clone()) {
                 Some(old) if old == *h => return false,

@@ -1,0 +1,202 @@
+//! AES-128 on one block, for QUIC-LB's encrypted connection IDs in the data plane, where no
+//! crypto library exists: the round-table form (one 1 KiB table each way, rotated for the other
+//! three columns), with the key schedules made by the control plane (`expand_key`). A block is
+//! four big-endian words. Checked against the `aes` crate in lb-userspace's tests.
+//!
+//! Table lookups depend on the data, so timing depends on the data too; the key and the
+//! plaintext here protect only the linkability of connection IDs (the draft's threat model),
+//! and the balancer's per-packet time is not observable apart from the network's.
+
+/// The S-box and its inverse, made at compile time.
+pub const SBOX: [u8; 256] = sbox();
+pub const INV_SBOX: [u8; 256] = invert(&SBOX);
+/// `TE[x]`: the S-box then MixColumns' first column (2s, s, s, 3s); rotate for the others.
+pub static TE: [u32; 256] = column_table(&SBOX, [2, 1, 1, 3]);
+/// `TD[x]`: the inverse S-box then InvMixColumns' first column (14s, 9s, 13s, 11s).
+pub static TD: [u32; 256] = column_table(&INV_SBOX, [14, 9, 13, 11]);
+/// The S-boxes as words, for the last round (no MixColumns).
+pub static SBOX_WORD: [u32; 256] = column_table(&SBOX, [1, 0, 0, 0]);
+pub static INV_SBOX_WORD: [u32; 256] = column_table(&INV_SBOX, [1, 0, 0, 0]);
+
+/// Words of an AES-128 key schedule: 11 round keys of four.
+pub const SCHEDULE_WORDS: usize = 44;
+
+const fn xtime(x: u8) -> u8 {
+    (x << 1) ^ if x & 0x80 != 0 { 0x1b } else { 0 }
+}
+
+/// Multiplication in GF(2^8) with the AES polynomial.
+const fn gmul(mut a: u8, mut b: u8) -> u8 {
+    let mut product = 0;
+    while b != 0 {
+        if b & 1 != 0 {
+            product ^= a;
+        }
+        a = xtime(a);
+        b >>= 1;
+    }
+    product
+}
+
+/// The S-box: each byte's multiplicative inverse, then the affine map. `p` walks the field by
+/// powers of 3 while `q` walks it by powers of 3's inverse, so `q` is always `p`'s inverse.
+const fn sbox() -> [u8; 256] {
+    let mut s = [0u8; 256];
+    let (mut p, mut q) = (1u8, 1u8);
+    loop {
+        p ^= xtime(p);
+        q ^= q << 1;
+        q ^= q << 2;
+        q ^= q << 4;
+        if q & 0x80 != 0 {
+            q ^= 0x09;
+        }
+        s[p as usize] = q ^ q.rotate_left(1) ^ q.rotate_left(2) ^ q.rotate_left(3) ^ q.rotate_left(4) ^ 0x63;
+        if p == 1 {
+            break;
+        }
+    }
+    s[0] = 0x63;
+    s
+}
+
+const fn invert(s: &[u8; 256]) -> [u8; 256] {
+    let mut inv = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        inv[s[i] as usize] = i as u8;
+        i += 1;
+    }
+    inv
+}
+
+const fn column_table(s: &[u8; 256], column: [u8; 4]) -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let x = s[i];
+        t[i] = u32::from_be_bytes([gmul(x, column[0]), gmul(x, column[1]), gmul(x, column[2]), gmul(x, column[3])]);
+        i += 1;
+    }
+    t
+}
+
+/// InvMixColumns of one column: the decryption schedule's middle round keys need it.
+const fn inv_mix_column(w: u32) -> u32 {
+    let [a, b, c, d] = w.to_be_bytes();
+    u32::from_be_bytes([
+        gmul(a, 14) ^ gmul(b, 11) ^ gmul(c, 13) ^ gmul(d, 9),
+        gmul(a, 9) ^ gmul(b, 14) ^ gmul(c, 11) ^ gmul(d, 13),
+        gmul(a, 13) ^ gmul(b, 9) ^ gmul(c, 14) ^ gmul(d, 11),
+        gmul(a, 11) ^ gmul(b, 13) ^ gmul(c, 9) ^ gmul(d, 14),
+    ])
+}
+
+const fn sub_word(w: u32) -> u32 {
+    let [a, b, c, d] = w.to_be_bytes();
+    u32::from_be_bytes([SBOX[a as usize], SBOX[b as usize], SBOX[c as usize], SBOX[d as usize]])
+}
+
+/// The encryption schedule of `key`, and the decryption schedule of the equivalent inverse
+/// cipher (round keys in reverse order, the middle ones through InvMixColumns).
+pub const fn expand_key(key: [u8; 16]) -> ([u32; SCHEDULE_WORDS], [u32; SCHEDULE_WORDS]) {
+    let mut w = [0u32; SCHEDULE_WORDS];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_be_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]]);
+        i += 1;
+    }
+    let mut rcon: u8 = 1;
+    while i < SCHEDULE_WORDS {
+        let mut t = w[i - 1];
+        if i % 4 == 0 {
+            t = sub_word(t.rotate_left(8)) ^ (rcon as u32) << 24;
+            rcon = xtime(rcon);
+        }
+        w[i] = w[i - 4] ^ t;
+        i += 1;
+    }
+    let mut d = [0u32; SCHEDULE_WORDS];
+    let mut round = 0;
+    while round <= 10 {
+        let mut j = 0;
+        while j < 4 {
+            let k = w[4 * (10 - round) + j];
+            d[4 * round + j] = if round == 0 || round == 10 { k } else { inv_mix_column(k) };
+            j += 1;
+        }
+        round += 1;
+    }
+    (w, d)
+}
+
+/// A block as four big-endian words.
+pub const fn block_words(bytes: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+        u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+    ]
+}
+
+#[inline(always)]
+fn byte(w: u32, n: u32) -> usize {
+    ((w >> (24 - 8 * n)) & 0xff) as usize
+}
+
+/// Encrypts one block with the schedule `rk` (`expand_key`'s first).
+#[inline(always)]
+pub fn encrypt(block: [u32; 4], rk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
+    let mut s = [block[0] ^ rk[0], block[1] ^ rk[1], block[2] ^ rk[2], block[3] ^ rk[3]];
+    let mut round = 1;
+    while round < 10 {
+        let mut t = [0u32; 4];
+        for (c, out) in t.iter_mut().enumerate() {
+            *out = TE[byte(s[c], 0)]
+                ^ TE[byte(s[(c + 1) % 4], 1)].rotate_right(8)
+                ^ TE[byte(s[(c + 2) % 4], 2)].rotate_right(16)
+                ^ TE[byte(s[(c + 3) % 4], 3)].rotate_right(24)
+                ^ rk[4 * round + c];
+        }
+        s = t;
+        round += 1;
+    }
+    let mut out = [0u32; 4];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (SBOX_WORD[byte(s[c], 0)] & 0xff00_0000
+            | SBOX_WORD[byte(s[(c + 1) % 4], 1)] >> 8
+            | SBOX_WORD[byte(s[(c + 2) % 4], 2)] >> 16
+            | SBOX_WORD[byte(s[(c + 3) % 4], 3)] >> 24)
+            ^ rk[40 + c];
+    }
+    out
+}
+
+/// Decrypts one block with the schedule `dk` (`expand_key`'s second).
+#[inline(always)]
+pub fn decrypt(block: [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
+    let mut s = [block[0] ^ dk[0], block[1] ^ dk[1], block[2] ^ dk[2], block[3] ^ dk[3]];
+    let mut round = 1;
+    while round < 10 {
+        let mut t = [0u32; 4];
+        for (c, out) in t.iter_mut().enumerate() {
+            *out = TD[byte(s[c], 0)]
+                ^ TD[byte(s[(c + 3) % 4], 1)].rotate_right(8)
+                ^ TD[byte(s[(c + 2) % 4], 2)].rotate_right(16)
+                ^ TD[byte(s[(c + 1) % 4], 3)].rotate_right(24)
+                ^ dk[4 * round + c];
+        }
+        s = t;
+        round += 1;
+    }
+    let mut out = [0u32; 4];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (INV_SBOX_WORD[byte(s[c], 0)] & 0xff00_0000
+            | INV_SBOX_WORD[byte(s[(c + 3) % 4], 1)] >> 8
+            | INV_SBOX_WORD[byte(s[(c + 2) % 4], 2)] >> 16
+            | INV_SBOX_WORD[byte(s[(c + 1) % 4], 3)] >> 24)
+            ^ dk[40 + c];
+    }
+    out
+}
