@@ -145,58 +145,93 @@ fn byte(w: u32, n: u32) -> usize {
     ((w >> (24 - 8 * n)) & 0xff) as usize
 }
 
+/// One column of a middle round: `table` for the row-0 byte of column `c0`, rotated for rows 1
+/// to 3 taken from columns `c1` to `c3` (ShiftRows).
+#[inline(always)]
+fn column(table: &[u32; 256], c0: u32, c1: u32, c2: u32, c3: u32, key: u32) -> u32 {
+    table[byte(c0, 0)]
+        ^ table[byte(c1, 1)].rotate_right(8)
+        ^ table[byte(c2, 2)].rotate_right(16)
+        ^ table[byte(c3, 3)].rotate_right(24)
+        ^ key
+}
+
+/// One column of the last round: S-box bytes only.
+#[inline(always)]
+fn last_column(sbox: &[u32; 256], c0: u32, c1: u32, c2: u32, c3: u32, key: u32) -> u32 {
+    (sbox[byte(c0, 0)] | sbox[byte(c1, 1)] >> 8 | sbox[byte(c2, 2)] >> 16 | sbox[byte(c3, 3)] >> 24) ^ key
+}
+
+// The columns are written out, not looped over: with constant indexes the state stays in
+// registers (a variable index puts it on the stack, and the data plane's stack is small).
+
 /// Encrypts one block with the schedule `rk` (`expand_key`'s first).
 #[inline(always)]
 pub fn encrypt(block: [u32; 4], rk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
-    let mut s = [block[0] ^ rk[0], block[1] ^ rk[1], block[2] ^ rk[2], block[3] ^ rk[3]];
-    let mut round = 1;
-    while round < 10 {
-        let mut t = [0u32; 4];
-        for (c, out) in t.iter_mut().enumerate() {
-            *out = TE[byte(s[c], 0)]
-                ^ TE[byte(s[(c + 1) % 4], 1)].rotate_right(8)
-                ^ TE[byte(s[(c + 2) % 4], 2)].rotate_right(16)
-                ^ TE[byte(s[(c + 3) % 4], 3)].rotate_right(24)
-                ^ rk[4 * round + c];
-        }
-        s = t;
-        round += 1;
-    }
-    let mut out = [0u32; 4];
-    for (c, o) in out.iter_mut().enumerate() {
-        *o = (SBOX_WORD[byte(s[c], 0)] & 0xff00_0000
-            | SBOX_WORD[byte(s[(c + 1) % 4], 1)] >> 8
-            | SBOX_WORD[byte(s[(c + 2) % 4], 2)] >> 16
-            | SBOX_WORD[byte(s[(c + 3) % 4], 3)] >> 24)
-            ^ rk[40 + c];
-    }
-    out
+    let mut b = block;
+    encrypt_in_place(&mut b, rk);
+    b
 }
 
 /// Decrypts one block with the schedule `dk` (`expand_key`'s second).
 #[inline(always)]
 pub fn decrypt(block: [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
-    let mut s = [block[0] ^ dk[0], block[1] ^ dk[1], block[2] ^ dk[2], block[3] ^ dk[3]];
-    let mut round = 1;
-    while round < 10 {
-        let mut t = [0u32; 4];
-        for (c, out) in t.iter_mut().enumerate() {
-            *out = TD[byte(s[c], 0)]
-                ^ TD[byte(s[(c + 3) % 4], 1)].rotate_right(8)
-                ^ TD[byte(s[(c + 2) % 4], 2)].rotate_right(16)
-                ^ TD[byte(s[(c + 1) % 4], 3)].rotate_right(24)
-                ^ dk[4 * round + c];
-        }
-        s = t;
-        round += 1;
+    let mut b = block;
+    decrypt_in_place(&mut b, dk);
+    b
+}
+
+// Not inlined: in the data plane each is a subprogram with its own stack frame for the register
+// spills of ten rounds (the balancer's frames share 512 bytes). The return value is only there
+// because a BPF subprogram returns one in r0.
+#[inline(never)]
+pub fn encrypt_in_place(block: &mut [u32; 4], rk: &[u32; SCHEDULE_WORDS]) -> u32 {
+    *block = encrypt_rounds(*block, rk);
+    0
+}
+
+#[inline(never)]
+pub fn decrypt_in_place(block: &mut [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> u32 {
+    *block = decrypt_rounds(*block, dk);
+    0
+}
+
+#[inline(always)]
+fn encrypt_rounds(block: [u32; 4], rk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
+    let (mut s0, mut s1, mut s2, mut s3) = (block[0] ^ rk[0], block[1] ^ rk[1], block[2] ^ rk[2], block[3] ^ rk[3]);
+    let mut k = 4;
+    while k < 40 {
+        let t0 = column(&TE, s0, s1, s2, s3, rk[k]);
+        let t1 = column(&TE, s1, s2, s3, s0, rk[k + 1]);
+        let t2 = column(&TE, s2, s3, s0, s1, rk[k + 2]);
+        let t3 = column(&TE, s3, s0, s1, s2, rk[k + 3]);
+        (s0, s1, s2, s3) = (t0, t1, t2, t3);
+        k += 4;
     }
-    let mut out = [0u32; 4];
-    for (c, o) in out.iter_mut().enumerate() {
-        *o = (INV_SBOX_WORD[byte(s[c], 0)] & 0xff00_0000
-            | INV_SBOX_WORD[byte(s[(c + 3) % 4], 1)] >> 8
-            | INV_SBOX_WORD[byte(s[(c + 2) % 4], 2)] >> 16
-            | INV_SBOX_WORD[byte(s[(c + 1) % 4], 3)] >> 24)
-            ^ dk[40 + c];
+    [
+        last_column(&SBOX_WORD, s0, s1, s2, s3, rk[40]),
+        last_column(&SBOX_WORD, s1, s2, s3, s0, rk[41]),
+        last_column(&SBOX_WORD, s2, s3, s0, s1, rk[42]),
+        last_column(&SBOX_WORD, s3, s0, s1, s2, rk[43]),
+    ]
+}
+
+#[inline(always)]
+fn decrypt_rounds(block: [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
+    let (mut s0, mut s1, mut s2, mut s3) = (block[0] ^ dk[0], block[1] ^ dk[1], block[2] ^ dk[2], block[3] ^ dk[3]);
+    let mut k = 4;
+    while k < 40 {
+        let t0 = column(&TD, s0, s3, s2, s1, dk[k]);
+        let t1 = column(&TD, s1, s0, s3, s2, dk[k + 1]);
+        let t2 = column(&TD, s2, s1, s0, s3, dk[k + 2]);
+        let t3 = column(&TD, s3, s2, s1, s0, dk[k + 3]);
+        (s0, s1, s2, s3) = (t0, t1, t2, t3);
+        k += 4;
     }
-    out
+    [
+        last_column(&INV_SBOX_WORD, s0, s3, s2, s1, dk[40]),
+        last_column(&INV_SBOX_WORD, s1, s0, s3, s2, dk[41]),
+        last_column(&INV_SBOX_WORD, s2, s1, s0, s3, dk[42]),
+        last_column(&INV_SBOX_WORD, s3, s2, s1, s0, dk[43]),
+    ]
 }

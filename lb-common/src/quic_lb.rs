@@ -141,12 +141,21 @@ impl QuicLbParams {
 
     /// The server ID, masked in a block, of a connection ID whose octets after the first are
     /// `body` (16 octets, whatever lies past the ID); `right` is the 16 octets from
-    /// `right_offset` within `body` (read only by the four passes).
+    /// `right_offset` within `body` (read only by the four passes). The blocks being worked on
+    /// live in `work` (the data plane gives it map memory: its stack is small).
     #[inline(always)]
-    pub fn server_id(&self, body: [u32; 4], right: [u32; 4]) -> [u32; 4] {
+    pub fn server_id(&self, body: [u32; 4], right: [u32; 4], work: &mut Work) -> [u32; 4] {
         let plain = match self.mode {
-            MODE_SINGLE_PASS => aes::decrypt(body, &self.decrypt_keys),
-            MODE_FOUR_PASS => self.four_passes(and(body, self.left_mask), and(right, self.right_mask)),
+            MODE_SINGLE_PASS => {
+                work.block = body;
+                aes::decrypt_in_place(&mut work.block, &self.decrypt_keys);
+                work.block
+            }
+            MODE_FOUR_PASS => {
+                work.left = and(body, self.left_mask);
+                work.right = and(right, self.right_mask);
+                self.four_passes(work)
+            }
             _ => body,
         };
         and(plain, self.server_id_mask)
@@ -155,25 +164,46 @@ impl QuicLbParams {
     /// Undoes the Feistel network from its last pass: three passes give the left half, a
     /// fourth the right.
     #[inline(always)]
-    fn four_passes(&self, left_2: [u32; 4], right_2: [u32; 4]) -> [u32; 4] {
-        let left_1 = and(xor(left_2, self.pass(right_2, 4)), self.left_mask);
-        let right_1 = and(xor(right_2, self.pass(left_1, 3)), self.right_mask);
-        let left_0 = and(xor(left_1, self.pass(right_1, 2)), self.left_mask);
+    fn four_passes(&self, w: &mut Work) -> [u32; 4] {
+        // left_1, right_1, left_0 from left_2 and right_2.
+        self.pass(w, Half::Right, 4);
+        self.pass(w, Half::Left, 3);
+        self.pass(w, Half::Right, 2);
         if self.fourth_pass == 0 {
-            return left_0;
+            return w.left;
         }
-        let right_0 = and(xor(right_1, self.pass(left_0, 1)), self.right_mask);
-        or(left_0, shift_right_octets(right_0, self.right_offset as u32))
+        // right_0.
+        self.pass(w, Half::Left, 1);
+        or(w.left, shift_right_octets(w.right, self.right_offset as u32))
     }
 
-    /// AES of the draft's `expand(plaintext_len, pass, half)`: the half, zeroes, the length and
-    /// the pass number in the last two octets.
+    /// One pass: the other half XOR AES of the draft's `expand(plaintext_len, pass, from)` (the
+    /// half, zeroes, the length and the pass number in the last two octets), then masked.
     #[inline(always)]
-    fn pass(&self, half: [u32; 4], pass: u32) -> [u32; 4] {
-        let mut block = half;
-        block[3] |= ((self.server_id_len + self.nonce_len) as u32) << 8 | pass;
-        aes::encrypt(block, &self.encrypt_keys)
+    fn pass(&self, w: &mut Work, from: Half, pass: u32) {
+        w.block = if from == Half::Left { w.left } else { w.right };
+        w.block[3] |= ((self.server_id_len + self.nonce_len) as u32) << 8 | pass;
+        aes::encrypt_in_place(&mut w.block, &self.encrypt_keys);
+        if from == Half::Left {
+            w.right = and(xor(w.right, w.block), self.right_mask);
+        } else {
+            w.left = and(xor(w.left, w.block), self.left_mask);
+        }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Left,
+    Right,
+}
+
+/// Blocks `QuicLbParams::server_id` works on.
+#[derive(Clone, Copy, Default)]
+pub struct Work {
+    pub left: [u32; 4],
+    pub right: [u32; 4],
+    pub block: [u32; 4],
 }
 
 #[inline(always)]

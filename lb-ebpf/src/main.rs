@@ -20,6 +20,7 @@ mod maps;
 mod packet;
 mod parse;
 mod pkt;
+mod quic;
 mod redirect;
 mod stats;
 mod step;

@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray},
 };
+use lb_common::quic_lb::{QuicLbParams, ServerIdKey};
 use lb_common::{
     limits,
     stats::{Counter, DecapCounter},
@@ -47,6 +48,14 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// new-flow path.
 #[map]
 pub static VIP_PREV: Array<PrevRing> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// QUIC-LB: how each VIP's connection IDs are read (by VIP index; mode 0: off).
+#[map]
+pub static QUIC_LB: Array<QuicLbParams> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// QUIC-LB: (VIP index, server ID) -> real id.
+#[map]
+pub static QUIC_SERVERS: HashMap<ServerIdKey, u32> = HashMap::with_max_entries(MAX_REALS, 0);
 
 /// Real id -> address and flags.
 #[map]

@@ -68,6 +68,10 @@ pub struct Scratch {
     pub outer: Outer,
     /// The peer node a handoff came from.
     pub from: [u8; 16],
+    /// QUIC-LB: the server ID a connection ID carries, as `QUIC_SERVERS` keys it.
+    pub server_id: lb_common::quic_lb::ServerIdKey,
+    /// QUIC-LB: the blocks an encrypted connection ID is decrypted in.
+    pub quic_work: lb_common::quic_lb::Work,
 }
 
 /// What a client's packet tells about where its flow starts.

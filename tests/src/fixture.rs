@@ -42,7 +42,7 @@ pub fn forwarding() -> Forwarding {
 
 /// The `CONFIG` entry the fixture writes.
 pub fn test_config() -> LbConfig {
-    lb_config(&forwarding(), ROUTER_MAC)
+    lb_config(&forwarding(), ROUTER_MAC, false)
 }
 
 /// A VIP the fixture programmed, as the maps hold it after the last change.
@@ -138,6 +138,11 @@ impl Balancer {
         self.rec.apply(&self.config, ROUTER_MAC).expect("reconcile");
     }
 
+    /// The VIP as the reconciler programmed it after the last change.
+    pub fn vip(&self, id: VipId) -> Vip {
+        self.programmed(id)
+    }
+
     /// The VIP as the reconciler programmed it.
     fn programmed(&self, id: VipId) -> Vip {
         let meta = self.rec.vip_meta(&id).expect("programmed");
@@ -160,6 +165,7 @@ impl Balancer {
             ring_size,
             min_healthy: 1,
             second_chance: (flags & VIP_F_SECOND_CHANCE != 0).then(|| std::time::Duration::from_secs(600)),
+            quic_lb: None,
             reals: Vec::new(),
         };
         self.config.vips.push(vip);
@@ -167,11 +173,38 @@ impl Balancer {
         self.programmed(id)
     }
 
+    /// Programs a UDP VIP with QUIC-LB `quic` and `reals` as (address, server ID), weight 1.
+    pub fn add_quic_vip(&mut self, addr: &str, port: u16, quic: &lb_userspace::quic_lb::QuicLbConfig, reals: &[(&str, &[u8])]) -> Vip {
+        let vip = self.add_vip(addr, port, 17, 0, TEST_RING_SIZE, &reals.iter().map(|&(a, _)| (a, 1)).collect::<Vec<_>>());
+        let v = self.config.vips.iter_mut().find(|v| v.id == vip.id).expect("added");
+        v.quic_lb = Some(config::QuicLb {
+            config_id: quic.config_id,
+            server_id_len: quic.server_id_len,
+            nonce_len: quic.nonce_len,
+            cid_len: quic.cid_len,
+            key_file: quic.key.map(|_| "/test/key".into()),
+            key: quic.key,
+            server_id_hold: std::time::Duration::from_secs(3600),
+        });
+        for (real, (_, sid)) in v.reals.iter_mut().zip(reals) {
+            real.server_id = Some(sid.to_vec());
+        }
+        self.apply();
+        self.programmed(vip.id)
+    }
+
     fn set_reals_of(&mut self, id: VipId, reals: &[(&str, u32)]) {
         let no_check =
             HealthCheck { kind: CheckKind::None, port: 0, interval: Default::default(), timeout: Default::default(), rise: 1, fall: 1 };
         let vip = self.config.vips.iter_mut().find(|v| v.id == id).expect("added");
-        vip.reals = reals.iter().map(|&(a, weight)| RealConfig { addr: ip(a), weight, health: no_check.clone(), server_id: None }).collect();
+        let old = std::mem::take(&mut vip.reals);
+        vip.reals = reals
+            .iter()
+            .map(|&(a, weight)| {
+                let server_id = old.iter().find(|r| r.addr == ip(a)).and_then(|r| r.server_id.clone());
+                RealConfig { addr: ip(a), weight, health: no_check.clone(), server_id }
+            })
+            .collect();
         self.apply();
     }
 

@@ -40,7 +40,10 @@ impl Config {
             let Some(q) = vip.quic_lb.as_mut() else { continue };
             if let Some(file) = &q.key_file {
                 let key = keys.get(file).ok_or_else(|| {
-                    refuse("vip.quic_lb.key_file", format!("VIP {:?}: the key in {} was not read with this config", vip.name, file.display()))
+                    refuse(
+                        "vip.quic_lb.key_file",
+                        format!("VIP {:?}: the key in {} was not read with this config", vip.name, file.display()),
+                    )
                 })?;
                 q.key = Some(*key);
             }

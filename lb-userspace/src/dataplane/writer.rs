@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
+    addr16, ip_of, maps,
     quic_lb::{QuicLbParams, ServerIdKey},
-    addr16, ip_of, maps, slot_place, ConnEntry, FlowKey, LbConfig, PrevRing, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT,
-    HANDOFF_F_IPV6, MAX_PEERS,
+    slot_place, ConnEntry, FlowKey, LbConfig, PrevRing, RateLimit, Real, SlotPair, VipKey, VipMeta, HANDOFF_F_ADOPT, HANDOFF_F_IPV6,
+    MAX_PEERS,
 };
 
 use super::{

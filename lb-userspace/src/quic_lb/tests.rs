@@ -24,7 +24,7 @@ fn data_plane_server_id(params: &QuicLbParams, cid: &[u8]) -> Vec<u8> {
     let mut body = [0u8; 40];
     body[..cid.len() - 1].copy_from_slice(&cid[1..]);
     let block = |from: usize| block_aes::block_words(body[from..from + 16].try_into().expect("16"));
-    let sid = params.server_id(block(0), block(params.right_offset as usize));
+    let sid = params.server_id(block(0), block(params.right_offset as usize), &mut Default::default());
     let octets: Vec<u8> = sid.iter().flat_map(|w| w.to_be_bytes()).collect();
     octets[..params.server_id_len as usize].to_vec()
 }
@@ -33,13 +33,7 @@ fn data_plane_server_id(params: &QuicLbParams, cid: &[u8]) -> Vec<u8> {
 /// the length in the first octet.
 fn check_vector(key: Option<[u8; 16]>, config_id: u8, sid: &str, nonce: &str, cid: &str) {
     let (sid, nonce, cid) = (h(sid), h(nonce), h(cid));
-    let config = QuicLbConfig {
-        config_id,
-        server_id_len: sid.len() as u8,
-        nonce_len: nonce.len() as u8,
-        cid_len: cid.len() as u8,
-        key,
-    };
+    let config = QuicLbConfig { config_id, server_id_len: sid.len() as u8, nonce_len: nonce.len() as u8, cid_len: cid.len() as u8, key };
     let encoded = config.encode(&sid, &nonce, (cid.len() - 1) as u8, &[]);
     assert_eq!(hex(&encoded[1..]), hex(&cid[1..]), "encoded");
     assert_eq!(config.decode(&cid), Some(sid.clone()), "reference decode");

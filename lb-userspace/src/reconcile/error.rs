@@ -18,7 +18,9 @@ pub enum ReconcileError {
     NoVip(String),
     #[error("VIP {vip} has no real {real}")]
     NoReal { vip: String, real: IpAddr },
-    #[error("VIP {vip}: its QUIC-LB key was not read (a key file is read with the config file or the fleet document, not by `lb vip add`)")]
+    #[error(
+        "VIP {vip}: its QUIC-LB key was not read (a key file is read with the config file or the fleet document, not by `lb vip add`)"
+    )]
     QuicKeyMissing { vip: String },
     #[error("no forwarding settings written yet")]
     NoConfig,
