@@ -28,6 +28,10 @@ pub struct Journal {
     /// `lb site drain`: every VIP withdrawn, forwarding kept.
     #[serde(default)]
     pub site_drained: bool,
+    /// QUIC-LB server IDs and their reals, kept for the hold after they leave the config
+    /// (`daemon::server_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_ids: Vec<crate::daemon::ServerIdRecord>,
 }
 
 impl Journal {

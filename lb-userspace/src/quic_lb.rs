@@ -171,7 +171,7 @@ pub fn hex(octets: &[u8]) -> String {
 /// Hex (an even number of digits, `0x` allowed in front) as octets.
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let digits = text.trim().trim_start_matches("0x");
-    if digits.len() % 2 != 0 || digits.is_empty() {
+    if !digits.len().is_multiple_of(2) || digits.is_empty() {
         return None;
     }
     (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok()).collect()

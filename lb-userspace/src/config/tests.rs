@@ -320,3 +320,82 @@ ca_file = "/ca.pem""#,
     let plain = fields("endpoints = [\"http://10.0.0.1:2379\"]\nca_file = \"/ca.pem\"");
     assert!(plain.iter().any(|p| p.starts_with("fleet.ca_file: TLS files are given but the endpoints are http://")), "{plain:?}");
 }
+
+/// `GOOD` with a UDP VIP with `[vip.quic_lb]` (`quic`) and `reals` as TOML real tables.
+fn quic(quic: &str, reals: &[&str]) -> Result<Config, Vec<String>> {
+    let mut text =
+        format!("{GOOD}\n[[vip]]\nname = \"h3\"\naddress = \"10.99.0.3\"\nport = 443\nprotocol = \"udp\"\n[vip.quic_lb]\n{quic}\n");
+    for r in reals {
+        text += &format!("[[vip.real]]\n{r}\n");
+    }
+    parse(&text, InterfaceCheck::OnThisHost).map_err(|e| e.problems().iter().map(|p| format!("{}: {}", p.field, p.reason)).collect())
+}
+
+#[test]
+fn quic_lb_takes_the_drafts_lengths_and_a_server_id_per_real() {
+    let base = "config_id = 1\nserver_id_len = 2\nnonce_len = 6";
+    let ok = quic(base, &["address = \"10.1.0.1\"\nserver_id = \"0a01\"", "address = \"10.1.0.2\"\nserver_id = \"0x0a02\""]).unwrap();
+    let vip = ok.vips.last().unwrap();
+    let q = vip.quic_lb.as_ref().unwrap();
+    assert_eq!((q.config_id, q.server_id_len, q.nonce_len, q.cid_len, q.key_file.as_ref()), (1, 2, 6, 9, None));
+    assert_eq!(q.server_id_hold, Duration::from_secs(DEFAULT_SERVER_ID_HOLD_S));
+    assert_eq!(vip.reals[1].server_id, Some(vec![0x0a, 0x02]));
+
+    let real = ["address = \"10.1.0.1\"\nserver_id = \"0a01\""];
+    let cases: [(&str, &[&str], &str); 8] = [
+        ("config_id = 7\nserver_id_len = 2\nnonce_len = 6", &real, "quic_lb.config_id: 7 is out of range 0 ..= 6"),
+        (
+            "config_id = 0\nserver_id_len = 0\nnonce_len = 6",
+            &["address = \"10.1.0.1\"\nserver_id = \"\""],
+            "quic_lb.server_id_len: 0 is out of range",
+        ),
+        ("config_id = 0\nserver_id_len = 2\nnonce_len = 3", &real, "quic_lb.nonce_len: 3 is below 4"),
+        ("config_id = 0\nserver_id_len = 2\nnonce_len = 18", &real, "server_id_len + nonce_len is 20, at most 19"),
+        ("config_id = 0\nserver_id_len = 2\nnonce_len = 6\ncid_len = 8", &real, "quic_lb.cid_len: 8 is out of range 9 ..= 20"),
+        (base, &["address = \"10.1.0.1\""], "server_id: is missing"),
+        (base, &["address = \"10.1.0.1\"\nserver_id = \"0a\""], "server_id: \"0a\" is 1 octets; server_id_len is 2"),
+        (base, &[real[0], "address = \"10.1.0.2\"\nserver_id = \"0a01\""], "server_id: 0a01 is 10.1.0.1's too"),
+    ];
+    for (q, reals, want) in cases {
+        let found = quic(q, reals).unwrap_err();
+        assert!(found.iter().any(|p| p.contains(want)), "{q:?} {reals:?}: want ..{want}.., got {found:?}");
+    }
+    let tcp_vip = "[[vip]]\nname = \"t\"\naddress = \"10.99.0.4\"\nport = 443\nprotocol = \"tcp\"";
+    let tcp = parse(&format!("{GOOD}\n{tcp_vip}\n[vip.quic_lb]\n{base}"), InterfaceCheck::OnThisHost).unwrap_err();
+    assert!(tcp.problems().iter().any(|p| p.reason.contains("is for UDP VIPs")), "{tcp}");
+    let stray = problems("address = \"10.1.0.1\"", "address = \"10.1.0.1\"\nserver_id = \"01\"");
+    assert!(stray.iter().any(|p| p.reason.contains("is for a VIP with [vip.quic_lb]")), "{stray:?}");
+}
+
+#[test]
+fn a_quic_lb_key_file_is_private_and_holds_sixteen_octets_in_hex() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("lb-quic-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let good = write("good", "8f95f09245765f80256934e50c66207f\n", 0o600);
+    let keys = read_quic_keys([good.as_path()]).unwrap();
+    assert_eq!(keys[&good][..2], [0x8f, 0x95]);
+    let open = write("open", "8f95f09245765f80256934e50c66207f", 0o644);
+    assert!(read_quic_keys([open.as_path()]).unwrap_err().to_string().contains("readable by others"));
+    let short = write("short", "8f95f09245765f80256934e50c66207", 0o600);
+    assert!(read_quic_keys([short.as_path()]).unwrap_err().to_string().contains("shorter than 32"));
+    let not_hex = write("nothex", "zz95f09245765f80256934e50c66207f", 0o600);
+    assert!(read_quic_keys([not_hex.as_path()]).unwrap_err().to_string().contains("16-octet key"));
+
+    // A config naming it gets the key attached; without it read, the VIP is refused.
+    let mut config = quic(
+        &format!("config_id = 0\nserver_id_len = 2\nnonce_len = 6\nkey_file = \"{}\"", good.display()),
+        &["address = \"10.1.0.1\"\nserver_id = \"0a01\""],
+    )
+    .unwrap();
+    assert!(config.clone().attach_quic_keys(&QuicKeys::new()).is_err());
+    config.attach_quic_keys(&keys).unwrap();
+    assert_eq!(config.vips.last().unwrap().quic_lb.as_ref().unwrap().key.map(|k| k[0]), Some(0x8f));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

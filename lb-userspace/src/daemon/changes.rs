@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::state::Daemon;
+use super::{server_ids, state::Daemon};
 use crate::{
     admin::{AdminError, Reply},
     config::{self, Config, RawVip},
@@ -44,8 +44,13 @@ impl<D: DataplaneOps> Daemon<D> {
                     .into(),
             ));
         }
+        let now_s = server_ids::now_s();
+        server_ids::check(&self.journal.server_ids, &config, now_s).map_err(AdminError::Conflict)?;
         self.rec.apply(&config, mac).map_err(reconcile_error)?;
         self.config = config;
+        if server_ids::record(&mut self.journal.server_ids, &self.config, now_s) {
+            self.save_journal(None);
+        }
         self.reapply_journal();
         self.sync_probers();
         self.follow_next_hop();
@@ -67,13 +72,16 @@ impl<D: DataplaneOps> Daemon<D> {
     pub(super) fn change_vips(&mut self, change: impl FnOnce(&mut Journal) -> Result<(), AdminError>, reply: Reply<()>) {
         let mut journal = self.journal.clone();
         let result = change(&mut journal).and_then(|()| {
-            let config = journal.over(&self.file).validate(self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            let mut config = journal.over(&self.file).validate(self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            config.attach_quic_keys(&self.quic_keys).map_err(|e| AdminError::BadRequest(e.to_string()))?;
             let mac = self.rec.next_hop().ok_or_else(|| AdminError::Internal("no next hop written yet".into()))?;
             self.install(config, mac)
         });
         match result {
             Ok(()) => {
-                self.journal = journal;
+                // `install` kept the server IDs in the running journal.
+                let server_ids = std::mem::take(&mut self.journal.server_ids);
+                self.journal = Journal { server_ids, ..journal };
                 self.save_journal(Some(reply));
             }
             Err(e) => {

@@ -219,6 +219,8 @@ impl<D: DataplaneOps> Daemon<D> {
                 self.drain_changed(was_announcing);
             }
             FleetEvent::Drain(_) => {}
+            FleetEvent::Keys(Ok(keys)) => self.quic_keys.extend(keys),
+            FleetEvent::Keys(Err(error)) => warn!(%error, "fleet: a QUIC-LB key file of the document could not be read"),
             FleetEvent::Doctor(answer) => {
                 fleet.doctor = Some(answer);
                 self.judge_canary();
@@ -327,7 +329,8 @@ impl<D: DataplaneOps> Daemon<D> {
             return Err(format!("this node's site {site:?} is not in the document's [[site]]s"));
         }
         let file = with_fleet_vips(&self.file, Some(&doc), &site);
-        let config = effective_config(&file, &self.journal, self.interfaces).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let config =
+            effective_config(&file, &self.journal, self.interfaces, &self.quic_keys).map_err(|e| e.to_string().replace('\n', "; "))?;
         let mac = self.rec.next_hop().ok_or("no next hop written yet")?;
         self.install(config, mac).map_err(|e| e.to_string())?;
         self.file = file;

@@ -13,7 +13,8 @@
 //! - `announce`: the site's announcements, drain and graceful shutdown; `handoff`: handoff
 //!   peers; `changes`: admin commands that change state; `reload`: reloads;
 //! - `snapshot`: what `lb doctor` and metrics get from the loop; `fleet`: a fleet node's
-//!   revisions, rollout judgement and report.
+//!   revisions, rollout judgement and report; `server_ids`: QUIC-LB server IDs held for their
+//!   reals.
 
 mod announce;
 mod changes;
@@ -22,6 +23,7 @@ pub mod fleet;
 mod handoff;
 mod reload;
 mod run;
+mod server_ids;
 mod snapshot;
 mod state;
 #[cfg(test)]
@@ -30,5 +32,6 @@ mod tests;
 pub use self::{
     reload::{effective_config, prepare_reload},
     run::{run, stop},
+    server_ids::ServerIdRecord,
     state::{Daemon, Outputs, Prepared, PreparedReload},
 };

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::state::{Daemon, Prepared};
 use crate::{
     admin::{AdminError, Reply},
-    config::{self, Config, ConfigError, InterfaceCheck, NextHop, RawConfig},
+    config::{self, Config, ConfigError, InterfaceCheck, NextHop, QuicKeys, RawConfig},
     dataplane::DataplaneOps,
     journal::Journal,
     next_hop,
@@ -16,15 +16,18 @@ use crate::{
 
 /// The config to run: the file with the journal's VIP changes; if those no longer fit the file
 /// (say the file now has a conflicting VIP), the file alone, with a warning.
-pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: InterfaceCheck) -> Result<Config, ConfigError> {
-    match journal.over(file).validate(interfaces) {
-        Ok(config) => Ok(config),
+/// QUIC-LB VIPs get their keys from `keys` (read off the loop).
+pub fn effective_config(file: &RawConfig, journal: &Journal, interfaces: InterfaceCheck, keys: &QuicKeys) -> Result<Config, ConfigError> {
+    let mut config = match journal.over(file).validate(interfaces) {
+        Ok(config) => config,
         Err(e) if !journal.added_vips.is_empty() || !journal.removed_vips.is_empty() => {
             warn!(error = %e, "run-time VIP changes do not fit the config file; using the file alone");
-            file.validate(interfaces)
+            file.validate(interfaces)?
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => return Err(e),
+    };
+    config.attach_quic_keys(keys)?;
+    Ok(config)
 }
 
 /// Reads the config file and resolves its next hop: the slow half of a reload, run in a task.
@@ -32,11 +35,12 @@ pub async fn prepare_reload(path: PathBuf) -> Result<Prepared, AdminError> {
     let started = std::time::Instant::now();
     let text = tokio::fs::read_to_string(&path).await.map_err(|e| AdminError::BadRequest(format!("reading {}: {e}", path.display())))?;
     let file = config::parse_raw(&text).map_err(|e| AdminError::BadRequest(format!("{}: {e}", path.display())))?;
+    let quic_keys = config::read_quic_keys(config::quic_key_files(&file.vips)).map_err(|e| AdminError::BadRequest(e.to_string()))?;
     let resolved = match file.forwarding.next_hop_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
         Some(ip) => Some((ip, next_hop::resolve(&NextHop::Ip(ip)).await.map_err(|e| AdminError::Conflict(e.to_string()))?)),
         None => None,
     };
-    Ok(Prepared { file, resolved, took: started.elapsed() })
+    Ok(Prepared { file, resolved, quic_keys, took: started.elapsed() })
 }
 
 impl<D: DataplaneOps> Daemon<D> {
@@ -60,7 +64,9 @@ impl<D: DataplaneOps> Daemon<D> {
                 Some(fleet) => fleet.over(&p.file),
                 None => p.file,
             };
-            let config = effective_config(&file, &self.journal, self.interfaces).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            self.quic_keys.extend(p.quic_keys);
+            let config = effective_config(&file, &self.journal, self.interfaces, &self.quic_keys)
+                .map_err(|e| AdminError::BadRequest(e.to_string()))?;
             let mac = match (config.forwarding.next_hop, p.resolved) {
                 (NextHop::Mac(mac), _) => mac,
                 (NextHop::Ip(ip), Some((resolved, mac))) if ip == resolved => mac,

@@ -65,7 +65,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         Some(node) => fleet::with_fleet_vips(&node_file, last_good.as_ref().map(|(_, doc)| doc), &node.site),
         None => node_file,
     };
-    let config = effective_config(&file, &journal, interfaces)?;
+    let quic_keys = config::read_quic_keys(config::quic_key_files(&file.vips))?;
+    let config = effective_config(&file, &journal, interfaces, &quic_keys)?;
+    super::server_ids::check(&journal.server_ids, &config, super::server_ids::now_s()).map_err(anyhow::Error::msg)?;
     let descriptors = crate::serve::raise_descriptor_limit()?;
     info!(descriptors, "open-file limit");
     let mac = next_hop::resolve(&config.forwarding.next_hop).await?;
@@ -94,6 +96,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
     let fleet_node = config.fleet.clone();
     let mut daemon = Daemon::start(rec, config_path, file, config, journal, interfaces, out);
+    daemon.keep_quic_keys(quic_keys);
     let (fleet_tx, mut fleet_rx) = mpsc::channel(16);
     if let Some(node) = fleet_node {
         fleet::start_fleet(&mut daemon, node, last_good.map(|(saved, doc)| (saved.revision, doc)), fleet_tx, api.socket.clone())?;

@@ -78,6 +78,9 @@ pub struct Daemon<D> {
     pub(super) out: Outputs,
     /// This node's part in a fleet (None: its VIPs come from its own file).
     pub(super) fleet: Option<super::fleet::FleetState>,
+    /// QUIC-LB keys by file, as last read off the loop (at start, by a reload, by the fleet
+    /// follower).
+    pub(super) quic_keys: crate::config::QuicKeys,
 }
 
 /// A graceful shutdown under way: announced with GRACEFUL_SHUTDOWN until `until`.
@@ -100,6 +103,8 @@ pub type PreparedReload = (Result<Prepared, AdminError>, Option<Reply<()>>);
 pub struct Prepared {
     pub file: RawConfig,
     pub resolved: Option<(IpAddr, [u8; 6])>,
+    /// The QUIC-LB keys the file names.
+    pub quic_keys: crate::config::QuicKeys,
     /// How long reading, parsing and resolving took.
     pub took: Duration,
 }
@@ -141,8 +146,12 @@ impl<D: DataplaneOps> Daemon<D> {
             bgp_sessions: None,
             out,
             fleet: None,
+            quic_keys: Default::default(),
         };
         d.reapply_journal();
+        if super::server_ids::record(&mut d.journal.server_ids, &d.config, super::server_ids::now_s()) {
+            d.save_journal(None);
+        }
         d.sync_handoff();
         d.sync_probers();
         d.follow_next_hop();
@@ -150,6 +159,12 @@ impl<D: DataplaneOps> Daemon<D> {
         // not needed before announcing.
         d.publish_announcements();
         d
+    }
+
+    /// The QUIC-LB keys the running config was read with, for the changes to come (a reload or
+    /// a fleet revision reads its own; `lb vip add` reads none).
+    pub fn keep_quic_keys(&mut self, keys: crate::config::QuicKeys) {
+        self.quic_keys = keys;
     }
 
     /// Makes this a fleet node: revisions come through `fleet_event`, the report goes out.

@@ -53,7 +53,7 @@ struct Harness {
 }
 
 fn start(file: RawConfig, journal: Journal) -> Harness {
-    let config = effective_config(&file, &journal, InterfaceCheck::Skip).unwrap();
+    let config = effective_config(&file, &journal, InterfaceCheck::Skip, &Default::default()).unwrap();
     let mut rec = Reconciler::new(Fake::with_pool(200));
     rec.apply(&config, [1; 6]).unwrap();
     let (announce, announce_rx) = watch::channel(Vec::new());
@@ -98,6 +98,7 @@ async fn the_journal_applies_over_the_file_at_start() {
         added_vips: added,
         removed_vips: vec!["dns".into()],
         site_drained: false,
+        server_ids: Vec::new(),
     };
     let h = start(file(""), journal);
     let status = h.d.status();
@@ -193,18 +194,24 @@ async fn a_rejected_reload_keeps_the_running_state() {
     // A restart-only change.
     let mut other = file("");
     other.conn_table_size = 1024;
-    assert!(matches!(reload(&mut h, Ok(Prepared { file: other, resolved: None, took: Duration::ZERO })), Err(AdminError::Conflict(_))));
+    assert!(matches!(
+        reload(&mut h, Ok(Prepared { file: other, resolved: None, quic_keys: Default::default(), took: Duration::ZERO })),
+        Err(AdminError::Conflict(_))
+    ));
     // A config that does not validate.
     let mut bad = file("");
     bad.vips[0].reals[0].address = "not an address".into();
-    assert!(matches!(reload(&mut h, Ok(Prepared { file: bad, resolved: None, took: Duration::ZERO })), Err(AdminError::BadRequest(_))));
+    assert!(matches!(
+        reload(&mut h, Ok(Prepared { file: bad, resolved: None, quic_keys: Default::default(), took: Duration::ZERO })),
+        Err(AdminError::BadRequest(_))
+    ));
     // A failed map write half-way through.
     let mut changed = file("");
     changed.vips[0].reals.pop();
     changed.vips[1].ring_size = Some(17);
     h.d.rec.dataplane_mut().fail_at = Some(writes + 3);
     assert!(matches!(
-        reload(&mut h, Ok(Prepared { file: changed.clone(), resolved: None, took: Duration::ZERO })),
+        reload(&mut h, Ok(Prepared { file: changed.clone(), resolved: None, quic_keys: Default::default(), took: Duration::ZERO })),
         Err(AdminError::Internal(_))
     ));
     // The file could not be read or resolved.
@@ -212,7 +219,7 @@ async fn a_rejected_reload_keeps_the_running_state() {
     assert_eq!((h.d.rec.dataplane().view(), serde_json::to_string(&h.d.status()).unwrap()), before);
     assert_eq!((h.d.reloads_ok, h.d.reloads_failed), (0, 4));
     h.d.rec.dataplane_mut().fail_at = None;
-    reload(&mut h, Ok(Prepared { file: changed, resolved: None, took: Duration::ZERO })).unwrap();
+    reload(&mut h, Ok(Prepared { file: changed, resolved: None, quic_keys: Default::default(), took: Duration::ZERO })).unwrap();
     assert_eq!(h.d.status()[0].reals.len(), 1);
     assert_eq!(h.d.reloads_ok, 1);
 }
@@ -315,4 +322,44 @@ async fn a_new_mac_of_the_next_hop_is_written_and_other_addresses_are_ignored() 
     // A change made at run time keeps the followed MAC.
     change(h, |reply| Command::RemoveVip { name: "dns".into(), reply }).unwrap();
     assert_eq!(mac(h), [9; 6]);
+}
+
+/// The file with a QUIC-LB VIP whose reals are (address, server ID).
+fn quic_file(reals: &[(&str, &str)]) -> RawConfig {
+    let mut vip = String::from(
+        "[[vip]]\nname = \"h3\"\naddress = \"10.99.0.3\"\nport = 443\nprotocol = \"udp\"\nring_size = 13\n\
+         [vip.quic_lb]\nconfig_id = 0\nserver_id_len = 1\nnonce_len = 4\nserver_id_hold_s = 3600\n",
+    );
+    for (a, sid) in reals {
+        vip += &format!("[[vip.real]]\naddress = \"{a}\"\nserver_id = \"{sid}\"\n");
+    }
+    file(&vip)
+}
+
+#[tokio::test]
+async fn a_server_id_stays_its_reals_through_reloads_restarts_and_its_hold() {
+    let mut h = start(quic_file(&[("10.1.0.5", "01"), ("10.1.0.6", "02")]), Journal::default());
+    let reload = |h: &mut Harness, file: RawConfig| {
+        let (tx, mut rx) = oneshot::channel();
+        h.d.reload(Ok(Prepared { file, resolved: None, quic_keys: Default::default(), took: Duration::ZERO }), Some(tx));
+        rx.try_recv().unwrap()
+    };
+    let before = h.d.rec.dataplane().quic_servers.clone();
+    assert_eq!(before.len(), 2);
+    // Swapped while both run: refused, and the maps keep the running IDs.
+    let swapped = reload(&mut h, quic_file(&[("10.1.0.5", "02"), ("10.1.0.6", "01")]));
+    assert!(matches!(&swapped, Err(AdminError::Conflict(why)) if why.contains("was 10.1.0.6's and still has it")), "{swapped:?}");
+    assert_eq!(h.d.rec.dataplane().quic_servers, before);
+    // 10.1.0.5 leaves: its ID is held, so a new real cannot take it, even after a restart.
+    reload(&mut h, quic_file(&[("10.1.0.6", "02")])).unwrap();
+    let held = h.d.journal().server_ids.iter().find(|r| r.server_id == "01").cloned().unwrap();
+    assert_eq!((held.real, held.hold_s, held.released_s.is_some()), (ip("10.1.0.5"), 3600, true));
+    let taken = quic_file(&[("10.1.0.6", "02"), ("10.1.0.7", "01")]);
+    let refused = reload(&mut h, taken.clone());
+    assert!(matches!(&refused, Err(AdminError::Conflict(why)) if why.contains("held for")), "{refused:?}");
+    let journal = h.d.journal().clone();
+    let config = effective_config(&taken, &journal, InterfaceCheck::Skip, &Default::default()).unwrap();
+    assert!(super::server_ids::check(&journal.server_ids, &config, super::server_ids::now_s()).is_err(), "a restart checks too");
+    // Its own real may come back.
+    reload(&mut h, quic_file(&[("10.1.0.5", "01"), ("10.1.0.6", "02")])).unwrap();
 }

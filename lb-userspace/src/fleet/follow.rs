@@ -28,6 +28,16 @@ pub enum FleetEvent {
     Store(Option<String>),
     /// `lb doctor` answered (from `report::ask_doctor`, not from the store).
     Doctor(DoctorAnswer),
+    /// The QUIC-LB keys a document or candidate names, read before it is handed over.
+    Keys(Result<crate::config::QuicKeys, String>),
+}
+
+/// The QUIC-LB keys the fleet document `text` names (none for a document that does not parse:
+/// the daemon refuses it anyway).
+fn keys_of(text: &str) -> FleetEvent {
+    let Ok(doc) = super::doc::parse(text) else { return FleetEvent::Keys(Ok(Default::default())) };
+    let vips: Vec<crate::config::RawVip> = doc.vips.into_iter().map(|v| v.vip).collect();
+    FleetEvent::Keys(crate::config::read_quic_keys(crate::config::quic_key_files(&vips)).map_err(|e| e.to_string()))
 }
 
 /// Waits between attempts to reach the store, doubling up to the last.
@@ -71,6 +81,12 @@ async fn session(
         let canary = store::read_canary(&mut client, access).await?;
         let (revision, text) = doc.text.map_or((0, None), |(r, t)| (r, Some(t)));
         send(FleetEvent::Store(None)).await?;
+        if let Some(text) = &text {
+            send(keys_of(text)).await?;
+        }
+        if let Some((_, canary)) = &canary {
+            send(keys_of(&canary.text)).await?;
+        }
         send(FleetEvent::Document { revision, text }).await?;
         send(FleetEvent::Drain(drained)).await?;
         send(FleetEvent::Canary(canary)).await?;
@@ -98,13 +114,22 @@ async fn session(
             let put = event.event_type() == EventType::Put;
             if key == doc_key {
                 let text = if put { Some(kv.value_str().context("the fleet document is not UTF-8")?.to_owned()) } else { None };
+                if let Some(text) = &text {
+                    send(keys_of(text)).await?;
+                }
                 send(FleetEvent::Document { revision: kv.mod_revision(), text }).await?;
             } else if key == canary_key {
                 let canary = if put {
-                    Some((kv.mod_revision(), serde_json::from_slice(kv.value()).context("the rollout key does not parse")?))
+                    Some((
+                        kv.mod_revision(),
+                        serde_json::from_slice::<store::Canary>(kv.value()).context("the rollout key does not parse")?,
+                    ))
                 } else {
                     None
                 };
+                if let Some((_, candidate)) = &canary {
+                    send(keys_of(&candidate.text)).await?;
+                }
                 send(FleetEvent::Canary(canary)).await?;
             } else if key == drain_key {
                 send(FleetEvent::Drain(put)).await?;
