@@ -70,8 +70,7 @@ async fn node(i: usize, state_dir: PathBuf, applied: mpsc::UnboundedSender<(usiz
     let (reload, _reload_rx) = mpsc::channel(8);
     let (graceful_over, _graceful_rx) = mpsc::channel(8);
     let out = Outputs { announce, journal, health, next_hop, reload, graceful_over };
-    let mut daemon =
-        Daemon::start(rec, state_dir.join("none.toml"), file, config, Journal::default(), InterfaceCheck::Skip, out);
+    let mut daemon = Daemon::start(rec, state_dir.join("none.toml"), file, config, Journal::default(), InterfaceCheck::Skip, out);
     let (events_tx, mut events) = mpsc::channel(16);
     start_fleet(&mut daemon, node, None, events_tx, state_dir.join("no-admin.sock")).expect("fleet tasks");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
