@@ -29,6 +29,19 @@ pub struct RealStatus {
     /// Its backend says it drains: weight 0, established flows kept.
     #[serde(default)]
     pub draining: bool,
+    /// QUIC-LB: its server ID (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+}
+
+/// A VIP's QUIC-LB parameters as `lb status` shows them (the key never).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicLbStatus {
+    pub config_id: u8,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    pub cid_len: u8,
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +52,8 @@ pub struct VipStatus {
     pub ring_size: u32,
     pub min_healthy: u32,
     pub reals: Vec<RealStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_lb: Option<QuicLbStatus>,
     /// Announced over BGP right now (filled in by the daemon).
     #[serde(default)]
     pub announced: bool,

@@ -113,6 +113,10 @@ pub enum Cmd {
         vip: String,
         #[arg(default_value = "tcp")]
         proto: crate::config::Proto,
+        /// QUIC: a short-header packet's destination connection ID (hex), to see which real
+        /// a QUIC-LB VIP sends it to.
+        #[arg(long)]
+        cid: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -97,10 +97,10 @@ pub fn admin(cmd: Cmd, target: &Target) -> Result<()> {
             clap_mangen::generate_to(<Opt as clap::CommandFactory>::command(), &dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))
         }
-        Cmd::Flow { src, vip, proto, json } => {
+        Cmd::Flow { src, vip, proto, cid, json } => {
             let (src, src_port) = endpoint(&src, false).context("the client: ADDR or ADDR:PORT")?;
             let (dst, dst_port) = endpoint(&vip, true).context("the VIP: ADDR:PORT")?;
-            let query = flow::FlowQuery { src, src_port, dst, dst_port, proto };
+            let query = flow::FlowQuery { src, src_port, dst, dst_port, proto, cid };
             let body = api()?.get(&format!("/flow?{}", serde_urlencoded::to_string(query)?))?;
             if json {
                 println!("{body}");

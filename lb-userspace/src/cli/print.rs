@@ -6,7 +6,23 @@ pub fn print_status(vips: &[VipStatus]) {
     for v in vips {
         let bgp = if v.announced { "  announced" } else { "" };
         println!("VIP {} {}  ring {}  healthy {}/{} (min {}){bgp}", v.name, v.vip, v.ring_size, v.healthy(), v.reals.len(), v.min_healthy);
-        println!("  {:<40} {:>4}  {:<5} {:>6} {:>7}", "REAL", "ID", "STATE", "WEIGHT", "SHARE");
+        if let Some(q) = &v.quic_lb {
+            let form = if q.encrypted { "encrypted" } else { "plaintext" };
+            println!(
+                "  QUIC-LB config {}  server ID {} + nonce {} octets, {form}  connection ID {} octets",
+                q.config_id, q.server_id_len, q.nonce_len, q.cid_len
+            );
+        }
+        let sid_column = v.quic_lb.is_some();
+        println!(
+            "  {:<40} {:>4}  {:<5} {:>6} {:>7}{}",
+            "REAL",
+            "ID",
+            "STATE",
+            "WEIGHT",
+            "SHARE",
+            if sid_column { "  SERVER ID" } else { "" }
+        );
         for r in &v.reals {
             let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
             let share = 100.0 * r.slots as f64 / v.ring_size as f64;
@@ -15,7 +31,8 @@ pub fn print_status(vips: &[VipStatus]) {
                 (true, true) => "drain",
                 (true, false) => "up",
             };
-            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%", r.address, r.id, state, weight, share);
+            let sid = r.server_id.as_deref().map_or(String::new(), |s| format!("  {s}"));
+            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%{sid}", r.address, r.id, state, weight, share);
         }
     }
     if vips.iter().any(|v| v.reals.iter().any(|r| r.weight != r.config_weight)) {

@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData};
-use lb_common::{maps, slot_place, ConnEntry, FlowKey, Handoff, PrevRing, Real, SlotPair, VipKey, VipMeta};
+use lb_common::{
+    maps,
+    quic_lb::{QuicLbParams, ServerIdKey},
+    slot_place, ConnEntry, FlowKey, Handoff, PrevRing, Real, SlotPair, VipKey, VipMeta,
+};
 
 use super::error::{found, map_err, open_pinned, DataplaneError, Result};
 
@@ -20,6 +24,8 @@ pub struct LiveMaps {
     handoff: Array<MapData, Handoff>,
     peers: Array<MapData, [u8; 16]>,
     prev_rings: Array<MapData, PrevRing>,
+    quic_params: Array<MapData, QuicLbParams>,
+    quic_servers: HashMap<MapData, ServerIdKey, u32>,
 }
 
 /// Keys of a connection table, counted by walking them (a key evicted mid-walk ends nothing).
@@ -39,6 +45,8 @@ impl LiveMaps {
             handoff: open_pinned(pin_dir, maps::HANDOFF, Map::Array)?,
             peers: open_pinned(pin_dir, maps::PEERS, Map::Array)?,
             prev_rings: open_pinned(pin_dir, maps::VIP_PREV, Map::Array)?,
+            quic_params: open_pinned(pin_dir, maps::QUIC_LB, Map::Array)?,
+            quic_servers: open_pinned(pin_dir, maps::QUIC_SERVERS, Map::HashMap)?,
         })
     }
 
@@ -59,6 +67,16 @@ impl LiveMaps {
     /// The VIP's previous ring for the second chance (`ring_size` 0: none).
     pub fn prev_ring(&self, vip_index: u32) -> Result<PrevRing> {
         self.prev_rings.get(&vip_index, 0).map_err(map_err(maps::VIP_PREV))
+    }
+
+    /// The VIP's QUIC-LB parameters (mode 0: none).
+    pub fn quic_params(&self, vip_index: u32) -> Result<QuicLbParams> {
+        self.quic_params.get(&vip_index, 0).map_err(map_err(maps::QUIC_LB))
+    }
+
+    /// The real id of a server ID.
+    pub fn quic_server(&self, key: &ServerIdKey) -> Result<Option<u32>> {
+        found(maps::QUIC_SERVERS, self.quic_servers.get(key, 0))
     }
 
     pub fn vip_generation(&self, vip_index: u32) -> Result<Option<u32>> {

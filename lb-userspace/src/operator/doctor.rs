@@ -415,7 +415,16 @@ mod tests {
     };
 
     fn real(addr: &str, id: u32, up: bool, slots: u32) -> RealStatus {
-        RealStatus { address: addr.parse().unwrap(), id, up, config_weight: 1, weight: u32::from(up), slots, draining: false }
+        RealStatus {
+            address: addr.parse().unwrap(),
+            id,
+            up,
+            config_weight: 1,
+            weight: u32::from(up),
+            slots,
+            draining: false,
+            server_id: None,
+        }
     }
 
     /// A healthy site: VIP web with two reals sharing the ring, announced.
@@ -427,6 +436,7 @@ mod tests {
             ring_size: 100,
             min_healthy: 1,
             reals: vec![real("10.0.0.1", 1, true, 50), real("10.0.0.2", 2, true, 50)],
+            quic_lb: None,
             announced: true,
         };
         let view = LoopView {

@@ -17,7 +17,8 @@ use std::{
 
 use lb_common::{
     hash::{flow_hash, source_hash},
-    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_ID_PEER, VIP_F_SECOND_CHANCE, VIP_F_SOURCE_AFFINITY,
+    ConnEntry, FlowKey, VipKey, VipMeta, HANDOFF_F_IPV6, MAX_PEERS, REAL_ID_PEER, VIP_F_QUIC_LB, VIP_F_SECOND_CHANCE,
+    VIP_F_SOURCE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ use crate::{
 };
 
 /// A flow as the client sends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowQuery {
     pub src: IpAddr,
@@ -37,6 +38,9 @@ pub struct FlowQuery {
     pub dst: IpAddr,
     pub dst_port: u16,
     pub proto: Proto,
+    /// QUIC: a short-header packet's destination connection ID (hex), for a QUIC-LB VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
 }
 
 impl FlowQuery {
@@ -98,6 +102,10 @@ pub struct FlowReport {
     /// The second chance, for a TCP VIP that has it (None: off).
     #[serde(default)]
     pub second_chance: Option<SecondChance>,
+    /// QUIC-LB, for a VIP that has it (None: off): its server IDs, and where the connection ID
+    /// asked about sends a short-header packet (ahead of the table).
+    #[serde(default)]
+    pub quic: Option<super::cid::QuicReport>,
 }
 
 /// What the second chance does for a flow's mid-flow packets (`maglev::alternative` in the data
@@ -135,6 +143,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
             new_flow: not,
             unknown_mid_flow: None,
             second_chance: None,
+            quic: None,
         });
     };
     let vip = status.iter().find(|v| v.index == meta.vip_index);
@@ -175,6 +184,10 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
         (_, true) => Some(SecondChance { alternative: None, window_left_s: None }),
         (_, false) => None,
     };
+    let quic = match meta.flags & VIP_F_QUIC_LB {
+        0 => None,
+        _ => Some(super::cid::explain(maps, vip, &meta, query.cid.as_deref())?),
+    };
     let now = match &entry {
         Some(TableEntry { real: Some(real), real_id, vip_generation, ignored: None, .. }) => {
             Choice::Table { real: *real, real_id: *real_id, vip_generation: *vip_generation }
@@ -192,6 +205,7 @@ pub fn explain(maps: &LiveMaps, status: &[VipStatus], bgp: bool, query: FlowQuer
         new_flow,
         unknown_mid_flow,
         second_chance,
+        quic,
     })
 }
 
@@ -299,6 +313,9 @@ impl fmt::Display for FlowReport {
                 "  second chance:     a mid-flow packet the table does not hold carries {alt}, the previous ring's real: the backend forwards it there if it has no socket for it ({left} s of the window left)"
             )?,
         }
+        if let Some(quic) = &self.quic {
+            write!(f, "{quic}")?;
+        }
         Ok(())
     }
 }
@@ -364,6 +381,7 @@ fn query_of(key: &FlowKey) -> FlowQuery {
         dst: ip_of(key.dst),
         dst_port: u16::from_be(key.dst_port_be),
         proto: if key.proto == 17 { Proto::Udp } else { Proto::Tcp },
+        cid: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! writes what the reconciler owns.
 
 pub mod capture;
+pub mod cid;
 pub mod doctor;
 pub mod evidence;
 pub mod flow;

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::{Config, VipId},
     dataplane::{DataplaneOps, Handoff, Programmed},
-    status::{RealStatus, RebuildStats, VipStatus},
+    status::{QuicLbStatus, RealStatus, RebuildStats, VipStatus},
 };
 
 pub struct Reconciler<D> {
@@ -253,6 +253,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                             weight: v.weight(r),
                             slots: v.slots.get(&rid).copied().unwrap_or(0),
                             draining: v.draining.contains(&r.addr),
+                            server_id: r.server_id.as_deref().map(crate::quic_lb::hex),
                         }
                     })
                     .collect();
@@ -263,6 +264,13 @@ impl<D: DataplaneOps> Reconciler<D> {
                     ring_size: v.config.ring_size,
                     min_healthy: v.config.min_healthy,
                     reals,
+                    quic_lb: v.config.quic_lb.as_ref().map(|q| QuicLbStatus {
+                        config_id: q.config_id,
+                        server_id_len: q.server_id_len,
+                        nonce_len: q.nonce_len,
+                        cid_len: q.cid_len,
+                        encrypted: q.key_file.is_some(),
+                    }),
                     announced: false,
                 }
             })
