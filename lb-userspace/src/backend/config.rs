@@ -45,6 +45,39 @@ pub struct RawBackend {
     pub rp_filter: Option<String>,
     #[serde(default)]
     pub health: RawBackendHealth,
+    /// QUIC-LB: the parameters and this host's server IDs per VIP, served at /quic-lb for the
+    /// QUIC servers here to issue routable connection IDs (docs/quic-lb.md).
+    #[serde(default)]
+    pub quic_lb: Vec<RawBackendQuicLb>,
+}
+
+/// `[[backend.quic_lb]]`: what the balancer's `[vip.quic_lb]` says, and this real's server IDs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendQuicLb {
+    /// The VIP, address:port; its address is one of `vips`.
+    pub vip: String,
+    pub config_id: u8,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    pub cid_len: Option<u8>,
+    /// This host's server IDs for the VIP (hex), as the balancer's config gives this real.
+    pub server_ids: Vec<String>,
+    /// The key file (mode 0600), when the balancer's has one.
+    pub key_file: Option<String>,
+    /// Put the key in /quic-lb's answer too (default false: a server reads `key_file` itself;
+    /// whoever reaches the endpoint could read the key).
+    #[serde(default)]
+    pub serve_key: bool,
+}
+
+/// One VIP's QUIC-LB part of a backend config, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendQuicLb {
+    pub vip: SocketAddr,
+    pub params: config::QuicLb,
+    pub server_ids: Vec<Vec<u8>>,
+    pub serve_key: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,6 +123,7 @@ pub struct BackendConfig {
     pub load: LoadSource,
     pub interval: Duration,
     pub limits: crate::serve::ListenerLimits,
+    pub quic_lb: Vec<BackendQuicLb>,
 }
 
 /// The balancer's default outer source prefixes (`[forwarding] source_v4` / `source_v6`).
@@ -163,6 +197,8 @@ impl RawBackendFile {
             b.health.request_timeout_ms,
             &mut p,
         );
+        let quic_lb =
+            b.quic_lb.iter().enumerate().filter_map(|(i, q)| validate_quic(q, &vips, &format!("backend.quic_lb[{i}]"), &mut p)).collect();
         let drain_file =
             b.health.drain_file.clone().map_or_else(|| crate::journal::state_dir().join(format!("{}.drain", self.instance)), PathBuf::from);
         p.or(|| BackendConfig {
@@ -177,8 +213,42 @@ impl RawBackendFile {
             load,
             interval: Duration::from_millis(interval_ms),
             limits,
+            quic_lb,
         })
     }
+}
+
+/// A `[[backend.quic_lb]]`: the balancer's checks of the parameters and server IDs, and a VIP
+/// this backend serves.
+fn validate_quic(q: &RawBackendQuicLb, vips: &[IpAddr], field: &str, p: &mut Problems) -> Option<BackendQuicLb> {
+    let vip: Option<SocketAddr> = q.vip.parse().ok();
+    match vip {
+        None => p.add(format!("{field}.vip"), format!("{:?} is not an address:port", q.vip)),
+        Some(v) if !vips.contains(&v.ip()) => p.add(format!("{field}.vip"), format!("{} is not one of backend.vips", v.ip())),
+        Some(_) => {}
+    }
+    let raw = config::RawQuicLb {
+        config_id: q.config_id,
+        server_id_len: q.server_id_len,
+        nonce_len: q.nonce_len,
+        cid_len: q.cid_len,
+        key_file: q.key_file.clone(),
+        server_id_hold_s: None,
+    };
+    let params = config::validate_quic_lb(&raw, config::Proto::Udp, field, p);
+    if q.server_ids.is_empty() {
+        p.add(format!("{field}.server_ids"), "is empty: name this host's server IDs for the VIP");
+    }
+    let server_ids: Vec<Vec<u8>> = q
+        .server_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, sid)| config::validate_server_id(Some(&raw), Some(sid), &format!("{field}.server_ids[{i}]"), p))
+        .collect();
+    if q.serve_key && q.key_file.is_none() {
+        p.add(format!("{field}.serve_key"), "there is no key_file to serve");
+    }
+    Some(BackendQuicLb { vip: vip?, params: params?, server_ids, serve_key: q.serve_key })
 }
 
 pub fn parse(text: &str, check: InterfaceCheck) -> Result<BackendConfig, ConfigError> {
@@ -234,5 +304,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("backend.interface[0].name: unknown interface"));
+    }
+
+    #[test]
+    fn quic_lb_names_a_served_vip_and_this_hosts_server_ids() {
+        let with = |q: &str| parse(&format!("{GOOD}[[backend.quic_lb]]\n{q}\n"), InterfaceCheck::Skip);
+        let ok = with("vip = \"10.99.0.1:443\"\nconfig_id = 1\nserver_id_len = 2\nnonce_len = 6\nserver_ids = [\"0a01\"]").unwrap();
+        let q = &ok.quic_lb[0];
+        assert_eq!((q.vip.port(), q.params.cid_len, q.server_ids.clone(), q.serve_key), (443, 9, vec![vec![0x0a, 1]], false));
+        let offer = super::super::QuicLbOffer::new(q);
+        assert_eq!((offer.server_ids, offer.encrypted, offer.key), (vec!["0a01".to_owned()], false, None));
+        let bad = with("vip = \"10.98.0.1:443\"\nconfig_id = 9\nserver_id_len = 2\nnonce_len = 6\nserver_ids = [\"0a\"]\nserve_key = true")
+            .unwrap_err();
+        let fields: Vec<&str> = bad.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "backend.quic_lb[0].vip",
+                "backend.quic_lb[0].quic_lb.config_id",
+                "backend.quic_lb[0].server_ids[0].server_id",
+                "backend.quic_lb[0].serve_key"
+            ],
+            "{bad}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! The backend's HTTP endpoint: `/healthz` (503 while draining), `/load` and `/metrics` (the
-//! decapsulator's counters), and the load sampling behind them.
+//! The backend's HTTP endpoint: `/healthz` (503 while draining), `/load`, `/metrics` (the
+//! decapsulator's counters) and `/quic-lb` (what QUIC servers here need to issue routable
+//! connection IDs), and the load sampling behind them.
 
 use std::{
     net::IpAddr,
@@ -22,6 +23,62 @@ pub(super) struct Endpoint {
     pub(super) load: Arc<Mutex<Option<f64>>>,
     pub(super) vips: Vec<IpAddr>,
     pub(super) listener: Arc<crate::serve::ListenerCounters>,
+    pub(super) quic_lb: Arc<Vec<QuicLbOffer>>,
+}
+
+/// One VIP's entry in `/quic-lb` (docs/quic-lb.md): the balancer's QUIC-LB parameters and this
+/// host's server IDs. A server writes one of them into every connection ID it issues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicLbOffer {
+    pub vip: std::net::SocketAddr,
+    pub config_id: u8,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    pub cid_len: u8,
+    /// Hex.
+    pub server_ids: Vec<String>,
+    /// The IDs are encrypted: the server needs the key, from `key_file` or (with `serve_key`)
+    /// `key`.
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Hex; only with `serve_key = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl QuicLbOffer {
+    /// `[[backend.quic_lb]]` with its key (read at start) as `/quic-lb` offers it.
+    pub fn new(q: &super::config::BackendQuicLb) -> Self {
+        let p = &q.params;
+        Self {
+            vip: q.vip,
+            config_id: p.config_id,
+            server_id_len: p.server_id_len,
+            nonce_len: p.nonce_len,
+            cid_len: p.cid_len,
+            server_ids: q.server_ids.iter().map(|s| crate::quic_lb::hex(s)).collect(),
+            encrypted: p.key_file.is_some(),
+            key_file: p.key_file.clone(),
+            key: p.key.filter(|_| q.serve_key).map(|k| crate::quic_lb::hex(&k)),
+        }
+    }
+
+    /// The codec a server issues connection IDs with; `key`: the key when encrypted (from the
+    /// offer or the key file).
+    pub fn codec(&self, key: Option<[u8; 16]>) -> crate::quic_lb::QuicLbConfig {
+        crate::quic_lb::QuicLbConfig {
+            config_id: self.config_id,
+            server_id_len: self.server_id_len,
+            nonce_len: self.nonce_len,
+            cid_len: self.cid_len,
+            key,
+        }
+    }
+}
+
+pub(super) async fn quic_lb(State(e): State<Endpoint>) -> Json<Vec<QuicLbOffer>> {
+    Json(e.quic_lb.as_ref().clone())
 }
 
 /// What `/healthz` and `/load` answer (documented in docs/operations.md): whether the node

@@ -27,11 +27,11 @@ use tracing::info;
 
 pub use self::{
     config::{is_backend_config, load, parse, BackendConfig, LoadSource, RawBackend, RawBackendFile, RawBackendHealth, DEFAULT_PORT},
-    endpoint::{cpu_times, parse_load, LoadReport},
+    endpoint::{cpu_times, parse_load, LoadReport, QuicLbOffer},
     host::HostChanges,
 };
 use self::{
-    endpoint::{healthz, load_report, metrics, sample_load, Endpoint},
+    endpoint::{healthz, load_report, metrics, quic_lb, sample_load, Endpoint},
     host::{apply_sysctls, changes_path, check_sysctls, hold_vips, load_changes, release_vips, write_sysctl},
 };
 use crate::{
@@ -43,7 +43,11 @@ use crate::{
 /// `lb backend run`: makes the host decapsulate and hold the VIPs, then serves health, load
 /// and metrics until SIGTERM. The data plane and host changes stay after exit.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let config = load(config_path, InterfaceCheck::OnThisHost)?;
+    let mut config = load(config_path, InterfaceCheck::OnThisHost)?;
+    let keys = crate::config::read_quic_keys(config.quic_lb.iter().filter_map(|q| q.params.key_file.as_deref()))?;
+    for q in &mut config.quic_lb {
+        q.params.key = q.params.key_file.as_ref().and_then(|f| keys.get(f).copied());
+    }
     let descriptors = serve::raise_descriptor_limit()?;
     info!(descriptors, "open-file limit");
     let mut changes = load_changes(&config.instance)?;
@@ -77,9 +81,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
         load,
         vips: config.vips.clone(),
         listener: listener_counters.clone(),
+        quic_lb: Arc::new(config.quic_lb.iter().map(QuicLbOffer::new).collect()),
     };
-    let app =
-        Router::new().route("/healthz", get(healthz)).route("/load", get(load_report)).route("/metrics", get(metrics)).with_state(state);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/load", get(load_report))
+        .route("/metrics", get(metrics))
+        .route("/quic-lb", get(quic_lb))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     info!(listen = %config.listen, drain_file = %config.drain_file.display(), "backend running");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

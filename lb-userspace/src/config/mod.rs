@@ -20,7 +20,10 @@ mod validate;
 
 pub(crate) use self::{
     error::Problems,
-    validate::{parse_prefix_len, usable_addresses, validate_instance, validate_interfaces, validate_listener_limits},
+    validate::{
+        parse_prefix_len, usable_addresses, validate_instance, validate_interfaces, validate_listener_limits, validate_quic_lb,
+        validate_server_id,
+    },
 };
 pub use self::{
     error::{ConfigError, Problem},

@@ -445,7 +445,7 @@ impl RawConfig {
 }
 
 /// `[vip.quic_lb]` (the draft's limits: draft-ietf-quic-load-balancers-21 section 5.3).
-fn validate_quic_lb(q: &RawQuicLb, proto: Proto, field: &str, p: &mut Problems) -> Option<QuicLb> {
+pub(crate) fn validate_quic_lb(q: &RawQuicLb, proto: Proto, field: &str, p: &mut Problems) -> Option<QuicLb> {
     use lb_common::quic_lb::{MAX_CID_LEN, MAX_PLAINTEXT_LEN, MAX_SERVER_ID_LEN, MIN_NONCE_LEN, UNROUTABLE_CONFIG_ID};
     let field = format!("{field}.quic_lb");
     let before = p.0.len();
@@ -485,7 +485,7 @@ fn validate_quic_lb(q: &RawQuicLb, proto: Proto, field: &str, p: &mut Problems) 
 }
 
 /// A real's `server_id`: hex of the VIP's `server_id_len` octets, and only with `[vip.quic_lb]`.
-fn validate_server_id(q: Option<&RawQuicLb>, server_id: Option<&str>, rfield: &str, p: &mut Problems) -> Option<Vec<u8>> {
+pub(crate) fn validate_server_id(q: Option<&RawQuicLb>, server_id: Option<&str>, rfield: &str, p: &mut Problems) -> Option<Vec<u8>> {
     let field = format!("{rfield}.server_id");
     match (q, server_id) {
         (None, None) => None,
