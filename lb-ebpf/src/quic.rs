@@ -26,10 +26,9 @@ pub const REAL_ID_BITS: u32 = 17;
 const _: () = assert!(lb_common::MAX_REALS <= 1 << REAL_ID_BITS && lb_common::MAX_VIPS <= 1 << (31 - REAL_ID_BITS));
 
 const UDP_HEADER_LEN: usize = 8;
-/// First octet of a QUIC packet: the long-header form bit, and the fixed bit every version-1
-/// packet sets.
+/// First octet of a QUIC packet: the long-header form bit. (The fixed bit next to it is not
+/// looked at: peers that agree to it clear it at random, RFC 9287, and quinn does.)
 const HEADER_FORM_LONG: u8 = 0x80;
-const FIXED_BIT: u8 = 0x40;
 
 /// For a client's UDP datagram: `vip_index << REAL_ID_BITS | real_id` when its connection ID
 /// routes it, else 0 (not a QUIC-LB VIP, or a fallback, counted).
@@ -60,9 +59,6 @@ fn try_route(ctx: &XdpContext, l3: &L3, flow: &FlowKey) -> Result<u32, Counter> 
     let [first, _]: [u8; 2] = pkt::read(ctx, payload).ok_or(Counter::QuicBadLength)?;
     if first & HEADER_FORM_LONG != 0 {
         return Err(Counter::QuicLongHeader);
-    }
-    if first & FIXED_BIT == 0 {
-        return Err(Counter::QuicNotQuic);
     }
     if payload_len < 1 + params.cid_len as usize {
         return Err(Counter::QuicBadLength);

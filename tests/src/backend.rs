@@ -9,6 +9,9 @@ use crate::{
     topology::{VIP, VIP6},
 };
 
+/// Where sections a test adds start in the config (`with_sections`).
+const SECTIONS_MARK: &str = "# sections a test added\n";
+
 /// The backend endpoint, from inside the backend's namespace.
 pub const ENDPOINT: &str = "127.0.0.1:9180";
 
@@ -48,6 +51,16 @@ impl BackendDaemon {
         let text = std::fs::read_to_string(&self.config).expect("backend config");
         let text = text.replace(&format!("vips = [\"{VIP}\""), &format!("vips = [\"{vip}\", \"{VIP}\""));
         std::fs::write(&self.config, text).expect("backend config");
+        self.spawn();
+    }
+
+    /// Restarts `lb backend run` with `sections` (TOML, e.g. `[[backend.quic_lb]]`) in place of
+    /// the ones an earlier call gave.
+    pub fn with_sections(&mut self, sections: &str) {
+        self.terminate();
+        let text = std::fs::read_to_string(&self.config).expect("backend config");
+        let base = text.split(SECTIONS_MARK).next().expect("split").to_owned();
+        std::fs::write(&self.config, format!("{base}{SECTIONS_MARK}{sections}")).expect("backend config");
         self.spawn();
     }
 

@@ -108,6 +108,13 @@ fn a_new_address_or_port_keeps_the_real() {
         encapsulated_to(&lb.run(&input), &input, frame.l2_len(), ip(REALS[1].0));
     }
     assert_eq!(counter(&lb, Counter::QuicRoutedByCid), 4);
+    // The fixed bit cleared (greased, RFC 9287: quinn does it): still routed by the ID.
+    let mut greased = short_header(&cid);
+    greased[0] &= !0x40;
+    let frame = client("192.0.2.10", 41_000, greased);
+    let input = frame.build();
+    encapsulated_to(&lb.run(&input), &input, frame.l2_len(), ip(REALS[1].0));
+    assert_eq!(counter(&lb, Counter::QuicRoutedByCid), 5);
 }
 
 /// `payload` from a fresh client goes by the ring, counting `why` once.
@@ -142,10 +149,7 @@ fn everything_else_goes_by_the_ring_counted_by_why() {
         other[1] = first | 8;
         falls_back(&lb, &vip, other, Counter::QuicOtherConfig, 1002 + k as u16);
     }
-    // Not QUIC: the fixed bit clear, and an empty datagram.
-    let mut no_fixed_bit = good.clone();
-    no_fixed_bit[0] = 0x01;
-    falls_back(&lb, &vip, no_fixed_bit, Counter::QuicNotQuic, 1004);
+    // Not QUIC: an empty datagram.
     falls_back(&lb, &vip, Vec::new(), Counter::QuicNotQuic, 1005);
     // A connection ID shorter than configured (the datagram ends inside it), and a header the
     // frame cannot hold 21 octets of (no QUIC packet is that short).
