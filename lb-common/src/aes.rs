@@ -10,10 +10,12 @@
 /// The S-box and its inverse, made at compile time.
 pub const SBOX: [u8; 256] = sbox();
 pub const INV_SBOX: [u8; 256] = invert(&SBOX);
-/// `TE[x]`: the S-box then MixColumns' first column (2s, s, s, 3s); rotate for the others.
-pub static TE: [u32; 256] = column_table(&SBOX, [2, 1, 1, 3]);
-/// `TD[x]`: the inverse S-box then InvMixColumns' first column (14s, 9s, 13s, 11s).
-pub static TD: [u32; 256] = column_table(&INV_SBOX, [14, 9, 13, 11]);
+/// `TE[r][x]`: the S-box then MixColumns' column for a byte of row `r` ((2s, s, s, 3s) rotated
+/// right by `r` bytes): four 1 KiB tables, so a round rotates nothing (three instructions saved
+/// per lookup, 108 a block, in the data plane).
+pub static TE: [[u32; 256]; 4] = rotated(&column_table(&SBOX, [2, 1, 1, 3]));
+/// `TD[r][x]`: the inverse S-box then InvMixColumns' column (14s, 9s, 13s, 11s), likewise.
+pub static TD: [[u32; 256]; 4] = rotated(&column_table(&INV_SBOX, [14, 9, 13, 11]));
 /// The S-boxes as words, for the last round (no MixColumns).
 pub static SBOX_WORD: [u32; 256] = column_table(&SBOX, [1, 0, 0, 0]);
 pub static INV_SBOX_WORD: [u32; 256] = column_table(&INV_SBOX, [1, 0, 0, 0]);
@@ -58,6 +60,20 @@ const fn sbox() -> [u8; 256] {
     }
     s[0] = 0x63;
     s
+}
+
+const fn rotated(t: &[u32; 256]) -> [[u32; 256]; 4] {
+    let mut out = [[0u32; 256]; 4];
+    let mut r = 0;
+    while r < 4 {
+        let mut i = 0;
+        while i < 256 {
+            out[r][i] = t[i].rotate_right(8 * r as u32);
+            i += 1;
+        }
+        r += 1;
+    }
+    out
 }
 
 const fn invert(s: &[u8; 256]) -> [u8; 256] {
@@ -145,15 +161,11 @@ fn byte(w: u32, n: u32) -> usize {
     ((w >> (24 - 8 * n)) & 0xff) as usize
 }
 
-/// One column of a middle round: `table` for the row-0 byte of column `c0`, rotated for rows 1
-/// to 3 taken from columns `c1` to `c3` (ShiftRows).
+/// One column of a middle round: the row-0 byte of column `c0`, rows 1 to 3 from columns `c1`
+/// to `c3` (ShiftRows), each through its row's table.
 #[inline(always)]
-fn column(table: &[u32; 256], c0: u32, c1: u32, c2: u32, c3: u32, key: u32) -> u32 {
-    table[byte(c0, 0)]
-        ^ table[byte(c1, 1)].rotate_right(8)
-        ^ table[byte(c2, 2)].rotate_right(16)
-        ^ table[byte(c3, 3)].rotate_right(24)
-        ^ key
+fn column(t: &[[u32; 256]; 4], c0: u32, c1: u32, c2: u32, c3: u32, key: u32) -> u32 {
+    t[0][byte(c0, 0)] ^ t[1][byte(c1, 1)] ^ t[2][byte(c2, 2)] ^ t[3][byte(c3, 3)] ^ key
 }
 
 /// One column of the last round: S-box bytes only.

@@ -99,26 +99,22 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Counter::DropNoConfig)?;
 
-    // QUIC-LB first: a connection ID that names a server outranks the table, whose entry for
-    // this 5-tuple may be an earlier connection's (a NAT reusing the port).
-    let by_cid = if cfg.quic_lb != 0 && arrival == Arrival::Client(ClientPacket::Datagram) {
-        quic::route(ctx, l3, &scratch.flow).get()?
-    } else {
-        0
-    };
     // The real: the one the connection table knows, else the one the VIP's ring gives. A
     // client's SYN starts a connection, so the table is not searched for it (a retransmitted SYN
     // gets the real its first copy got while the ring is unchanged).
-    let known = if by_cid != 0 {
-        let real_id = by_cid & ((1 << quic::REAL_ID_BITS) - 1);
-        let real = REALS.get(real_id).ok_or(Counter::DropNoReal)?;
-        let flow_hash = lb_common::hash::flow_hash(&scratch.flow);
-        let vip_index = by_cid >> quic::REAL_ID_BITS;
-        Some((Chosen { real_id, vip_index, flow_hash, recorded: false, unknown_mid_flow: false, alt_real_id: 0 }, real))
-    } else if arrival == Arrival::Client(ClientPacket::Syn) {
-        None
+    let known = if arrival == Arrival::Client(ClientPacket::Syn) { None } else { conntrack::known(&scratch.flow) };
+    // QUIC-LB: a connection ID that names a server outranks the table, whose entry for this
+    // 5-tuple may be an earlier connection's (a NAT reusing the port).
+    let vip_index = known.map_or(quic::VIP_UNKNOWN, |(chosen, _)| chosen.vip_index);
+    let by_cid = if cfg.quic_lb != 0 && arrival == Arrival::Client(ClientPacket::Datagram) && quic::may_route(vip_index) {
+        quic::route(ctx, l3, &scratch.flow, vip_index).get()?
     } else {
-        conntrack::known(&scratch.flow)
+        0
+    };
+    let known = match (by_cid, known) {
+        (0, known) => known,
+        (_, Some((chosen, _))) if chosen.real_id == by_cid & quic::REAL_ID_MASK => known,
+        (_, known) => Some(quic::chosen(by_cid, &scratch.flow, known.map(|(c, _)| c.flow_hash))?),
     };
     let sent = match known {
         Some((chosen, real)) => {

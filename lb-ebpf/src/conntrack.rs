@@ -170,6 +170,23 @@ fn try_new_flow(l3: &L3, flow: &FlowKey, arrival: &Arrival) -> Result<Option<Cho
     Ok(Some(Chosen { real_id, vip_index: meta.vip_index, flow_hash: hash, recorded, unknown_mid_flow, alt_real_id }))
 }
 
+/// Records `flow` to `real_id` of VIP `vip_index` (its current generation), within the insert
+/// limit; returns whether it did. For a flow whose real something other than the ring chose
+/// (QUIC-LB's connection ID).
+#[inline(always)]
+pub fn record(flow: &FlowKey, real_id: u32, hash: u32, vip_index: u32) -> bool {
+    let Some(&generation) = VIP_GEN.get(vip_index) else { return false };
+    if !limit::allow(limits::INSERTS) {
+        stats::count(Counter::FlowUnrecorded);
+        return false;
+    }
+    let inserted = CONNS.insert(flow, ConnEntry::new(real_id, hash, vip_index, generation, 0), 0).is_ok();
+    if !inserted {
+        stats::count(Counter::ConnInsertFailed);
+    }
+    inserted
+}
+
 /// The bits of a flow hash that `SYN_SEEN` keeps beside the real: the rest are the slot's index,
 /// so slot and tag together check all 32 bits of the hash.
 const SYN_TAG: u32 = !(SYN_SEEN_SLOTS - 1);

@@ -69,9 +69,9 @@ fn short_headers_go_to_the_real_their_connection_id_names() {
     let elsewhere = routed_by_cid(&lb, &vip, &config);
     assert_eq!(counter(&lb, Counter::QuicRoutedByCid), 60);
     assert!(elsewhere >= 20, "the ring alone would have sent {elsewhere} of 60 elsewhere");
-    // Not recorded: the ID routes every packet.
+    // Each new 5-tuple is recorded with the ID's real.
     let stats = lb.dp().vip_stats(vip.meta.vip_index).unwrap();
-    assert_eq!((stats.packets, stats.new_flows), (60, 0));
+    assert_eq!((stats.packets, stats.new_flows), (60, 60));
 }
 
 #[test]
@@ -93,6 +93,26 @@ fn without_quic_lb_the_same_packets_follow_the_ring() {
     println!("QUIC-LB off: {off_its_real} of 60 packets went to another real than their connection ID names");
     assert!(off_its_real >= 20);
     assert_eq!(counter(&lb, Counter::QuicRoutedByCid), 0);
+}
+
+#[test]
+fn the_id_outranks_the_tables_entry_for_the_5_tuple() {
+    require_root!();
+    let mut lb = Balancer::new();
+    let config = plaintext();
+    lb.add_quic_vip(VIP, PORT, &config, &REALS);
+    // A 5-tuple first used by a connection on real 0 (its ID recorded the flow there) ...
+    let first = client("192.0.2.50", 7000, short_header(&cid_for(&config, REALS[0].1, 1)));
+    let input = first.build();
+    encapsulated_to(&lb.run(&input), &input, first.l2_len(), ip(REALS[0].0));
+    // ... then by another connection on real 2 (a NAT gave the port to another client): its
+    // packets go to real 2, as many as come.
+    let second = client("192.0.2.50", 7000, short_header(&cid_for(&config, REALS[2].1, 2)));
+    let input = second.build();
+    for _ in 0..3 {
+        encapsulated_to(&lb.run(&input), &input, second.l2_len(), ip(REALS[2].0));
+    }
+    assert_eq!(counter(&lb, Counter::QuicRoutedByCid), 4);
 }
 
 #[test]

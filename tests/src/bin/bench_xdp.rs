@@ -59,6 +59,21 @@ const SECOND_CHANCE_CASES: [&str; 6] = [
     "backend forward (second chance, lb_decap), IPv6",
 ];
 
+/// QUIC-LB's cases, on their own balancers: one with QUIC-LB VIPs (index `lbs.len()` when
+/// loaded) and one with the same UDP VIP but no QUIC-LB anywhere (the next).
+const QUIC_CASES: [&str; 7] = [
+    "UDP 5-tuple hit, node without QUIC-LB, IPv4",
+    "UDP 5-tuple hit, node with QUIC-LB, IPv4",
+    "QUIC short header by CID, plaintext, IPv4",
+    "QUIC short header by CID, encrypted single pass, IPv4",
+    "QUIC short header by CID, encrypted 4-pass (3 AES), IPv4",
+    "QUIC short header by CID, encrypted 4-pass (4 AES), IPv4",
+    "QUIC short header fallback (unknown server ID) + 5-tuple hit, IPv4",
+];
+/// The QUIC VIPs' ports: plaintext, single pass, four passes with a short and a long server ID.
+const QUIC_PORTS: [u16; 4] = [443, 444, 445, 446];
+const UDP_PORT: u16 = 53;
+
 const VIP4: &str = "10.0.0.1";
 const VIP6: &str = "2001:db8::10";
 
@@ -227,6 +242,52 @@ fn second_chance_balancer() -> Result<Balancer> {
     Ok(lb)
 }
 
+/// The QUIC-LB parameters of `QUIC_PORTS`' VIPs: (server ID length, nonce length, key).
+fn quic_params(port: u16) -> lb_userspace::quic_lb::QuicLbConfig {
+    let key = Some([0x8f, 0x95, 0xf0, 0x92, 0x45, 0x76, 0x5f, 0x80, 0x25, 0x69, 0x34, 0xe5, 0x0c, 0x66, 0x20, 0x7f]);
+    let (sid, nonce, key) = match port {
+        443 => (2, 6, None),
+        444 => (4, 12, key),
+        445 => (2, 6, key),
+        _ => (9, 4, key),
+    };
+    lb_userspace::quic_lb::QuicLbConfig { config_id: 1, server_id_len: sid, nonce_len: nonce, cid_len: 1 + sid + nonce + 2, key }
+}
+
+/// The `QUIC_CASES` balancers: UDP VIP 10.0.0.1:53 (16 reals, no QUIC-LB) on both, and on the
+/// first the QUIC-LB VIPs of `QUIC_PORTS` (16 reals with server IDs each).
+fn quic_balancers() -> Result<[Balancer; 2]> {
+    let reals: Vec<String> = (1..=16).map(|i| format!("10.1.0.{i}")).collect();
+    let ring_slots = 4 * lb_common::DEFAULT_RING_SIZE + 2 * 8 * lb_tests::fixture::TEST_RING_SIZE;
+    let load = || Balancer::with_options(programs::BALANCER, &LoadOptions { conn_table_size: 1 << 16, ring_slots });
+    let (mut with, mut without) = (load(), load());
+    for lb in [&mut with, &mut without] {
+        lb.add_vip(VIP4, UDP_PORT, 17, 0, lb_common::DEFAULT_RING_SIZE, &weighted(&reals));
+    }
+    for port in QUIC_PORTS {
+        let config = quic_params(if port == UDP_PORT { QUIC_PORTS[0] } else { port });
+        let sids: Vec<Vec<u8>> = (1..=16u8).map(|r| (0..config.server_id_len).map(|i| r ^ i.wrapping_mul(29)).collect()).collect();
+        let with_ids: Vec<(&str, &[u8])> = reals.iter().zip(&sids).map(|(r, s)| (r.as_str(), s.as_slice())).collect();
+        with.add_quic_vip(VIP4, port, &config, &with_ids);
+    }
+    Ok([with, without])
+}
+
+/// A QUIC short-header packet to `port` with a connection ID for real 5's server ID (or one no
+/// real has), 1,200 octets as QUIC sends them. The 5-tuple rows send it to the UDP VIP: every
+/// row copies the same bytes in and out.
+fn quic_packet(port: u16, known: bool) -> Frame {
+    let config = quic_params(port);
+    let sid: Vec<u8> = (0..config.server_id_len).map(|i| if known { 5 ^ i.wrapping_mul(29) } else { 0xee }).collect();
+    let nonce: Vec<u8> = (0..config.nonce_len).map(|i| i.wrapping_mul(77)).collect();
+    let mut payload = vec![0x41];
+    payload.extend(config.encode(&sid, &nonce, 3, &[0xab; 2]));
+    payload.resize(1200, 0x5a);
+    let mut f = Frame::udp("192.0.2.1", 40_000, VIP4, port);
+    f.payload = payload;
+    f
+}
+
 fn weighted(reals: &[String]) -> Vec<(&str, u32)> {
     reals.iter().map(|r| (r.as_str(), 1)).collect()
 }
@@ -309,6 +370,11 @@ fn main() -> Result<()> {
     let second_chance = SECOND_CHANCE_CASES.iter().any(|name| wanted(name));
     if second_chance {
         lbs.push(second_chance_balancer()?);
+    }
+    let quic = QUIC_CASES.iter().any(|name| wanted(name));
+    let quic_lb = lbs.len();
+    if quic {
+        lbs.extend(quic_balancers()?);
     }
     let vip_addrs: Vec<String> = [VIP4.to_owned(), VIP6.to_owned()].into_iter().chain((0..others).map(other_vip)).collect();
     let (spread4, shared4) = non_vip_destinations(false, &vip_addrs);
@@ -393,6 +459,31 @@ fn main() -> Result<()> {
             case(alt_hit6_name, 3, same(&alt_hit6), XDP_TX, gue6, Proof::ConnHits(vip6_index), None),
             Case { fd: decap_fd, ..case(forward4, 3, Input::Same(tunnelled[0].clone()), XDP_TX, 0, forwarded, None) },
             Case { fd: decap_fd, ..case(forward6, 3, Input::Same(tunnelled[1].clone()), XDP_TX, 0, forwarded, None) },
+        ]);
+    }
+    if quic {
+        // The 5-tuple rows' flow is recorded by its first packet (UDP is recorded at once),
+        // and so is the fallback row's, whose connection ID names no real.
+        let mut udp = quic_packet(QUIC_PORTS[0], true);
+        udp.l4 = lb_tests::packet::L4::Udp { src: 40_000, dst: UDP_PORT };
+        let fallback = quic_packet(QUIC_PORTS[0], false);
+        for (lb, frame) in [(quic_lb, &udp), (quic_lb + 1, &udp), (quic_lb, &fallback)] {
+            ensure!(lbs[lb].run(&frame.build()).action == XDP_TX, "{frame:?} not forwarded");
+            ensure!(lbs[lb].dp().conn_real(&flow_of(frame))?.is_some(), "no entry made for {frame:?}");
+        }
+        let [five_tuple, five_tuple_quic_node, plaintext, single, four3, four4, unknown] = QUIC_CASES;
+        let by_cid = Proof::Global(Counter::QuicRoutedByCid);
+        let udp_vip =
+            lbs[quic_lb].vip(lb_userspace::config::VipId { addr: ip(VIP4), port: UDP_PORT, proto: lb_userspace::config::Proto::Udp });
+        let udp_hits = Proof::ConnHits(udp_vip.meta.vip_index);
+        cases.extend([
+            case(five_tuple, quic_lb + 1, same(&udp), XDP_TX, 20, udp_hits, None),
+            case(five_tuple_quic_node, quic_lb, same(&udp), XDP_TX, 20, udp_hits, None),
+            case(plaintext, quic_lb, same(&quic_packet(QUIC_PORTS[0], true)), XDP_TX, 20, by_cid, None),
+            case(single, quic_lb, same(&quic_packet(QUIC_PORTS[1], true)), XDP_TX, 20, by_cid, None),
+            case(four3, quic_lb, same(&quic_packet(QUIC_PORTS[2], true)), XDP_TX, 20, by_cid, None),
+            case(four4, quic_lb, same(&quic_packet(QUIC_PORTS[3], true)), XDP_TX, 20, by_cid, None),
+            case(unknown, quic_lb, same(&fallback), XDP_TX, 20, Proof::Global(Counter::QuicUnknownServerId), None),
         ]);
     }
     cases.retain(|c| matches!(c.proof, Proof::None) || wanted(c.name));
