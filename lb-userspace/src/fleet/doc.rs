@@ -179,6 +179,33 @@ impl RawFleet {
                 }
             }
         }
+        // QUIC-LB: a client's packets may reach any site, so a server ID names one real
+        // across all of them, and a real has one server ID.
+        for (i, vip) in self.vips.iter().enumerate().filter(|(_, v)| v.vip.quic_lb.is_some()) {
+            let mut owners: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+            for (site, reals) in &vip.reals {
+                for real in reals {
+                    let Some(sid) = real.server_id.as_deref().and_then(crate::quic_lb::parse_hex).map(|s| crate::quic_lb::hex(&s)) else {
+                        continue;
+                    };
+                    let field = format!("vip[{i}] {:?}.reals.{site}", vip.vip.name);
+                    match owners.insert(sid.clone(), (site, &real.address)) {
+                        Some((other_site, addr)) if addr != real.address => add(
+                            field,
+                            format!("server ID {sid} of {} is {addr}'s at site {other_site}: one real's across all sites", real.address),
+                        ),
+                        _ => {}
+                    }
+                    let others = owners.iter().filter(|(s, (_, a))| **s != sid && *a == real.address);
+                    if let Some((other, _)) = others.last() {
+                        add(
+                            format!("vip[{i}] {:?}.reals.{site}", vip.vip.name),
+                            format!("{} has server IDs {other} and {sid}", real.address),
+                        );
+                    }
+                }
+            }
+        }
         if let Some(g) = &self.geodns {
             if !(1..=86_400).contains(&g.ttl_s()) {
                 add("geodns.ttl_s".into(), format!("{} is outside 1 ..= 86400", g.ttl_s()));
@@ -287,6 +314,12 @@ fn real_changes(vip: &str, site: &str, before: &[RawReal], after: &[RawReal]) ->
                 r.address,
                 b.weight.unwrap_or(1),
                 r.weight.unwrap_or(1)
+            )),
+            Some(b) if b.server_id != r.server_id => lines.push(format!(
+                "~ vip {vip} at {site}: real {} server ID {} -> {}",
+                r.address,
+                b.server_id.as_deref().unwrap_or("none"),
+                r.server_id.as_deref().unwrap_or("none")
             )),
             Some(b) if b != *r => lines.push(format!("~ vip {vip} at {site}: real {} health check changes", r.address)),
             Some(_) => {}
@@ -413,5 +446,51 @@ nyc = [{ address = "10.2.0.5" }]
         assert!(lines.contains(&"- vip dns".to_owned()), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("+ vip dns2")), "{lines:?}");
         assert!(diff(&old, &old).is_empty());
+    }
+
+    const QUIC_FLEET: &str = r#"
+[[site]]
+name = "fra"
+[[site]]
+name = "nyc"
+
+[[vip]]
+name = "h3"
+address = "192.0.2.10"
+port = 443
+protocol = "udp"
+[vip.quic_lb]
+config_id = 1
+server_id_len = 2
+nonce_len = 6
+[vip.reals]
+fra = [{ address = "10.1.0.1", server_id = "0a01" }, { address = "10.1.0.2", server_id = "0a02" }]
+nyc = [{ address = "10.2.0.1", server_id = "0b01" }]
+"#;
+
+    #[test]
+    fn quic_lb_server_ids_name_one_real_across_sites_and_reach_each_node() {
+        let fleet = parse(QUIC_FLEET).unwrap();
+        fleet.validate().unwrap_or_else(|e| panic!("{e}"));
+        // A node of nyc runs the VIP with QUIC-LB and its real's server ID.
+        let node = RawConfig::for_checking(fleet.vips_for("nyc")).validate(InterfaceCheck::Skip).unwrap();
+        let vip = &node.vips[0];
+        assert_eq!((vip.quic_lb.as_ref().map(|q| q.cid_len), vip.reals[0].server_id.clone()), (Some(9), Some(vec![0x0b, 1])));
+
+        let problems = |text: &str| -> Vec<String> {
+            parse(text).unwrap().validate().err().map(|e| e.problems().iter().map(|p| p.to_string()).collect()).unwrap_or_default()
+        };
+        let p = problems(&QUIC_FLEET.replace("server_id = \"0b01\"", "server_id = \"0a01\""));
+        assert!(p.iter().any(|p| p.contains("server ID 0a01 of 10.2.0.1 is 10.1.0.1's at site fra")), "{p:?}");
+        let twice =
+            QUIC_FLEET.replace("{ address = \"10.2.0.1\", server_id = \"0b01\" }", "{ address = \"10.1.0.1\", server_id = \"0b01\" }");
+        let p = problems(&twice);
+        assert!(p.iter().any(|p| p.contains("10.1.0.1 has server IDs 0a01 and 0b01")), "{p:?}");
+        let p = problems(&QUIC_FLEET.replace(", server_id = \"0b01\"", ""));
+        assert!(p.iter().any(|p| p.contains("site nyc: vip[0] \"h3\".real[0].server_id: is missing")), "{p:?}");
+
+        let moved = parse(&QUIC_FLEET.replace("0b01", "0b02")).unwrap();
+        let lines = diff(&fleet, &moved);
+        assert_eq!(lines, ["~ vip h3 at nyc: real 10.2.0.1 server ID 0b01 -> 0b02"]);
     }
 }
