@@ -196,8 +196,8 @@ impl RawFleet {
                         ),
                         _ => {}
                     }
-                    let others = owners.iter().filter(|(s, (_, a))| **s != sid && *a == real.address);
-                    if let Some((other, _)) = others.last() {
+                    let mut others = owners.iter().filter(|(s, (_, a))| **s != sid && *a == real.address);
+                    if let Some((other, _)) = others.next_back() {
                         add(
                             format!("vip[{i}] {:?}.reals.{site}", vip.vip.name),
                             format!("{} has server IDs {other} and {sid}", real.address),
