@@ -210,40 +210,40 @@ pub fn decrypt_in_place(block: &mut [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> u32
 
 #[inline(always)]
 fn encrypt_rounds(block: [u32; 4], rk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
-    let (mut s0, mut s1, mut s2, mut s3) = (block[0] ^ rk[0], block[1] ^ rk[1], block[2] ^ rk[2], block[3] ^ rk[3]);
-    let mut k = 4;
-    while k < 40 {
-        let t0 = column(&TE, s0, s1, s2, s3, rk[k]);
-        let t1 = column(&TE, s1, s2, s3, s0, rk[k + 1]);
-        let t2 = column(&TE, s2, s3, s0, s1, rk[k + 2]);
-        let t3 = column(&TE, s3, s0, s1, s2, rk[k + 3]);
-        (s0, s1, s2, s3) = (t0, t1, t2, t3);
-        k += 4;
-    }
-    [
-        last_column(&SBOX_WORD, s0, s1, s2, s3, rk[40]),
-        last_column(&SBOX_WORD, s1, s2, s3, s0, rk[41]),
-        last_column(&SBOX_WORD, s2, s3, s0, s1, rk[42]),
-        last_column(&SBOX_WORD, s3, s0, s1, s2, rk[43]),
-    ]
+    rounds::<false>(block, rk, &TE, &SBOX_WORD)
 }
 
 #[inline(always)]
 fn decrypt_rounds(block: [u32; 4], dk: &[u32; SCHEDULE_WORDS]) -> [u32; 4] {
-    let (mut s0, mut s1, mut s2, mut s3) = (block[0] ^ dk[0], block[1] ^ dk[1], block[2] ^ dk[2], block[3] ^ dk[3]);
+    rounds::<true>(block, dk, &TD, &INV_SBOX_WORD)
+}
+
+/// The ten rounds with `keys`: `t` the middle rounds' tables, `last` the final round's S-box.
+/// ShiftRows takes row r of column c from column c + r; InvShiftRows from column c - r, which
+/// is the same four columns with those of rows 1 and 3 swapped.
+#[inline(always)]
+fn rounds<const INVERSE: bool>(block: [u32; 4], keys: &[u32; SCHEDULE_WORDS], t: &[[u32; 256]; 4], last: &[u32; 256]) -> [u32; 4] {
+    let rows = |a: u32, b: u32, c: u32, d: u32| if INVERSE { (a, d, c, b) } else { (a, b, c, d) };
+    let (mut s0, mut s1, mut s2, mut s3) = (block[0] ^ keys[0], block[1] ^ keys[1], block[2] ^ keys[2], block[3] ^ keys[3]);
     let mut k = 4;
     while k < 40 {
-        let t0 = column(&TD, s0, s3, s2, s1, dk[k]);
-        let t1 = column(&TD, s1, s0, s3, s2, dk[k + 1]);
-        let t2 = column(&TD, s2, s1, s0, s3, dk[k + 2]);
-        let t3 = column(&TD, s3, s2, s1, s0, dk[k + 3]);
+        let (a, b, c, d) = rows(s0, s1, s2, s3);
+        let t0 = column(t, a, b, c, d, keys[k]);
+        let (a, b, c, d) = rows(s1, s2, s3, s0);
+        let t1 = column(t, a, b, c, d, keys[k + 1]);
+        let (a, b, c, d) = rows(s2, s3, s0, s1);
+        let t2 = column(t, a, b, c, d, keys[k + 2]);
+        let (a, b, c, d) = rows(s3, s0, s1, s2);
+        let t3 = column(t, a, b, c, d, keys[k + 3]);
         (s0, s1, s2, s3) = (t0, t1, t2, t3);
         k += 4;
     }
-    [
-        last_column(&INV_SBOX_WORD, s0, s3, s2, s1, dk[40]),
-        last_column(&INV_SBOX_WORD, s1, s0, s3, s2, dk[41]),
-        last_column(&INV_SBOX_WORD, s2, s1, s0, s3, dk[42]),
-        last_column(&INV_SBOX_WORD, s3, s2, s1, s0, dk[43]),
-    ]
+    let (a, b, c, d) = rows(s0, s1, s2, s3);
+    let o0 = last_column(last, a, b, c, d, keys[40]);
+    let (a, b, c, d) = rows(s1, s2, s3, s0);
+    let o1 = last_column(last, a, b, c, d, keys[41]);
+    let (a, b, c, d) = rows(s2, s3, s0, s1);
+    let o2 = last_column(last, a, b, c, d, keys[42]);
+    let (a, b, c, d) = rows(s3, s0, s1, s2);
+    [o0, o1, o2, last_column(last, a, b, c, d, keys[43])]
 }

@@ -82,6 +82,24 @@ impl Fake {
         Self { pool: vec![0; slots], ..Self::default() }
     }
 
+    /// What `Dataplane::programmed` would read from these maps after a restart.
+    fn programmed(&self) -> Programmed {
+        fn entries<K: Copy, V: Copy>(map: &HashMap<K, V>) -> Vec<(K, V)> {
+            map.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        Programmed {
+            vips: entries(&self.vips),
+            reals: entries(&self.reals),
+            generations: entries(&self.generations),
+            vip_addrs: entries(&self.vip_addrs),
+            filter: entries(&self.filter),
+            handoff_node: [0; 16],
+            prev_rings: entries(&self.prev_rings),
+            quic_params: entries(&self.quic_params),
+            quic_servers: entries(&self.quic_servers),
+        }
+    }
+
     pub(crate) fn view(&self) -> View {
         let vips = self
             .vips
@@ -297,17 +315,7 @@ fn recovery_keeps_indexes_ids_and_down_reals() {
     let vip = first.status()[0].vip;
     first.set_health(&vip, ip("10.1.0.1"), false).unwrap();
     let fake = first.dp;
-    let programmed = Programmed {
-        vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(),
-        reals: fake.reals.iter().map(|(id, r)| (*id, *r)).collect(),
-        generations: fake.generations.iter().map(|(i, g)| (*i, *g)).collect(),
-        vip_addrs: fake.vip_addrs.iter().map(|(a, n)| (*a, *n)).collect(),
-        filter: fake.filter.iter().map(|(w, b)| (*w, *b)).collect(),
-        handoff_node: [0; 16],
-        prev_rings: fake.prev_rings.iter().map(|(i, p)| (*i, *p)).collect(),
-        quic_params: fake.quic_params.iter().map(|(i, p)| (*i, *p)).collect(),
-        quic_servers: fake.quic_servers.iter().map(|(k, id)| (*k, *id)).collect(),
-    };
+    let programmed = fake.programmed();
     let mut second = Reconciler::recover(Fake { pool: fake.pool.clone(), ..Fake::default() }, &programmed);
     second.apply(&config(&[("10.1.0.1", 1), ("10.1.0.2", 1)]), [0; 6]).unwrap();
     let s = &second.status()[0];
@@ -671,17 +679,7 @@ fn recovery_removes_server_ids_no_config_has() {
     let mut first = Reconciler::new(Fake::with_pool(100));
     first.apply(&quic_config(&[("10.1.0.1", "0a01"), ("10.1.0.2", "0a02")]), [0; 6]).unwrap();
     let fake = first.dp;
-    let programmed = Programmed {
-        vips: fake.vips.iter().map(|(k, m)| (*k, *m)).collect(),
-        reals: fake.reals.iter().map(|(id, r)| (*id, *r)).collect(),
-        generations: fake.generations.iter().map(|(i, g)| (*i, *g)).collect(),
-        vip_addrs: fake.vip_addrs.iter().map(|(a, n)| (*a, *n)).collect(),
-        filter: fake.filter.iter().map(|(w, b)| (*w, *b)).collect(),
-        handoff_node: [0; 16],
-        prev_rings: Vec::new(),
-        quic_params: fake.quic_params.iter().map(|(i, p)| (*i, *p)).collect(),
-        quic_servers: fake.quic_servers.iter().map(|(k, id)| (*k, *id)).collect(),
-    };
+    let programmed = fake.programmed();
     let kept = Fake { pool: fake.pool.clone(), quic_servers: fake.quic_servers.clone(), ..Fake::default() };
     let mut second = Reconciler::recover(kept, &programmed);
     second.apply(&quic_config(&[("10.1.0.1", "0a01")]), [0; 6]).unwrap();
