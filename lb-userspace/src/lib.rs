@@ -2,6 +2,7 @@
 //! the operator's tools. docs/architecture.md is the map; each folder's `mod.rs` says what lives
 //! there.
 
+pub mod adapt;
 pub mod admin;
 pub mod backend;
 pub mod bgp;
