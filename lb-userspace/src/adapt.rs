@@ -4,11 +4,10 @@
 //! the VIP's median (`latency`) or the load `lb backend` reports against a target (`load`).
 //!
 //! The factor is bounded (never below `floor`, never above 1), damped (at most `step` per
-//! interval), held when the wanted change is below `hysteresis`, and whole multiples of
-//! `QUANTUM_PERCENT`, so
-//! the ring is rebuilt only when a change is worth a Maglev diff. Down and drained reals are not
-//! adapted (their factor stays where it was). A leaf: the daemon feeds it samples and applies what
-//! it answers.
+//! interval), held when the wanted change is below `hysteresis`, and a whole multiple of
+//! `QUANTUM_PERCENT`, so the ring is rebuilt only when a change is worth a Maglev diff. Down and
+//! drained reals are not adapted (their factor stays where it was). A leaf: the daemon feeds it
+//! samples and applies what it answers.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 

@@ -32,6 +32,17 @@ pub struct RealStatus {
     /// QUIC-LB: its server ID (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
+    /// With `[vip.adapt]`: the share of `weight` in force, in percent (effective weight =
+    /// weight x percent / 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt_percent: Option<u32>,
+}
+
+impl RealStatus {
+    /// The weight new flows see: `weight`, times the adapted share.
+    pub fn effective_weight(&self) -> f64 {
+        self.weight as f64 * self.adapt_percent.unwrap_or(100) as f64 / 100.0
+    }
 }
 
 /// A VIP's QUIC-LB parameters as `lb status` shows them (the key never).

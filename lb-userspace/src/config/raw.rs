@@ -272,8 +272,32 @@ pub struct RawVip {
     pub second_chance_window_s: Option<u32>,
     /// Route QUIC by the server ID in connection IDs (UDP only; docs/quic-lb.md).
     pub quic_lb: Option<RawQuicLb>,
+    /// Weights that follow the backends (absent: off; docs/operations.md).
+    pub adapt: Option<RawAdapt>,
     #[serde(default, rename = "real")]
     pub reals: Vec<RawReal>,
+}
+
+/// `[vip.adapt]`: each real's effective weight follows its health checks' round trip or the
+/// load its `lb backend` reports.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdapt {
+    /// "latency" (the check's round trip against the VIP's median) or "load" (what `lb backend`
+    /// reports in /healthz; the check must be `http` on its endpoint).
+    pub signal: String,
+    /// latency: a real slower than this times the median gets a smaller weight (default 2.0).
+    pub slow_ratio: Option<f64>,
+    /// load: above this the weight shrinks, to the floor at load 1 (default 0.7).
+    pub target: Option<f64>,
+    /// The least share of its weight a real keeps (default 0.2).
+    pub floor: Option<f64>,
+    /// The most the share moves per interval (default 0.25), and the least change acted on
+    /// (default 0.1).
+    pub step: Option<f64>,
+    pub hysteresis: Option<f64>,
+    /// How often the shares move (default 2000; at least 1000).
+    pub interval_ms: Option<u64>,
 }
 
 /// `[vip.quic_lb]`: the draft's parameters (draft-ietf-quic-load-balancers-21).

@@ -196,6 +196,8 @@ pub struct Vip {
     pub second_chance: Option<std::time::Duration>,
     /// Route QUIC short headers by the server ID in their connection ID (None: off).
     pub quic_lb: Option<QuicLb>,
+    /// Weights that follow the backends (None: off).
+    pub adapt: Option<crate::adapt::Adaptation>,
     pub reals: Vec<RealConfig>,
 }
 

@@ -424,6 +424,7 @@ impl RawConfig {
             }
             let second_chance = self.second_chance_of(raw, proto, &field, p);
             let quic_lb = raw.quic_lb.as_ref().and_then(|q| validate_quic_lb(q, proto, &field, p));
+            let adapt = raw.adapt.as_ref().and_then(|a| validate_adapt(a, &reals, &field, p));
             vips.push(Vip {
                 name: raw.name.clone(),
                 id,
@@ -432,6 +433,7 @@ impl RawConfig {
                 min_healthy,
                 second_chance,
                 quic_lb,
+                adapt,
                 reals,
             });
         }
@@ -442,6 +444,58 @@ impl RawConfig {
         }
         vips
     }
+}
+
+/// `[vip.adapt]`: the bounds of each setting; the load signal needs `http` checks (it reads
+/// `lb backend`'s /healthz).
+fn validate_adapt(a: &RawAdapt, reals: &[RealConfig], field: &str, p: &mut Problems) -> Option<crate::adapt::Adaptation> {
+    use crate::adapt::{Adaptation, Signal};
+    let field = format!("{field}.adapt");
+    let before = p.0.len();
+    let mut share = |name: &str, value: f64, min_exclusive: f64, max: f64| {
+        if !(value > min_exclusive && value <= max) {
+            p.add(format!("{field}.{name}"), format!("{value} is outside {min_exclusive} < x <= {max}"));
+        }
+        value
+    };
+    let floor = share("floor", a.floor.unwrap_or(0.2), 0.0, 1.0);
+    let step = share("step", a.step.unwrap_or(0.25), 0.0, 1.0);
+    let hysteresis = a.hysteresis.unwrap_or(0.1);
+    if !(0.0..1.0).contains(&hysteresis) {
+        p.add(format!("{field}.hysteresis"), format!("{hysteresis} is outside 0 <= x < 1"));
+    }
+    let signal = match a.signal.as_str() {
+        "latency" => {
+            let slow_ratio = a.slow_ratio.unwrap_or(2.0);
+            if !(slow_ratio > 1.0 && slow_ratio <= 100.0) {
+                p.add(format!("{field}.slow_ratio"), format!("{slow_ratio} is outside 1 < x <= 100"));
+            }
+            Some(Signal::Latency { slow_ratio })
+        }
+        "load" => {
+            let target = a.target.unwrap_or(0.7);
+            if !(target > 0.0 && target < 1.0) {
+                p.add(format!("{field}.target"), format!("{target} is outside 0 < x < 1"));
+            }
+            if let Some(r) = reals.iter().find(|r| !matches!(r.health.kind, CheckKind::Http { .. })) {
+                p.add(
+                    format!("{field}.signal"),
+                    format!("\"load\" is read from each real's http check of lb backend's /healthz; {}'s check is not http", r.addr),
+                );
+            }
+            Some(Signal::Load { target })
+        }
+        other => {
+            p.add(format!("{field}.signal"), format!("{other:?} is not \"latency\" or \"load\""));
+            None
+        }
+    };
+    let interval_ms = a.interval_ms.unwrap_or(2000);
+    if !(1000..=60_000).contains(&interval_ms) {
+        p.add(format!("{field}.interval_ms"), format!("{interval_ms} is outside 1000 ..= 60000"));
+    }
+    let signal = signal.filter(|_| p.0.len() == before)?;
+    Some(Adaptation { signal, floor, step, hysteresis, interval: Duration::from_millis(interval_ms) })
 }
 
 /// `[vip.quic_lb]` (the draft's limits: draft-ietf-quic-load-balancers-21 section 5.3).

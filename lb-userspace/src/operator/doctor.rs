@@ -424,6 +424,7 @@ mod tests {
             slots,
             draining: false,
             server_id: None,
+            adapt_percent: None,
         }
     }
 

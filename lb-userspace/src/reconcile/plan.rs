@@ -56,6 +56,8 @@ pub(super) struct VipState {
     pub(super) weights: HashMap<IpAddr, u32>,
     /// Reals whose backend says it drains (`lb backend drain`): weight 0 while it does.
     pub(super) draining: HashSet<IpAddr>,
+    /// Adapted reals' share of their weight, in percent (`adapt`; absent: 100).
+    pub(super) adapt_percent: HashMap<IpAddr, u32>,
 }
 
 impl VipState {
@@ -72,6 +74,7 @@ impl VipState {
             up,
             weights: HashMap::new(),
             draining: HashSet::new(),
+            adapt_percent: HashMap::new(),
         }
     }
     /// `VipMeta::flags` of this VIP's config.
@@ -109,6 +112,15 @@ impl VipState {
             return 0;
         }
         self.weights.get(&real.addr).copied().unwrap_or(real.weight)
+    }
+
+    /// The weight the ring is built with: with adaptation every weight is scaled by 100 and
+    /// an adapted real's by its percent instead, so shares keep their proportions.
+    pub(super) fn ring_weight(&self, real: &RealConfig) -> u32 {
+        match self.config.adapt {
+            Some(_) => self.weight(real) * self.adapt_percent.get(&real.addr).copied().unwrap_or(100),
+            None => self.weight(real),
+        }
     }
 }
 
@@ -228,6 +240,10 @@ impl State {
                     state.up.retain(|a, _| addrs.contains(a));
                     state.weights.retain(|a, _| addrs.contains(a));
                     state.draining.retain(|a| addrs.contains(a));
+                    state.adapt_percent.retain(|a, _| addrs.contains(a));
+                    if vip.adapt.is_none() {
+                        state.adapt_percent.clear();
+                    }
                     let dropped: Vec<IpAddr> = state.config.reals.iter().map(|r| r.addr).filter(|a| !addrs.contains(a)).collect();
                     state.ids.retain(|a, _| addrs.contains(a));
                     state.config = vip.clone();
@@ -340,8 +356,12 @@ impl State {
         let started = Instant::now();
         let state = self.vips.get(id).ok_or_else(|| ReconcileError::NoVip(id.to_string()))?;
         let index = state.index;
-        let reals: Vec<(IpAddr, bool, u32, Option<u32>)> =
-            state.config.reals.iter().map(|r| (r.addr, state.is_up(r.addr), state.weight(r), state.ids.get(&r.addr).copied())).collect();
+        let reals: Vec<(IpAddr, bool, u32, Option<u32>)> = state
+            .config
+            .reals
+            .iter()
+            .map(|r| (r.addr, state.is_up(r.addr), state.ring_weight(r), state.ids.get(&r.addr).copied()))
+            .collect();
         let mut maglev = Vec::with_capacity(reals.len());
         let mut ids = Vec::with_capacity(reals.len());
         let mut new_ids = Vec::new();

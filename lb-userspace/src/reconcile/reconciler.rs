@@ -169,6 +169,22 @@ impl<D: DataplaneOps> Reconciler<D> {
         })
     }
 
+    /// An adapted real's share of its weight, in percent (`adapt`); returns whether a ring was
+    /// rebuilt (a VIP without adaptation, or a real it does not have: nothing changes).
+    pub fn set_adapt_percent(&mut self, vip: &VipId, real: IpAddr, percent: u32) -> Result<bool, ReconcileError> {
+        self.transact(|s| {
+            let Some(state) = s.vips.get_mut(vip) else { return Ok(false) };
+            if state.config.adapt.is_none()
+                || !state.config.reals.iter().any(|r| r.addr == real)
+                || state.adapt_percent.get(&real).copied().unwrap_or(100) == percent
+            {
+                return Ok(false);
+            }
+            Arc::make_mut(state).adapt_percent.insert(real, percent);
+            s.rebuild(vip)
+        })
+    }
+
     /// Programs cross-site handoff; returns whether anything was written.
     pub fn set_handoff(&mut self, handoff: &Handoff) -> Result<bool, ReconcileError> {
         self.transact(|s| {
@@ -254,6 +270,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                             slots: v.slots.get(&rid).copied().unwrap_or(0),
                             draining: v.draining.contains(&r.addr),
                             server_id: r.server_id.as_deref().map(crate::quic_lb::hex),
+                            adapt_percent: v.config.adapt.map(|_| v.adapt_percent.get(&r.addr).copied().unwrap_or(100)),
                         }
                     })
                     .collect();
