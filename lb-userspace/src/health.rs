@@ -93,6 +93,15 @@ impl CheckTally {
 pub struct Passed {
     pub latency: Duration,
     pub draining: bool,
+    /// The load an `lb backend` reports in its JSON answer (http checks of its /healthz).
+    pub load: Option<f64>,
+}
+
+/// What an http check's answer says besides passing: draining, and the load.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Answer {
+    draining: bool,
+    load: Option<f64>,
 }
 
 /// Runs one check against `addr`; `Err` says what failed.
@@ -101,43 +110,45 @@ pub async fn probe(check: &HealthCheck, addr: IpAddr) -> Result<Passed, String> 
     let target = SocketAddr::new(addr, check.port);
     let result = tokio::time::timeout(check.timeout, async {
         match &check.kind {
-            CheckKind::None => Ok(false),
-            CheckKind::Tcp => TcpStream::connect(target).await.map(|_| false).map_err(|e| format!("connect {target}: {e}")),
+            CheckKind::None => Ok(Answer::default()),
+            CheckKind::Tcp => TcpStream::connect(target).await.map(|_| Answer::default()).map_err(|e| format!("connect {target}: {e}")),
             CheckKind::Http { path, expect_status, body_contains } => {
                 http_get(target, path, *expect_status, body_contains.as_deref(), check.timeout).await
             }
-            CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await.map(|()| false),
+            CheckKind::Udp { request, expect } => udp_exchange(target, request, expect).await.map(|()| Answer::default()),
         }
     })
     .await
     .unwrap_or_else(|_| Err(format!("no answer from {target} within {:?}", check.timeout)));
-    result.map(|draining| Passed { latency: started.elapsed(), draining })
+    result.map(|a| Passed { latency: started.elapsed(), draining: a.draining, load: a.load })
 }
 
 /// What `lb backend` says in a 503 while it drains.
 pub const DRAINING_MARK: &str = "\"draining\":true";
 
-/// `Ok(true)`: a draining backend (503 with `DRAINING_MARK`).
+/// A draining backend (503 with `DRAINING_MARK`) passes, saying so; a JSON answer with a number
+/// `load` (`lb backend`'s) gives the load.
 async fn http_get(
     target: SocketAddr,
     path: &str,
     expect_status: u16,
     body_contains: Option<&str>,
     limit: Duration,
-) -> Result<bool, String> {
+) -> Result<Answer, String> {
     // 64 KiB is more than any health page.
     let call =
         http::Call { headers: vec![("user-agent", "anycast-lb".to_owned())], limit, max_body: 64 * 1024, ..http::Call::new("GET", path) };
     let reply = http::request(&http::Endpoint::Tcp(target), call).await.map_err(|e| format!("{target}{path}: {e:#}"))?;
+    let load = serde_json::from_str::<serde_json::Value>(&reply.body).ok().and_then(|v| v.get("load")?.as_f64());
     if reply.status == 503 && reply.body.contains(DRAINING_MARK) {
-        return Ok(true);
+        return Ok(Answer { draining: true, load });
     }
     if reply.status != expect_status {
         return Err(format!("{target}{path}: status {}, want {expect_status}", reply.status));
     }
     match body_contains {
         Some(want) if !reply.body.contains(want) => Err(format!("{target}{path}: body lacks {want:?}")),
-        _ => Ok(false),
+        _ => Ok(Answer { draining: false, load }),
     }
 }
 
@@ -180,8 +191,9 @@ pub enum HealthEvent {
     /// The backend started (or stopped) saying it drains, as many checks in a row as `fall`
     /// (or `rise`) asks.
     Drain { target: Target, draining: bool },
-    /// Every check's latency (or failure), for metrics.
-    Checked { target: Target, latency: Option<Duration> },
+    /// Every check's latency (or failure), for metrics and adapted weights, and the load the
+    /// backend reported.
+    Checked { target: Target, latency: Option<Duration>, load: Option<f64> },
 }
 
 /// Probes in flight to each host at once (`[limits] probes_per_host`): a host that black-holes
@@ -247,7 +259,8 @@ pub async fn run_prober(
         }
         next += check.interval;
         let result = budget.probe(&check, target.addr()).await;
-        let checked = HealthEvent::Checked { target, latency: result.as_ref().ok().map(|p| p.latency) };
+        let passed = result.as_ref().ok();
+        let checked = HealthEvent::Checked { target, latency: passed.map(|p| p.latency), load: passed.and_then(|p| p.load) };
         if events.send(checked).await.is_err() {
             return;
         }
@@ -438,8 +451,8 @@ mod tests {
         let until = tokio::time::Instant::now() + Duration::from_secs(1);
         while let Ok(Some(e)) = tokio::time::timeout_at(until, results.recv()).await {
             match e {
-                HealthEvent::Checked { target, latency: Some(_) } if target == good => passed += 1,
-                HealthEvent::Checked { target, latency: None } if target == good => failed += 1,
+                HealthEvent::Checked { target, latency: Some(_), .. } if target == good => passed += 1,
+                HealthEvent::Checked { target, latency: None, .. } if target == good => failed += 1,
                 _ => {}
             }
         }

@@ -166,6 +166,7 @@ impl Balancer {
             min_healthy: 1,
             second_chance: (flags & VIP_F_SECOND_CHANCE != 0).then(|| std::time::Duration::from_secs(600)),
             quic_lb: None,
+            adapt: None,
             reals: Vec::new(),
         };
         self.config.vips.push(vip);

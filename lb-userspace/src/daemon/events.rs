@@ -114,8 +114,9 @@ impl<D: DataplaneOps> Daemon<D> {
                 }
                 self.publish_announcements();
             }
-            HealthEvent::Checked { target: Target::Real(vip, real), latency } => {
+            HealthEvent::Checked { target: Target::Real(vip, real), latency, load } => {
                 self.checks.record(latency.is_some());
+                self.adapt_observe(vip, real, crate::adapt::Sample { latency, load });
                 let sample = self.samples.get(&(vip, real)).copied().unwrap_or_default().then(latency);
                 self.samples.insert((vip, real), sample);
             }

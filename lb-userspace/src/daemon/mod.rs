@@ -14,8 +14,9 @@
 //!   peers; `changes`: admin commands that change state; `reload`: reloads;
 //! - `snapshot`: what `lb doctor` and metrics get from the loop; `fleet`: a fleet node's
 //!   revisions, rollout judgement and report; `server_ids`: QUIC-LB server IDs held for their
-//!   reals.
+//!   reals; `adapt`: weights that follow the backends (the controllers and their steps).
 
+mod adapt;
 mod announce;
 mod changes;
 mod events;

@@ -114,7 +114,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     info!(vips = daemon.config().vips.len(), socket = %api.socket.display(), api_tcp = %tcp, metrics = %metrics_listen, "running");
 
     // The fleet report follows the state at most this often (it is written only when it
-    // changed), and a canary judges its candidate.
+    // changed), a canary judges its candidate, and adapted weights step (each VIP at its
+    // interval).
     let mut report_tick = tokio::time::interval(Duration::from_secs(1));
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -128,7 +129,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some((prepared, reply)) = reload_rx.recv() => daemon.reload(prepared, reply),
             Some(number) = graceful_rx.recv() => daemon.graceful_shutdown_over(number),
             Some(event) = fleet_rx.recv() => daemon.fleet_event(event),
-            _ = report_tick.tick() => daemon.fleet_tick(),
+            _ = report_tick.tick() => {
+                daemon.fleet_tick();
+                daemon.adapt_tick(std::time::Instant::now());
+            }
             _ = hangup.recv() => daemon.start_reload(None),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

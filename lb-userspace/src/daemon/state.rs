@@ -81,6 +81,9 @@ pub struct Daemon<D> {
     /// QUIC-LB keys by file, as last read off the loop (at start, by a reload, by the fleet
     /// follower).
     pub(super) quic_keys: crate::config::QuicKeys,
+    /// Adapted VIPs' controllers (`[vip.adapt]`), and the ring rebuilds their changes caused.
+    pub(super) adapt: HashMap<VipId, super::adapt::VipAdapt>,
+    pub(super) adapt_rebuilds: u64,
 }
 
 /// A graceful shutdown under way: announced with GRACEFUL_SHUTDOWN until `until`.
@@ -147,6 +150,8 @@ impl<D: DataplaneOps> Daemon<D> {
             out,
             fleet: None,
             quic_keys: Default::default(),
+            adapt: HashMap::new(),
+            adapt_rebuilds: 0,
         };
         d.reapply_journal();
         if super::server_ids::record(&mut d.journal.server_ids, &d.config, super::server_ids::now_s()) {

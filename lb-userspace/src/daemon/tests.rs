@@ -1,6 +1,10 @@
 //! The daemon over a fake data plane: announcements, drains, reloads, admin errors, handoff.
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::oneshot;
 
@@ -362,4 +366,44 @@ async fn a_server_id_stays_its_reals_through_reloads_restarts_and_its_hold() {
     assert!(super::server_ids::check(&journal.server_ids, &config, super::server_ids::now_s()).is_err(), "a restart checks too");
     // Its own real may come back.
     reload(&mut h, quic_file(&[("10.1.0.5", "01"), ("10.1.0.6", "02")])).unwrap();
+}
+
+#[tokio::test]
+async fn adapted_weights_follow_the_checks_round_trip_and_come_back() {
+    let vip = "[[vip]]\nname = \"api\"\naddress = \"10.99.0.4\"\nport = 8443\nprotocol = \"tcp\"\nring_size = 61\n\
+               [vip.adapt]\nsignal = \"latency\"\nfloor = 0.1\ninterval_ms = 1000\n\
+               [[vip.real]]\naddress = \"10.1.0.7\"\n[[vip.real]]\naddress = \"10.1.0.8\"\n[[vip.real]]\naddress = \"10.1.0.9\"\n";
+    let mut h = start(file(vip), Journal::default());
+    let id = h.d.config.vips.iter().find(|v| v.name == "api").unwrap().id;
+    let slots =
+        |h: &Harness| -> Vec<u32> { h.d.status().into_iter().find(|v| v.vip == id).unwrap().reals.iter().map(|r| r.slots).collect() };
+    let before = slots(&h);
+    let mut now = Instant::now();
+    let mut round = |h: &mut Harness, slow_ms: u64| {
+        for (real, ms) in [("10.1.0.7", slow_ms), ("10.1.0.8", 1), ("10.1.0.9", 1)] {
+            let latency = Some(Duration::from_millis(ms));
+            h.d.health(HealthEvent::Checked { target: Target::Real(id, ip(real)), latency, load: None });
+        }
+        now += Duration::from_secs(1);
+        h.d.adapt_tick(now);
+    };
+    for _ in 0..8 {
+        round(&mut h, 50);
+    }
+    let slow = slots(&h);
+    assert!(
+        slow[0] * 3 <= slow[1] && slow[0] * 3 <= slow[2],
+        "the slow real's share fell to a third of the others': {before:?} -> {slow:?}"
+    );
+    let status = h.d.status();
+    let real = &status.iter().find(|v| v.vip == id).unwrap().reals[0];
+    assert_eq!((real.adapt_percent, real.effective_weight()), (Some(10), 0.1));
+    let rebuilds = h.d.adapt_rebuilds;
+    assert!((1..=8).contains(&rebuilds), "{rebuilds} rebuilds");
+    for _ in 0..30 {
+        round(&mut h, 1);
+    }
+    assert_eq!(slots(&h), before, "back to the configured shares");
+    // The other VIPs are not adapted.
+    assert!(h.d.status().iter().filter(|v| v.vip != id).all(|v| v.reals.iter().all(|r| r.adapt_percent.is_none())));
 }
