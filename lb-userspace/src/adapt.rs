@@ -147,6 +147,15 @@ impl Controller {
         changes
     }
 
+    /// `real`'s smoothed signal, for `lb status` (None: not measured yet).
+    pub fn describe(&self, a: &Adaptation, real: &IpAddr) -> Option<String> {
+        let s = self.reals.get(real)?.smoothed?;
+        Some(match a.signal {
+            Signal::Latency { .. } => format!("round trip {:.1} ms", s * 1e3),
+            Signal::Load { .. } => format!("load {s:.2}"),
+        })
+    }
+
     /// The factor in force for `real`, in percent (100 when not adapted).
     pub fn percent(&self, real: &IpAddr) -> u32 {
         self.reals.get(real).map_or(100, |r| r.percent)

@@ -125,12 +125,16 @@ pub struct Snapshot {
     pub bgp_sessions: Vec<(String, bool)>,
     /// Present on a fleet node.
     pub fleet: Option<FleetMetrics>,
+    /// Adapted weights: each adapted real's smoothed signal (seconds of round trip, or load),
+    /// and the ring rebuilds adaptation caused.
+    pub adapt_signals: HashMap<(VipId, IpAddr), f64>,
+    pub adapt_rebuilds: u64,
 }
 
 pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     let Snapshot {
         ref status,
-        ref samples,
+        samples: _,
         checks,
         reloads_ok,
         reloads_failed,
@@ -140,6 +144,8 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
         probes_starved,
         ref bgp_sessions,
         ref fleet,
+        adapt_signals: _,
+        adapt_rebuilds,
     } = *snapshot;
     let mut r = Registry::with_prefix("lb");
 
@@ -174,6 +180,9 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     let rebuilds: Counter = Counter::default();
     rebuilds.inc_by(rebuild_stats.count);
     r.register("ring_rebuilds", "Maglev table rebuilds", rebuilds);
+    let adapted: Counter = Counter::default();
+    adapted.inc_by(adapt_rebuilds);
+    r.register("adapt_rebuilds", "Maglev table rebuilds that adapted weights caused ([vip.adapt])", adapted);
     let rebuild_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     rebuild_seconds.set(rebuild_stats.last.as_secs_f64());
     r.register("ring_rebuild_last_seconds", "Time to build the last Maglev table and plan its writes", rebuild_seconds);
@@ -246,7 +255,7 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
     // The registry's text ends with the end-of-exposition marker; the large families go before it.
     let end = out.rfind("# EOF\n").unwrap_or(out.len());
     out.truncate(end);
-    per_vip_families(&mut out, dp, status, samples, bgp.enabled);
+    per_vip_families(&mut out, dp, snapshot);
     listener_families(&mut out, "", &api.listeners);
     family(
         &mut out,
@@ -263,7 +272,9 @@ pub fn render(dp: &Counters, snapshot: &Snapshot, api: &ApiCounters) -> String {
 /// registry: at 4,096 VIPs of 16 reals they are 330,000 series, for which prometheus-client took
 /// about 400 ms a scrape (measured: 280 ms to fill the families, 110 to encode them), more than
 /// a scrape may take. The counters come from one batch read of each per-CPU map.
-fn per_vip_families(w: &mut String, dp: &Counters, status: &[VipStatus], samples: &HashMap<(VipId, IpAddr), HealthSample>, bgp: bool) {
+fn per_vip_families(w: &mut String, dp: &Counters, snapshot: &Snapshot) {
+    let Snapshot { status, samples, adapt_signals, .. } = snapshot;
+    let bgp = snapshot.bgp.enabled;
     use std::fmt::Write as _;
     let vip_stats = dp.all_vip_stats().unwrap_or_default();
     let real_stats = dp.all_real_stats().unwrap_or_default();
@@ -327,6 +338,20 @@ fn per_vip_families(w: &mut String, dp: &Counters, status: &[VipStatus], samples
         GAUGE,
         "Share of the VIP's Maglev slots (of new flows)",
         reals.iter().map(|(v, r, l)| (l, r.slots as f64 / v.ring_size as f64)),
+    );
+    family(
+        w,
+        "real_effective_weight",
+        GAUGE,
+        "Weight new flows see: the weight times the adapted share ([vip.adapt]; 0: down)",
+        reals.iter().map(|(_, r, l)| (l, if r.up { r.effective_weight() } else { 0.0 })),
+    );
+    family(
+        w,
+        "real_adapt_signal",
+        GAUGE,
+        "What an adapted real's weight follows, smoothed: seconds of round trip, or load 0..1",
+        reals.iter().filter_map(|(v, r, l)| Some((l, *adapt_signals.get(&(v.vip, r.address))?))),
     );
     let latency = |v: &VipStatus, r: &RealStatus| samples.get(&(v.vip, r.address)).and_then(|s| s.latency);
     family(

@@ -36,6 +36,9 @@ pub struct RealStatus {
     /// weight x percent / 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapt_percent: Option<u32>,
+    /// With `[vip.adapt]`: what the share follows, smoothed ("round trip 12.0 ms", "load 0.93").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt_signal: Option<String>,
 }
 
 impl RealStatus {
@@ -65,6 +68,9 @@ pub struct VipStatus {
     pub reals: Vec<RealStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic_lb: Option<QuicLbStatus>,
+    /// With `[vip.adapt]`: the least share a real keeps, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt_floor_percent: Option<u32>,
     /// Announced over BGP right now (filled in by the daemon).
     #[serde(default)]
     pub announced: bool,

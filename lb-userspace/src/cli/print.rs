@@ -14,6 +14,7 @@ pub fn print_status(vips: &[VipStatus]) {
             );
         }
         let sid_column = v.quic_lb.is_some();
+        let adapted = v.reals.iter().any(|r| r.adapt_percent.is_some());
         println!(
             "  {:<40} {:>4}  {:<5} {:>6} {:>7}{}",
             "REAL",
@@ -23,8 +24,15 @@ pub fn print_status(vips: &[VipStatus]) {
             "SHARE",
             if sid_column { "  SERVER ID" } else { "" }
         );
+        if adapted {
+            println!("  (adapted weights: WEIGHT is the effective one, configured x share; the share and its signal follow each real)");
+        }
         for r in &v.reals {
-            let weight = if r.weight == r.config_weight { r.weight.to_string() } else { format!("{}*", r.weight) };
+            let weight = match r.adapt_percent {
+                Some(p) if p != 100 => format!("{:.2}", r.effective_weight()),
+                _ if r.weight == r.config_weight => r.weight.to_string(),
+                _ => format!("{}*", r.weight),
+            };
             let share = 100.0 * r.slots as f64 / v.ring_size as f64;
             let state = match (r.up, r.draining) {
                 (false, _) => "down",
@@ -32,7 +40,12 @@ pub fn print_status(vips: &[VipStatus]) {
                 (true, false) => "up",
             };
             let sid = r.server_id.as_deref().map_or(String::new(), |s| format!("  {s}"));
-            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%{sid}", r.address, r.id, state, weight, share);
+            let adapt = match (r.adapt_percent, &r.adapt_signal) {
+                (Some(p), Some(signal)) => format!("  share {p}% ({signal})"),
+                (Some(p), None) => format!("  share {p}%"),
+                _ => String::new(),
+            };
+            println!("  {:<40} {:>4}  {:<5} {:>6} {:>6.1}%{sid}{adapt}", r.address, r.id, state, weight, share);
         }
     }
     if vips.iter().any(|v| v.reals.iter().any(|r| r.weight != r.config_weight)) {

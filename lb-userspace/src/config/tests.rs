@@ -399,3 +399,28 @@ fn a_quic_lb_key_file_is_private_and_holds_sixteen_octets_in_hex() {
     assert_eq!(config.vips.last().unwrap().quic_lb.as_ref().unwrap().key.map(|k| k[0]), Some(0x8f));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn adapt_takes_a_signal_and_bounded_settings() {
+    let vip = |adapt: &str| {
+        format!("{GOOD}\n[[vip]]\nname = \"a\"\naddress = \"10.99.0.5\"\nport = 80\nprotocol = \"tcp\"\n[vip.adapt]\n{adapt}\n[[vip.real]]\naddress = \"10.1.0.1\"\n")
+    };
+    let ok = parse(&vip("signal = \"latency\""), InterfaceCheck::OnThisHost).unwrap();
+    let a = ok.vips.last().unwrap().adapt.unwrap();
+    assert_eq!((a.floor, a.step, a.hysteresis, a.interval), (0.2, 0.25, 0.1, Duration::from_secs(2)));
+    assert_eq!(a.signal, crate::adapt::Signal::Latency { slow_ratio: 2.0 });
+    let problems = |adapt: &str| -> Vec<String> {
+        parse(&vip(adapt), InterfaceCheck::OnThisHost)
+            .err()
+            .map(|e| e.problems().iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let p = problems("signal = \"latency\"\nfloor = 0\nstep = 2\ninterval_ms = 10\nslow_ratio = 0.5");
+    for want in ["adapt.floor: 0 is outside", "adapt.step: 2 is outside", "adapt.interval_ms: 10 is outside", "adapt.slow_ratio: 0.5"] {
+        assert!(p.iter().any(|p| p.contains(want)), "{want}: {p:?}");
+    }
+    let p = problems("signal = \"load\"");
+    assert!(p.iter().any(|p| p.contains("\"load\" is read from each real's http check")), "{p:?}");
+    let p = problems("signal = \"cpu\"");
+    assert!(p.iter().any(|p| p.contains("\"cpu\" is not \"latency\" or \"load\"")), "{p:?}");
+}

@@ -21,7 +21,7 @@ pub struct VipAdapt {
 }
 
 impl<D: DataplaneOps> Daemon<D> {
-    fn adaptation(&self, vip: &VipId) -> Option<Adaptation> {
+    pub(super) fn adaptation(&self, vip: &VipId) -> Option<Adaptation> {
         self.config.vips.iter().find(|v| v.id == *vip)?.adapt
     }
 

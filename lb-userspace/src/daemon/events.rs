@@ -56,6 +56,11 @@ impl<D: DataplaneOps> Daemon<D> {
         let mut status = self.rec.status();
         for v in &mut status {
             v.announced = announced.contains(&v.vip.addr);
+            if let (Some(a), Some(state)) = (self.adaptation(&v.vip), self.adapt.get(&v.vip)) {
+                for r in &mut v.reals {
+                    r.adapt_signal = state.controller.describe(&a, &r.address);
+                }
+            }
         }
         status
     }

@@ -82,6 +82,12 @@ impl<D: DataplaneOps> Daemon<D> {
             rebuilds: self.rec.rebuilds(),
             probes_starved: self.probers.budget.starved.load(std::sync::atomic::Ordering::Relaxed),
             bgp_sessions: self.bgp_sessions.iter().flatten().map(|s| (s.name.clone(), s.established)).collect(),
+            adapt_signals: self
+                .adapt
+                .iter()
+                .flat_map(|(vip, a)| a.controller.reals.iter().filter_map(move |(real, r)| Some(((*vip, *real), r.smoothed?))))
+                .collect(),
+            adapt_rebuilds: self.adapt_rebuilds,
             fleet: self.fleet.as_ref().map(|f| metrics::FleetMetrics {
                 revision: f.applied.as_ref().map_or(0, |(r, _)| *r),
                 refusals: f.refusals,

@@ -224,6 +224,21 @@ pub fn diagnose(view: &LoopView, s: &Sampled) -> Vec<Finding> {
                 );
             }
         }
+        if let Some(floor) = v.adapt_floor_percent {
+            for r in v.reals.iter().filter(|r| r.up && r.adapt_percent.is_some_and(|p| p <= floor.max(crate::adapt::QUANTUM_PERCENT))) {
+                add(
+                    Severity::Warning,
+                    "real_at_adapt_floor",
+                    format!("VIP {} real {}", v.name, r.address),
+                    format!(
+                        "its adapted share is held at the floor ({}%): {}",
+                        r.adapt_percent.unwrap_or(100),
+                        r.adapt_signal.as_deref().unwrap_or("signal not measured")
+                    ),
+                    "The backend is much slower or busier than the VIP's others: look at it (`lb backend status`, its service); the share comes back by itself as it recovers.",
+                );
+            }
+        }
         for r in v.reals.iter().filter(|r| !r.up) {
             add(
                 Severity::Warning,
@@ -425,6 +440,7 @@ mod tests {
             draining: false,
             server_id: None,
             adapt_percent: None,
+            adapt_signal: None,
         }
     }
 
@@ -438,6 +454,7 @@ mod tests {
             min_healthy: 1,
             reals: vec![real("10.0.0.1", 1, true, 50), real("10.0.0.2", 2, true, 50)],
             quic_lb: None,
+            adapt_floor_percent: None,
             announced: true,
         };
         let view = LoopView {
@@ -473,6 +490,15 @@ mod tests {
         type Change = Box<dyn Fn(&mut LoopView, &mut Sampled)>;
         type Case = (&'static str, Change, Vec<(Severity, &'static str)>);
         let cases: Vec<Case> = vec![
+            (
+                "an adapted real held at the floor",
+                Box::new(|v, _| {
+                    v.status[0].adapt_floor_percent = Some(20);
+                    v.status[0].reals[0].adapt_percent = Some(20);
+                    v.status[0].reals[1].adapt_percent = Some(60);
+                }),
+                vec![(Severity::Warning, "real_at_adapt_floor")],
+            ),
             (
                 "a real down",
                 Box::new(|v, _| v.status[0].reals[1] = real("10.0.0.2", 2, false, 0)),

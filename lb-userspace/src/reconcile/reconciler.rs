@@ -271,6 +271,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                             draining: v.draining.contains(&r.addr),
                             server_id: r.server_id.as_deref().map(crate::quic_lb::hex),
                             adapt_percent: v.config.adapt.map(|_| v.adapt_percent.get(&r.addr).copied().unwrap_or(100)),
+                            adapt_signal: None,
                         }
                     })
                     .collect();
@@ -288,6 +289,7 @@ impl<D: DataplaneOps> Reconciler<D> {
                         cid_len: q.cid_len,
                         encrypted: q.key_file.is_some(),
                     }),
+                    adapt_floor_percent: v.config.adapt.map(|a| (a.floor * 100.0).round() as u32),
                     announced: false,
                 }
             })
