@@ -64,6 +64,15 @@ impl BackendDaemon {
         self.spawn();
     }
 
+    /// Restarts `lb backend run` reporting the load written in `file` (a number 0..1).
+    pub fn with_load_file(&mut self, file: &std::path::Path) {
+        self.terminate();
+        let text = std::fs::read_to_string(&self.config).expect("backend config");
+        let text = text.replace("[backend.health]\n", &format!("[backend.health]\nload = \"file:{}\"\n", file.display()));
+        std::fs::write(&self.config, text).expect("backend config");
+        self.spawn();
+    }
+
     pub fn spawn(&mut self) {
         // Appended: a restart's log follows the first run's.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("backend.log")).expect("log");
